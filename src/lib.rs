@@ -1,0 +1,7 @@
+//! kvsqlite: every actor gets its own SQLite database whose pages live in a key-value store.
+//!
+//! Layers, bottom up (each imports only the ones below it):
+//! - [`kv`]: the key-value store trait, its backends and wrappers. Every trait call is one round trip.
+//! - [`rng`]: a seeded generator for fault injection, tests and workloads.
+pub mod kv;
+pub mod rng;
