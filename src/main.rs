@@ -1,7 +1,6 @@
-fn main() {
-    std::process::exit(kvsqlite_cli_main());
-}
+//! The `kvsqlite` command: a thin entry point; everything lives in `cli`.
+mod cli;
 
-fn kvsqlite_cli_main() -> i32 {
-    0
+fn main() {
+    std::process::exit(cli::main());
 }

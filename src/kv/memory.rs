@@ -9,8 +9,8 @@ use std::ops::Bound;
 use parking_lot::RwLock;
 
 use super::{
-    check_actor_id, check_batch_read, key_after, KvError, KvLimits, KvStore, ListPage,
-    ListRequest, ReadOp, ReadResult, Value, WriteBatch,
+    check_actor_id, check_batch_read, key_after, KvError, KvLimits, KvStore, ListPage, ListRequest,
+    ReadOp, ReadResult, Value, WriteBatch,
 };
 
 type Namespace = BTreeMap<Vec<u8>, Value>;
@@ -41,7 +41,10 @@ impl MemoryStore {
         let actors = self.actors.read();
         let mut out: Vec<_> = actors
             .iter()
-            .flat_map(|(a, ns)| ns.iter().map(move |(k, v)| (a.clone(), k.clone(), v.clone())))
+            .flat_map(|(a, ns)| {
+                ns.iter()
+                    .map(move |(k, v)| (a.clone(), k.clone(), v.clone()))
+            })
             .collect();
         out.sort();
         out
