@@ -18,6 +18,7 @@
 //! Keys and values are bytes; keys order by plain byte-lexicographic comparison.
 
 pub mod memory;
+pub mod postgres;
 pub mod url;
 
 use std::fmt;
