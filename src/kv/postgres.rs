@@ -48,9 +48,12 @@
 //! # Connections
 //!
 //! A small pool (default [`DEFAULT_POOL_SIZE`] clients, created lazily, callers wait when all are
-//! busy). Before a pooled client is used it is polled without blocking; a client whose server
-//! closed it (restart, `pg_terminate_backend`, idle timeout) is discarded and replaced before
-//! anything is sent. If the connection fails *after* a request was sent:
+//! busy). Before a pooled client is used it is checked; a client whose server closed it
+//! (restart, `pg_terminate_backend`, idle timeout) is discarded and replaced before anything is
+//! sent. A client idle for [`PostgresOptions::probe_after_idle`] (default 1 s) gets a real
+//! probe of its socket (about 1 ms, no round trip); a recently used one only a free check, so a
+//! close that happened in the last second can still surface as a failed call. If the
+//! connection fails *after* a request was sent:
 //! - a read is retried once on a fresh connection (reads change nothing);
 //! - a write or `delete_range` is **not** retried: its outcome is unknown (it applied completely
 //!   or not at all), and the call returns [`KvError::Unavailable`] saying so. The caller decides
@@ -64,7 +67,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use postgres::config::Host;
@@ -97,7 +100,15 @@ pub struct PostgresOptions {
     pub pool_size: usize,
     /// Limits enforced before anything is sent.
     pub limits: KvLimits,
+    /// A pooled connection idle at least this long is probed before use: one turn of its
+    /// event loop, waiting at most about a millisecond, which reads a goodbye the server sent
+    /// while it sat idle (a restart, `pg_terminate_backend`, an idle timeout). A connection
+    /// used more recently is only checked without waiting. `Duration::ZERO` probes every use.
+    pub probe_after_idle: Duration,
 }
+
+/// The default for [`PostgresOptions::probe_after_idle`].
+pub const DEFAULT_PROBE_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 impl Default for PostgresOptions {
     fn default() -> Self {
@@ -105,6 +116,7 @@ impl Default for PostgresOptions {
             table: DEFAULT_TABLE.to_string(),
             pool_size: DEFAULT_POOL_SIZE,
             limits: KvLimits::default(),
+            probe_after_idle: DEFAULT_PROBE_AFTER_IDLE,
         }
     }
 }
@@ -156,7 +168,7 @@ impl PostgresStore {
         let table_sql = format!("\"{}\"", options.table);
         let table_lit = quote_text(&options.table);
         let store = PostgresStore {
-            pool: Pool::new(config, options.pool_size),
+            pool: Pool::new(config, options.pool_size, options.probe_after_idle),
             table_sql,
             table_lit,
             options,
@@ -200,9 +212,8 @@ impl PostgresStore {
             // Two processes creating the table at once: one of them loses the race on the
             // catalog's unique index; the table exists either way.
             Err(e)
-                if e.as_db_error().is_some_and(|d| {
-                    matches!(d.code().code(), "42P07" | "23505")
-                }) =>
+                if e.as_db_error()
+                    .is_some_and(|d| matches!(d.code().code(), "42P07" | "23505")) =>
             {
                 Ok(())
             }
@@ -359,7 +370,12 @@ impl PostgresStore {
         let mut per_op: Vec<Vec<(Key, Option<Value>, bool)>> = vec![Vec::new(); ops.len()];
         for row in rows {
             let parsed: Result<(i32, Key, Option<Value>, bool), postgres::Error> = (|| {
-                Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?, row.try_get(3)?))
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ))
             })();
             let (op, key, value, inc) = parsed.map_err(|e| backend_error("decoding a row", &e))?;
             let slot = usize::try_from(op)
@@ -433,10 +449,7 @@ impl KvStore for PostgresStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        match self
-            .run_reads(actor, &[ReadOp::Get(keys.to_vec())])?
-            .pop()
-        {
+        match self.run_reads(actor, &[ReadOp::Get(keys.to_vec())])?.pop() {
             Some(ReadResult::Get(values)) => Ok(values),
             _ => Err(surprise("a get answered as something else".into())),
         }
@@ -748,6 +761,7 @@ fn describe_target(config: &Config) -> String {
 struct Conn {
     client: Client,
     pid: i32,
+    last_used: Instant,
 }
 
 struct PoolState {
@@ -760,17 +774,19 @@ struct Pool {
     config: Config,
     target: String,
     max: usize,
+    probe_after_idle: Duration,
     state: Mutex<PoolState>,
     freed: Condvar,
     opened: AtomicU64,
 }
 
 impl Pool {
-    fn new(config: Config, max: usize) -> Self {
+    fn new(config: Config, max: usize, probe_after_idle: Duration) -> Self {
         Pool {
             target: describe_target(&config),
             config,
             max,
+            probe_after_idle,
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 open: 0,
@@ -793,7 +809,11 @@ impl Pool {
             .query_one("SELECT pg_backend_pid()", &[])
             .and_then(|row| row.try_get::<_, i32>(0))
             .map_err(unavailable)?;
-        Ok(Conn { client, pid })
+        Ok(Conn {
+            client,
+            pid,
+            last_used: Instant::now(),
+        })
     }
 
     /// A healthy connection: an idle one that is still open, or a new one.
@@ -801,7 +821,7 @@ impl Pool {
         let mut state = self.state.lock();
         loop {
             if let Some(mut conn) = state.idle.pop() {
-                if is_alive(&mut conn.client) {
+                if is_alive(&mut conn, self.probe_after_idle) {
                     return Ok(Pooled {
                         conn: Some(conn),
                         pool: self,
@@ -835,20 +855,31 @@ impl Pool {
 
 /// Polls the connection without blocking: a server that closed it (terminated backend,
 /// restart, idle timeout) has already sent its goodbye, which this reads.
-fn is_alive(client: &mut Client) -> bool {
+///
+/// The driver's socket readiness is only refreshed when its event loop turns, so a connection
+/// idle for `probe_after_idle` or longer gets one short turn (a zero timeout, which the timer
+/// rounds up to about a millisecond); a recently used one is only polled.
+fn is_alive(conn: &mut Conn, probe_after_idle: Duration) -> bool {
+    let probe = conn.last_used.elapsed() >= probe_after_idle;
+    let client = &mut conn.client;
     {
         let mut notifications = client.notifications();
-        let mut iter = notifications.iter();
-        // Drain whatever is buffered; an error means the server ended the session.
-        loop {
-            match iter.next() {
-                Ok(Some(_)) => continue,
-                Err(_) => return false,
-                Ok(None) => break,
-            }
+        // Drain whatever is pending; an error means the server ended the session.
+        let outcome = if probe {
+            drain(notifications.timeout_iter(Duration::ZERO))
+        } else {
+            drain(notifications.iter())
+        };
+        if outcome.is_err() {
+            return false;
         }
     }
     !client.is_closed()
+}
+
+fn drain<I: FallibleIterator>(mut iter: I) -> Result<(), I::Error> {
+    while iter.next()?.is_some() {}
+    Ok(())
 }
 
 /// A checked-out connection; goes back to the pool on drop unless marked broken.
@@ -877,6 +908,8 @@ impl Drop for Pooled<'_> {
             drop(state);
             drop(conn);
         } else {
+            let mut conn = conn;
+            conn.last_used = Instant::now();
             state.idle.push(conn);
             drop(state);
         }
