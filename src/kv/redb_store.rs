@@ -111,7 +111,7 @@ fn open_database(path: &Path) -> Result<Database, KvError> {
         .map_err(|_| err_at(path, "the file is corrupt (redb panicked while opening it)"))?;
     let db = opened.map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen => KvError::Locked {
-            what: format!("{} (open in another process)", path.display()),
+            what: path.display().to_string(),
         },
         DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == std::io::ErrorKind::InvalidData =>
