@@ -17,6 +17,8 @@
 //!   flight. Every later call returns `Crashed`. [`FaultStore::crash_report`] tells what happened,
 //!   and [`FaultStore::inner`] lets the test read what survived.
 
+use std::sync::Arc;
+
 use parking_lot::Mutex;
 
 use super::counting::OpKind;
@@ -142,6 +144,17 @@ impl FaultStore {
             inner,
             state: Mutex::new(State::new(plan)),
         }
+    }
+
+    /// Wraps `inner` with `plan` behind an `Arc`: keep it to read [`FaultStore::calls`] and
+    /// [`FaultStore::crash_report`], and hand [`FaultStore::shared`] to the code under test.
+    pub fn wrap(inner: SharedStore, plan: FaultPlan) -> Arc<FaultStore> {
+        Arc::new(FaultStore::new(inner, plan))
+    }
+
+    /// This store as a [`SharedStore`] (the same plan and counters).
+    pub fn shared(self: &Arc<Self>) -> SharedStore {
+        Arc::clone(self) as SharedStore
     }
 
     /// Replaces the plan and starts counting calls from zero again, clearing any crash.
