@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::latency::LatencyStore;
 use super::memory::MemoryStore;
+use super::postgres::PostgresStore;
 use super::redb_store::RedbStore;
 use super::{KvError, KvLimits, SharedStore};
 
@@ -113,13 +114,9 @@ pub fn open_store(
     })
 }
 
-/// Opens a PostgreSQL store (the backend lives on the `pg` branch until it is merged).
+/// Opens a PostgreSQL store (`?table=NAME` and `&pool_size=N` are read by the backend).
 fn open_postgres(url: &str, limits: KvLimits) -> Result<SharedStore, KvError> {
-    let _ = limits;
-    Err(KvError::Unavailable {
-        backend: "postgres",
-        message: format!("{url}: the postgres backend is not built into this binary yet"),
-    })
+    Ok(Arc::new(PostgresStore::connect_with_limits(url, limits)?))
 }
 
 #[cfg(test)]
