@@ -1,17 +1,14 @@
-//! The KV conformance suite against every backend: `memory`, `redb` (a temp dir per test) and
-//! `postgres` (the test server of `common/pg.rs`: skipped with a printed reason when it is
-//! unreachable, a failure under `CI=true`), plus per-store limits, redb file handling and URLs.
+//! The KV conformance suite against the embedded backends, `memory` and `redb` (a temp dir per
+//! test), plus per-store limits, redb file handling and URLs. PostgreSQL runs the same suite
+//! from `tests/kv_postgres.rs`.
 
 #[path = "common/conformance.rs"]
 mod conformance;
-#[path = "common/pg.rs"]
-mod pg;
 
 use std::sync::Arc;
 
 use conformance::Fixture;
 use kvsqlite::kv::memory::MemoryStore;
-use kvsqlite::kv::postgres::PostgresStore;
 use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::url::open_store;
 use kvsqlite::kv::{KvError, KvLimits, KvStore, SharedStore};
@@ -38,19 +35,6 @@ fn redb_fixture() -> Result<Fixture, String> {
 }
 
 kv_conformance_tests!(redb, redb_fixture);
-
-fn postgres_fixture() -> Option<Fixture> {
-    let t = pg::test_store()?;
-    let url = pg::test_url();
-    let mut fx = Fixture::new(t.store.clone() as SharedStore, "postgres").with_reopen(move || {
-        Arc::new(PostgresStore::connect(&url).expect("reconnect to postgres")) as SharedStore
-    });
-    // The test server outlives runs: use the PgTest's prefix so its drop deletes our rows.
-    fx.prefix = t.prefix.clone();
-    Some(fx.with_guard(t))
-}
-
-kv_conformance_tests!(postgres, postgres_fixture);
 
 fn small_limits() -> KvLimits {
     KvLimits {

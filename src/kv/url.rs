@@ -119,7 +119,8 @@ pub fn open_store(
     })
 }
 
-/// Opens a PostgreSQL store; its URL errors also list the accepted forms.
+/// Opens a PostgreSQL store (`?table=NAME` and `&pool_size=N` are read by the backend); its URL
+/// errors also list the accepted forms.
 fn open_postgres(url: &str, limits: KvLimits) -> Result<SharedStore, KvError> {
     match PostgresStore::connect_with_limits(url, limits) {
         Ok(store) => Ok(Arc::new(store)),
