@@ -871,6 +871,21 @@ pub fn limit_errors_write_nothing(fx: Fixture) {
             .unwrap_err(),
         KvError::EmptyKey
     );
+    // The gets of one batch read share the key limit.
+    let half = lim.max_get_keys / 2 + 1;
+    let split = |from: usize| -> Vec<Vec<u8>> {
+        (from..from + half)
+            .map(|i| (i as u32).to_be_bytes().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        s.batch_read(&a, &[ReadOp::Get(split(0)), ReadOp::Get(split(half))])
+            .unwrap_err(),
+        KvError::TooManyKeys {
+            count: 2 * half,
+            max: lim.max_get_keys
+        }
+    );
     assert!(matches!(
         s.get("", &[k("x")]).unwrap_err(),
         KvError::InvalidActorId { .. }
