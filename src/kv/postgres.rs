@@ -6,11 +6,12 @@
 //!
 //! # Table
 //!
-//! Created on first use (default name `kvsqlite_kv`, configurable with `?table=NAME` in the URL
-//! or [`PostgresOptions::table`]):
+//! Created on first use if missing (default name `kvsqlite_kv`, configurable with `?table=NAME`
+//! in the URL or [`PostgresOptions::table`]), together with its write function
+//! `<table>_write_v1` (see below):
 //!
 //! ```sql
-//! CREATE TABLE IF NOT EXISTS kvsqlite_kv (
+//! CREATE TABLE kvsqlite_kv (
 //!     actor_id text  NOT NULL,
 //!     key      bytea NOT NULL,
 //!     value    bytea NOT NULL,
@@ -19,7 +20,10 @@
 //! ```
 //!
 //! `bytea` compares bytewise (`memcmp`, then the shorter key first), which is exactly the key
-//! order the [`KvStore`] trait promises.
+//! order the [`KvStore`] trait promises. Setup is one simple-query message serialized by an
+//! advisory lock, so stores starting at the same time never race on the catalog. The role needs
+//! the right to create a table and a function in the first schema of its `search_path`, or the
+//! objects must already exist.
 //!
 //! # One exchange per call
 //!
@@ -35,15 +39,20 @@
 //!   sum of `octet_length(key) + octet_length(value)`, so values past the budget never travel
 //!   (only the key of the first row left out, to tell whether the listing is complete). A mixed
 //!   batch is one `UNION ALL` statement whose branches are tagged with their op index.
-//! - **Writes** (`write`, `delete_range`) are one simple-query message holding two statements,
-//!   which PostgreSQL runs as one implicit transaction: first
-//!   `SELECT pg_advisory_xact_lock(hashtext(table), hashtext(actor))`, then one statement with
-//!   data-modifying CTEs that checks every precondition and applies the deletes and the
-//!   `INSERT … ON CONFLICT (actor_id, key) DO UPDATE` only when all hold. The second statement
-//!   takes its snapshot after the lock is granted, so it sees every write committed before it:
-//!   under READ COMMITTED, racing writers to one actor serialize, and exactly one of many racing
-//!   conditional writes wins. Values travel as hex `bytea` literals (`E'\\x…'`) and the actor id
-//!   as an escaped string literal; nothing untrusted is concatenated unescaped.
+//! - **Writes** (`write`, `delete_range`) are one call, `SELECT <table>_write_v1($1, …, $8)`,
+//!   sent the same way with binary parameters (actor, put keys and values, delete keys,
+//!   precondition keys and expected values as `bytea[]`, an optional key range to delete). The
+//!   function is a `VOLATILE` SQL function of two statements; PostgreSQL gives each statement of
+//!   a volatile function a fresh snapshot. The first takes
+//!   `pg_advisory_xact_lock(hashtext(table), hashtext(actor))`; the second, which therefore sees
+//!   every write committed before the lock was granted, checks every precondition and, in the
+//!   same statement (data-modifying CTEs), applies the deletes and the
+//!   `INSERT … SELECT unnest(keys), unnest(values) ON CONFLICT (actor_id, key) DO UPDATE` only
+//!   when all hold, returning the index of the first failed precondition. The whole call is one
+//!   implicit transaction: under READ COMMITTED, writers of one actor serialize, and exactly one
+//!   of many racing conditional writes wins. No value or actor id is ever spliced into SQL text.
+//!   (A first version sent two statements in one simple-query message with hex literals; the
+//!   binary call moves half the bytes and measured ~30% faster for a 128 × 4 KiB put.)
 //!
 //! # Connections
 //!
@@ -56,8 +65,8 @@
 //! connection fails *after* a request was sent:
 //! - a read is retried once on a fresh connection (reads change nothing);
 //! - a write or `delete_range` is **not** retried: its outcome is unknown (it applied completely
-//!   or not at all), and the call returns [`KvError::Unavailable`] saying so. The caller decides
-//!   (the VFS treats it as a failed commit and re-reads on reopen).
+//!   or not at all), and the call returns [`KvError::Unavailable`] saying so; the caller decides
+//!   (re-read, or retry a write whose preconditions make a repeat harmless).
 //!
 //! A server that cannot be reached (refused, timed out after [`CONNECT_TIMEOUT`]) is
 //! [`KvError::Unavailable`] with the target and the cause; any error reported by the server for
@@ -215,9 +224,7 @@ impl PostgresStore {
              DO $kvsqlite_do$ BEGIN\n\
              IF to_regclass({regclass}) IS NULL THEN\n\
              CREATE TABLE {t} (actor_id text NOT NULL, key bytea NOT NULL, \
-             value bytea NOT NULL, PRIMARY KEY (actor_id, key)) \
-             WITH (toast_tuple_target = 8160);\n\
-             ALTER TABLE {t} ALTER COLUMN value SET STORAGE MAIN;\n\
+             value bytea NOT NULL, PRIMARY KEY (actor_id, key));\n\
              END IF;\n\
              IF to_regprocedure({regproc}) IS NULL THEN\n\
              CREATE FUNCTION {f}(p_actor text, p_put_keys bytea[], p_put_values bytea[], \
