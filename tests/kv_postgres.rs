@@ -1007,3 +1007,54 @@ fn postgres_store_urls_open_the_backend() {
         vec![Some(b"x".to_vec())]
     );
 }
+
+#[test]
+fn postgres_read_is_retried_on_a_dead_connection_but_a_write_is_not() {
+    // Never probe: the pool cannot notice the kill before sending, so the calls below really
+    // go out on a dead connection.
+    let Some(t) = pg::test_store_with(PostgresOptions {
+        pool_size: 1,
+        probe_after_idle: Duration::MAX,
+        ..PostgresOptions::default()
+    }) else {
+        return;
+    };
+    let s = &t.store;
+    let a = t.actor("dead");
+    s.put(&a, vec![kv(b"k", b"v1")]).unwrap();
+    let mut admin = t.admin();
+    let kill = |admin: &mut ::postgres::Client| {
+        let pids = s.idle_backend_pids();
+        assert_eq!(pids.len(), 1);
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pids[0]])
+            .unwrap();
+        wait_gone(admin, &pids);
+    };
+
+    // A read: sent, fails, retried once on a new connection — two exchanges, right answer.
+    kill(&mut admin);
+    let (before, opened) = (s.exchanges(), s.connections_opened());
+    assert_eq!(
+        s.get(&a, &[b"k".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec())]
+    );
+    assert_eq!(s.exchanges(), before + 2);
+    assert_eq!(s.connections_opened(), opened + 1);
+
+    // A write: sent, fails, not retried; the caller learns the outcome is unknown.
+    kill(&mut admin);
+    let before = s.exchanges();
+    match s.put(&a, vec![kv(b"k", b"v2")]) {
+        Err(KvError::Unavailable { message, .. }) => {
+            assert!(message.contains("outcome is unknown"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(s.exchanges(), before + 1);
+    // The server never received it (the session was gone), and the store carries on.
+    assert_eq!(
+        s.get(&a, &[b"k".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec())]
+    );
+}
