@@ -260,7 +260,7 @@ impl PostgresStore {
     fn unavailable(&self, what: &str, e: &postgres::Error) -> KvError {
         KvError::Unavailable {
             backend: BACKEND,
-            message: format!("{what} on {}: {e}", self.pool.target),
+            message: format!("{what} on {}: {}", self.pool.target, full_error(e)),
         }
     }
 
@@ -333,8 +333,9 @@ impl PostgresStore {
                     backend: BACKEND,
                     message: format!(
                         "the connection to {} failed after a write was sent, so its outcome is \
-                         unknown (it applied completely or not at all; it was not retried): {e}",
-                        self.pool.target
+                         unknown (it applied completely or not at all; it was not retried): {}",
+                        self.pool.target,
+                        full_error(&e)
                     ),
                 })
             }
@@ -629,10 +630,25 @@ fn surprise(message: String) -> KvError {
     }
 }
 
+/// The error with its chain of causes ("error connecting to server: Connection refused …").
+fn full_error(e: &postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn backend_error(what: &str, e: &postgres::Error) -> KvError {
     let message = match e.as_db_error() {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
-        None => format!("{what}: {e}"),
+        None => format!("{what}: {}", full_error(e)),
     };
     KvError::Backend {
         backend: BACKEND,
@@ -812,7 +828,7 @@ impl Pool {
     fn connect(&self) -> Result<Conn, KvError> {
         let unavailable = |e: postgres::Error| KvError::Unavailable {
             backend: BACKEND,
-            message: format!("cannot connect to {}: {e}", self.target),
+            message: format!("cannot connect to {}: {}", self.target, full_error(&e)),
         };
         let mut client = self.config.connect(NoTls).map_err(unavailable)?;
         self.opened.fetch_add(1, Ordering::Relaxed);
