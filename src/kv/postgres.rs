@@ -850,6 +850,8 @@ impl Pool {
         let mut state = self.state.lock();
         loop {
             if let Some(mut conn) = state.idle.pop() {
+                // Check it without holding the lock (a probe may take a millisecond).
+                drop(state);
                 if is_alive(&mut conn, self.probe_after_idle) {
                     return Ok(Pooled {
                         conn: Some(conn),
@@ -857,8 +859,9 @@ impl Pool {
                         broken: false,
                     });
                 }
-                state.open -= 1;
                 drop(conn);
+                state = self.state.lock();
+                state.open -= 1;
                 continue;
             }
             if state.open < self.max {
