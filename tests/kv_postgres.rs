@@ -577,7 +577,9 @@ fn postgres_custom_table_from_url() {
         .get(0);
     let in_default = t.store.get(&a, &[b"k".to_vec()]).unwrap();
     admin
-        .batch_execute(&format!("DROP TABLE \"{table}\""))
+        .batch_execute(&format!(
+            "DROP TABLE \"{table}\"; DROP FUNCTION \"{table}_write_v1\""
+        ))
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(in_default, vec![None]);
@@ -1057,4 +1059,44 @@ fn postgres_read_is_retried_on_a_dead_connection_but_a_write_is_not() {
         s.get(&a, &[b"k".to_vec()]).unwrap(),
         vec![Some(b"v1".to_vec())]
     );
+}
+
+#[test]
+fn postgres_stores_starting_together_create_the_schema_once() {
+    let Some(t) = pg::test_store() else { return };
+    let table = format!(
+        "kvsqlite_race_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let url = format!("{}?table={table}&pool_size=1", pg::test_url());
+    let barrier = Barrier::new(8);
+    let results: Vec<Result<(), KvError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (url, barrier, a) = (&url, &barrier, t.actor("schema"));
+                scope.spawn(move || {
+                    barrier.wait();
+                    let store = PostgresStore::connect(url)?;
+                    store.put(&a, vec![kv(&[i], &[i])])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut admin = t.admin();
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE \"{table}\"; DROP FUNCTION \"{table}_write_v1\""
+        ))
+        .unwrap();
+    assert_eq!(results, vec![Ok(()); 8]);
+    assert_eq!(rows, 8);
 }
