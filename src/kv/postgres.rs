@@ -146,7 +146,13 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://USER@HOST:PORT/DB`, optionally with `?table=NAME` and
-    /// `&pool_size=N`) with the default limits, and creates the table if it is missing.
+    /// `&pool_size=N`) with the default limits, and creates the table and its write function if
+    /// they are missing.
+    ///
+    /// Cost: opening a connection is the driver's handshake plus one query (the backend pid,
+    /// which tests use to kill connections); the schema check is one more exchange. Neither is
+    /// counted in [`PostgresStore::exchanges`]. Later connections of the pool open lazily,
+    /// at the same cost, when more calls run at once than connections exist.
     ///
     /// Errors: a malformed URL is [`KvError::InvalidUrl`]; a server that cannot be reached is
     /// [`KvError::Unavailable`].
@@ -167,7 +173,7 @@ impl PostgresStore {
 
     /// Connects with explicit options; `table` and `pool_size` given in the URL override the
     /// ones in `options`. Opens one connection right away (so a bad URL or a down server fails
-    /// here) and creates the table if it is missing.
+    /// here) and creates the table and its write function if they are missing.
     pub fn connect_with(url: &str, mut options: PostgresOptions) -> Result<Self, KvError> {
         let config = parse_url(url, &mut options)?;
         check_table_name(url, &options.table)?;
