@@ -584,10 +584,13 @@ impl DbState {
     /// Fetches chunk `idx` from the store together with a read-ahead window of the chunks after
     /// it, caches them, and returns chunk `idx`.
     fn fetch(&self, inner: &mut Inner, kind: FileKind, idx: u32) -> Result<Vec<u8>, VfsError> {
+        // Never prefetch more than half the cache could keep until it is read.
         let max = self
             .opts
             .read_ahead_max
-            .clamp(1, self.kv.limits().max_get_keys.max(1) as u32);
+            .min((self.opts.cache_pages / 2).min(u32::MAX as usize) as u32)
+            .min(self.kv.limits().max_get_keys.min(u32::MAX as usize) as u32)
+            .max(1);
         let Inner {
             main,
             journal,
