@@ -40,7 +40,7 @@ fn gen(seed: u64, steps: usize) -> Vec<Step> {
     for _ in 0..steps {
         let t = tables[rng.below(tables.len() as u64) as usize].clone();
         match rng.below(100) {
-            0..=2 if tables.len() < 5 => {
+            0..=2 if tables.len() < 5 && !in_tx => {
                 let name = format!("t{n_tables}");
                 n_tables += 1;
                 push(
@@ -64,7 +64,7 @@ fn gen(seed: u64, steps: usize) -> Vec<Step> {
                 let (name, _) = tables.remove(i);
                 push(&mut out, format!("DROP TABLE {name}"), vec![], false);
             }
-            5 if t.1 < 3 => {
+            5 if t.1 < 3 && !in_tx => {
                 let i = tables.iter().position(|x| x.0 == t.0).unwrap();
                 tables[i].1 += 1;
                 push(
@@ -100,7 +100,7 @@ fn gen(seed: u64, steps: usize) -> Vec<Step> {
                 push(
                     &mut out,
                     format!(
-                        "INSERT INTO {}(a, b) SELECT value % 97, printf('row%d-%d', value, ?1) FROM generate_series(1, {n})",
+                        "INSERT INTO {}(a, b) WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < {n}) SELECT value % 97, printf('row%d-%d', value, ?1) FROM s",
                         t.0
                     ),
                     vec![Value::Integer(rng.below(1000) as i64)],
@@ -142,7 +142,7 @@ fn gen(seed: u64, steps: usize) -> Vec<Step> {
                 savepoints = 0;
                 push(&mut out, "ROLLBACK".into(), vec![], false);
             }
-            76..=78 => {
+            76..=78 if in_tx => {
                 savepoints += 1;
                 push(&mut out, format!("SAVEPOINT sp{savepoints}"), vec![], false);
             }
@@ -233,22 +233,32 @@ fn differential(seed: u64, kv: Vec<(&str, SharedStore, OpenOptions)>) {
     reference
         .execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=NORMAL")
         .unwrap();
+    let actor = format!("diff-{seed}");
+    let stores: Vec<(&str, SharedStore)> = kv.iter().map(|(n, s, _)| (*n, s.clone())).collect();
     let dbs: Vec<(&str, Database)> = kv
         .into_iter()
-        .map(|(name, s, opts)| {
-            (
-                name,
-                open_database(s, &format!("diff-{seed}"), &opts).unwrap(),
-            )
-        })
+        .map(|(name, s, opts)| (name, open_database(s, &actor, &opts).unwrap()))
         .collect();
+    let mut errors = 0;
     for (i, s) in steps.iter().enumerate() {
         let want = run_step(&reference, s);
+        if let Err(e) = &want {
+            errors += 1;
+            if errors < 6 {
+                eprintln!("step {i} fails: {} -> {e}", s.sql);
+            }
+        }
         for (name, db) in &dbs {
             let got = run_step(db, s);
             assert_eq!(got, want, "seed {seed} step {i} on {name}: {}", s.sql);
         }
     }
+    // Only the deliberate key violations (and what they cause) fail.
+    assert!(
+        errors * 10 < steps.len(),
+        "{errors} of {} steps failed",
+        steps.len()
+    );
     let want = dump(&reference);
     for (name, db) in &dbs {
         assert_eq!(dump(db), want, "seed {seed}: final contents on {name}");
@@ -270,6 +280,16 @@ fn differential(seed: u64, kv: Vec<(&str, SharedStore, OpenOptions)>) {
                 .count()
         );
         assert!(snap.atomic_commits > 0, "{name}: {snap:?}");
+    }
+    // A fresh open (no cache, nothing buffered) reads the same database from the store.
+    drop(dbs);
+    for (name, store) in stores {
+        let db = open_database(store, &actor, &OpenOptions::default()).unwrap();
+        assert_eq!(dump(&db), want, "seed {seed}: reopened on {name}");
+        let ok: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok", "seed {seed}: reopened on {name}");
     }
 }
 

@@ -742,10 +742,12 @@ impl DbState {
         }
         let mut meta = f.meta.clone();
         meta.size = f.size;
+        let durable_count = f.meta.chunk_count();
         if kind == FileKind::Main {
             meta.next_stage = meta.next_stage.max(inner.next_stage);
         }
         let count = meta.chunk_count();
+        fill_gap(&mut pending, durable_count, count, meta.chunk_size);
         let mut new_garbage = drop_overlay_past_end(&mut meta);
         let mut puts = Vec::with_capacity(pending.len());
         for (&i, c) in &pending {
@@ -865,6 +867,12 @@ impl DbState {
         meta.next_stage = meta.next_stage.max(inner.next_stage);
         let count = meta.chunk_count();
         pages.retain(|&i, _| (i as u64) < count);
+        fill_gap(
+            &mut pages,
+            inner.main.meta.chunk_count(),
+            count,
+            meta.chunk_size,
+        );
         let mut new_garbage = drop_overlay_past_end(&mut meta);
         for &i in pages.keys() {
             if let Some(s) = meta.overlay.remove(&i) {
@@ -1174,6 +1182,17 @@ impl DbState {
             for k in &b.deletes {
                 p.remove(k);
             }
+        }
+    }
+}
+
+/// Adds a zero chunk for every index in `[durable, count)` that `chunks` lacks: a file grown
+/// by writing only its last page must not leave chunks the metadata says exist but the store
+/// lacks.
+fn fill_gap(chunks: &mut BTreeMap<u32, Vec<u8>>, durable: u64, count: u64, cs: u32) {
+    for i in durable..count {
+        if let Ok(i) = u32::try_from(i) {
+            chunks.entry(i).or_insert_with(|| vec![0; cs as usize]);
         }
     }
 }
