@@ -284,7 +284,7 @@ fn corrupt_data_is_an_error_not_a_panic_and_others_keep_working() {
     assert!(e.contains("malformed"), "{e}");
     let e = corrupt_case(&m, "badversion", |s| {
         let k = layout::meta_key(FileKind::Main);
-        let mut v = s.get("badversion", &[k.clone()]).unwrap()[0]
+        let mut v = s.get("badversion", std::slice::from_ref(&k)).unwrap()[0]
             .clone()
             .unwrap();
         v[0] = 9;

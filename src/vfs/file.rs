@@ -17,7 +17,7 @@ use super::commit;
 use super::layout::{self, FileKind, LayoutError, Meta};
 use super::stats::Stats;
 use crate::kv::{ActorKv, Key, KeyRange, KvError, ListRequest, ReadOp, ReadResult, WriteBatch};
-use crate::preload::{Lookup, Preload};
+use crate::preload::{First, Lookup, Preload};
 
 /// Which operation a KV error interrupted (picks the `SQLITE_IOERR_*` code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,10 +278,11 @@ impl DbState {
                 Lookup::Absent => Some(None),
                 Lookup::NotPreloaded => None,
             };
-            first_stage = p
-                .first_in(&ss, &se)
-                .ok()
-                .map(|o| o.map(|(k, _)| k.to_vec()));
+            first_stage = match p.first_in(&ss, &se) {
+                First::Entry(k, _) => Some(Some(k.to_vec())),
+                First::Empty => Some(None),
+                First::Unknown => None,
+            };
         }
         let mut prefetched: Vec<(u32, Vec<u8>)> = Vec::new();
         if main_raw.is_none() || journal_raw.is_none() || first_stage.is_none() {
