@@ -253,7 +253,8 @@ mod tests {
         assert_eq!(p.lookup(b"x"), Lookup::Found(b"9"));
         assert_eq!(p.lookup(b"z"), Lookup::Absent);
         assert_eq!(p.lookup(b"y"), Lookup::NotPreloaded);
-        assert_eq!(p.first_in(b"a", b"m"), First::Unknown);
+        assert_eq!(p.first_in(b"a", b"m"), First::Entry(b"b", b"1"));
+        assert_eq!(p.first_in(b"d\0", b"m"), First::Unknown);
         assert_eq!(p.first_in(b"c", b"d\0"), First::Entry(b"d", b"2"));
         assert_eq!(p.first_in(b"b\0", b"c"), First::Empty);
         p.update(b"c", b"new");
