@@ -491,6 +491,17 @@ impl DbState {
             .sum::<usize>()
             + batch.deletes.iter().map(|k| k.len()).sum::<usize>();
         s.add(&s.bytes_written, bytes as u64);
+        let pages = batch
+            .puts
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    layout::parse_key(k),
+                    Some(layout::ParsedKey::Chunk(..) | layout::ParsedKey::Stage(..))
+                )
+            })
+            .count();
+        s.add(&s.pages_written, pages as u64);
         self.kv.write(batch)
     }
 
