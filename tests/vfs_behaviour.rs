@@ -223,7 +223,8 @@ fn unmappable_names_and_missing_databases_are_clear_errors() {
     assert!(m.dump().is_empty());
     // Raw rusqlite through the VFS, and an odd actor id round-trips through the path.
     let actor = "we/ird -journal%";
-    let id = vfs::register_store(m.clone());
+    let store: SharedStore = m.clone();
+    let id = vfs::register_store(&store);
     let path = vfs::database_path(id, actor);
     assert_eq!(vfs::parse_name(&path).unwrap().actor, actor);
     let conn = rusqlite::Connection::open_with_flags_and_vfs(&path, flags, VFS_NAME).unwrap();
