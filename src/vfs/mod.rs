@@ -156,25 +156,33 @@ fn db_state(
     preload: Option<Preload>,
     handle: Option<&SharedStore>,
 ) -> Result<Arc<DbState>, VfsError> {
-    let mut reg = REGISTRY.lock();
     let key = (store, actor.to_string());
+    let st = {
+        let reg = REGISTRY.lock();
+        if let Some(s) = reg.dbs.get(&key).and_then(|w| w.upgrade()) {
+            return Ok(s);
+        }
+        handle
+            .cloned()
+            .or_else(|| reg.stores.get(store as usize).and_then(|w| w.upgrade()))
+            .ok_or_else(|| {
+                VfsError::Kv(
+                    Op::Read,
+                    KvError::InvalidUrl {
+                        url: format!("/{store}"),
+                        reason: "no live store is registered under this id".into(),
+                    },
+                )
+            })?
+    };
+    // The metadata round trip happens outside the registry lock, so opening one database
+    // never waits for another's store; if two opens race, the first state registered wins.
+    let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
+    let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
+    let mut reg = REGISTRY.lock();
     if let Some(s) = reg.dbs.get(&key).and_then(|w| w.upgrade()) {
         return Ok(s);
     }
-    let st = handle
-        .cloned()
-        .or_else(|| reg.stores.get(store as usize).and_then(|w| w.upgrade()))
-        .ok_or_else(|| {
-            VfsError::Kv(
-                Op::Read,
-                KvError::InvalidUrl {
-                    url: format!("/{store}"),
-                    reason: "no live store is registered under this id".into(),
-                },
-            )
-        })?;
-    let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
-    let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
     reg.dbs.retain(|_, w| w.strong_count() > 0);
     reg.dbs.insert(key, Arc::downgrade(&state));
     Ok(state)
