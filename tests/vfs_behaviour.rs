@@ -478,3 +478,33 @@ fn injected_faults_fail_one_statement_and_lose_nothing() {
         assert_eq!(ok, "ok", "fault at call {k}");
     }
 }
+
+#[test]
+fn many_actors_on_one_store_are_independent() {
+    let m = mem();
+    let dbs: Vec<_> = (0..20)
+        .map(|i| open_database(m.clone(), &format!("actor-{i}"), &OpenOptions::default()).unwrap())
+        .collect();
+    for (i, db) in dbs.iter().enumerate() {
+        db.execute_batch(&format!("CREATE TABLE t(x); INSERT INTO t VALUES ({i});"))
+            .unwrap();
+    }
+    for round in 0..3 {
+        for (i, db) in dbs.iter().enumerate() {
+            db.execute("INSERT INTO t VALUES (?1)", [(i * 100 + round) as i64])
+                .unwrap();
+        }
+    }
+    drop(dbs);
+    for i in 0..20 {
+        let db = open_database(m.clone(), &format!("actor-{i}"), &OpenOptions::default()).unwrap();
+        let mut st = db.prepare("SELECT x FROM t ORDER BY rowid").unwrap();
+        let xs: Vec<i64> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let i = i as i64;
+        assert_eq!(xs, vec![i, i * 100, i * 100 + 1, i * 100 + 2]);
+    }
+}
