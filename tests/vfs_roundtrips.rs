@@ -274,3 +274,55 @@ fn transaction_over_the_memory_bound_falls_back_to_the_journal_and_commits() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn rewritten_stage_pages_are_collected_inside_later_commits() {
+    let m = Arc::new(MemoryStore::with_limits(KvLimits {
+        max_write_entries: 8,
+        ..KvLimits::default()
+    }));
+    let s: SharedStore = m.clone();
+    let db = open_database(s, "gc", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    db.execute_batch("BEGIN").unwrap();
+    for _ in 0..100 {
+        db.execute("INSERT INTO t(v) VALUES (zeroblob(1000))", [])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(db.snapshot().staged_commits, 1);
+    let summary = || {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = m
+            .dump()
+            .into_iter()
+            .filter(|(a, _, _)| a == "gc")
+            .map(|(_, k, v)| (k, v))
+            .collect();
+        vfs::layout::summarize(&entries)
+    };
+    let s1 = summary();
+    let meta = s1.files[0].meta.clone().unwrap().unwrap();
+    assert!(meta.overlay.len() >= 20, "{}", meta.overlay.len());
+    assert_eq!(s1.stages.values().sum::<u64>(), meta.overlay.len() as u64);
+    assert_eq!(s1.files[0].missing_chunks, 0);
+    // Rewrite every row, one small transaction each: every one is a single put.
+    let before = db.snapshot();
+    for id in 1..=100 {
+        db.execute("UPDATE t SET v = zeroblob(999) WHERE id = ?1", [id])
+            .unwrap();
+    }
+    let d = db.snapshot() - before;
+    assert_eq!((d.kv_round_trips, d.atomic_commits), (100, 100), "{d:?}");
+    let s2 = summary();
+    let meta = s2.files[0].meta.clone().unwrap().unwrap();
+    // Only pages the updates never touched (the table's interior page) stay in the stage, and
+    // every other stage key was deleted: no garbage left.
+    assert!(meta.overlay.len() <= 2, "{:?}", meta.overlay);
+    assert_eq!(s2.stages.values().sum::<u64>(), meta.overlay.len() as u64);
+    assert_eq!(s2.files[0].missing_chunks, 0);
+    let n: i64 = db
+        .query_row("SELECT sum(length(v)) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 99_900);
+}
