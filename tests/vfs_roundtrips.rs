@@ -326,3 +326,33 @@ fn rewritten_stage_pages_are_collected_inside_later_commits() {
         .unwrap();
     assert_eq!(n, 99_900);
 }
+
+#[test]
+fn queued_entries_ride_in_the_commit_put_and_fencing_blocks_stale_writers() {
+    use kvsqlite::kv::{KvStore, Precondition};
+    let m = Arc::new(MemoryStore::new());
+    let s: SharedStore = m.clone();
+    m.put("fenced", vec![(b"gen".to_vec(), b"1".to_vec())])
+        .unwrap();
+    let db = open_database(s, "fenced", &OpenOptions::default()).unwrap();
+    db.set_fence(vec![Precondition::equals(b"gen".to_vec(), b"1".to_vec())]);
+    assert!(db.queue_puts(vec![(vec![0x08, 9], vec![])]).is_err());
+    db.queue_puts(vec![(b"state".to_vec(), b"hello".to_vec())])
+        .unwrap();
+    let before = db.snapshot();
+    db.execute_batch("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;")
+        .unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!(d.kv_round_trips, 1, "{d:?}");
+    assert_eq!(db.queued_puts(), 0);
+    assert_eq!(
+        m.get("fenced", &[b"state".to_vec()]).unwrap(),
+        vec![Some(b"hello".to_vec())]
+    );
+    // Another instance moved the generation on: this one can no longer write.
+    m.put("fenced", vec![(b"gen".to_vec(), b"2".to_vec())])
+        .unwrap();
+    let snapshot = m.dump();
+    assert!(db.execute("INSERT INTO t VALUES (2)", []).is_err());
+    assert_eq!(m.dump(), snapshot, "a fenced-out writer changed the store");
+}

@@ -319,6 +319,28 @@ impl Database {
     pub fn page_size(&self) -> u32 {
         self.state.chunk_size()
     }
+
+    /// Makes every later KV write of this database (all its connections) carry these
+    /// preconditions, checked atomically in the same round trip: the actor layer's fencing.
+    /// An unmet one fails the transaction (`SQLITE_IOERR`) with nothing written. Not carried by
+    /// `delete_range` calls (journal deletion, truncation, discarding an unfinished stage).
+    pub fn set_fence(&self, preconditions: Vec<crate::kv::Precondition>) {
+        self.state.set_fence(preconditions);
+    }
+
+    /// Queues entries (outside the VFS prefix `0x08`) to be written atomically in the same put
+    /// as the next commit: the actor layer's write collector. Kept queued if that commit fails.
+    pub fn queue_puts(
+        &self,
+        entries: Vec<(crate::kv::Key, crate::kv::Value)>,
+    ) -> Result<(), String> {
+        self.state.queue_puts(entries)
+    }
+
+    /// Entries queued by [`Database::queue_puts`] not yet written.
+    pub fn queued_puts(&self) -> usize {
+        self.state.queued_puts()
+    }
 }
 
 impl std::ops::Deref for Database {
