@@ -356,3 +356,30 @@ fn queued_entries_ride_in_the_commit_put_and_fencing_blocks_stale_writers() {
     assert!(db.execute("INSERT INTO t VALUES (2)", []).is_err());
     assert_eq!(m.dump(), snapshot, "a fenced-out writer changed the store");
 }
+
+#[test]
+fn warm_commit_stays_one_put_when_a_scan_churned_a_tiny_vfs_cache() {
+    let s = store();
+    let opts = OpenOptions {
+        cache_pages: 4,
+        ..OpenOptions::default()
+    };
+    {
+        let db = open_database(s.clone(), "churn", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        fill(&db, 100, 3900);
+    }
+    let db = open_database(s, "churn", &opts).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t WHERE length(v) = 3900", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 100);
+    db.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
+    let before = db.snapshot();
+    db.execute("INSERT INTO t(v) VALUES ('y')", []).unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!((d.kv_round_trips, d.kv_reads), (1, 0), "{d:?}");
+}

@@ -615,7 +615,6 @@ impl DbState {
             return Ok(());
         }
         let cs = f.cs();
-        let key = f.meta.live_key(idx);
         if let Some((c, first_use)) = inner.cache.get((kind, idx)) {
             dst.copy_from_slice(&c[within..end]);
             self.stats.add(&self.stats.cache_hits, 1);
@@ -624,6 +623,7 @@ impl DbState {
             }
             return Ok(());
         }
+        let key = inner.file(kind).meta.live_key(idx);
         if let Some(p) = &inner.preload {
             match p.lookup(&key) {
                 Lookup::Found(v) => {
