@@ -560,3 +560,27 @@ fn threads_share_a_store_and_two_writers_share_one_database() {
         .unwrap();
     assert_eq!(ok, "ok");
 }
+
+#[test]
+fn longest_actor_id_of_escaped_bytes_opens() {
+    let m = mem();
+    let actor = "é".repeat(256); // 512 bytes, every one percent-encoded
+    assert_eq!(actor.len(), 512);
+    let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    // A journalled transaction opens the `-journal` name too.
+    db.execute_batch("PRAGMA cache_spill=ON; PRAGMA cache_size=2")
+        .unwrap();
+    db.execute_batch("BEGIN; INSERT INTO t SELECT zeroblob(4000) FROM t, t AS b, t AS c; COMMIT;")
+        .unwrap();
+    for _ in 0..4 {
+        db.execute_batch("INSERT INTO t SELECT zeroblob(4000) FROM t")
+            .unwrap();
+    }
+    assert!(db.snapshot().journal_fallbacks >= 1, "{:?}", db.snapshot());
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 32);
+}

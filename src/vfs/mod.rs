@@ -375,7 +375,8 @@ pub fn register() {
         let vfs = Box::new(ffi::sqlite3_vfs {
             iVersion: 2,
             szOsFile: std::mem::size_of::<KvFile>() as c_int,
-            mxPathname: 1024,
+            // A 512-byte actor id percent-encoded, the store id and `-journal` fit.
+            mxPathname: 2048,
             pNext: ptr::null_mut(),
             zName: c"kvsqlite".as_ptr(),
             pAppData: ptr::null_mut(),
@@ -639,7 +640,8 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
         {
             state.unlock(*id, *lock, lock::NONE);
             if let Err(e) = state.flush_all() {
-                return error_code(&e, Op::Sync).max(ffi::SQLITE_IOERR_CLOSE);
+                error_code(&e, Op::Sync);
+                return ffi::SQLITE_IOERR_CLOSE;
             }
         }
         ffi::SQLITE_OK
@@ -996,7 +998,10 @@ unsafe extern "C" fn x_access(
                 *out = s.exists(p.file) as c_int;
                 ffi::SQLITE_OK
             }
-            Err(e) => error_code(&e, Op::Read).max(ffi::SQLITE_IOERR_ACCESS),
+            Err(e) => {
+                error_code(&e, Op::Read);
+                ffi::SQLITE_IOERR_ACCESS
+            }
         }
     })
 }
