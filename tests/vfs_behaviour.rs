@@ -570,7 +570,7 @@ fn longest_actor_id_of_escaped_bytes_opens() {
     db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
     // A journalled transaction opens the `-journal` name too.
-    db.execute_batch("PRAGMA cache_spill=ON; PRAGMA cache_size=2")
+    db.execute_batch("PRAGMA cache_spill=1; PRAGMA cache_size=2")
         .unwrap();
     db.execute_batch("BEGIN; INSERT INTO t SELECT zeroblob(4000) FROM t, t AS b, t AS c; COMMIT;")
         .unwrap();

@@ -181,7 +181,7 @@ fn journal_fallback_is_counted_and_next_transaction_is_one_put() {
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     // A small page cache that may spill: SQLite journals this transaction.
-    db.execute_batch("PRAGMA cache_spill=ON; PRAGMA cache_size=10")
+    db.execute_batch("PRAGMA cache_spill=1; PRAGMA cache_size=10")
         .unwrap();
     let before = db.snapshot();
     fill(&db, 2000, 100);

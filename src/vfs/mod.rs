@@ -204,10 +204,11 @@ pub struct OpenOptions {
     pub sqlite_cache_kib: u32,
     /// Largest read-ahead window in pages. Default 128.
     pub read_ahead_max: u32,
-    /// Most bytes of pages one batch-atomic commit may buffer; a larger transaction falls
-    /// back to the rollback journal (correct, slower). Default 256 MiB. With `cache_spill=OFF`
-    /// SQLite also holds the transaction's dirty pages, so a transaction costs about twice its
-    /// dirty pages in memory up to this bound.
+    /// Most bytes of dirty pages one transaction keeps in memory on the batch-atomic path.
+    /// SQLite's `cache_spill` is set to the same bound, so a larger transaction spills and falls
+    /// back to the rollback journal (correct, slower, counted). Default 256 MiB. Below the bound
+    /// a transaction costs about twice its dirty pages in memory (SQLite's cache and the VFS's
+    /// commit buffer).
     pub max_atomic_bytes: usize,
     /// Entries read ahead of time (at an actor's wake): served without round trips and kept
     /// coherent on every commit. Only used when no connection has the database open yet.
@@ -406,7 +407,9 @@ pub fn register() {
 
 /// Opens `actor`'s database on `store` through the VFS and returns a plain connection with
 /// kvsqlite's pragmas set: `journal_mode=DELETE`, `synchronous=NORMAL`, `temp_store=MEMORY`,
-/// `cache_spill=OFF`, and a bounded `cache_size`.
+/// a bounded `cache_size`, and `cache_spill` set to `max_atomic_bytes` (SQLite never spills a
+/// transaction smaller than that, so it commits batch-atomically; a larger one spills and
+/// journals, which bounds memory).
 pub fn open_database(
     store: SharedStore,
     actor: &str,
@@ -452,8 +455,12 @@ pub fn open_database(
         }
     }
     let conn = rusqlite::Connection::open_with_flags_and_vfs(&path, flags, VFS_NAME)?;
+    // cache_spill=-KiB: SQLite spills dirty pages (and so falls back to the journal) only past
+    // the same bound the VFS buffers; below it a transaction stays on the batch-atomic path
+    // whatever cache_size is. This bounds SQLite's memory as well as the VFS's.
+    let spill_kib = (opts.max_atomic_bytes / 1024).clamp(1, i32::MAX as usize);
     conn.execute_batch(&format!(
-        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_spill=OFF; PRAGMA cache_size=-{};",
+        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_spill=-{spill_kib}; PRAGMA cache_size=-{};",
         opts.sqlite_cache_kib.max(1)
     ))?;
     if !opts.read_only {
