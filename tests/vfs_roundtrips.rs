@@ -383,3 +383,36 @@ fn warm_commit_stays_one_put_when_a_scan_churned_a_tiny_vfs_cache() {
     let d = db.snapshot() - before;
     assert_eq!((d.kv_round_trips, d.kv_reads), (1, 0), "{d:?}");
 }
+
+#[test]
+fn new_actor_with_preload_costs_one_read_and_one_write_in_total() {
+    use kvsqlite::kv::KvStore;
+    use kvsqlite::preload::Preload;
+    let m = Arc::new(MemoryStore::new());
+    let s: SharedStore = m.clone();
+    // The actor layer's single wake read (here: just the VFS's part of it).
+    let ops = vfs::layout::preload_reads(1 << 20);
+    let results = m.batch_read("newbie", &ops).unwrap();
+    let opts = OpenOptions {
+        preload: Some(Preload::from_reads(&ops, &results)),
+        ..OpenOptions::default()
+    };
+    let db = open_database(s, "newbie", &opts).unwrap();
+    assert_eq!(db.snapshot().kv_round_trips, 0);
+    db.queue_puts(vec![(b"actor-state".to_vec(), b"v1".to_vec())])
+        .unwrap();
+    db.execute_batch(
+        "BEGIN; CREATE TABLE a(x); CREATE TABLE b(y); CREATE INDEX bi ON b(y); INSERT INTO a VALUES (1); COMMIT;",
+    )
+    .unwrap();
+    let s = db.snapshot();
+    assert_eq!(
+        (s.kv_round_trips, s.kv_writes, s.kv_reads),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        m.get("newbie", &[b"actor-state".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec())]
+    );
+}
