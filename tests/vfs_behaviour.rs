@@ -584,3 +584,41 @@ fn longest_actor_id_of_escaped_bytes_opens() {
         .unwrap();
     assert_eq!(n, 32);
 }
+
+#[test]
+fn attach_writes_one_database_atomically_and_refuses_multi_database_commits() {
+    let m = mem();
+    let store: SharedStore = m.clone();
+    let db = open_database(store.clone(), "att-main", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let side = vfs::database_path(vfs::register_store(&store), "att-side");
+    db.execute(&format!("ATTACH '{side}' AS side"), []).unwrap();
+    db.execute_batch("CREATE TABLE side.s(y); INSERT INTO side.s VALUES (1);")
+        .unwrap();
+    // One database per transaction: batch-atomic on each.
+    let before = db.snapshot();
+    db.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    db.execute("INSERT INTO side.s VALUES (2)", []).unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!((d.kv_round_trips, d.journal_fallbacks), (1, 0), "{d:?}");
+    // Both in one transaction needs a super-journal, whose recorded path would not survive a
+    // restart: refused at commit, nothing written to either database.
+    let snapshot = m.dump();
+    let e = db
+        .execute_batch("BEGIN; INSERT INTO t VALUES (3); INSERT INTO side.s VALUES (3); COMMIT;")
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::CannotOpen), "{e}");
+    let _ = db.execute_batch("ROLLBACK");
+    assert_eq!(m.dump(), snapshot);
+    let (a, b): (i64, i64) = db
+        .query_row(
+            "SELECT (SELECT sum(x) FROM t), (SELECT sum(y) FROM side.s)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((a, b), (3, 3));
+    // The connection keeps working.
+    db.execute("INSERT INTO side.s VALUES (4)", []).unwrap();
+}
