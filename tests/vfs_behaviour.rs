@@ -107,6 +107,19 @@ fn page_sizes_work_or_are_refused_clearly() {
             other => panic!("page size {ps}: {:?}", other.map(|_| ())),
         }
     }
+    // A page that does not fit one value of the store is refused up front.
+    let small: SharedStore = Arc::new(MemoryStore::with_limits(kvsqlite::kv::KvLimits {
+        max_value_bytes: 8192,
+        ..Default::default()
+    }));
+    let opts = OpenOptions {
+        page_size: 16384,
+        ..OpenOptions::default()
+    };
+    match open_database(small, "too-big", &opts) {
+        Err(OpenError::InvalidOptions(msg)) => assert!(msg.contains("limits"), "{msg}"),
+        other => panic!("{:?}", other.map(|_| ())),
+    }
     // Changing the page size later (VACUUM) keeps working over 4096-byte chunks.
     let db = open_database(m.clone(), "resize", &OpenOptions::default()).unwrap();
     db.execute_batch("CREATE TABLE t(x); INSERT INTO t WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 500) SELECT randomblob(100) FROM s;")

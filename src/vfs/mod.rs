@@ -423,6 +423,14 @@ pub fn open_database(
             opts.page_size
         )));
     }
+    let limits = *store.limits();
+    let page_cost = opts.page_size as usize + 7;
+    if opts.page_size as usize > limits.max_value_bytes || page_cost > limits.max_write_bytes {
+        return Err(OpenError::InvalidOptions(format!(
+            "page size {} does not fit the store's limits (values up to {} bytes, writes up to {} bytes)",
+            opts.page_size, limits.max_value_bytes, limits.max_write_bytes
+        )));
+    }
     if opts.read_ahead_max == 0 {
         return Err(OpenError::InvalidOptions(
             "read_ahead_max must be at least 1".into(),
