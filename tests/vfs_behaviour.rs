@@ -635,3 +635,84 @@ fn attach_writes_one_database_atomically_and_refuses_multi_database_commits() {
     // The connection keeps working.
     db.execute("INSERT INTO side.s VALUES (4)", []).unwrap();
 }
+
+/// A store whose `get` panics once armed: a buggy backend.
+struct PanickyStore {
+    inner: MemoryStore,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl KvStore for PanickyStore {
+    fn backend(&self) -> &'static str {
+        "panicky"
+    }
+    fn limits(&self) -> &kvsqlite::kv::KvLimits {
+        self.inner.limits()
+    }
+    fn get(
+        &self,
+        actor: &str,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, kvsqlite::kv::KvError> {
+        if self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("backend bug");
+        }
+        self.inner.get(actor, keys)
+    }
+    fn list(
+        &self,
+        actor: &str,
+        req: &kvsqlite::kv::ListRequest,
+    ) -> Result<kvsqlite::kv::ListPage, kvsqlite::kv::KvError> {
+        self.inner.list(actor, req)
+    }
+    fn write(
+        &self,
+        actor: &str,
+        batch: &kvsqlite::kv::WriteBatch,
+    ) -> Result<(), kvsqlite::kv::KvError> {
+        self.inner.write(actor, batch)
+    }
+    fn delete_range(
+        &self,
+        actor: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), kvsqlite::kv::KvError> {
+        self.inner.delete_range(actor, start, end)
+    }
+    fn batch_read(
+        &self,
+        actor: &str,
+        ops: &[kvsqlite::kv::ReadOp],
+    ) -> Result<Vec<kvsqlite::kv::ReadResult>, kvsqlite::kv::KvError> {
+        self.inner.batch_read(actor, ops)
+    }
+}
+
+#[test]
+fn a_panicking_backend_becomes_an_io_error_not_an_abort() {
+    let p = Arc::new(PanickyStore {
+        inner: MemoryStore::new(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let store: SharedStore = p.clone();
+    {
+        let db = open_database(store.clone(), "boom", &OpenOptions::default()).unwrap();
+        db.execute_batch(
+            "CREATE TABLE t(x); INSERT INTO t WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 50) SELECT zeroblob(3000) FROM s;",
+        )
+        .unwrap();
+    }
+    let db = open_database(store, "boom", &OpenOptions::default()).unwrap();
+    p.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::SystemIoFailure), "{e}");
+    p.armed.store(false, std::sync::atomic::Ordering::SeqCst);
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 50);
+}
