@@ -696,6 +696,8 @@ impl DbState {
             }
             idxs.push(j);
         }
+        // The next miss continues the run if it comes right after the last chunk fetched.
+        f.ra_next = idxs.last().map_or(idx, |&l| l.saturating_add(1));
         let keys: Vec<Key> = idxs.iter().map(|&i| f.meta.live_key(i)).collect();
         let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
         self.stats.add(&self.stats.cache_misses, 1);
