@@ -410,6 +410,19 @@ pub fn register() {
 /// a bounded `cache_size`, and `cache_spill` set to `max_atomic_bytes` (SQLite never spills a
 /// transaction smaller than that, so it commits batch-atomically; a larger one spills and
 /// journals, which bounds memory).
+///
+/// ```
+/// use std::sync::Arc;
+/// use kvsqlite::kv::memory::MemoryStore;
+/// use kvsqlite::vfs::{open_database, OpenOptions};
+///
+/// let store = Arc::new(MemoryStore::new());
+/// let db = open_database(store, "actor-1", &OpenOptions::default()).unwrap();
+/// db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (42);").unwrap();
+/// let before = db.snapshot();
+/// db.execute("INSERT INTO t VALUES (43)", []).unwrap();
+/// assert_eq!((db.snapshot() - before).kv_round_trips, 1); // one put per transaction
+/// ```
 pub fn open_database(
     store: SharedStore,
     actor: &str,
