@@ -349,6 +349,24 @@ fn queued_entries_ride_in_the_commit_put_and_fencing_blocks_stale_writers() {
         m.get("fenced", &[b"state".to_vec()]).unwrap(),
         vec![Some(b"hello".to_vec())]
     );
+    // Journal fallbacks and shrinking VACUUMs work under the fence too (fenced deletes).
+    db.execute_batch("PRAGMA cache_spill=1; PRAGMA cache_size=5")
+        .unwrap();
+    db.execute_batch(
+        "BEGIN; INSERT INTO t WITH RECURSIVE s(v) AS (SELECT 1 UNION ALL SELECT v + 1 FROM s WHERE v < 400) SELECT zeroblob(1000) FROM s; COMMIT;",
+    )
+    .unwrap();
+    db.execute_batch("DELETE FROM t WHERE rowid > 2; VACUUM;")
+        .unwrap();
+    assert!(db.snapshot().journal_fallbacks >= 1);
+    assert!(m
+        .dump()
+        .iter()
+        .all(|(_, k, _)| !k.starts_with(&[0x08, 0x01])));
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
     // Another instance moved the generation on: this one can no longer write.
     m.put("fenced", vec![(b"gen".to_vec(), b"2".to_vec())])
         .unwrap();

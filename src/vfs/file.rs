@@ -403,8 +403,8 @@ impl DbState {
     }
 
     /// Makes every later KV write of this database carry `preconditions` (checked atomically
-    /// with it; unmet → the write fails with `Conflict` and nothing is written). `delete_range`
-    /// calls (journal deletion, truncation, discarding an unfinished stage) cannot carry them.
+    /// with it; unmet → the write fails with `Conflict` and nothing is written). While set,
+    /// deletions use fenced delete batches instead of `delete_range`.
     pub fn set_fence(&self, preconditions: Vec<Precondition>) {
         *self.fence.lock() = preconditions;
     }
@@ -1099,7 +1099,14 @@ impl DbState {
         if old_count > new_count {
             let start = layout::chunk_key(kind, from);
             let end = layout::chunk_range_end(kind);
-            if let Err(e) = kv_delete_range(&self.kv, &self.stats, &start, Some(&end)) {
+            let result = if self.fence.lock().is_empty() {
+                kv_delete_range(&self.kv, &self.stats, &start, Some(&end))
+            } else {
+                let from = chunk_index(new_count).unwrap_or(u32::MAX);
+                let to = old_count.min(u32::MAX as u64) as u32;
+                self.fenced_deletes((from..to).map(|i| layout::chunk_key(kind, i)).collect())
+            };
+            if let Err(e) = result {
                 inner.needs_reload = true;
                 return Err(VfsError::Kv(Op::Truncate, e));
             }
@@ -1124,7 +1131,17 @@ impl DbState {
         let in_kv = inner.file(kind).in_kv;
         if in_kv {
             let (s, e) = layout::file_range(kind);
-            if let Err(err) = kv_delete_range(&self.kv, &self.stats, &s, Some(&e)) {
+            let result = if self.fence.lock().is_empty() {
+                kv_delete_range(&self.kv, &self.stats, &s, Some(&e))
+            } else {
+                // A fenced database deletes with fenced writes: metadata first (that is the
+                // delete), then the chunks it covered.
+                let count = inner.file(kind).meta.chunk_count().min(u32::MAX as u64) as u32;
+                let mut keys = vec![layout::meta_key(kind)];
+                keys.extend((0..count).map(|i| layout::chunk_key(kind, i)));
+                self.fenced_deletes(keys)
+            };
+            if let Err(err) = result {
                 inner.needs_reload = true;
                 return Err(VfsError::Kv(Op::Delete, err));
             }
@@ -1140,6 +1157,27 @@ impl DbState {
         }
         let w = inner.cache.remove_from(kind, 0);
         self.stats.add(&self.stats.readahead_wasted, w);
+        Ok(())
+    }
+
+    /// Deletes `keys` in order with writes that carry the fence, as few as the limits allow.
+    fn fenced_deletes(&self, keys: Vec<Key>) -> Result<(), KvError> {
+        let limits = *self.kv.limits();
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0;
+        for k in keys {
+            if batch.deletes.len() + 1 > limits.max_write_entries
+                || bytes + k.len() > limits.max_write_bytes
+            {
+                self.kv_write(&std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+            bytes += k.len();
+            batch.deletes.push(k);
+        }
+        if !batch.deletes.is_empty() {
+            self.kv_write(&batch)?;
+        }
         Ok(())
     }
 

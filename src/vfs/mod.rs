@@ -323,8 +323,10 @@ impl Database {
 
     /// Makes every later KV write of this database (all its connections) carry these
     /// preconditions, checked atomically in the same round trip: the actor layer's fencing.
-    /// An unmet one fails the transaction (`SQLITE_IOERR`) with nothing written. Not carried by
-    /// `delete_range` calls (journal deletion, truncation, discarding an unfinished stage).
+    /// An unmet one fails the transaction (`SQLITE_IOERR`) with nothing written. While a fence
+    /// is set, journal deletion and truncation use fenced delete batches instead of one
+    /// `delete_range` (more round trips on those rare paths); only the discarding of an
+    /// unfinished stage at open, before any fence exists, is unfenced.
     pub fn set_fence(&self, preconditions: Vec<crate::kv::Precondition>) {
         self.state.set_fence(preconditions);
     }
