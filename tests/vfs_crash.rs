@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
+use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::rng::Rng;
 use kvsqlite::vfs::layout::{self, FileKind, Meta};
@@ -152,6 +153,52 @@ fn run(store: SharedStore, txns: &[String]) -> usize {
         }
     }
     txns.len()
+}
+
+/// The same check on the redb backend, for the first 40 transactions (a staged commit and a
+/// journal fallback among them).
+#[test]
+fn every_crash_point_on_redb_leaves_old_or_new_state() {
+    let txns: Vec<String> = workload(11).into_iter().take(40).collect();
+    let expected = expected_states(&txns);
+    let dir = tempfile::tempdir().unwrap();
+    let open = |n: u64| -> SharedStore {
+        Arc::new(RedbStore::open(dir.path().join(format!("kv{n}.redb")), limits()).unwrap())
+    };
+    let counter = Arc::new(FaultStore::new(open(0), FaultPlan::none()));
+    let stats = {
+        let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
+        for t in &txns {
+            db.execute_batch(t).unwrap();
+        }
+        db.snapshot()
+    };
+    assert!(
+        stats.staged_commits >= 1 && stats.journal_fallbacks >= 1,
+        "{stats:?}"
+    );
+    let total = counter.calls();
+    for k in 1..=total {
+        let inner = open(k);
+        let faulty = Arc::new(FaultStore::new(
+            inner.clone(),
+            FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
+        ));
+        let ok = run(faulty.clone(), &txns);
+        assert!(faulty.is_crashed(), "crash point {k} not reached");
+        let db = open_database(inner, "crashy", &OpenOptions::default())
+            .unwrap_or_else(|e| panic!("redb crash at {k}: reopen failed: {e}"));
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "redb crash at {k}");
+        let got = contents(&db);
+        let in_flight = (ok + 1).min(txns.len());
+        assert!(
+            got == expected[ok] || got == expected[in_flight],
+            "redb crash at call {k}: {ok} transactions returned OK"
+        );
+    }
 }
 
 #[test]
