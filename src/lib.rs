@@ -3,5 +3,8 @@
 //! Layers, bottom up (each imports only the ones below it):
 //! - [`kv`]: the key-value store trait, its backends and wrappers. Every trait call is one round trip.
 //! - [`rng`]: a seeded generator for fault injection, tests and workloads.
+//! - [`vfs`]: the SQLite VFS over the KV layer; [`preload`]: the preload map it reads first.
 pub mod kv;
+pub mod preload;
 pub mod rng;
+pub mod vfs;
