@@ -1,13 +1,263 @@
-//! `kvsqlite kv` (being built).
+//! `kvsqlite kv`: inspect and edit one actor's raw keys in a store.
+//!
+//! Keys and values are given as UTF-8 text, or as hex with a `0x` prefix (`0x00ff`). They are
+//! shown as text when they are printable UTF-8 that does not itself start with `0x`, and as `0x…`
+//! hex otherwise, so whatever is printed can be typed back. `--hex` shows everything as hex.
+//!
+//! Exit codes: 0 on success, 1 when `get` finds a key absent, 2 on any error (one line on
+//! standard error).
+
+use clap::{Args, Subcommand};
+use kvsqlite::kv::{ActorKv, KvError, ListRequest};
 
 use super::GlobalArgs;
 
 /// Arguments of `kvsqlite kv`.
-#[derive(clap::Args, Debug)]
-pub struct KvArgs {}
+#[derive(Args, Debug)]
+pub struct KvArgs {
+    /// The actor whose keys to read or edit.
+    #[arg(long, global = true)]
+    actor: Option<String>,
+    /// Show keys and values as hex.
+    #[arg(long, global = true)]
+    hex: bool,
+    #[command(subcommand)]
+    command: KvCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum KvCommand {
+    /// List the actor's keys in byte order, one `KEY<TAB>VALUE` line each.
+    List {
+        /// Only keys starting with this (text or 0x hex).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many entries (default: all, fetched a page at a time).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print keys only.
+        #[arg(long)]
+        keys_only: bool,
+        /// Print whole values (by default values longer than 64 bytes are cut, with their length).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Print the values of keys, one `KEY<TAB>VALUE` line each; exits 1 if any is absent.
+    Get {
+        /// Keys (text or 0x hex).
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Store key/value pairs atomically: `put KEY VALUE [KEY VALUE …]`.
+    Put {
+        /// Alternating keys and values (text or 0x hex).
+        #[arg(required = true, num_args = 2.., value_names = ["KEY", "VALUE"])]
+        pairs: Vec<String>,
+    },
+    /// Delete keys atomically, or every key with a prefix (`--prefix`), or all (`--all`).
+    Delete {
+        /// Keys (text or 0x hex).
+        keys: Vec<String>,
+        /// Delete every key starting with this instead.
+        #[arg(long, conflicts_with_all = ["keys", "all"])]
+        prefix: Option<String>,
+        /// Delete every key of the actor.
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+    },
+}
+
+/// Parses a key or value argument: `0x` followed by hex digits is bytes, anything else is the
+/// UTF-8 text itself.
+pub fn parse_bytes(arg: &str) -> Result<Vec<u8>, String> {
+    let Some(hex) = arg.strip_prefix("0x").or_else(|| arg.strip_prefix("0X")) else {
+        return Ok(arg.as_bytes().to_vec());
+    };
+    if hex.len() % 2 != 0 {
+        return Err(format!(
+            "{arg:?}: hex must have an even number of digits (text starting with 0x must be given as hex)"
+        ));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| {
+                    format!("{arg:?}: not valid hex (text starting with 0x must be given as hex)")
+                })
+        })
+        .collect()
+}
+
+/// Renders bytes for display: text when printable UTF-8 not starting with `0x`, else hex.
+pub fn show_bytes(bytes: &[u8], force_hex: bool) -> String {
+    if !force_hex {
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            let printable = s.chars().all(|c| !c.is_control());
+            if printable && !s.starts_with("0x") && !s.starts_with("0X") {
+                return s.to_string();
+            }
+        }
+    }
+    let mut out = String::with_capacity(2 + bytes.len() * 2);
+    out.push_str("0x");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+fn show_value(v: &[u8], hex: bool, full: bool) -> String {
+    const CUT: usize = 64;
+    if full || v.len() <= CUT {
+        show_bytes(v, hex)
+    } else {
+        format!("{}… ({} bytes)", show_bytes(&v[..CUT], true), v.len())
+    }
+}
 
 /// Runs `kvsqlite kv`.
-pub fn run(_global: &GlobalArgs, _args: KvArgs) -> i32 {
-    eprintln!("kvsqlite kv: not built yet");
-    2
+pub fn run(global: &GlobalArgs, args: KvArgs) -> i32 {
+    match run_inner(global, args) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("kvsqlite kv: {msg}");
+            2
+        }
+    }
+}
+
+fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
+    let actor = args
+        .actor
+        .ok_or_else(|| "--actor ID is required".to_string())?;
+    let store = global.open_store()?;
+    let kv = ActorKv::new(store, &actor).map_err(|e| e.to_string())?;
+    let err = |e: KvError| e.to_string();
+    let hex = args.hex;
+    match args.command {
+        KvCommand::List {
+            prefix,
+            limit,
+            keys_only,
+            full,
+        } => {
+            let prefix = prefix.as_deref().map(parse_bytes).transpose()?;
+            let mut req = ListRequest::prefix(prefix.clone().unwrap_or_default());
+            let page_max = kv.limits().default_list_limit;
+            if limit == Some(0) {
+                return Err("--limit must be at least 1".into());
+            }
+            let mut left = limit;
+            loop {
+                req.limit = Some(left.unwrap_or(page_max).min(page_max));
+                let page = kv.list(&req).map_err(err)?;
+                for (k, v) in &page.entries {
+                    if keys_only {
+                        println!("{}", show_bytes(k, hex));
+                    } else {
+                        println!("{}\t{}", show_bytes(k, hex), show_value(v, hex, full));
+                    }
+                }
+                if let Some(l) = left.as_mut() {
+                    *l -= page.entries.len().min(*l);
+                    if *l == 0 {
+                        break;
+                    }
+                }
+                let Some(next) = page.next_start else { break };
+                let end = match &prefix {
+                    Some(p) => kvsqlite::kv::prefix_successor(p),
+                    None => None,
+                };
+                req = ListRequest::range(next, end);
+            }
+            Ok(0)
+        }
+        KvCommand::Get { keys } => {
+            let keys: Vec<Vec<u8>> = keys
+                .iter()
+                .map(|k| parse_bytes(k))
+                .collect::<Result<_, _>>()?;
+            let values = kv.get(&keys).map_err(err)?;
+            let mut code = 0;
+            for (k, v) in keys.iter().zip(values) {
+                match v {
+                    Some(v) => println!("{}\t{}", show_bytes(k, hex), show_bytes(&v, hex)),
+                    None => {
+                        println!("{}\t(absent)", show_bytes(k, hex));
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        KvCommand::Put { pairs } => {
+            if pairs.len() % 2 != 0 {
+                return Err(format!(
+                    "put takes KEY VALUE pairs; got {} arguments",
+                    pairs.len()
+                ));
+            }
+            let entries = pairs
+                .chunks(2)
+                .map(|p| Ok((parse_bytes(&p[0])?, parse_bytes(&p[1])?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            let n = entries.len();
+            kv.put(entries).map_err(err)?;
+            eprintln!("put {n} entries");
+            Ok(0)
+        }
+        KvCommand::Delete { keys, prefix, all } => {
+            if let Some(p) = prefix {
+                let p = parse_bytes(&p)?;
+                let end = kvsqlite::kv::prefix_successor(&p);
+                kv.delete_range(&p, end.as_deref()).map_err(err)?;
+                eprintln!("deleted every key starting with {}", show_bytes(&p, hex));
+            } else if all {
+                kv.delete_range(&[], None).map_err(err)?;
+                eprintln!("deleted every key of actor {actor}");
+            } else if keys.is_empty() {
+                return Err("delete needs keys, --prefix P or --all".into());
+            } else {
+                let keys: Vec<Vec<u8>> = keys
+                    .iter()
+                    .map(|k| parse_bytes(k))
+                    .collect::<Result<_, _>>()?;
+                let n = keys.len();
+                kv.delete(keys).map_err(err)?;
+                eprintln!("deleted {n} keys (absent keys are not an error)");
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_through_display_and_parse() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"hello".to_vec(),
+            vec![0, 0xFF, 0x10],
+            b"0x41".to_vec(),
+            "héllo".as_bytes().to_vec(),
+            b"tab\there".to_vec(),
+            vec![],
+        ];
+        for c in cases {
+            let shown = show_bytes(&c, false);
+            assert_eq!(parse_bytes(&shown).unwrap(), c, "{shown}");
+            assert_eq!(parse_bytes(&show_bytes(&c, true)).unwrap(), c);
+        }
+        assert_eq!(show_bytes(b"abc", false), "abc");
+        assert_eq!(show_bytes(&[1, 2], false), "0x0102");
+        assert_eq!(parse_bytes("0xAbCd").unwrap(), vec![0xAB, 0xCD]);
+        assert!(parse_bytes("0xabc").is_err());
+        assert!(parse_bytes("0xzz").is_err());
+        assert!(parse_bytes("0xé1").is_err());
+    }
 }

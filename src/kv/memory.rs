@@ -9,8 +9,8 @@ use std::ops::Bound;
 use parking_lot::RwLock;
 
 use super::{
-    check_actor_id, check_batch_read, key_after, KvError, KvLimits, KvStore, ListPage, ListRequest,
-    ReadOp, ReadResult, Value, WriteBatch,
+    check_actor_id, check_batch_read, key_after, range_is_empty, KvError, KvLimits, KvStore,
+    ListPage, ListRequest, ReadOp, ReadResult, Value, WriteBatch,
 };
 
 type Namespace = BTreeMap<Vec<u8>, Value>;
@@ -56,13 +56,17 @@ pub(crate) fn list_map(ns: Option<&Namespace>, limit: usize, req: &ListRequest) 
     let (start, end) = req.range.bounds();
     let mut page = ListPage::default();
     let Some(ns) = ns else { return page };
+    if range_is_empty(&start, end.as_deref()) {
+        return page;
+    }
     let upper = match &end {
         Some(e) => Bound::Excluded(e.as_slice()),
         None => Bound::Unbounded,
     };
     let mut bytes = 0usize;
     for (k, v) in ns.range::<[u8], _>((Bound::Included(start.as_slice()), upper)) {
-        if page.entries.len() == limit || req.max_bytes.is_some_and(|m| bytes >= m) {
+        let over_budget = !page.entries.is_empty() && req.max_bytes.is_some_and(|m| bytes >= m);
+        if page.entries.len() == limit || over_budget {
             page.next_start = page.entries.last().map(|(k, _)| key_after(k));
             break;
         }
@@ -129,6 +133,9 @@ impl KvStore for MemoryStore {
 
     fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
         check_actor_id(actor)?;
+        if range_is_empty(start, end) {
+            return Ok(());
+        }
         let mut actors = self.actors.write();
         if let Some(ns) = actors.get_mut(actor) {
             let doomed: Vec<Vec<u8>> = ns

@@ -17,7 +17,11 @@
 //!
 //! Keys and values are bytes; keys order by plain byte-lexicographic comparison.
 
+pub mod counting;
+pub mod faults;
+pub mod latency;
 pub mod memory;
+pub mod redb_store;
 pub mod url;
 
 use std::fmt;
@@ -250,6 +254,12 @@ impl KeyRange {
             }
         }
     }
+}
+
+/// True when `[start, end)` holds no key at all (`end <= start`). Backends answer such a range
+/// with nothing instead of handing an inverted range to their index.
+pub fn range_is_empty(start: &[u8], end: Option<&[u8]>) -> bool {
+    end.is_some_and(|e| e <= start)
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None` when there is none
@@ -503,6 +513,26 @@ impl fmt::Display for KvError {
 }
 
 impl std::error::Error for KvError {}
+
+impl KvError {
+    /// True for the errors a store raises while validating a call, before anything is sent
+    /// (limits, empty keys, bad actor ids, duplicate keys): such a call is not a round trip and
+    /// certainly wrote nothing.
+    pub fn is_rejected_before_send(&self) -> bool {
+        matches!(
+            self,
+            KvError::EmptyKey
+                | KvError::KeyTooLarge { .. }
+                | KvError::ValueTooLarge { .. }
+                | KvError::TooManyEntries { .. }
+                | KvError::TooManyKeys { .. }
+                | KvError::PayloadTooLarge { .. }
+                | KvError::InvalidListLimit { .. }
+                | KvError::DuplicateKey { .. }
+                | KvError::InvalidActorId { .. }
+        )
+    }
+}
 
 /// Renders a key for messages: UTF-8 text when it is printable, hex otherwise.
 pub fn display_key(key: &[u8]) -> String {

@@ -1,19 +1,99 @@
 //! Store URLs: how a user names a store on the command line or in `KVSQLITE_KV`.
 //!
-//! Accepted forms: `memory:`, `redb:PATH`, `postgres://USER@HOST:PORT/DB`. `--rtt MS` wraps any
-//! of them in the latency wrapper.
+//! Why it exists: every entry point (CLI, tests, benchmarks) names its store the same way, and a
+//! typo must give one clear error listing what is accepted, never a panic or a silent default.
+//!
+//! Accepted forms:
+//! - `memory:` — an in-process store, empty at start, gone at exit.
+//! - `redb:PATH` — the embedded persistent store in the file `PATH` (created with its parent
+//!   directories if missing); one file holds many actors.
+//! - `postgres://USER@HOST:PORT/DB` (or `postgresql://…`) — a PostgreSQL server.
+//!
+//! `--rtt MS` wraps any of them in the latency wrapper.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::latency::LatencyStore;
 use super::memory::MemoryStore;
+use super::redb_store::RedbStore;
 use super::{KvError, KvLimits, SharedStore};
 
 /// The store used when neither `--kv` nor `KVSQLITE_KV` names one.
 pub const DEFAULT_STORE_URL: &str = "redb:./kvsqlite-data/kv.redb";
 
+/// The environment variable that names the store when no URL is given explicitly.
+pub const STORE_URL_ENV: &str = "KVSQLITE_KV";
+
 /// What every URL error lists.
 pub const ACCEPTED_FORMS: &str = "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB";
+
+/// A parsed store URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `memory:`.
+    Memory,
+    /// `redb:PATH`.
+    Redb(String),
+    /// `postgres://…`, kept whole for the PostgreSQL client.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Parses a URL; a malformed URL or unknown scheme is [`KvError::InvalidUrl`] listing the
+    /// accepted forms.
+    pub fn parse(url: &str) -> Result<StoreUrl, KvError> {
+        let bad = |why: &str| KvError::InvalidUrl {
+            url: url.to_string(),
+            reason: format!("{why}; {ACCEPTED_FORMS}"),
+        };
+        let trimmed = url.trim();
+        if trimmed.is_empty() {
+            return Err(bad("the URL is empty"));
+        }
+        let Some((scheme, rest)) = trimmed.split_once(':') else {
+            return Err(bad("no scheme (expected `scheme:`)"));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            "memory" if rest.is_empty() => Ok(StoreUrl::Memory),
+            "memory" => Err(bad("memory: takes nothing after the colon")),
+            "redb" if rest.is_empty() => {
+                Err(bad("redb: needs a file path, e.g. redb:./data/kv.redb"))
+            }
+            "redb" if rest.contains('\0') => Err(bad("the redb path contains a NUL character")),
+            "redb" => Ok(StoreUrl::Redb(rest.to_string())),
+            "postgres" | "postgresql" => {
+                let Some(after) = rest.strip_prefix("//") else {
+                    return Err(bad("postgres URLs start with postgres://"));
+                };
+                let host_part = after.split('/').next().unwrap_or("");
+                let host = host_part.rsplit('@').next().unwrap_or("");
+                if host.is_empty() {
+                    return Err(bad("the postgres URL names no host"));
+                }
+                if let Some((_, port)) = host.rsplit_once(':') {
+                    if port.parse::<u16>().is_err() {
+                        return Err(bad(&format!("port {port:?} is not a number 0..=65535")));
+                    }
+                }
+                Ok(StoreUrl::Postgres(trimmed.to_string()))
+            }
+            other => Err(bad(&format!("unknown scheme {other:?}"))),
+        }
+    }
+}
+
+/// The URL to use: `explicit` if given, else `KVSQLITE_KV` if set and not empty, else
+/// [`DEFAULT_STORE_URL`].
+pub fn resolve_url(explicit: Option<&str>) -> String {
+    if let Some(u) = explicit {
+        return u.to_string();
+    }
+    match std::env::var(STORE_URL_ENV) {
+        Ok(u) if !u.trim().is_empty() => u,
+        _ => DEFAULT_STORE_URL.to_string(),
+    }
+}
 
 /// Opens the store a URL names, with the given limits, wrapped in a latency wrapper when `rtt`
 /// is given.
@@ -22,12 +102,82 @@ pub fn open_store(
     limits: KvLimits,
     rtt: Option<Duration>,
 ) -> Result<SharedStore, KvError> {
-    let _ = rtt;
-    match url {
-        "memory:" => Ok(Arc::new(MemoryStore::with_limits(limits))),
-        _ => Err(KvError::InvalidUrl {
-            url: url.to_string(),
-            reason: format!("only memory: is built so far; {ACCEPTED_FORMS}"),
-        }),
+    let store: SharedStore = match StoreUrl::parse(url)? {
+        StoreUrl::Memory => Arc::new(MemoryStore::with_limits(limits)),
+        StoreUrl::Redb(path) => Arc::new(RedbStore::open(path, limits)?),
+        StoreUrl::Postgres(url) => open_postgres(&url, limits)?,
+    };
+    Ok(match rtt {
+        Some(rtt) => Arc::new(LatencyStore::new(store, rtt)),
+        None => store,
+    })
+}
+
+/// Opens a PostgreSQL store (the backend lives on the `pg` branch until it is merged).
+fn open_postgres(url: &str, limits: KvLimits) -> Result<SharedStore, KvError> {
+    let _ = limits;
+    Err(KvError::Unavailable {
+        backend: "postgres",
+        message: format!("{url}: the postgres backend is not built into this binary yet"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_accepted_form() {
+        assert_eq!(StoreUrl::parse("memory:").unwrap(), StoreUrl::Memory);
+        assert_eq!(
+            StoreUrl::parse("redb:./a/b.redb").unwrap(),
+            StoreUrl::Redb("./a/b.redb".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("postgres://root@127.0.0.1:5432/test").unwrap(),
+            StoreUrl::Postgres("postgres://root@127.0.0.1:5432/test".into())
+        );
+    }
+
+    #[test]
+    fn malformed_urls_list_the_accepted_forms() {
+        for bad in [
+            "",
+            "   ",
+            "memory",
+            "memory:x",
+            "redb:",
+            "redb",
+            "sqlite:foo.db",
+            "postgres:foo",
+            "postgres://",
+            "postgres://u@h:notaport/db",
+            "postgres://u@h:99999/db",
+            "://",
+        ] {
+            match StoreUrl::parse(bad) {
+                Err(KvError::InvalidUrl { url, reason }) => {
+                    assert_eq!(url, bad);
+                    assert!(reason.contains(ACCEPTED_FORMS), "{bad:?}: {reason}");
+                }
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rtt_wraps_in_latency_and_keeps_the_backend_name() {
+        let s = open_store(
+            "memory:",
+            KvLimits::default(),
+            Some(Duration::from_millis(0)),
+        )
+        .unwrap();
+        assert_eq!(s.backend(), "memory");
+        s.put("a", vec![(b"k".to_vec(), b"v".to_vec())]).unwrap();
+        assert_eq!(
+            s.get("a", &[b"k".to_vec()]).unwrap(),
+            vec![Some(b"v".to_vec())]
+        );
     }
 }

@@ -1,0 +1,79 @@
+//! The `latency` wrapper: simulates a remote store by sleeping one round-trip time per call.
+//!
+//! Why it exists: the embedded and in-memory stores answer in microseconds, which hides every
+//! extra round trip. Wrapping them in a fixed RTT (the `--rtt MS` option) makes a remote KV's cost
+//! visible end to end, faithfully: one sleep per trait call, because each call is one round trip.
+
+use std::time::Duration;
+
+use super::{
+    KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult, SharedStore, Value,
+    WriteBatch,
+};
+
+/// A store that sleeps `rtt` once before forwarding each call to the inner store.
+///
+/// Every call sleeps, including one the inner store then rejects for its size: a real client
+/// would validate before sending, but the difference only matters for invalid calls.
+pub struct LatencyStore {
+    inner: SharedStore,
+    rtt: Duration,
+}
+
+impl LatencyStore {
+    /// Wraps `inner` with a round-trip time of `rtt`.
+    pub fn new(inner: SharedStore, rtt: Duration) -> Self {
+        LatencyStore { inner, rtt }
+    }
+
+    /// The simulated round-trip time.
+    pub fn rtt(&self) -> Duration {
+        self.rtt
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &SharedStore {
+        &self.inner
+    }
+
+    fn wait(&self) {
+        if !self.rtt.is_zero() {
+            std::thread::sleep(self.rtt);
+        }
+    }
+}
+
+impl KvStore for LatencyStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+
+    fn limits(&self) -> &KvLimits {
+        self.inner.limits()
+    }
+
+    fn get(&self, actor: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, KvError> {
+        self.wait();
+        self.inner.get(actor, keys)
+    }
+
+    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
+        self.wait();
+        self.inner.list(actor, req)
+    }
+
+    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+        self.wait();
+        self.inner.write(actor, batch)
+    }
+
+    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
+        self.wait();
+        self.inner.delete_range(actor, start, end)
+    }
+
+    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+        self.wait();
+        self.inner.batch_read(actor, ops)
+    }
+}
