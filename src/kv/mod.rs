@@ -21,6 +21,7 @@ pub mod counting;
 pub mod faults;
 pub mod latency;
 pub mod memory;
+pub mod postgres;
 pub mod redb_store;
 pub mod url;
 
