@@ -20,9 +20,15 @@ fn corpus() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and the sqllogictest corpus is missing at {}", dir.display());
+        panic!(
+            "CI=true and the sqllogictest corpus is missing at {}",
+            dir.display()
+        );
     }
-    println!("SKIPPED: the sqllogictest corpus is not at {}", dir.display());
+    println!(
+        "SKIPPED: the sqllogictest corpus is not at {}",
+        dir.display()
+    );
     None
 }
 
@@ -86,7 +92,10 @@ fn statement_expectations_and_query_errors_are_failures() {
             (4, "statement succeeded but an error was expected"),
             (7, "statement failed: no such table: nope"),
             (10, "query failed: no such table: nope"),
-            (14, "query failed: query returns 1 column(s) but its type string names 2"),
+            (
+                14,
+                "query failed: query returns 1 column(s) but its type string names 2"
+            ),
             (19, "unknown record type \"bogus\""),
         ]
     );
@@ -114,7 +123,8 @@ fn guards_halt_crlf_and_hash_threshold() {
 
 #[test]
 fn labels_must_agree() {
-    let script = "query I nosort lbl\nSELECT 1\n----\n1\n\nquery I nosort lbl\nSELECT 1\n----\n1\n\n\
+    let script =
+        "query I nosort lbl\nSELECT 1\n----\n1\n\nquery I nosort lbl\nSELECT 1\n----\n1\n\n\
                   query I nosort lbl\nSELECT 2\n----\n2\n";
     let report = slt::run_script(
         &mut native(),
@@ -174,7 +184,10 @@ fn known_deviations_are_reported_as_expected_different() {
     );
     let mut summary = slt::Summary::default();
     summary.add(&report);
-    assert_eq!(summary.last_line(), "3 passed, 0 failed, 1 expected-different");
+    assert_eq!(
+        summary.last_line(),
+        "3 passed, 0 failed, 1 expected-different"
+    );
 }
 
 /// select1.test compares 909 of its queries by hashes the reference runner computed: every one
@@ -193,7 +206,7 @@ fn hashing_matches_the_reference_on_select1() {
 #[test]
 fn collect_scripts_recurses_sorted_and_refuses_missing_paths() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/tests");
-    let scripts = slt::collect_scripts(&[dir.clone()]).unwrap();
+    let scripts = slt::collect_scripts(std::slice::from_ref(&dir)).unwrap();
     assert!(scripts.len() >= 10);
     assert!(scripts.windows(2).all(|w| w[0] < w[1]));
     assert!(scripts.iter().all(|p| p.extension().unwrap() == "test"));
@@ -222,17 +235,31 @@ fn cli_reports_failures_and_exits_non_zero() {
     std::fs::write(&wrong, WRONG).unwrap();
     let (code, stdout, _) = cli(&["slt", "--native", wrong.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
-    assert!(stdout.contains(&format!("{}:7: wrong result", wrong.display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{}:7: wrong result", wrong.display())),
+        "{stdout}"
+    );
     assert_eq!(stdout.lines().last(), Some("3 passed, 1 failed"));
 
     let good = dir.join("good.test");
-    std::fs::write(&good, "onlyif mysql\nstatement ok\nx\n\nquery I\nSELECT 1\n----\n1\n").unwrap();
+    std::fs::write(
+        &good,
+        "onlyif mysql\nstatement ok\nx\n\nquery I\nSELECT 1\n----\n1\n",
+    )
+    .unwrap();
     let (code, stdout, _) = cli(&["slt", "--native", good.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}");
     assert_eq!(stdout.lines().last(), Some("1 passed, 0 failed, 1 skipped"));
 
-    let (code, _, stderr) = cli(&["slt", "--native", dir.join("missing.test").to_str().unwrap()]);
+    let (code, _, stderr) = cli(&[
+        "slt",
+        "--native",
+        dir.join("missing.test").to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
-    assert!(stderr.starts_with("kvsqlite slt: ") && stderr.contains("missing.test"), "{stderr}");
+    assert!(
+        stderr.starts_with("kvsqlite slt: ") && stderr.contains("missing.test"),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -68,15 +68,13 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     let progress = scripts.len() >= PROGRESS_MIN_FILES && std::io::stderr().is_terminal();
     let total = scripts.len();
     let mut stdout = std::io::stdout().lock();
-    let mut done = 0usize;
     let mut summary = slt::Summary::default();
-    for path in &scripts {
+    for (done, path) in scripts.iter().enumerate() {
         if progress {
             draw_progress(done, total, &path.display().to_string());
         }
         let report = slt::run_file(target.as_mut(), path, &config);
         summary.add(&report);
-        done += 1;
         if progress {
             clear_progress();
         }
