@@ -1,0 +1,153 @@
+//! A bounded page cache shared by all connections of one database.
+//!
+//! Why it exists: SQLite's own page cache is per connection and is dropped whenever another
+//! connection may have changed the file; this cache keeps committed chunks (and read-ahead
+//! results) so re-reads cost no round trip. Least-recently-used eviction, bounded in chunks.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::layout::FileKind;
+
+/// Cache key: a chunk of a file.
+pub type ChunkId = (FileKind, u32);
+
+struct Entry {
+    data: Vec<u8>,
+    tick: u64,
+    /// Fetched by read-ahead and not read since.
+    prefetched: bool,
+}
+
+/// An LRU map from chunk to its bytes, holding at most `capacity` chunks.
+pub struct PageCache {
+    capacity: usize,
+    tick: u64,
+    map: HashMap<ChunkId, Entry>,
+    order: BTreeMap<u64, ChunkId>,
+}
+
+/// What an insert or removal dropped that read-ahead had fetched and nobody read.
+pub type Wasted = u64;
+
+impl PageCache {
+    /// An empty cache holding at most `capacity` chunks (0 disables caching).
+    pub fn new(capacity: usize) -> Self {
+        PageCache {
+            capacity,
+            tick: 0,
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+        }
+    }
+
+    /// Chunks held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The chunk's bytes, marking it recently used. The flag says whether this is the first
+    /// read of a prefetched chunk.
+    pub fn get(&mut self, id: ChunkId) -> Option<(&[u8], bool)> {
+        self.tick += 1;
+        let tick = self.tick;
+        let e = self.map.get_mut(&id)?;
+        self.order.remove(&e.tick);
+        e.tick = tick;
+        self.order.insert(tick, id);
+        let first_use = std::mem::replace(&mut e.prefetched, false);
+        Some((&e.data, first_use))
+    }
+
+    /// True when the chunk is held (does not touch recency).
+    pub fn contains(&self, id: ChunkId) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    /// Stores a chunk, evicting the least recently used ones past capacity. Returns how many
+    /// unread prefetched chunks were dropped.
+    pub fn insert(&mut self, id: ChunkId, data: Vec<u8>, prefetched: bool) -> Wasted {
+        if self.capacity == 0 {
+            return 0;
+        }
+        let mut wasted = self.remove(id);
+        self.tick += 1;
+        self.map.insert(
+            id,
+            Entry {
+                data,
+                tick: self.tick,
+                prefetched,
+            },
+        );
+        self.order.insert(self.tick, id);
+        while self.map.len() > self.capacity {
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(e) = self.map.remove(&victim) {
+                wasted += e.prefetched as u64;
+            }
+        }
+        wasted
+    }
+
+    /// Drops one chunk. Returns 1 if it was an unread prefetched chunk.
+    pub fn remove(&mut self, id: ChunkId) -> Wasted {
+        match self.map.remove(&id) {
+            Some(e) => {
+                self.order.remove(&e.tick);
+                e.prefetched as u64
+            }
+            None => 0,
+        }
+    }
+
+    /// Drops every chunk of `file` at index `from` or above.
+    pub fn remove_from(&mut self, file: FileKind, from: u32) -> Wasted {
+        let doomed: Vec<ChunkId> = self
+            .map
+            .keys()
+            .filter(|(f, i)| *f == file && *i >= from)
+            .copied()
+            .collect();
+        doomed.into_iter().map(|id| self.remove(id)).sum()
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) -> Wasted {
+        let wasted = self.map.values().filter(|e| e.prefetched).count() as u64;
+        self.map.clear();
+        self.order.clear();
+        wasted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used_and_counts_waste() {
+        let mut c = PageCache::new(2);
+        assert_eq!(c.insert((FileKind::Main, 1), vec![1], false), 0);
+        assert_eq!(c.insert((FileKind::Main, 2), vec![2], true), 0);
+        assert_eq!(
+            c.get((FileKind::Main, 1)).map(|x| x.0.to_vec()),
+            Some(vec![1])
+        );
+        // 2 is least recently used and was never read: wasted.
+        assert_eq!(c.insert((FileKind::Main, 3), vec![3], false), 1);
+        assert!(!c.contains((FileKind::Main, 2)));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.insert((FileKind::Main, 4), vec![4], true), 0);
+        assert_eq!(c.get((FileKind::Main, 4)), Some((&[4u8][..], true)));
+        assert_eq!(c.get((FileKind::Main, 4)), Some((&[4u8][..], false)));
+        assert_eq!(c.remove_from(FileKind::Main, 4), 0);
+        assert_eq!(c.len(), 1);
+    }
+}

@@ -1,0 +1,1239 @@
+//! The state of one database (one actor on one store) and every I/O operation on its files.
+//!
+//! Why it exists: all connections to one database share one [`DbState`] — its metadata, page
+//! cache, preload, buffered writes, commit buffer and in-process locks — so they see one
+//! consistent file and SQLite's locking works as it expects. Every KV call the VFS makes goes
+//! through the `kv_*` methods here, which count it in the database's [`Stats`]. The FFI layer
+//! (`mod.rs`) only translates callbacks into calls on this type.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::cache::PageCache;
+use super::commit;
+use super::layout::{self, FileKind, LayoutError, Meta};
+use super::stats::Stats;
+use crate::kv::{ActorKv, Key, KeyRange, KvError, ListRequest, ReadOp, ReadResult, WriteBatch};
+use crate::preload::{Lookup, Preload};
+
+/// Which operation a KV error interrupted (picks the `SQLITE_IOERR_*` code).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Reading pages or metadata.
+    Read,
+    /// Writing pages or metadata.
+    Write,
+    /// Flushing buffered writes on sync.
+    Sync,
+    /// Shrinking a file.
+    Truncate,
+    /// Deleting a file.
+    Delete,
+}
+
+/// Errors of the VFS's file operations.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VfsError {
+    /// A KV call failed.
+    Kv(Op, KvError),
+    /// Stored data is malformed (a chunk of the wrong length, a missing chunk, bad metadata).
+    Corrupt(String),
+    /// A transaction is too big for the batch-atomic path's configured bound or for one commit
+    /// record; SQLite falls back to its rollback journal.
+    TooBig(String),
+}
+
+impl fmt::Display for VfsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VfsError::Kv(op, e) => write!(f, "KV {op:?} failed: {e}"),
+            VfsError::Corrupt(m) => write!(f, "database is corrupt: {m}"),
+            VfsError::TooBig(m) => write!(f, "transaction too big for the atomic path: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for VfsError {}
+
+impl From<LayoutError> for VfsError {
+    fn from(e: LayoutError) -> Self {
+        VfsError::Corrupt(e.0)
+    }
+}
+
+/// Tunables of one database, fixed when its state is created.
+#[derive(Clone, Debug)]
+pub struct StateOptions {
+    /// Page size of a new database (the chunk size); an existing one keeps its own.
+    pub page_size: u32,
+    /// VFS page cache capacity in chunks.
+    pub cache_pages: usize,
+    /// Largest read-ahead window in chunks.
+    pub read_ahead_max: u32,
+    /// Most bytes of pages buffered for one batch-atomic commit; a bigger transaction falls
+    /// back to the rollback journal.
+    pub max_atomic_bytes: usize,
+    /// Buffered non-atomic writes past this many bytes are flushed before the next sync.
+    pub flush_threshold_bytes: usize,
+}
+
+impl Default for StateOptions {
+    fn default() -> Self {
+        StateOptions {
+            page_size: 4096,
+            cache_pages: 2048,
+            read_ahead_max: 128,
+            max_atomic_bytes: 256 << 20,
+            flush_threshold_bytes: 8 << 20,
+        }
+    }
+}
+
+/// Initial read-ahead window in chunks.
+pub const READ_AHEAD_START: u32 = 4;
+
+struct FileState {
+    /// Metadata as stored in the KV (or to be stored at the first flush).
+    meta: Meta,
+    /// The metadata key exists in the KV.
+    in_kv: bool,
+    /// The file exists for SQLite (in the KV, or created in this process).
+    exists: bool,
+    /// Logical size, including buffered writes.
+    size: u64,
+    /// Chunks written and not yet flushed (non-atomic writes).
+    pending: BTreeMap<u32, Vec<u8>>,
+    ra_next: u32,
+    ra_window: u32,
+}
+
+impl FileState {
+    fn new(meta: Meta, in_kv: bool) -> Self {
+        FileState {
+            size: meta.size,
+            meta,
+            in_kv,
+            exists: in_kv,
+            pending: BTreeMap::new(),
+            ra_next: u32::MAX,
+            ra_window: READ_AHEAD_START,
+        }
+    }
+
+    fn cs(&self) -> usize {
+        self.meta.chunk_size as usize
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending.len() * self.cs()
+    }
+
+    fn dirty(&self) -> bool {
+        !self.pending.is_empty() || self.size != self.meta.size
+    }
+}
+
+/// SQLite's lock levels.
+pub mod lock {
+    /// No lock.
+    pub const NONE: i32 = 0;
+    /// Reading.
+    pub const SHARED: i32 = 1;
+    /// Intends to write.
+    pub const RESERVED: i32 = 2;
+    /// Waiting for readers to finish before writing.
+    pub const PENDING: i32 = 3;
+    /// Writing.
+    pub const EXCLUSIVE: i32 = 4;
+}
+
+#[derive(Default)]
+struct Locks {
+    shared: u32,
+    reserved: Option<u64>,
+    pending: Option<u64>,
+    exclusive: Option<u64>,
+}
+
+struct Inner {
+    main: FileState,
+    journal: FileState,
+    /// The main file has no metadata in the KV yet: chunk 0 reads as a valid empty database
+    /// page so the first transaction already takes the batch-atomic path.
+    virtual_page1: bool,
+    next_stage: u64,
+    /// Pages buffered between BEGIN and COMMIT_ATOMIC_WRITE, and the size before BEGIN.
+    batch: Option<(BTreeMap<u32, Vec<u8>>, u64)>,
+    cache: PageCache,
+    preload: Option<Preload>,
+    /// Keys no metadata references any more (dropped stage pages); deleted inside later writes.
+    garbage: Vec<Key>,
+    /// Stages whose commit record failed: (id, pages); unreferenced ones become garbage after
+    /// the metadata is reloaded.
+    failed_stages: Vec<(u64, Vec<u32>)>,
+    /// A write failed: the KV's state is uncertain, so reload metadata and drop the cache
+    /// before the next operation.
+    needs_reload: bool,
+    locks: Locks,
+    next_handle: u64,
+}
+
+impl Inner {
+    /// True when the file has buffered changes to make durable. A new main file that is
+    /// still only its virtual empty page 1 has none.
+    fn is_dirty(&self, kind: FileKind) -> bool {
+        match kind {
+            FileKind::Main => {
+                self.main.dirty()
+                    && !(self.virtual_page1
+                        && self.main.pending.is_empty()
+                        && self.main.size == self.main.meta.chunk_size as u64)
+            }
+            FileKind::Journal => self.journal.dirty(),
+        }
+    }
+
+    fn file(&mut self, kind: FileKind) -> &mut FileState {
+        match kind {
+            FileKind::Main => &mut self.main,
+            FileKind::Journal => &mut self.journal,
+        }
+    }
+}
+
+/// One database's shared state. Created by the registry, shared by every open file of the
+/// database through an `Arc`.
+pub struct DbState {
+    kv: ActorKv,
+    stats: Arc<Stats>,
+    opts: StateOptions,
+    inner: Mutex<Inner>,
+}
+
+/// A valid page 1 of an empty database with the given page size, as SQLite itself writes it.
+pub fn empty_page1(page_size: u32) -> Vec<u8> {
+    let mut p = vec![0u8; page_size as usize];
+    p[..16].copy_from_slice(b"SQLite format 3\0");
+    let ps = if page_size == 65536 {
+        1u16
+    } else {
+        page_size as u16
+    };
+    p[16..18].copy_from_slice(&ps.to_be_bytes());
+    p[18] = 1; // file format write version (legacy)
+    p[19] = 1; // read version
+    p[20] = 0; // reserved bytes per page
+    p[21] = 64;
+    p[22] = 32;
+    p[23] = 32;
+    p[28..32].copy_from_slice(&1u32.to_be_bytes()); // database size in pages
+                                                    // B-tree page header of an empty table leaf at offset 100.
+    p[100] = 0x0D;
+    let content = if page_size == 65536 {
+        0u16
+    } else {
+        page_size as u16
+    };
+    p[105..107].copy_from_slice(&content.to_be_bytes());
+    p
+}
+
+fn kv_err(op: Op) -> impl Fn(KvError) -> VfsError {
+    move |e| VfsError::Kv(op, e)
+}
+
+impl DbState {
+    /// Opens the state of one database: reads the metadata of its files (from `preload` when
+    /// it knows them, else in one `batch_read` that also fetches the first pages), and discards
+    /// an unfinished staged commit left by a crash.
+    pub fn open(
+        kv: ActorKv,
+        opts: StateOptions,
+        preload: Option<Preload>,
+    ) -> Result<DbState, VfsError> {
+        if !layout::valid_chunk_size(opts.page_size) {
+            return Err(VfsError::TooBig(format!(
+                "page size {} is not a power of two in 512..=65536",
+                opts.page_size
+            )));
+        }
+        let stats = Arc::new(Stats::default());
+        let main_key = layout::meta_key(FileKind::Main);
+        let journal_key = layout::meta_key(FileKind::Journal);
+        let (ss, se) = layout::stage_area();
+        let mut main_raw: Option<Option<Vec<u8>>> = None;
+        let mut journal_raw: Option<Option<Vec<u8>>> = None;
+        let mut first_stage: Option<Option<Key>> = None;
+        if let Some(p) = &preload {
+            main_raw = match p.lookup(&main_key) {
+                Lookup::Found(v) => Some(Some(v.to_vec())),
+                Lookup::Absent => Some(None),
+                Lookup::NotPreloaded => None,
+            };
+            journal_raw = match p.lookup(&journal_key) {
+                Lookup::Found(v) => Some(Some(v.to_vec())),
+                Lookup::Absent => Some(None),
+                Lookup::NotPreloaded => None,
+            };
+            first_stage = p
+                .first_in(&ss, &se)
+                .ok()
+                .map(|o| o.map(|(k, _)| k.to_vec()));
+        }
+        let mut prefetched: Vec<(u32, Vec<u8>)> = Vec::new();
+        if main_raw.is_none() || journal_raw.is_none() || first_stage.is_none() {
+            let mut keys = vec![main_key.clone(), journal_key.clone()];
+            for i in 0..READ_AHEAD_START {
+                keys.push(layout::chunk_key(FileKind::Main, i));
+            }
+            let ops = vec![
+                ReadOp::Get(keys),
+                ReadOp::List(ListRequest {
+                    range: KeyRange::Range {
+                        start: ss.clone(),
+                        end: Some(se.clone()),
+                    },
+                    limit: Some(1),
+                    max_bytes: None,
+                }),
+            ];
+            let res = kv_batch_read(&kv, &stats, &ops).map_err(kv_err(Op::Read))?;
+            let mut it = res.into_iter();
+            let (Some(ReadResult::Get(mut vals)), Some(ReadResult::List(page))) =
+                (it.next(), it.next())
+            else {
+                return Err(VfsError::Kv(
+                    Op::Read,
+                    KvError::Backend {
+                        backend: "vfs",
+                        message: "batch_read answered out of shape".into(),
+                    },
+                ));
+            };
+            if vals.len() != 2 + READ_AHEAD_START as usize {
+                return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
+            }
+            let chunks = vals.split_off(2);
+            journal_raw = Some(vals.pop().flatten());
+            main_raw = Some(vals.pop().flatten());
+            first_stage = Some(page.entries.first().map(|(k, _)| k.clone()));
+            for (i, v) in chunks.into_iter().enumerate() {
+                if let Some(v) = v {
+                    prefetched.push((i as u32, v));
+                }
+            }
+        }
+        let main_meta = match main_raw.flatten() {
+            Some(v) => Some(Meta::decode(FileKind::Main, &v)?),
+            None => None,
+        };
+        let journal_meta = match journal_raw.flatten() {
+            Some(v) => Some(Meta::decode(FileKind::Journal, &v)?),
+            None => None,
+        };
+        let cs = main_meta
+            .as_ref()
+            .map(|m| m.chunk_size)
+            .unwrap_or(opts.page_size);
+        let next_stage = main_meta.as_ref().map(|m| m.next_stage).unwrap_or(0);
+        let mut preload = preload;
+        // An unfinished staged commit: stage keys at or past the durable next stage id.
+        if let Some(Some(k)) = &first_stage {
+            let unfinished = match layout::parse_stage_key(k) {
+                Some((id, _)) => id >= next_stage,
+                None => true,
+            };
+            if unfinished {
+                let (s, e) = layout::stages_from(next_stage);
+                kv_delete_range(&kv, &stats, &s, Some(&e)).map_err(kv_err(Op::Delete))?;
+                if let Some(p) = &mut preload {
+                    p.remove_range(&s, Some(&e));
+                }
+            }
+        }
+        let main = match main_meta {
+            Some(m) => FileState::new(m, true),
+            None => FileState::new(Meta::new(FileKind::Main, cs), false),
+        };
+        let journal = match journal_meta {
+            Some(m) => FileState::new(m, true),
+            None => FileState::new(Meta::new(FileKind::Journal, cs), false),
+        };
+        let mut cache = PageCache::new(opts.cache_pages);
+        let count = main.meta.chunk_count();
+        let mut used_prefetch = 0;
+        for (i, v) in prefetched {
+            if (i as u64) < count && !main.meta.overlay.contains_key(&i) && v.len() == main.cs() {
+                cache.insert((FileKind::Main, i), v, i != 0);
+                used_prefetch += (i != 0) as u64;
+            }
+        }
+        stats.add(&stats.readahead_prefetched, used_prefetch);
+        Ok(DbState {
+            kv,
+            stats,
+            opts,
+            inner: Mutex::new(Inner {
+                main,
+                journal,
+                virtual_page1: false,
+                next_stage,
+                batch: None,
+                cache,
+                preload,
+                garbage: Vec::new(),
+                failed_stages: Vec::new(),
+                needs_reload: false,
+                locks: Locks::default(),
+                next_handle: 1,
+            }),
+        })
+    }
+
+    /// The database's counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The actor id.
+    pub fn actor(&self) -> &str {
+        self.kv.actor()
+    }
+
+    /// The options the state was created with.
+    pub fn options(&self) -> &StateOptions {
+        &self.opts
+    }
+
+    /// True when the file exists (for SQLite's `xAccess` and open without CREATE).
+    pub fn exists(&self, kind: FileKind) -> bool {
+        let inner = self.inner.lock();
+        match kind {
+            FileKind::Main => inner.main.exists,
+            FileKind::Journal => inner.journal.exists,
+        }
+    }
+
+    /// True when the main file has metadata in the store.
+    pub fn main_in_store(&self) -> bool {
+        self.inner.lock().main.in_kv
+    }
+
+    /// Makes the file exist (open with CREATE). A new main file starts as one valid empty page.
+    pub fn create(&self, kind: FileKind) {
+        let mut inner = self.inner.lock();
+        match kind {
+            FileKind::Main => {
+                if !inner.main.exists {
+                    inner.main.exists = true;
+                    inner.virtual_page1 = true;
+                    inner.main.size = inner.main.meta.chunk_size as u64;
+                }
+            }
+            FileKind::Journal => {
+                if !inner.journal.exists {
+                    inner.journal.exists = true;
+                    inner.journal.size = 0;
+                    inner.journal.meta = Meta::new(FileKind::Journal, inner.main.meta.chunk_size);
+                }
+            }
+        }
+    }
+
+    /// A new lock-owner id for an open file.
+    pub fn new_handle_id(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        inner.next_handle += 1;
+        inner.next_handle
+    }
+
+    /// The chunk size of the main file (its page size when SQLite's pages match).
+    pub fn chunk_size(&self) -> u32 {
+        self.inner.lock().main.meta.chunk_size
+    }
+
+    /// The logical size of a file.
+    pub fn file_size(&self, kind: FileKind) -> Result<u64, VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        Ok(inner.file(kind).size)
+    }
+
+    // ----- KV access: the one place every store call goes through -----
+
+    fn kv_get(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        let s = &self.stats;
+        s.add(&s.kv_round_trips, 1);
+        s.add(&s.kv_reads, 1);
+        s.add(&s.keys_read, keys.len() as u64);
+        let r = self.kv.get(keys)?;
+        let bytes: usize = r.iter().flatten().map(|v| v.len()).sum();
+        s.add(&s.bytes_read, bytes as u64);
+        Ok(r)
+    }
+
+    fn kv_write(&self, batch: &WriteBatch) -> Result<(), KvError> {
+        let s = &self.stats;
+        s.add(&s.kv_round_trips, 1);
+        s.add(&s.kv_writes, 1);
+        s.add(
+            &s.keys_written,
+            (batch.puts.len() + batch.deletes.len()) as u64,
+        );
+        let bytes: usize = batch
+            .puts
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + batch.deletes.iter().map(|k| k.len()).sum::<usize>();
+        s.add(&s.bytes_written, bytes as u64);
+        self.kv.write(batch)
+    }
+
+    // ----- reads -----
+
+    /// Reads `buf.len()` bytes at `offset`. Returns the number of bytes that lay inside the
+    /// file; the rest of `buf` is zero-filled (a short read).
+    pub fn read(&self, kind: FileKind, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        let size = inner.file(kind).size;
+        let avail = size.saturating_sub(offset).min(buf.len() as u64) as usize;
+        buf[avail..].fill(0);
+        let cs = inner.file(kind).cs() as u64;
+        let mut pos = 0usize;
+        while pos < avail {
+            let abs = offset + pos as u64;
+            let idx = chunk_index(abs / cs)?;
+            let within = (abs % cs) as usize;
+            let n = (cs as usize - within).min(avail - pos);
+            self.read_chunk(&mut inner, kind, idx, within, &mut buf[pos..pos + n])?;
+            pos += n;
+        }
+        Ok(avail)
+    }
+
+    fn read_chunk(
+        &self,
+        inner: &mut Inner,
+        kind: FileKind,
+        idx: u32,
+        within: usize,
+        dst: &mut [u8],
+    ) -> Result<(), VfsError> {
+        let end = within + dst.len();
+        if kind == FileKind::Main {
+            if let Some((b, _)) = &inner.batch {
+                if let Some(c) = b.get(&idx) {
+                    dst.copy_from_slice(&c[within..end]);
+                    return Ok(());
+                }
+            }
+        }
+        let virtual_page1 = inner.virtual_page1;
+        let f = inner.file(kind);
+        if let Some(c) = f.pending.get(&idx) {
+            dst.copy_from_slice(&c[within..end]);
+            return Ok(());
+        }
+        if kind == FileKind::Main && !f.in_kv && virtual_page1 && idx == 0 {
+            let p = empty_page1(f.meta.chunk_size);
+            dst.copy_from_slice(&p[within..end]);
+            return Ok(());
+        }
+        if !f.in_kv || idx as u64 >= f.meta.chunk_count() {
+            // A gap the file was extended over without writing: zeros.
+            dst.fill(0);
+            return Ok(());
+        }
+        let cs = f.cs();
+        let key = f.meta.live_key(idx);
+        if let Some((c, first_use)) = inner.cache.get((kind, idx)) {
+            dst.copy_from_slice(&c[within..end]);
+            self.stats.add(&self.stats.cache_hits, 1);
+            if first_use {
+                self.stats.add(&self.stats.readahead_used, 1);
+            }
+            return Ok(());
+        }
+        if let Some(p) = &inner.preload {
+            match p.lookup(&key) {
+                Lookup::Found(v) => {
+                    check_chunk(kind, idx, v.len(), cs)?;
+                    dst.copy_from_slice(&v[within..end]);
+                    self.stats.add(&self.stats.preload_hits, 1);
+                    return Ok(());
+                }
+                Lookup::Absent => {
+                    return Err(VfsError::Corrupt(format!(
+                        "{} chunk {idx} is missing inside the file size",
+                        kind.name()
+                    )))
+                }
+                Lookup::NotPreloaded => {}
+            }
+        }
+        let data = self.fetch(inner, kind, idx)?;
+        dst.copy_from_slice(&data[within..end]);
+        Ok(())
+    }
+
+    /// Fetches chunk `idx` from the store together with a read-ahead window of the chunks after
+    /// it, caches them, and returns chunk `idx`.
+    fn fetch(&self, inner: &mut Inner, kind: FileKind, idx: u32) -> Result<Vec<u8>, VfsError> {
+        let max = self
+            .opts
+            .read_ahead_max
+            .clamp(1, self.kv.limits().max_get_keys.max(1) as u32);
+        let Inner {
+            main,
+            journal,
+            cache,
+            preload,
+            ..
+        } = inner;
+        let f = match kind {
+            FileKind::Main => main,
+            FileKind::Journal => journal,
+        };
+        let count = f.meta.chunk_count();
+        let window = if idx == f.ra_next {
+            (f.ra_window.saturating_mul(8)).min(max)
+        } else {
+            READ_AHEAD_START.min(max)
+        };
+        f.ra_window = window;
+        f.ra_next = idx.saturating_add(window);
+        let cs = f.cs();
+        let mut idxs = vec![idx];
+        let mut j = idx;
+        while idxs.len() < window as usize {
+            j = match j.checked_add(1) {
+                Some(j) => j,
+                None => break,
+            };
+            if j as u64 >= count {
+                break;
+            }
+            if f.pending.contains_key(&j) || cache.contains((kind, j)) {
+                continue;
+            }
+            if let Some(p) = &*preload {
+                if !matches!(p.lookup(&f.meta.live_key(j)), Lookup::NotPreloaded) {
+                    continue;
+                }
+            }
+            idxs.push(j);
+        }
+        let keys: Vec<Key> = idxs.iter().map(|&i| f.meta.live_key(i)).collect();
+        let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
+        self.stats.add(&self.stats.cache_misses, 1);
+        self.stats
+            .add(&self.stats.readahead_prefetched, (idxs.len() - 1) as u64);
+        let mut first = None;
+        let mut wasted = 0;
+        for (pos, (i, v)) in idxs.iter().zip(vals).enumerate() {
+            let Some(v) = v else {
+                if pos == 0 {
+                    return Err(VfsError::Corrupt(format!(
+                        "{} chunk {i} is missing inside the file size",
+                        kind.name()
+                    )));
+                }
+                continue; // reported when (if) it is read
+            };
+            if v.len() != cs {
+                if pos == 0 {
+                    check_chunk(kind, *i, v.len(), cs)?;
+                }
+                continue;
+            }
+            if pos == 0 {
+                first = Some(v.clone());
+            }
+            wasted += inner.cache.insert((kind, *i), v, pos != 0);
+        }
+        self.stats.add(&self.stats.readahead_wasted, wasted);
+        first.ok_or_else(|| VfsError::Corrupt("chunk vanished".into()))
+    }
+
+    // ----- writes -----
+
+    /// Writes `data` at `offset`. Inside a batch-atomic bracket the pages are buffered for the
+    /// commit; otherwise they are buffered until the next sync (or flushed early past the
+    /// configured threshold).
+    pub fn write(&self, kind: FileKind, offset: u64, data: &[u8]) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        let cs = inner.file(kind).cs() as u64;
+        let in_batch = kind == FileKind::Main && inner.batch.is_some();
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let abs = offset + pos as u64;
+            let idx = chunk_index(abs / cs)?;
+            let within = (abs % cs) as usize;
+            let n = (cs as usize - within).min(data.len() - pos);
+            let mut chunk = if n == cs as usize {
+                data[pos..pos + n].to_vec()
+            } else {
+                let mut c = vec![0u8; cs as usize];
+                let size = inner.file(kind).size;
+                let start = idx as u64 * cs;
+                let valid = size.saturating_sub(start).min(cs) as usize;
+                if valid > 0 {
+                    self.read_chunk(&mut inner, kind, idx, 0, &mut c[..valid])?;
+                }
+                c[within..within + n].copy_from_slice(&data[pos..pos + n]);
+                c
+            };
+            if in_batch {
+                let (b, _) = inner.batch.as_mut().expect("in batch");
+                b.insert(idx, std::mem::take(&mut chunk));
+                if b.len() * cs as usize > self.opts.max_atomic_bytes {
+                    return Err(VfsError::TooBig(format!(
+                        "more than {} bytes of pages buffered (max_atomic_bytes)",
+                        self.opts.max_atomic_bytes
+                    )));
+                }
+            } else {
+                let wasted = inner.cache.remove((kind, idx));
+                self.stats.add(&self.stats.readahead_wasted, wasted);
+                inner.file(kind).pending.insert(idx, chunk);
+            }
+            pos += n;
+        }
+        let f = inner.file(kind);
+        f.size = f.size.max(offset + data.len() as u64);
+        if !in_batch && f.pending_bytes() > self.opts.flush_threshold_bytes {
+            self.flush(&mut inner, kind)?;
+        }
+        Ok(())
+    }
+
+    /// Makes every buffered write of `kind` durable (the journal's first when `kind` is the
+    /// main file, so a torn main-file write is always covered by a durable journal).
+    pub fn sync(&self, kind: FileKind) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        self.flush(&mut inner, kind)
+    }
+
+    fn flush(&self, inner: &mut Inner, kind: FileKind) -> Result<(), VfsError> {
+        if kind == FileKind::Main && inner.is_dirty(FileKind::Journal) {
+            self.flush(inner, FileKind::Journal)?;
+        }
+        if !inner.is_dirty(kind) {
+            return Ok(());
+        }
+        let virtual_page1 = kind == FileKind::Main && inner.virtual_page1;
+        let f = inner.file(kind);
+        let mut pending = std::mem::take(&mut f.pending);
+        let restore = pending.clone();
+        if virtual_page1 {
+            pending
+                .entry(0)
+                .or_insert_with(|| empty_page1(f.meta.chunk_size));
+        }
+        let mut meta = f.meta.clone();
+        meta.size = f.size;
+        if kind == FileKind::Main {
+            meta.next_stage = meta.next_stage.max(inner.next_stage);
+        }
+        let count = meta.chunk_count();
+        let mut new_garbage = drop_overlay_past_end(&mut meta);
+        let mut puts = Vec::with_capacity(pending.len());
+        for (&i, c) in &pending {
+            if let Some(s) = meta.overlay.remove(&i) {
+                new_garbage.push(layout::stage_key(s, i));
+            }
+            if (i as u64) < count {
+                puts.push((layout::chunk_key(kind, i), c.clone()));
+            }
+        }
+        let record = vec![(layout::meta_key(kind), meta.encode())];
+        let result = self.write_batches(inner, puts, record, &new_garbage);
+        if let Err(e) = result {
+            inner.file(kind).pending = restore;
+            return Err(e);
+        }
+        self.stats.add(&self.stats.flushes, 1);
+        if kind == FileKind::Main {
+            inner.virtual_page1 = false;
+        }
+        for (i, c) in pending {
+            if (i as u64) < count {
+                let w = inner.cache.insert((kind, i), c, false);
+                self.stats.add(&self.stats.readahead_wasted, w);
+            }
+        }
+        let f = inner.file(kind);
+        f.meta = meta;
+        f.in_kv = true;
+        f.exists = true;
+        Ok(())
+    }
+
+    /// Writes `puts` then `record` (last, atomically with as much garbage collection as fits),
+    /// keeping the preload coherent. `new_garbage` (keys the record unreferences) joins the
+    /// garbage queue only once the record is durable. On failure the state is marked for
+    /// reload.
+    fn write_batches(
+        &self,
+        inner: &mut Inner,
+        puts: Vec<(Key, Vec<u8>)>,
+        record: Vec<(Key, Vec<u8>)>,
+        new_garbage: &[Key],
+    ) -> Result<(), VfsError> {
+        let limits = *self.kv.limits();
+        let mut batches = commit::pack(puts, record, &limits).map_err(VfsError::TooBig)?;
+        let mut garbage: Vec<Key> = inner.garbage.clone();
+        garbage.extend_from_slice(new_garbage);
+        let last = batches.len() - 1;
+        let taken = commit::piggyback_deletes(&mut batches[last], &garbage, &limits);
+        for b in &batches {
+            if let Err(e) = self.kv_write(b) {
+                inner.needs_reload = true;
+                return Err(VfsError::Kv(Op::Write, e));
+            }
+            self.apply_to_preload(inner, b);
+        }
+        garbage.drain(..taken);
+        inner.garbage = garbage;
+        Ok(())
+    }
+
+    // ----- the batch-atomic commit -----
+
+    /// `SQLITE_FCNTL_BEGIN_ATOMIC_WRITE`: start buffering main-file pages for one commit.
+    pub fn begin_atomic(&self) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        let size = inner.main.size;
+        inner.batch = Some((BTreeMap::new(), size));
+        Ok(())
+    }
+
+    /// `SQLITE_FCNTL_ROLLBACK_ATOMIC_WRITE`: discard the buffered pages.
+    pub fn rollback_atomic(&self) {
+        let mut inner = self.inner.lock();
+        if let Some((_, size)) = inner.batch.take() {
+            inner.main.size = size;
+        }
+    }
+
+    /// `SQLITE_FCNTL_COMMIT_ATOMIC_WRITE`: make the buffered pages live atomically, in one put
+    /// when they fit the store's limits, else staged in several puts and made live by one
+    /// commit record. On error the buffer is kept for `rollback_atomic` to discard.
+    pub fn commit_atomic(&self) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        let Some((pages, before)) = inner.batch.take() else {
+            return Ok(());
+        };
+        let r = self.commit_pages(&mut inner, pages.clone());
+        if r.is_err() {
+            // Keep the bracket open so ROLLBACK_ATOMIC_WRITE restores the old size.
+            inner.batch = Some((pages, before));
+        }
+        r
+    }
+
+    fn commit_pages(
+        &self,
+        inner: &mut Inner,
+        mut pages: BTreeMap<u32, Vec<u8>>,
+    ) -> Result<(), VfsError> {
+        if inner.is_dirty(FileKind::Journal) {
+            self.flush(inner, FileKind::Journal)?;
+        }
+        // Buffered non-atomic main writes (none in practice) ride along.
+        for (i, c) in std::mem::take(&mut inner.main.pending) {
+            pages.entry(i).or_insert(c);
+        }
+        if inner.virtual_page1 {
+            let cs = inner.main.meta.chunk_size;
+            pages.entry(0).or_insert_with(|| empty_page1(cs));
+        }
+        let limits = *self.kv.limits();
+        let mut meta = inner.main.meta.clone();
+        meta.size = inner.main.size;
+        meta.next_stage = meta.next_stage.max(inner.next_stage);
+        let count = meta.chunk_count();
+        pages.retain(|&i, _| (i as u64) < count);
+        let mut new_garbage = drop_overlay_past_end(&mut meta);
+        for &i in pages.keys() {
+            if let Some(s) = meta.overlay.remove(&i) {
+                new_garbage.push(layout::stage_key(s, i));
+            }
+        }
+        let cs = meta.chunk_size as usize;
+        let page_cost = 7 + cs;
+        let single_bytes = pages.len() * page_cost + 3 + meta.encoded_len();
+        let fits_one =
+            pages.len() < limits.max_write_entries && single_bytes <= limits.max_write_bytes;
+        let mut staged: Vec<u32> = Vec::new();
+        let stage_id = inner.next_stage.max(meta.next_stage);
+        if fits_one {
+            let puts: Vec<_> = pages
+                .iter()
+                .map(|(&i, c)| (layout::chunk_key(FileKind::Main, i), c.clone()))
+                .collect();
+            let mut all = puts;
+            all.push((layout::meta_key(FileKind::Main), meta.encode()));
+            self.write_batches(inner, Vec::new(), all, &new_garbage)?;
+            self.stats.add(&self.stats.atomic_commits, 1);
+        } else {
+            // Upper bound of the record with every page staged.
+            let mut bound = meta.clone();
+            bound.next_stage = stage_id + 1;
+            for &i in pages.keys() {
+                bound.overlay.insert(i, stage_id);
+            }
+            let record_bytes = 3 + bound.encoded_len();
+            if record_bytes > limits.max_value_bytes {
+                return Err(VfsError::TooBig(format!(
+                    "the commit record would be {record_bytes} bytes, over the store's value limit"
+                )));
+            }
+            let n_final = commit::final_batch_pages(page_cost, pages.len(), record_bytes, &limits);
+            let split = pages.len() - n_final;
+            let mut stage_puts = Vec::with_capacity(split);
+            let mut final_puts = Vec::with_capacity(n_final + 1);
+            for (pos, (&i, c)) in pages.iter().enumerate() {
+                if pos < split {
+                    staged.push(i);
+                    meta.overlay.insert(i, stage_id);
+                    stage_puts.push((layout::stage_key(stage_id, i), c.clone()));
+                } else {
+                    final_puts.push((layout::chunk_key(FileKind::Main, i), c.clone()));
+                }
+            }
+            meta.next_stage = stage_id + 1;
+            inner.next_stage = stage_id + 1;
+            final_puts.push((layout::meta_key(FileKind::Main), meta.encode()));
+            let mut batches =
+                commit::pack(stage_puts, Vec::new(), &limits).map_err(VfsError::TooBig)?;
+            batches.retain(|b| !b.is_empty());
+            for b in &batches {
+                if let Err(e) = self.kv_write(b) {
+                    // Nothing references this stage: its pages are garbage.
+                    inner
+                        .garbage
+                        .extend(staged.iter().map(|&i| layout::stage_key(stage_id, i)));
+                    return Err(VfsError::Kv(Op::Write, e));
+                }
+                self.apply_to_preload(inner, b);
+            }
+            if let Err(e) = self.write_batches(inner, Vec::new(), final_puts, &new_garbage) {
+                inner.failed_stages.push((stage_id, staged));
+                return Err(e);
+            }
+            self.stats.add(&self.stats.staged_commits, 1);
+        }
+        for (i, c) in pages {
+            let w = inner.cache.insert((FileKind::Main, i), c, false);
+            self.stats.add(&self.stats.readahead_wasted, w);
+        }
+        inner.main.meta = meta;
+        inner.main.in_kv = true;
+        inner.main.exists = true;
+        inner.virtual_page1 = false;
+        Ok(())
+    }
+
+    // ----- truncate, delete -----
+
+    /// Sets a file's size. Growing is buffered like a write; shrinking flushes buffered writes
+    /// and then durably drops the chunks past the new end.
+    pub fn truncate(&self, kind: FileKind, size: u64) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        if kind == FileKind::Main {
+            let cs = inner.main.meta.chunk_size as u64;
+            if let Some((b, _)) = &mut inner.batch {
+                let count = size.div_ceil(cs);
+                b.retain(|&i, _| (i as u64) < count);
+                inner.main.size = size;
+                return Ok(());
+            }
+        }
+        if size >= inner.file(kind).size {
+            inner.file(kind).size = size;
+            return Ok(());
+        }
+        if kind == FileKind::Journal && inner.is_dirty(FileKind::Main) {
+            // The journal shrinking may be the commit point: the main file goes first.
+            self.flush(&mut inner, FileKind::Main)?;
+        }
+        let f = inner.file(kind);
+        let cs = f.cs() as u64;
+        let new_count = size.div_ceil(cs);
+        let old_count = f.meta.chunk_count();
+        f.pending.retain(|&i, _| (i as u64) < new_count);
+        f.size = size;
+        if !f.in_kv {
+            return Ok(());
+        }
+        // Writes the new size (and drops overlay pages past the end) in one commit record.
+        self.flush(&mut inner, kind)?;
+        let from = chunk_index(new_count).unwrap_or(u32::MAX);
+        if old_count > new_count {
+            let start = layout::chunk_key(kind, from);
+            let end = layout::chunk_range_end(kind);
+            if let Err(e) = kv_delete_range(&self.kv, &self.stats, &start, Some(&end)) {
+                inner.needs_reload = true;
+                return Err(VfsError::Kv(Op::Truncate, e));
+            }
+            if let Some(p) = &mut inner.preload {
+                p.remove_range(&start, Some(&end));
+            }
+        }
+        let w = inner.cache.remove_from(kind, from);
+        self.stats.add(&self.stats.readahead_wasted, w);
+        Ok(())
+    }
+
+    /// Deletes a file: every key of it, in one atomic `delete_range`. Deleting the journal is
+    /// the commit point of a journalled transaction, so the main file's buffered writes are
+    /// made durable first.
+    pub fn delete(&self, kind: FileKind) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        self.reload_if_needed(&mut inner)?;
+        if kind == FileKind::Journal && inner.is_dirty(FileKind::Main) {
+            self.flush(&mut inner, FileKind::Main)?;
+        }
+        let in_kv = inner.file(kind).in_kv;
+        if in_kv {
+            let (s, e) = layout::file_range(kind);
+            if let Err(err) = kv_delete_range(&self.kv, &self.stats, &s, Some(&e)) {
+                inner.needs_reload = true;
+                return Err(VfsError::Kv(Op::Delete, err));
+            }
+            if let Some(p) = &mut inner.preload {
+                p.remove_range(&s, Some(&e));
+            }
+        }
+        let cs = inner.main.meta.chunk_size;
+        let f = inner.file(kind);
+        *f = FileState::new(Meta::new(kind, cs), false);
+        if kind == FileKind::Main {
+            inner.virtual_page1 = false;
+        }
+        let w = inner.cache.remove_from(kind, 0);
+        self.stats.add(&self.stats.readahead_wasted, w);
+        Ok(())
+    }
+
+    /// Counts a journal fallback (called on a journal file's first write).
+    pub fn note_journal_fallback(&self) {
+        self.stats.add(&self.stats.journal_fallbacks, 1);
+    }
+
+    // ----- locks (in-process) -----
+
+    /// Raises `handle`'s lock from `current` to `level`; `Ok(false)` means busy (the handle
+    /// keeps what it has, possibly PENDING on the way to EXCLUSIVE). Returns the new level.
+    pub fn lock(&self, handle: u64, current: i32, level: i32) -> (bool, i32) {
+        let mut inner = self.inner.lock();
+        let l = &mut inner.locks;
+        if current >= level {
+            return (true, current);
+        }
+        match level {
+            lock::SHARED => {
+                if l.exclusive.is_some() || l.pending.is_some_and(|h| h != handle) {
+                    return (false, current);
+                }
+                l.shared += 1;
+                (true, lock::SHARED)
+            }
+            lock::RESERVED => {
+                if l.reserved.is_some_and(|h| h != handle) {
+                    return (false, current);
+                }
+                l.reserved = Some(handle);
+                (true, lock::RESERVED)
+            }
+            _ => {
+                if l.reserved.is_some_and(|h| h != handle) || l.pending.is_some_and(|h| h != handle)
+                {
+                    return (false, current);
+                }
+                l.reserved = Some(handle);
+                l.pending = Some(handle);
+                if l.shared > 1 {
+                    return (false, lock::PENDING);
+                }
+                l.exclusive = Some(handle);
+                (true, lock::EXCLUSIVE)
+            }
+        }
+    }
+
+    /// Lowers `handle`'s lock from `current` to `level` (SHARED or NONE).
+    pub fn unlock(&self, handle: u64, current: i32, level: i32) -> i32 {
+        let mut inner = self.inner.lock();
+        if level >= current {
+            return current;
+        }
+        let l = &mut inner.locks;
+        if level <= lock::SHARED {
+            if l.reserved == Some(handle) {
+                l.reserved = None;
+            }
+            if l.pending == Some(handle) {
+                l.pending = None;
+            }
+            if l.exclusive == Some(handle) {
+                l.exclusive = None;
+            }
+        }
+        if level == lock::NONE && current >= lock::SHARED {
+            l.shared = l.shared.saturating_sub(1);
+        }
+        level
+    }
+
+    /// True when any connection holds RESERVED or more.
+    pub fn reserved(&self) -> bool {
+        let inner = self.inner.lock();
+        inner.locks.reserved.is_some() || inner.locks.exclusive.is_some()
+    }
+
+    // ----- recovery after a failed write -----
+
+    fn reload_if_needed(&self, inner: &mut Inner) -> Result<(), VfsError> {
+        if !inner.needs_reload {
+            return Ok(());
+        }
+        let keys = vec![
+            layout::meta_key(FileKind::Main),
+            layout::meta_key(FileKind::Journal),
+        ];
+        let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
+        let mut it = vals.into_iter();
+        let main = it.next().flatten();
+        let journal = it.next().flatten();
+        let cs = inner.main.meta.chunk_size;
+        for (kind, raw) in [(FileKind::Main, main), (FileKind::Journal, journal)] {
+            let f = inner.file(kind);
+            match raw {
+                Some(v) => {
+                    f.meta = Meta::decode(kind, &v)?;
+                    f.in_kv = true;
+                    f.exists = true;
+                }
+                None => {
+                    f.meta = Meta::new(kind, cs);
+                    f.in_kv = false;
+                }
+            }
+            // Buffered writes stay; the size is what SQLite last set.
+            if f.pending.is_empty() {
+                f.size = f.size.max(f.meta.size);
+            }
+        }
+        if inner.main.in_kv {
+            inner.virtual_page1 = false;
+        }
+        let live: std::collections::BTreeSet<u64> =
+            inner.main.meta.overlay.values().copied().collect();
+        for (id, pages) in std::mem::take(&mut inner.failed_stages) {
+            if !live.contains(&id) {
+                inner
+                    .garbage
+                    .extend(pages.iter().map(|&i| layout::stage_key(id, i)));
+            }
+        }
+        let w = inner.cache.clear();
+        self.stats.add(&self.stats.readahead_wasted, w);
+        inner.needs_reload = false;
+        Ok(())
+    }
+
+    /// Flushes whatever is buffered (on close).
+    pub fn flush_all(&self) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        if inner.needs_reload {
+            self.reload_if_needed(&mut inner)?;
+        }
+        self.flush(&mut inner, FileKind::Main)?;
+        self.flush(&mut inner, FileKind::Journal)
+    }
+
+    fn apply_to_preload(&self, inner: &mut Inner, b: &WriteBatch) {
+        if let Some(p) = &mut inner.preload {
+            for (k, v) in &b.puts {
+                p.update(k, v);
+            }
+            for k in &b.deletes {
+                p.remove(k);
+            }
+        }
+    }
+}
+
+/// Removes overlay entries at or past the file's chunk count; returns their stage keys.
+fn drop_overlay_past_end(meta: &mut Meta) -> Vec<Key> {
+    let count = meta.chunk_count().min(u32::MAX as u64) as u32;
+    let past: Vec<(u32, u64)> = meta.overlay.range(count..).map(|(&i, &s)| (i, s)).collect();
+    past.into_iter()
+        .map(|(i, s)| {
+            meta.overlay.remove(&i);
+            layout::stage_key(s, i)
+        })
+        .collect()
+}
+
+fn chunk_index(i: u64) -> Result<u32, VfsError> {
+    u32::try_from(i).map_err(|_| VfsError::TooBig(format!("offset past 2^32 chunks (chunk {i})")))
+}
+
+fn check_chunk(kind: FileKind, idx: u32, len: usize, cs: usize) -> Result<(), VfsError> {
+    if len != cs {
+        return Err(VfsError::Corrupt(format!(
+            "{} chunk {idx} holds {len} bytes, expected {cs}",
+            kind.name()
+        )));
+    }
+    Ok(())
+}
+
+fn kv_batch_read(kv: &ActorKv, stats: &Stats, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+    stats.add(&stats.kv_round_trips, 1);
+    stats.add(&stats.kv_reads, 1);
+    let res = kv.batch_read(ops)?;
+    for r in &res {
+        match r {
+            ReadResult::Get(v) => {
+                stats.add(&stats.keys_read, v.len() as u64);
+                stats.add(
+                    &stats.bytes_read,
+                    v.iter().flatten().map(|x| x.len() as u64).sum(),
+                );
+            }
+            ReadResult::List(p) => {
+                stats.add(&stats.keys_read, p.entries.len() as u64);
+                stats.add(
+                    &stats.bytes_read,
+                    p.entries.iter().map(|(_, v)| v.len() as u64).sum(),
+                );
+            }
+        }
+    }
+    Ok(res)
+}
+
+fn kv_delete_range(
+    kv: &ActorKv,
+    stats: &Stats,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<(), KvError> {
+    stats.add(&stats.kv_round_trips, 1);
+    stats.add(&stats.kv_writes, 1);
+    stats.add(&stats.keys_written, 1);
+    kv.delete_range(start, end)
+}
