@@ -25,10 +25,14 @@ pub struct SltArgs {
     /// Run on stock SQLite with a temporary file per script instead of a kvsqlite store.
     #[arg(long)]
     native: bool,
+    /// Keep each script's actor in the store afterwards (default: delete its keys).
+    #[arg(long)]
+    keep: bool,
     /// Override every script's hash-threshold (0: never hash).
     #[arg(long, value_name = "N")]
     hash_threshold: Option<usize>,
-    /// The known-deviations list [default: sql/known-deviations.txt when it exists].
+    /// The known-deviations list [default: sql/known-deviations.txt when it exists, except
+    /// with --native: stock SQLite is the reference and has no deviations].
     #[arg(long, value_name = "FILE")]
     known_deviations: Option<PathBuf>,
     /// Script files, or directories searched recursively for `*.test`.
@@ -50,7 +54,7 @@ pub fn run(global: &GlobalArgs, args: SltArgs) -> i32 {
 fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     let deviations = match &args.known_deviations {
         Some(p) => KnownDeviations::load(p)?,
-        None if std::path::Path::new(DEFAULT_DEVIATIONS).exists() => {
+        None if !args.native && std::path::Path::new(DEFAULT_DEVIATIONS).exists() => {
             KnownDeviations::load(std::path::Path::new(DEFAULT_DEVIATIONS))?
         }
         None => KnownDeviations::empty(),
@@ -59,7 +63,7 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     if scripts.is_empty() {
         return Err("no *.test scripts found under the given paths".into());
     }
-    let mut target = make_target(global, args.native)?;
+    let mut target = make_target(global, args.native, args.keep)?;
     let config = RunConfig {
         hash_threshold: args.hash_threshold,
         deviations,
@@ -102,12 +106,12 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     Ok(if summary.ok() { 0 } else { 1 })
 }
 
-fn make_target(global: &GlobalArgs, native: bool) -> Result<Box<dyn Target>, String> {
+fn make_target(global: &GlobalArgs, native: bool, keep: bool) -> Result<Box<dyn Target>, String> {
     if native {
         return Ok(Box::new(slt::NativeTarget::new()?));
     }
-    let _ = global;
-    Err("running on a kvsqlite store needs the VFS, which is not merged yet; use --native".into())
+    let store = global.open_store()?;
+    Ok(Box::new(slt::KvTarget::new(store).keep_data(keep)))
 }
 
 fn draw_progress(done: usize, total: usize, current: &str) {

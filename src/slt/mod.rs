@@ -4,7 +4,8 @@
 //! exactly as it does on a file. This module parses the format ([`parser`]), prints and hashes
 //! values exactly like the reference runner ([`format`], [`md5`]), runs records on a connection
 //! ([`exec`]) and runs whole scripts on a [`target::Target`] ([`runner`]): stock SQLite on a file
-//! ([`target::NativeTarget`]) or a kvsqlite database on a store.
+//! ([`target::NativeTarget`]) or a kvsqlite database on a store ([`kv_target::KvTarget`], one
+//! fresh actor per script).
 //!
 //! # Format
 //! The full SQLite sqllogictest format: `statement ok|error`, `query TYPES [nosort|rowsort|
@@ -31,12 +32,14 @@
 pub mod deviations;
 pub mod exec;
 pub mod format;
+pub mod kv_target;
 pub mod md5;
 pub mod parser;
 pub mod runner;
 pub mod target;
 
 pub use deviations::KnownDeviations;
+pub use kv_target::{KvSession, KvTarget};
 pub use runner::{
     collect_scripts, run_all, run_file, run_script, FileReport, RunConfig, Summary,
     DEFAULT_HASH_THRESHOLD,

@@ -99,6 +99,8 @@ pub struct FileReport {
     pub notes: Vec<String>,
     /// Wall time spent on the script.
     pub elapsed: Duration,
+    /// KV round trips the script's database made (`None` on stock SQLite).
+    pub kv_round_trips: Option<u64>,
 }
 
 impl FileReport {
@@ -117,7 +119,13 @@ impl FileReport {
         if self.expected_different > 0 {
             s.push_str(&format!(", {} expected-different", self.expected_different));
         }
-        s.push_str(&format!(" ({:.2} s)", self.elapsed.as_secs_f64()));
+        match self.kv_round_trips {
+            Some(n) => s.push_str(&format!(
+                " ({:.2} s, {n} KV round trips)",
+                self.elapsed.as_secs_f64()
+            )),
+            None => s.push_str(&format!(" ({:.2} s)", self.elapsed.as_secs_f64())),
+        }
         s
     }
 
@@ -287,6 +295,7 @@ pub fn run_script(
         ..Default::default()
     };
     run_records(session.as_mut(), path, text, config, &mut report);
+    report.kv_round_trips = session.kv_round_trips();
     if let Err(e) = session.finish() {
         report.fail(
             config,

@@ -27,6 +27,12 @@ pub trait Session {
     /// dropped; everything committed before must be there afterwards.
     fn restart(&mut self) -> Result<(), String>;
 
+    /// KV round trips this script's database has made so far (across restarts), for targets
+    /// that have a KV store; `None` for stock SQLite.
+    fn kv_round_trips(&self) -> Option<u64> {
+        None
+    }
+
     /// Closes the database and releases what it holds (its file, its keys); called once the
     /// script is done. An error here is reported as a failure of the script.
     fn finish(self: Box<Self>) -> Result<(), String>;

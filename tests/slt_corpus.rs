@@ -1,0 +1,81 @@
+//! SQLite's sqllogictest corpus (select1-3 and evidence/, at `../shared/corpus/sqllogictest`)
+//! through kvsqlite on the memory and redb stores: every record passes. A missing corpus is a
+//! printed skip, or a failure when `CI=true`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kvsqlite::kv::memory::MemoryStore;
+use kvsqlite::kv::redb_store::RedbStore;
+use kvsqlite::kv::{KvLimits, SharedStore};
+use kvsqlite::slt::{self, KnownDeviations, KvTarget, RunConfig};
+
+/// The corpus directory, or `None` (printed as skipped) when it is absent; with `CI=true` a
+/// missing corpus fails the test.
+fn corpus() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sqllogictest");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "CI=true and the sqllogictest corpus is missing at {}",
+            dir.display()
+        );
+    }
+    println!(
+        "SKIPPED: the sqllogictest corpus is not at {}",
+        dir.display()
+    );
+    None
+}
+
+fn run_corpus(store: SharedStore) {
+    let Some(dir) = corpus() else { return };
+    let scripts = slt::collect_scripts(&[dir]).unwrap();
+    let names: Vec<String> = scripts
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 15, "{names:?}");
+    for want in ["select1.test", "select2.test", "select3.test", "in1.test"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    let list = Path::new(env!("CARGO_MANIFEST_DIR")).join("sql/known-deviations.txt");
+    let config = RunConfig {
+        deviations: KnownDeviations::load(&list).unwrap(),
+        ..RunConfig::default()
+    };
+    let mut target = KvTarget::new(store);
+    let mut failures = Vec::new();
+    let summary = slt::run_all(&mut target, &scripts, &config, |r| {
+        println!("{}", r.summary_line());
+        failures.extend(r.failures.iter().map(|f| f.to_string()));
+    });
+    println!("{}", summary.last_line());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Every record of the corpus, exactly: none listed as a deviation, none failing.
+    assert_eq!(
+        summary,
+        slt::Summary {
+            files: 15,
+            files_failed: 0,
+            passed: 5902,
+            failed: 0,
+            skipped: 15,
+            expected_different: 0,
+        }
+    );
+}
+
+#[test]
+fn corpus_on_memory() {
+    run_corpus(Arc::new(MemoryStore::new()));
+}
+
+#[test]
+fn corpus_on_redb() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RedbStore::open(dir.path().join("kv.redb"), KvLimits::default()).unwrap();
+    run_corpus(Arc::new(store));
+}
