@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kvsqlite::kv::memory::MemoryStore;
-use kvsqlite::kv::{KvStore, ListRequest, SharedStore};
+use kvsqlite::kv::{ListRequest, SharedStore};
 use kvsqlite::slt::{self, KvTarget, RunConfig, Session, Target};
 
 fn memory() -> (Arc<MemoryStore>, SharedStore) {
