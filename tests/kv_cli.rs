@@ -210,3 +210,23 @@ fn kv_cli_memory_store_and_rtt() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "");
 }
+
+#[test]
+fn kv_cli_default_store_is_redb_under_kvsqlite_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+            .args(args)
+            .env_remove("KVSQLITE_KV")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(&["kv", "--actor", "a", "put", "k", "v"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(dir.path().join("kvsqlite-data/kv.redb").is_file());
+    assert_eq!(
+        text(&run(&["kv", "--actor", "a", "get", "k"]).stdout),
+        "k\tv\n"
+    );
+}

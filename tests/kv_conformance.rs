@@ -1,5 +1,6 @@
-//! The KV conformance suite against the embedded backends (`memory`, `redb`), plus tests of
-//! per-store limits. PostgreSQL plugs into the same suite from its own test file.
+//! The KV conformance suite against the embedded backends, `memory` and `redb` (a temp dir per
+//! test), plus per-store limits, redb file handling and URLs. PostgreSQL runs the same suite
+//! from `tests/kv_postgres.rs`.
 
 #[path = "common/conformance.rs"]
 mod conformance;
@@ -201,4 +202,195 @@ fn url_errors_list_accepted_forms() {
 fn memory_store_via_url_is_memory() {
     let s = open_store("memory:", KvLimits::default(), None).unwrap();
     assert_eq!(s.backend(), "memory");
+}
+
+/// Child-process half of `redb_kill_9_mid_write_keeps_batches_whole`: when started by that test
+/// (with `KVSQLITE_REDB_CHILD` set to `PATH ACTOR`), writes numbered 100-entry batches forever,
+/// printing `committed N` after each put returns. Run directly, it only says so.
+#[test]
+fn redb_crash_child_writer() {
+    let Ok(spec) = std::env::var("KVSQLITE_REDB_CHILD") else {
+        println!("helper for redb_kill_9_mid_write_keeps_batches_whole; nothing to do on its own");
+        return;
+    };
+    let (path, actor) = spec.split_once(' ').expect("PATH ACTOR");
+    let store = RedbStore::open(path, KvLimits::default()).expect("child opens the store");
+    for i in 0u32.. {
+        let batch = (0..100u32)
+            .map(|j| {
+                let mut k = i.to_be_bytes().to_vec();
+                k.extend_from_slice(&j.to_be_bytes());
+                (k, vec![(i % 251) as u8; 1000])
+            })
+            .collect();
+        store.put(actor, batch).expect("child put");
+        println!("committed {i}");
+    }
+}
+
+/// A writer process killed with SIGKILL at a seeded point mid-stream: after reopening, every
+/// batch is either wholly present or wholly absent, every batch whose put returned is present
+/// (durable on return), and the present batches are exactly a prefix of the sequence.
+#[test]
+fn redb_kill_9_mid_write_keeps_batches_whole() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let mut rng = kvsqlite::rng::Rng::new(0xC0FFEE);
+    for round in 0..3 {
+        let actor = format!("round{round}");
+        let kill_after = 2 + rng.below(6) as u32;
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "redb_crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("KVSQLITE_REDB_CHILD", format!("{} {actor}", path.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut last_acked: Option<u32> = None;
+        let stdout = child.stdout.take().unwrap();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if let Some(n) = line.strip_prefix("committed ") {
+                let n: u32 = n.parse().unwrap();
+                last_acked = Some(n);
+                if n >= kill_after {
+                    child.kill().unwrap();
+                    break;
+                }
+            }
+        }
+        child.wait().unwrap();
+        let last_acked = last_acked.expect("the child committed something");
+        let store = RedbStore::open(&path, KvLimits::default()).unwrap();
+        let mut counts = std::collections::BTreeMap::<u32, usize>::new();
+        let mut req = kvsqlite::kv::ListRequest::prefix(vec![]);
+        loop {
+            let page = store.list(&actor, &req).unwrap();
+            for (k, v) in &page.entries {
+                let i = u32::from_be_bytes(k[..4].try_into().unwrap());
+                assert_eq!(v, &vec![(i % 251) as u8; 1000]);
+                *counts.entry(i).or_default() += 1;
+            }
+            match page.next_start {
+                Some(n) => req = kvsqlite::kv::ListRequest::range(n, None),
+                None => break,
+            }
+        }
+        let present: Vec<u32> = counts.keys().copied().collect();
+        println!(
+            "round {round}: acked {last_acked}, present {}",
+            present.len()
+        );
+        assert!(
+            counts.values().all(|c| *c == 100),
+            "round {round}: a torn batch: {counts:?}"
+        );
+        assert_eq!(
+            present,
+            (0..present.len() as u32).collect::<Vec<_>>(),
+            "round {round}: present batches are a prefix"
+        );
+        assert!(
+            present.len() as u32 > last_acked,
+            "round {round}: batch {last_acked} was acknowledged but is missing ({} present)",
+            present.len()
+        );
+    }
+}
+
+/// Bytes flipped at seeded places in a redb file: opening and reading either fail with a
+/// clear error naming the file, or return only values exactly as written (every stored value
+/// carries a checksum of its key and value). Never a panic, never a wrong value.
+#[test]
+fn redb_flipped_bytes_are_errors_never_wrong_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let value_of = |i: u8, j: u8| vec![i ^ j; 300];
+    {
+        let s = RedbStore::open(&path, KvLimits::default()).unwrap();
+        for i in 0..20u8 {
+            s.put(
+                "a",
+                (0..50u8).map(|j| (vec![i, j], value_of(i, j))).collect(),
+            )
+            .unwrap();
+        }
+    }
+    let good = std::fs::read(&path).unwrap();
+    let mut rng = kvsqlite::rng::Rng::new(0xBADB17);
+    let mut detected = 0;
+    for case in 0..60 {
+        let mut bytes = good.clone();
+        let off = rng.below(bytes.len() as u64) as usize;
+        for b in bytes.iter_mut().skip(off).take(16) {
+            *b ^= 0x5A;
+        }
+        let copy = dir.path().join(format!("flipped{case}.redb"));
+        std::fs::write(&copy, &bytes).unwrap();
+        let result = RedbStore::open(&copy, KvLimits::default()).and_then(|s| {
+            let listed = s.list("a", &kvsqlite::kv::ListRequest::prefix(vec![]))?;
+            let got = s.get("a", &[vec![3, 7], vec![19, 49]])?;
+            Ok((listed, got))
+        });
+        match result {
+            Ok((listed, got)) => {
+                for (k, v) in &listed.entries {
+                    assert_eq!(k.len(), 2, "case {case} (offset {off}): key {k:?}");
+                    assert_eq!(v, &value_of(k[0], k[1]), "case {case} (offset {off})");
+                }
+                for (v, (i, j)) in got.iter().zip([(3, 7), (19, 49)]) {
+                    assert!(
+                        v.is_none() || v.as_ref() == Some(&value_of(i, j)),
+                        "case {case}"
+                    );
+                }
+            }
+            Err(e) => {
+                detected += 1;
+                assert!(
+                    matches!(e, KvError::Backend { .. } | KvError::Unavailable { .. }),
+                    "case {case}: {e:?}"
+                );
+                assert!(e.to_string().contains("flipped"), "case {case}: {e}");
+            }
+        }
+    }
+    assert!(
+        detected > 0,
+        "some flips must land in live data and be caught"
+    );
+}
+
+/// A file written by a build with another layout version is refused, naming both versions.
+#[test]
+fn redb_other_format_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let db = ::redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn
+                .open_table(::redb::TableDefinition::<&str, u64>::new("kvsqlite_meta"))
+                .unwrap();
+            meta.insert("format_version", 99).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let err = RedbStore::open(&path, KvLimits::default())
+        .err()
+        .expect("must refuse");
+    let text = err.to_string();
+    assert!(matches!(err, KvError::Backend { .. }), "{err:?}");
+    assert!(
+        text.contains("version 99") && text.contains("version 1") && text.contains("kv.redb"),
+        "{text}"
+    );
 }

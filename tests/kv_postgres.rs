@@ -5,17 +5,41 @@
 #[path = "common/pg.rs"]
 mod pg;
 
+#[path = "common/conformance.rs"]
+mod conformance;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use conformance::Fixture;
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::postgres::{PostgresOptions, PostgresStore};
 use kvsqlite::kv::{
     KeyRange, KvError, KvLimits, KvStore, ListPage, ListRequest, Precondition, ReadOp, ReadResult,
-    WriteBatch,
+    SharedStore, WriteBatch,
 };
 use kvsqlite::rng::Rng;
+
+/// The shared conformance suite on the test server; every actor id it uses starts with the
+/// fixture's unique prefix, and those rows are deleted when the fixture drops.
+fn postgres_fixture() -> Result<Fixture, String> {
+    let store = pg::connect(PostgresOptions::default())?;
+    let table = store.table().to_string();
+    let fx = Fixture::new(Arc::new(store) as SharedStore, "postgres");
+    let cleanup = pg::Cleanup {
+        table,
+        prefix: fx.prefix.clone(),
+    };
+    Ok(fx
+        .with_reopen(|| {
+            Arc::new(PostgresStore::connect(&pg::test_url()).expect("reopen the postgres store"))
+                as SharedStore
+        })
+        .with_guard(cleanup))
+}
+
+kv_conformance_tests!(postgres, postgres_fixture);
 
 fn kv(k: &[u8], v: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (k.to_vec(), v.to_vec())
@@ -712,7 +736,7 @@ fn postgres_sixteen_threads_many_actors() {
 }
 
 /// Waits until none of `pids` is a live backend.
-fn wait_gone(admin: &mut postgres::Client, pids: &[i32]) {
+fn wait_gone(admin: &mut ::postgres::Client, pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let n: i64 = admin
@@ -945,8 +969,39 @@ fn random_list(rng: &mut Rng, x: Vec<u8>, y: Vec<u8>) -> ListRequest {
     ListRequest {
         range,
         limit: rng.chance(0.5).then(|| 1 + rng.below(6) as usize),
-        // Budgets of at least one byte (see the report: memory returns nothing for a zero
-        // budget).
-        max_bytes: rng.chance(0.5).then(|| 1 + rng.below(60) as usize),
+        // Zero included: a budget never stops the first entry.
+        max_bytes: rng.chance(0.5).then(|| rng.below(60) as usize),
     }
+}
+
+#[test]
+fn postgres_store_urls_open_the_backend() {
+    use kvsqlite::kv::url::open_store;
+    match open_store(
+        "postgres://postgres@127.0.0.1:1/test",
+        KvLimits::default(),
+        None,
+    ) {
+        Err(KvError::Unavailable { backend, .. }) => assert_eq!(backend, "postgres"),
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("connected to port 1"),
+    }
+    let Some(t) = pg::test_store() else { return };
+    let limits = KvLimits {
+        max_write_entries: 2,
+        ..KvLimits::default()
+    };
+    let s = open_store(&pg::test_url(), limits, Some(Duration::ZERO)).unwrap();
+    assert_eq!(s.backend(), "postgres");
+    assert_eq!(s.limits(), &limits);
+    let a = t.actor("url");
+    assert_eq!(
+        s.put(&a, vec![kv(b"1", b""), kv(b"2", b""), kv(b"3", b"")]),
+        Err(KvError::TooManyEntries { count: 3, max: 2 })
+    );
+    s.put(&a, vec![kv(b"1", b"x")]).unwrap();
+    assert_eq!(
+        t.store.get(&a, &[b"1".to_vec()]).unwrap(),
+        vec![Some(b"x".to_vec())]
+    );
 }

@@ -357,3 +357,44 @@ impl KvStore for CountingStore {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+
+    #[test]
+    fn snapshots_diff_per_kind_and_never_underflow() {
+        let c = CountingStore::wrap(Arc::new(MemoryStore::new()));
+        let s = c.shared();
+        let t0 = c.snapshot();
+        s.put("a", vec![(b"k".to_vec(), b"vv".to_vec())]).unwrap();
+        let t1 = c.snapshot();
+        s.get("a", &[b"k".to_vec()]).unwrap();
+        s.get("a", &[b"k".to_vec(), b"x".to_vec()]).unwrap();
+        let t2 = c.snapshot();
+        let d = t2 - t1;
+        assert_eq!(
+            d.op(OpKind::Get),
+            OpCounts {
+                calls: 2,
+                errors: 0,
+                keys_read: 3,
+                keys_written: 0,
+                bytes_in: 4,
+                bytes_out: 3,
+            }
+        );
+        assert_eq!(d.op(OpKind::Write), OpCounts::default());
+        assert_eq!(t2.delta(&t0).round_trips(), 3);
+        assert_eq!(
+            (t0 - t2).round_trips(),
+            0,
+            "reversed diff saturates at zero"
+        );
+        assert_eq!(
+            t2.to_string(),
+            "round_trips=3 keys_read=3 keys_written=1 bytes_in=4 bytes_out=6 get=2 write=1"
+        );
+    }
+}

@@ -9,11 +9,15 @@
 //! - **fail call N** → that call returns [`KvError::InjectedFault`] and is *not* applied (the
 //!   request was lost before reaching the store); later calls proceed normally.
 //! - **fail at random** with probability `p` from a seed → the same, reproducibly.
+//! - **lose the reply of call N** → the call reaches the store and takes effect, but the caller
+//!   gets [`KvError::InjectedFault`] (a timeout after the store committed: the ambiguous case).
 //! - **crash at call N** → if call N is a write (`write` or `delete_range`), it is applied to the
 //!   inner store wholly or not at all (by an explicit [`CrashWrite`] choice or a seeded coin), and
 //!   the caller sees [`KvError::Crashed`] either way, as when a process dies with a request in
 //!   flight. Every later call returns `Crashed`. [`FaultStore::crash_report`] tells what happened,
 //!   and [`FaultStore::inner`] lets the test read what survived.
+
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
@@ -58,6 +62,9 @@ pub struct CrashPoint {
 pub struct FaultPlan {
     /// 1-based call numbers that fail with [`KvError::InjectedFault`].
     pub fail_calls: Vec<u64>,
+    /// 1-based call numbers that are applied but whose caller gets
+    /// [`KvError::InjectedFault`] (the reply was lost).
+    pub lose_reply_calls: Vec<u64>,
     /// Random failures, if any.
     pub random: Option<RandomFaults>,
     /// The crash point, if any.
@@ -73,6 +80,12 @@ impl FaultPlan {
     /// Also fail call `n` (1-based).
     pub fn fail_call(mut self, n: u64) -> Self {
         self.fail_calls.push(n);
+        self
+    }
+
+    /// Also apply call `n` (1-based) but report [`KvError::InjectedFault`] to the caller.
+    pub fn lose_reply(mut self, n: u64) -> Self {
+        self.lose_reply_calls.push(n);
         self
     }
 
@@ -113,6 +126,7 @@ struct State {
 enum Verdict {
     Forward,
     Fail(u64),
+    LoseReply(u64),
     Crashed,
     CrashForward,
 }
@@ -130,6 +144,17 @@ impl FaultStore {
             inner,
             state: Mutex::new(State::new(plan)),
         }
+    }
+
+    /// Wraps `inner` with `plan` behind an `Arc`: keep it to read [`FaultStore::calls`] and
+    /// [`FaultStore::crash_report`], and hand [`FaultStore::shared`] to the code under test.
+    pub fn wrap(inner: SharedStore, plan: FaultPlan) -> Arc<FaultStore> {
+        Arc::new(FaultStore::new(inner, plan))
+    }
+
+    /// This store as a [`SharedStore`] (the same plan and counters).
+    pub fn shared(self: &Arc<Self>) -> SharedStore {
+        Arc::clone(self) as SharedStore
     }
 
     /// Replaces the plan and starts counting calls from zero again, clearing any crash.
@@ -186,6 +211,9 @@ impl FaultStore {
         if st.plan.fail_calls.contains(&n) {
             return Verdict::Fail(n);
         }
+        if st.plan.lose_reply_calls.contains(&n) {
+            return Verdict::LoseReply(n);
+        }
         if let (Some(r), Some(rng)) = (st.plan.random, st.rng.as_mut()) {
             if rng.chance(r.probability) {
                 return Verdict::Fail(n);
@@ -198,6 +226,10 @@ impl FaultStore {
         match self.verdict(op) {
             Verdict::Forward => f(),
             Verdict::Fail(call) => Err(KvError::InjectedFault { call }),
+            Verdict::LoseReply(call) => {
+                let _ = f();
+                Err(KvError::InjectedFault { call })
+            }
             Verdict::Crashed => Err(KvError::Crashed),
             Verdict::CrashForward => {
                 // The process "dies" after the request left: whatever the store decided stands,

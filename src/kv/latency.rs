@@ -77,3 +77,28 @@ impl KvStore for LatencyStore {
         self.inner.batch_read(actor, ops)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kv::counting::CountingStore;
+    use crate::kv::memory::MemoryStore;
+
+    #[test]
+    fn forwards_each_call_once_and_reports_its_rtt() {
+        let counting = CountingStore::wrap(Arc::new(MemoryStore::new()));
+        let s = LatencyStore::new(counting.shared(), Duration::ZERO);
+        assert_eq!(s.rtt(), Duration::ZERO);
+        assert_eq!(s.backend(), "memory");
+        s.put("a", vec![(b"k".to_vec(), b"v".to_vec())]).unwrap();
+        s.get("a", &[b"k".to_vec()]).unwrap();
+        s.list("a", &ListRequest::prefix(Vec::new())).unwrap();
+        s.batch_read("a", &[ReadOp::Get(vec![b"k".to_vec()])])
+            .unwrap();
+        s.delete_range("a", b"", None).unwrap();
+        assert_eq!(counting.snapshot().round_trips(), 5);
+        assert_eq!(s.get("a", &[b"k".to_vec()]).unwrap(), vec![None]);
+    }
+}

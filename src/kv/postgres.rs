@@ -475,9 +475,9 @@ impl KvStore for PostgresStore {
         let a = quote_text(actor);
         let mut sql = self.lock_sql(&a);
         let mut ctes: Vec<String> = Vec::new();
-        let guard;
-        if batch.preconditions.is_empty() {
-            guard = String::new();
+        // Appended to every data-modifying CTE: write only when no precondition failed.
+        let guard = if batch.preconditions.is_empty() {
+            ""
         } else {
             let mut values = String::new();
             for (i, p) in batch.preconditions.iter().enumerate() {
@@ -496,8 +496,8 @@ impl KvStore for PostgresStore {
                  ON c.actor_id = {a} AND c.key = p.key \
                  WHERE c.value IS DISTINCT FROM p.expected)"
             ));
-            guard = " AND (SELECT ord FROM fail) IS NULL".to_string();
-        }
+            " AND (SELECT ord FROM fail) IS NULL"
+        };
         if !batch.deletes.is_empty() {
             let keys: Vec<String> = batch.deletes.iter().map(|k| quote_bytea(k)).collect();
             ctes.push(format!(

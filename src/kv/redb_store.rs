@@ -4,10 +4,15 @@
 //! no server. redb gives ACID write transactions with an fsync on commit, and consistent
 //! snapshot reads.
 //!
-//! Layout: one table, `kvsqlite_kv`, for every actor. Its keys are
+//! Layout (format version [`FORMAT_VERSION`], recorded in the table `kvsqlite_meta`): one
+//! table, `kvsqlite_kv`, for every actor. Its keys are
 //! `u16 big-endian actor length ‖ actor bytes ‖ key`: within one actor, composite keys order
 //! exactly as the raw keys do, and an actor's keys are exactly the composite keys starting with
 //! `length ‖ actor` (no actor id is a prefix of another's encoding), so prefix lists are exact.
+//! Each stored value is `value ‖ CRC-32 (little-endian) of composite key ‖ value`: redb does not
+//! checksum its data pages, so without this a flipped bit on disk would be read back as data.
+//! A mismatch is reported as [`KvError::Backend`] naming the file and key, never returned as a
+//! value.
 //!
 //! Guarantees:
 //! - A `write` is one redb write transaction: preconditions are checked inside it, then all
@@ -34,6 +39,98 @@ use super::{
 };
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kvsqlite_kv");
+const META: TableDefinition<&str, u64> = TableDefinition::new("kvsqlite_meta");
+const FORMAT_KEY: &str = "format_version";
+
+/// The on-disk layout version this build reads and writes.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) tables for slicing-by-8: `T[0]` is the
+/// classic byte table, `T[k][i]` the CRC of byte `i` followed by `k` zero bytes.
+const CRC_TABLES: [[u32; 256]; 8] = {
+    let mut t = [[0u32; 256]; 8];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+            bit += 1;
+        }
+        t[0][i] = c;
+        i += 1;
+    }
+    let mut k = 1;
+    while k < 8 {
+        let mut i = 0;
+        while i < 256 {
+            let prev = t[k - 1][i];
+            t[k][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let t = &CRC_TABLES;
+    let mut c = !0u32;
+    for part in parts {
+        let mut chunks = part.chunks_exact(8);
+        for w in &mut chunks {
+            let lo = c ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            c = t[7][(lo & 0xFF) as usize]
+                ^ t[6][((lo >> 8) & 0xFF) as usize]
+                ^ t[5][((lo >> 16) & 0xFF) as usize]
+                ^ t[4][(lo >> 24) as usize]
+                ^ t[3][w[4] as usize]
+                ^ t[2][w[5] as usize]
+                ^ t[1][w[6] as usize]
+                ^ t[0][w[7] as usize];
+        }
+        for b in chunks.remainder() {
+            c = t[0][((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8);
+        }
+    }
+    !c
+}
+
+/// `value ‖ crc32(composite ‖ value)`: what is stored for `value` under `composite`.
+fn seal(composite: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 4);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&crc32(&[composite, value]).to_le_bytes());
+    out
+}
+
+/// The value stored under `composite`, checked against its checksum; `None` if it is damaged.
+fn unseal<'a>(composite: &[u8], stored: &'a [u8]) -> Option<&'a [u8]> {
+    let split = stored.len().checked_sub(4)?;
+    let (value, sum) = stored.split_at(split);
+    let sum = u32::from_le_bytes(sum.try_into().ok()?);
+    (crc32(&[composite, value]) == sum).then_some(value)
+}
+
+/// The error for a stored entry whose checksum does not match: names the file, actor and key.
+fn damaged(path: &Path, composite: &[u8]) -> KvError {
+    let len = composite
+        .get(..2)
+        .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let what = match (composite.get(2..2 + len), composite.get(2 + len..)) {
+        (Some(actor), Some(key)) => format!(
+            "actor {} key {}",
+            super::display_key(actor),
+            super::display_key(key)
+        ),
+        _ => format!("composite key {}", super::display_key(composite)),
+    };
+    err_at(path, format!("corrupt entry (checksum mismatch) at {what}"))
+}
 const BACKEND: &str = "redb";
 
 /// One open database file, shared by every [`RedbStore`] of this process that names it.
@@ -111,10 +208,13 @@ fn open_database(path: &Path) -> Result<Database, KvError> {
         .map_err(|_| err_at(path, "the file is corrupt (redb panicked while opening it)"))?;
     let db = opened.map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen => KvError::Locked {
-            what: format!("{} (open in another process)", path.display()),
+            what: path.display().to_string(),
         },
         DatabaseError::Storage(redb::StorageError::Io(io))
-            if io.kind() == std::io::ErrorKind::InvalidData =>
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+            ) =>
         {
             err_at(path, format!("not a redb database ({io})"))
         }
@@ -124,9 +224,32 @@ fn open_database(path: &Path) -> Result<Database, KvError> {
         },
         other => err_at(path, other),
     })?;
-    // Create the table once so read transactions always find it.
+    // Create the tables once so read transactions always find them, and check the layout
+    // version (a file without one is new: nothing else writes our tables).
     let txn = db.begin_write().map_err(|e| err_at(path, e))?;
-    txn.open_table(TABLE).map_err(|e| err_at(path, e))?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| err_at(path, e))?;
+        let found = meta
+            .get(FORMAT_KEY)
+            .map_err(|e| err_at(path, e))?
+            .map(|v| v.value());
+        match found {
+            Some(FORMAT_VERSION) => {}
+            Some(other) => {
+                return Err(err_at(
+                    path,
+                    format!(
+                        "kvsqlite store format version {other}; this build reads version {FORMAT_VERSION}"
+                    ),
+                ))
+            }
+            None => {
+                meta.insert(FORMAT_KEY, FORMAT_VERSION)
+                    .map_err(|e| err_at(path, e))?;
+            }
+        }
+        txn.open_table(TABLE).map_err(|e| err_at(path, e))?;
+    }
     txn.commit().map_err(|e| err_at(path, e))?;
     Ok(db)
 }
@@ -171,6 +294,19 @@ impl RedbStore {
     fn err(&self, e: impl std::fmt::Display) -> KvError {
         err_at(&self.shared.path, e)
     }
+
+    /// Runs one call, turning a panic inside redb (its debug builds assert on some corrupt
+    /// files) into an error naming the file instead of unwinding into the caller.
+    fn guarded<T>(&self, f: impl FnOnce() -> Result<T, KvError>) -> Result<T, KvError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(self.err(format!("redb failed on a corrupt file: {what}")))
+        })
+    }
 }
 
 /// `len ‖ actor ‖ key`.
@@ -194,11 +330,12 @@ fn bounds(actor: &str, start: &[u8], end: Option<&[u8]>) -> (Vec<u8>, Option<Vec
 }
 
 fn list_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
     table: &T,
     actor: &str,
     limit: usize,
     req: &ListRequest,
-) -> Result<ListPage, redb::StorageError> {
+) -> Result<ListPage, KvError> {
     let (start, end) = req.range.bounds();
     let mut page = ListPage::default();
     if range_is_empty(&start, end.as_deref()) {
@@ -211,61 +348,73 @@ fn list_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
         None => Bound::Unbounded,
     };
     let mut bytes = 0usize;
-    for item in table.range::<&[u8]>((Bound::Included(lo.as_slice()), upper))? {
-        let (k, v) = item?;
+    let range = table
+        .range::<&[u8]>((Bound::Included(lo.as_slice()), upper))
+        .map_err(|e| err_at(path, e))?;
+    for item in range {
+        let (k, v) = item.map_err(|e| err_at(path, e))?;
         let over_budget = !page.entries.is_empty() && req.max_bytes.is_some_and(|m| bytes >= m);
         if page.entries.len() == limit || over_budget {
             page.next_start = page.entries.last().map(|(k, _)| key_after(k));
             break;
         }
-        let key = k.value()[strip..].to_vec();
-        let value = v.value().to_vec();
+        let composite = k.value();
+        let key = composite
+            .get(strip..)
+            .ok_or_else(|| damaged(path, composite))?
+            .to_vec();
+        let value = unseal(composite, v.value())
+            .ok_or_else(|| damaged(path, composite))?
+            .to_vec();
         bytes += key.len() + value.len();
         page.entries.push((key, value));
     }
     Ok(page)
 }
 
+/// The checked value under `composite`, if any.
+fn get_one<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
+    table: &T,
+    composite: &[u8],
+) -> Result<Option<Value>, KvError> {
+    match table.get(composite).map_err(|e| err_at(path, e))? {
+        None => Ok(None),
+        Some(stored) => unseal(composite, stored.value())
+            .map(|v| Some(v.to_vec()))
+            .ok_or_else(|| damaged(path, composite)),
+    }
+}
+
 fn get_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
     table: &T,
     actor: &str,
     keys: &[Vec<u8>],
-) -> Result<Vec<Option<Value>>, redb::StorageError> {
+) -> Result<Vec<Option<Value>>, KvError> {
     keys.iter()
-        .map(|k| {
-            Ok(table
-                .get(encode(actor, k).as_slice())?
-                .map(|v| v.value().to_vec()))
-        })
+        .map(|k| get_one(path, table, &encode(actor, k)))
         .collect()
 }
 
-impl KvStore for RedbStore {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn limits(&self) -> &KvLimits {
-        &self.limits
-    }
-
-    fn get(&self, actor: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, KvError> {
+impl RedbStore {
+    fn do_get(&self, actor: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, KvError> {
         check_actor_id(actor)?;
         self.limits.check_get(keys)?;
         let txn = self.shared.db().begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-        get_table(&table, actor, keys).map_err(|e| self.err(e))
+        get_table(self.path(), &table, actor, keys)
     }
 
-    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
+    fn do_list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
         check_actor_id(actor)?;
         let limit = self.limits.list_limit(req.limit)?;
         let txn = self.shared.db().begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-        list_table(&table, actor, limit, req).map_err(|e| self.err(e))
+        list_table(self.path(), &table, actor, limit, req)
     }
 
-    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+    fn do_write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
         check_actor_id(actor)?;
         self.limits.check_write(batch)?;
         batch.check_distinct()?;
@@ -275,16 +424,8 @@ impl KvStore for RedbStore {
         {
             let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
             for p in &batch.preconditions {
-                let have = table
-                    .get(encode(actor, &p.key).as_slice())
-                    .map_err(|e| self.err(e))?;
-                let holds = match (&have, &p.expected) {
-                    (None, None) => true,
-                    (Some(v), Some(want)) => v.value() == want.as_slice(),
-                    _ => false,
-                };
-                if !holds {
-                    drop(have);
+                let have = get_one(self.path(), &table, &encode(actor, &p.key))?;
+                if have != p.expected {
                     drop(table);
                     txn.abort().map_err(|e| self.err(e))?;
                     return Err(KvError::Conflict { key: p.key.clone() });
@@ -300,15 +441,21 @@ impl KvStore for RedbStore {
                     .map_err(|e| self.err(e))?;
             }
             for (k, v) in &batch.puts {
+                let composite = encode(actor, k);
                 table
-                    .insert(encode(actor, k).as_slice(), v.as_slice())
+                    .insert(composite.as_slice(), seal(&composite, v).as_slice())
                     .map_err(|e| self.err(e))?;
             }
         }
         txn.commit().map_err(|e| self.err(e))
     }
 
-    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
+    fn do_delete_range(
+        &self,
+        actor: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), KvError> {
         check_actor_id(actor)?;
         if range_is_empty(start, end) {
             return Ok(());
@@ -330,23 +477,69 @@ impl KvStore for RedbStore {
         txn.commit().map_err(|e| self.err(e))
     }
 
-    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+    fn do_batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
         check_actor_id(actor)?;
         check_batch_read(&self.limits, ops)?;
         let txn = self.shared.db().begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
         ops.iter()
             .map(|op| match op {
-                ReadOp::Get(keys) => get_table(&table, actor, keys)
-                    .map(ReadResult::Get)
-                    .map_err(|e| self.err(e)),
+                ReadOp::Get(keys) => {
+                    get_table(self.path(), &table, actor, keys).map(ReadResult::Get)
+                }
                 ReadOp::List(req) => {
                     let limit = self.limits.list_limit(req.limit)?;
-                    list_table(&table, actor, limit, req)
-                        .map(ReadResult::List)
-                        .map_err(|e| self.err(e))
+                    list_table(self.path(), &table, actor, limit, req).map(ReadResult::List)
                 }
             })
             .collect()
+    }
+}
+
+impl KvStore for RedbStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn limits(&self) -> &KvLimits {
+        &self.limits
+    }
+
+    fn get(&self, actor: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, KvError> {
+        self.guarded(|| self.do_get(actor, keys))
+    }
+
+    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
+        self.guarded(|| self.do_list(actor, req))
+    }
+
+    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+        self.guarded(|| self.do_write(actor, batch))
+    }
+
+    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
+        self.guarded(|| self.do_delete_range(actor, start, end))
+    }
+
+    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+        self.guarded(|| self.do_batch_read(actor, ops))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crc32;
+
+    #[test]
+    fn crc32_matches_the_standard_check_values() {
+        // The CRC-32/ISO-HDLC check value, and the same bytes split across parts and lengths
+        // that exercise both the 8-byte and the byte-at-a-time paths.
+        assert_eq!(crc32(&[b"123456789"]), 0xCBF4_3926);
+        assert_eq!(crc32(&[b"1234", b"56789"]), 0xCBF4_3926);
+        assert_eq!(crc32(&[b""]), 0);
+        assert_eq!(
+            crc32(&[b"The quick brown fox jumps over the lazy dog"]),
+            0x414F_A339
+        );
     }
 }

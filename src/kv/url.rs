@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::latency::LatencyStore;
 use super::memory::MemoryStore;
+use super::postgres::PostgresStore;
 use super::redb_store::RedbStore;
 use super::{KvError, KvLimits, SharedStore};
 
@@ -44,7 +45,7 @@ impl StoreUrl {
     /// accepted forms.
     pub fn parse(url: &str) -> Result<StoreUrl, KvError> {
         let bad = |why: &str| KvError::InvalidUrl {
-            url: url.to_string(),
+            url: redact_password(url),
             reason: format!("{why}; {ACCEPTED_FORMS}"),
         };
         let trimmed = url.trim();
@@ -71,7 +72,12 @@ impl StoreUrl {
                 if host.is_empty() {
                     return Err(bad("the postgres URL names no host"));
                 }
-                if let Some((_, port)) = host.rsplit_once(':') {
+                // `[v6addr]:port` or `host:port`; a bracketed address without a port has none.
+                let port = match host.rsplit_once(']') {
+                    Some((_, after)) => after.strip_prefix(':'),
+                    None => host.rsplit_once(':').map(|(_, p)| p),
+                };
+                if let Some(port) = port {
                     if port.parse::<u16>().is_err() {
                         return Err(bad(&format!("port {port:?} is not a number 0..=65535")));
                     }
@@ -113,13 +119,35 @@ pub fn open_store(
     })
 }
 
-/// Opens a PostgreSQL store (the backend lives on the `pg` branch until it is merged).
+/// Opens a PostgreSQL store (`?table=NAME` and `&pool_size=N` are read by the backend); its URL
+/// errors also list the accepted forms.
 fn open_postgres(url: &str, limits: KvLimits) -> Result<SharedStore, KvError> {
-    let _ = limits;
-    Err(KvError::Unavailable {
-        backend: "postgres",
-        message: format!("{url}: the postgres backend is not built into this binary yet"),
-    })
+    match PostgresStore::connect_with_limits(url, limits) {
+        Ok(store) => Ok(Arc::new(store)),
+        Err(KvError::InvalidUrl { url, reason }) if !reason.contains(ACCEPTED_FORMS) => {
+            Err(KvError::InvalidUrl {
+                url,
+                reason: format!("{reason}; {ACCEPTED_FORMS}"),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `url` with any password (`scheme://user:PASSWORD@host…`) replaced by `***`, for messages.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +191,25 @@ mod tests {
                 other => panic!("{bad:?} gave {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn passwords_never_appear_in_url_errors() {
+        assert_eq!(
+            redact_password("postgres://bob:s3cret@h:5432/db"),
+            "postgres://bob:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_password("postgres://bob@h/db"),
+            "postgres://bob@h/db"
+        );
+        let err = StoreUrl::parse("postgres://bob:s3cret@h:port/db").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert_eq!(
+            StoreUrl::parse("postgres://u@[::1]/db").unwrap(),
+            StoreUrl::Postgres("postgres://u@[::1]/db".into())
+        );
+        assert!(StoreUrl::parse("postgres://u@[::1]:x/db").is_err());
     }
 
     #[test]

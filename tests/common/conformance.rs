@@ -1103,6 +1103,15 @@ pub fn injected_faults_are_not_applied(fx: Fixture) {
         list_all(fx.store.as_ref(), &a),
         entries(&[("x", "1"), ("z", "3")])
     );
+    assert_eq!(faults.calls(), 3);
+    // A lost reply: applied, but the caller hears an error.
+    let lossy = FaultStore::new(fx.store.clone(), FaultPlan::none().lose_reply(1));
+    assert_eq!(
+        lossy.put(&a, entries(&[("w", "0")])).unwrap_err(),
+        KvError::InjectedFault { call: 1 }
+    );
+    assert_eq!(lossy.get(&a, &[k("w")]).unwrap(), vec![Some(k("0"))]);
+    fx.store.delete(&a, vec![k("w")]).unwrap();
     // Random faults are reproducible from the seed.
     let pattern = |seed: u64, actor: &str| -> Vec<bool> {
         let f = FaultStore::new(fx.store.clone(), FaultPlan::none().fail_randomly(seed, 0.3));

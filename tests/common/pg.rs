@@ -24,6 +24,33 @@ pub fn test_url() -> String {
     std::env::var("KVSQLITE_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_URL.to_string())
 }
 
+/// Deletes, when dropped, every row of `table` whose actor id starts with `prefix`.
+pub struct Cleanup {
+    /// The table the test wrote to.
+    pub table: String,
+    /// The prefix of every actor id the test used.
+    pub prefix: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // Clean up even after a failed test; a cleanup failure must not hide the test's own.
+        if let Ok(mut client) = admin_client() {
+            let sql = format!(
+                "DELETE FROM \"{}\" WHERE actor_id LIKE $1 || '%'",
+                self.table
+            );
+            // LIKE wildcards in the prefix are escaped (backslash is LIKE's escape).
+            let pattern = self
+                .prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            let _ = client.execute(&sql, &[&pattern]);
+        }
+    }
+}
+
 /// A store on the test server plus the actor ids this test created.
 pub struct PgTest {
     /// The store under test.
@@ -31,6 +58,7 @@ pub struct PgTest {
     /// Every actor id of this test starts with this.
     pub prefix: String,
     counter: AtomicU64,
+    _cleanup: Cleanup,
 }
 
 impl PgTest {
@@ -46,26 +74,8 @@ impl PgTest {
     }
 }
 
-impl Drop for PgTest {
-    fn drop(&mut self) {
-        // Clean up even after a failed test; a cleanup failure must not hide the test's own.
-        if let Ok(mut client) = admin_client() {
-            let sql = format!(
-                "DELETE FROM \"{}\" WHERE actor_id LIKE $1 || '%'",
-                self.store.table()
-            );
-            // LIKE wildcards in the prefix are escaped (backslash is LIKE's escape).
-            let pattern = self
-                .prefix
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            let _ = client.execute(&sql, &[&pattern]);
-        }
-    }
-}
-
-fn admin_client() -> Result<postgres::Client, postgres::Error> {
+/// A plain client on the test server.
+pub fn admin_client() -> Result<postgres::Client, postgres::Error> {
     postgres::Client::connect(&test_url(), postgres::NoTls)
 }
 
@@ -81,31 +91,45 @@ pub fn unique_prefix(tag: &str) -> String {
     format!("test-{tag}-{}-{nanos}-{n}/", std::process::id())
 }
 
-/// Decides what an unreachable server means: a failure under `CI=true`, a printed skip
-/// otherwise.
-pub fn unavailable(err: &KvError) -> Option<PgTest> {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CI=true and the postgres test server is unavailable: {err}");
+/// Connects to the test server. An unreachable server is `Err(why)` outside CI and a test
+/// failure (panic) under `CI=true`; any other error (a malformed test URL) always fails.
+pub fn connect(options: PostgresOptions) -> Result<PostgresStore, String> {
+    match PostgresStore::connect_with(&test_url(), options) {
+        Ok(store) => Ok(store),
+        Err(err @ KvError::Unavailable { .. }) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true and the postgres test server is unavailable: {err}");
+            }
+            Err(err.to_string())
+        }
+        Err(err) => panic!("the postgres test URL {} is unusable: {err}", test_url()),
     }
-    println!("skipped: postgres unavailable: {err}");
-    None
 }
 
-/// A store on the test server with the default options, or `None` (skipped) when the server is
-/// unreachable outside CI.
+/// A store on the test server with the default options, or `None` after printing
+/// `skipped: postgres unavailable: …` (outside CI).
 pub fn test_store() -> Option<PgTest> {
     test_store_with(PostgresOptions::default())
 }
 
 /// Like [`test_store`] with explicit options.
 pub fn test_store_with(options: PostgresOptions) -> Option<PgTest> {
-    match PostgresStore::connect_with(&test_url(), options) {
-        Ok(store) => Some(PgTest {
-            store: Arc::new(store),
-            prefix: unique_prefix("kv"),
-            counter: AtomicU64::new(0),
-        }),
-        Err(err @ KvError::Unavailable { .. }) => unavailable(&err),
-        Err(err) => panic!("the postgres test URL {} is unusable: {err}", test_url()),
+    match connect(options) {
+        Ok(store) => {
+            let prefix = unique_prefix("kv");
+            Some(PgTest {
+                _cleanup: Cleanup {
+                    table: store.table().to_string(),
+                    prefix: prefix.clone(),
+                },
+                store: Arc::new(store),
+                prefix,
+                counter: AtomicU64::new(0),
+            })
+        }
+        Err(why) => {
+            println!("skipped: postgres unavailable: {why}");
+            None
+        }
     }
 }
