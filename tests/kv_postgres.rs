@@ -828,11 +828,13 @@ fn postgres_write_cut_off_mid_flight_is_unavailable_and_not_retried() {
     let mut admin = t.admin();
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid: i32 = loop {
+        // The session waiting for this actor's advisory lock (two int4 keys: objsubid 2).
         let rows = admin
             .query(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'kvsqlite' \
-                 AND wait_event_type = 'Lock' AND query LIKE '%' || $1 || '%'",
-                &[&a],
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                 AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid \
+                 AND objsubid = 2",
+                &[&s.table(), &a],
             )
             .unwrap();
         if let Some(row) = rows.first() {

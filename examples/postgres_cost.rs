@@ -1,0 +1,81 @@
+//! Measures the per-call cost of the PostgreSQL backend: a put of 128 × 4 KiB entries and a
+//! get of those 128 keys, each one exchange. Not a test: it prints numbers.
+//!
+//! ```sh
+//! cargo run --release --example postgres_cost -- [URL] [ITERATIONS]
+//! ```
+//! URL defaults to `KVSQLITE_TEST_POSTGRES` or `postgres://postgres@127.0.0.1:5432/test`.
+
+use std::time::{Duration, Instant};
+
+use kvsqlite::kv::postgres::PostgresStore;
+use kvsqlite::kv::{KvStore, ListRequest, ReadOp};
+use kvsqlite::rng::Rng;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let url = args.next().unwrap_or_else(|| {
+        std::env::var("KVSQLITE_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    });
+    let iterations: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(200);
+    let store = match PostgresStore::connect(&url) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let actor = format!("bench-{}", std::process::id());
+    let mut rng = Rng::new(42);
+    let keys: Vec<Vec<u8>> = (0u32..128).map(|i| i.to_be_bytes().to_vec()).collect();
+
+    let mut put = Vec::with_capacity(iterations);
+    let mut get = Vec::with_capacity(iterations);
+    let mut batch = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        // Random pages: incompressible, like real SQLite pages.
+        let entries: Vec<_> = keys.iter().map(|k| (k.clone(), rng.bytes(4096))).collect();
+        let t = Instant::now();
+        store.put(&actor, entries).expect("put");
+        put.push(t.elapsed());
+        let t = Instant::now();
+        let got = store.get(&actor, &keys).expect("get");
+        get.push(t.elapsed());
+        assert!(got.iter().all(|v| v.as_ref().map(Vec::len) == Some(4096)));
+        let t = Instant::now();
+        store
+            .batch_read(
+                &actor,
+                &[
+                    ReadOp::Get(keys[..4].to_vec()),
+                    ReadOp::List(ListRequest::prefix(Vec::new()).with_max_bytes(64 * 4100)),
+                ],
+            )
+            .expect("batch_read");
+        batch.push(t.elapsed());
+    }
+    let exchanges = store.exchanges();
+    store.delete_range(&actor, &[], None).expect("cleanup");
+    report("put 128 x 4 KiB", &mut put);
+    report("get 128 keys", &mut get);
+    report("batch: get 4 + list 64 pages", &mut batch);
+    println!(
+        "exchanges: {exchanges} for {} calls; connections opened: {}",
+        3 * iterations,
+        store.connections_opened()
+    );
+}
+
+fn report(what: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mean = samples.iter().map(|d| ms(*d)).sum::<f64>() / samples.len() as f64;
+    println!(
+        "{what:32} mean {:7.3} ms  p50 {:7.3} ms  p99 {:7.3} ms  ({} calls)",
+        mean,
+        ms(samples[samples.len() / 2]),
+        ms(samples[(samples.len() * 99 / 100).min(samples.len() - 1)]),
+        samples.len()
+    );
+}
