@@ -19,6 +19,17 @@ pub enum Lookup<'a> {
     NotPreloaded,
 }
 
+/// The answer of a [`Preload::first_in`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum First<'a> {
+    /// The first key of the range and its value.
+    Entry(&'a [u8], &'a [u8]),
+    /// The range was read completely and holds no key.
+    Empty,
+    /// The preload cannot tell: ask the store.
+    Unknown,
+}
+
 /// Sorted entries plus the ranges known to be complete. Lookups are binary searches and never
 /// allocate.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,21 +138,19 @@ impl Preload {
                 .is_none_or(|e| end <= e.as_slice())
     }
 
-    /// The first entry in `[start, end)` when that range is completely known: `Ok(Some(..))`,
-    /// `Ok(None)` when it holds no key, `Err(())` when the preload cannot tell.
-    #[allow(clippy::result_unit_err)]
-    pub fn first_in(&self, start: &[u8], end: &[u8]) -> Result<Option<(&[u8], &[u8])>, ()> {
+    /// The first entry in `[start, end)`, when the preload can tell.
+    pub fn first_in(&self, start: &[u8], end: &[u8]) -> First<'_> {
         let i = self.entries.partition_point(|(k, _)| k.as_slice() < start);
         match self.entries.get(i) {
             Some((k, v)) if k.as_slice() < end => {
                 if self.covers(start, &key_after(k)) {
-                    Ok(Some((k, v)))
+                    First::Entry(k, v)
                 } else {
-                    Err(())
+                    First::Unknown
                 }
             }
-            _ if self.covers(start, end) => Ok(None),
-            _ => Err(()),
+            _ if self.covers(start, end) => First::Empty,
+            _ => First::Unknown,
         }
     }
 
@@ -244,9 +253,10 @@ mod tests {
         assert_eq!(p.lookup(b"x"), Lookup::Found(b"9"));
         assert_eq!(p.lookup(b"z"), Lookup::Absent);
         assert_eq!(p.lookup(b"y"), Lookup::NotPreloaded);
-        assert_eq!(p.first_in(b"a", b"m"), Err(()));
-        assert_eq!(p.first_in(b"c", b"d\0"), Ok(Some((&b"d"[..], &b"2"[..]))));
-        assert_eq!(p.first_in(b"b\0", b"c"), Ok(None));
+        assert_eq!(p.first_in(b"a", b"m"), First::Entry(b"b", b"1"));
+        assert_eq!(p.first_in(b"d\0", b"m"), First::Unknown);
+        assert_eq!(p.first_in(b"c", b"d\0"), First::Entry(b"d", b"2"));
+        assert_eq!(p.first_in(b"b\0", b"c"), First::Empty);
         p.update(b"c", b"new");
         assert_eq!(p.lookup(b"c"), Lookup::Found(b"new"));
         p.update(b"e", b"no");

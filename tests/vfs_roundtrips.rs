@@ -36,3 +36,189 @@ fn warm_ten_row_insert_is_one_put_and_no_get() {
     assert_eq!(n, 11);
     assert!(vfs::batch_atomic_compiled());
 }
+
+fn limited_store(max_entries: usize) -> SharedStore {
+    Arc::new(MemoryStore::with_limits(KvLimits {
+        max_write_entries: max_entries,
+        ..KvLimits::default()
+    }))
+}
+
+fn fill(db: &rusqlite::Connection, rows: usize, bytes: usize) {
+    db.execute_batch("BEGIN").unwrap();
+    let mut st = db.prepare("INSERT INTO t(v) VALUES (?1)").unwrap();
+    for i in 0..rows {
+        st.execute([format!("{i:0width$}", width = bytes)]).unwrap();
+    }
+    drop(st);
+    db.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn big_transaction_is_staged_within_bound_and_next_small_one_is_one_put() {
+    let s = store();
+    let db = open_database(s.clone(), "big", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    let before = db.snapshot();
+    // ~8 MB: 2,000 rows of 4,000 bytes, one page each.
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..2000 {
+        db.execute("INSERT INTO t(v) VALUES (zeroblob(4000 + ?1 % 7))", [i])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    let d = db.snapshot() - before;
+    let pages: u64 = db
+        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64;
+    assert!(pages >= 2000, "{pages}");
+    assert_eq!(d.staged_commits, 1, "{d:?}");
+    assert_eq!(d.journal_fallbacks, 0);
+    assert_eq!(d.kv_reads, 0);
+    // Every page of the file was written (the table grew from one page).
+    assert!(
+        d.kv_round_trips <= (pages - 1).div_ceil(128) + 1,
+        "{} round trips for {pages} pages",
+        d.kv_round_trips
+    );
+    let before = db.snapshot();
+    db.execute("INSERT INTO t(v) VALUES (x'00')", []).unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!(
+        (d.kv_round_trips, d.kv_writes, d.atomic_commits),
+        (1, 1, 1),
+        "{d:?}"
+    );
+    // The data reads back through a fresh state (no cache) from stage keys and chunk keys.
+    drop(db);
+    let db = open_database(s, "big", &OpenOptions::default()).unwrap();
+    let (n, sum): (i64, i64) = db
+        .query_row("SELECT count(*), sum(length(v)) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(n, 2001);
+    assert_eq!(sum, (0..2000).map(|i: i64| 4000 + i % 7).sum::<i64>() + 1);
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn staged_commit_under_low_limits_costs_ceil_n_over_limit_plus_one() {
+    let s = limited_store(8);
+    let db = open_database(s.clone(), "low", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    let before = db.snapshot();
+    fill(&db, 100, 1000); // ~30 pages
+    let d = db.snapshot() - before;
+    let pages = db
+        .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64;
+    assert_eq!(d.staged_commits, 1, "{d:?}");
+    assert!(
+        d.kv_round_trips <= pages.div_ceil(8) + 1,
+        "{d:?} pages {pages}"
+    );
+    let before = db.snapshot();
+    db.execute("INSERT INTO t(v) VALUES (x'01')", []).unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!(d.kv_round_trips, 1, "{d:?}");
+}
+
+#[test]
+fn read_only_query_on_cached_pages_costs_nothing() {
+    let s = store();
+    let db = open_database(s, "ro", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    fill(&db, 500, 100);
+    let before = db.snapshot();
+    for _ in 0..3 {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 500);
+    }
+    let d = db.snapshot() - before;
+    assert_eq!(d.kv_round_trips, 0, "{d:?}");
+}
+
+#[test]
+fn cold_sequential_scan_of_100_pages_takes_at_most_three_gets() {
+    let s = store();
+    {
+        let db = open_database(s.clone(), "scan", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        // 100 rows of ~3,900 bytes: about one leaf page each.
+        fill(&db, 100, 3900);
+        let pages = db
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        assert!((100..=110).contains(&pages), "{pages}");
+    }
+    let db = open_database(s, "scan", &OpenOptions::default()).unwrap();
+    let opened = db.snapshot();
+    assert_eq!(opened.kv_round_trips, 1, "open: {opened:?}");
+    let sum: i64 = db
+        .query_row("SELECT sum(length(v)) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sum, 100 * 3900);
+    let d = db.snapshot() - opened;
+    assert!(d.kv_reads <= 3, "{d:?}");
+    assert_eq!(d.kv_writes, 0);
+    assert!(d.readahead_used > 90, "{d:?}");
+}
+
+#[test]
+fn journal_fallback_is_counted_and_next_transaction_is_one_put() {
+    let s = store();
+    let db = open_database(s, "fb", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    // A small page cache that may spill: SQLite journals this transaction.
+    db.execute_batch("PRAGMA cache_spill=ON; PRAGMA cache_size=10")
+        .unwrap();
+    let before = db.snapshot();
+    fill(&db, 2000, 100);
+    let d = db.snapshot() - before;
+    assert_eq!(d.journal_fallbacks, 1, "{d:?}");
+    assert_eq!(d.atomic_commits, 0, "{d:?}");
+    db.execute_batch("PRAGMA cache_spill=OFF; PRAGMA cache_size=-8192")
+        .unwrap();
+    let before = db.snapshot();
+    db.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!(
+        (d.kv_round_trips, d.kv_writes, d.atomic_commits),
+        (1, 1, 1),
+        "{d:?}"
+    );
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2001);
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn new_database_first_transaction_is_one_put() {
+    let s = store();
+    let db = open_database(s, "fresh", &OpenOptions::default()).unwrap();
+    let opened = db.snapshot();
+    assert_eq!(opened.kv_round_trips, 1); // the metadata probe: nothing there
+    db.execute_batch("CREATE TABLE t(x)").unwrap();
+    let d = db.snapshot() - opened;
+    assert_eq!(
+        (d.kv_round_trips, d.kv_writes, d.journal_fallbacks),
+        (1, 1, 0),
+        "{d:?}"
+    );
+}

@@ -17,7 +17,7 @@ use super::commit;
 use super::layout::{self, FileKind, LayoutError, Meta};
 use super::stats::Stats;
 use crate::kv::{ActorKv, Key, KeyRange, KvError, ListRequest, ReadOp, ReadResult, WriteBatch};
-use crate::preload::{Lookup, Preload};
+use crate::preload::{First, Lookup, Preload};
 
 /// Which operation a KV error interrupted (picks the `SQLITE_IOERR_*` code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,10 +278,11 @@ impl DbState {
                 Lookup::Absent => Some(None),
                 Lookup::NotPreloaded => None,
             };
-            first_stage = p
-                .first_in(&ss, &se)
-                .ok()
-                .map(|o| o.map(|(k, _)| k.to_vec()));
+            first_stage = match p.first_in(&ss, &se) {
+                First::Entry(k, _) => Some(Some(k.to_vec())),
+                First::Empty => Some(None),
+                First::Unknown => None,
+            };
         }
         let mut prefetched: Vec<(u32, Vec<u8>)> = Vec::new();
         if main_raw.is_none() || journal_raw.is_none() || first_stage.is_none() {
@@ -584,10 +585,13 @@ impl DbState {
     /// Fetches chunk `idx` from the store together with a read-ahead window of the chunks after
     /// it, caches them, and returns chunk `idx`.
     fn fetch(&self, inner: &mut Inner, kind: FileKind, idx: u32) -> Result<Vec<u8>, VfsError> {
+        // Never prefetch more than half the cache could keep until it is read.
         let max = self
             .opts
             .read_ahead_max
-            .clamp(1, self.kv.limits().max_get_keys.max(1) as u32);
+            .min((self.opts.cache_pages / 2).min(u32::MAX as usize) as u32)
+            .min(self.kv.limits().max_get_keys.min(u32::MAX as usize) as u32)
+            .max(1);
         let Inner {
             main,
             journal,
@@ -739,10 +743,12 @@ impl DbState {
         }
         let mut meta = f.meta.clone();
         meta.size = f.size;
+        let durable_count = f.meta.chunk_count();
         if kind == FileKind::Main {
             meta.next_stage = meta.next_stage.max(inner.next_stage);
         }
         let count = meta.chunk_count();
+        fill_gap(&mut pending, durable_count, count, meta.chunk_size);
         let mut new_garbage = drop_overlay_past_end(&mut meta);
         let mut puts = Vec::with_capacity(pending.len());
         for (&i, c) in &pending {
@@ -862,6 +868,12 @@ impl DbState {
         meta.next_stage = meta.next_stage.max(inner.next_stage);
         let count = meta.chunk_count();
         pages.retain(|&i, _| (i as u64) < count);
+        fill_gap(
+            &mut pages,
+            inner.main.meta.chunk_count(),
+            count,
+            meta.chunk_size,
+        );
         let mut new_garbage = drop_overlay_past_end(&mut meta);
         for &i in pages.keys() {
             if let Some(s) = meta.overlay.remove(&i) {
@@ -1171,6 +1183,17 @@ impl DbState {
             for k in &b.deletes {
                 p.remove(k);
             }
+        }
+    }
+}
+
+/// Adds a zero chunk for every index in `[durable, count)` that `chunks` lacks: a file grown
+/// by writing only its last page must not leave chunks the metadata says exist but the store
+/// lacks.
+fn fill_gap(chunks: &mut BTreeMap<u32, Vec<u8>>, durable: u64, count: u64, cs: u32) {
+    for i in durable..count {
+        if let Ok(i) = u32::try_from(i) {
+            chunks.entry(i).or_insert_with(|| vec![0; cs as usize]);
         }
     }
 }
