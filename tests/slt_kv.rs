@@ -88,3 +88,62 @@ fn fresh_actor_per_script_and_cleanup() {
     assert!(keys_of(&store, &format!("{prefix}2-b")) > 0);
     assert_eq!(keep.name(), "memory");
 }
+
+/// A store that dies can never look like a passing script: the script is run once to count its
+/// KV calls, then once per call with the store crashing there (that call and every later one
+/// fail). Every run must report a failed record: a `statement error` record is not satisfied by
+/// an I/O error, and a query never passes on rows cut short by one. (A single failed call, by
+/// contrast, may be recovered legitimately: SQLite retries a failed batch-atomic commit through
+/// its journal; the records' expected values still check the outcome.)
+#[test]
+fn a_crashed_store_always_fails_the_script() {
+    use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
+    let script = "statement ok\nCREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)\n\n\
+                  statement ok\nINSERT INTO t WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) \
+                  SELECT i, printf('%0900d', i) FROM n\n\n\
+                  control restart\n\n\
+                  statement error\nINSERT INTO t VALUES(150, 'duplicate')\n\n\
+                  query II nosort\nSELECT count(*), sum(length(pad)) FROM t\n----\n300\n270000\n\n\
+                  statement ok\nUPDATE t SET pad = 'x' WHERE id % 3 = 0\n\n\
+                  query I nosort\nSELECT sum(length(pad)) FROM t\n----\n180100\n";
+    let counting = FaultStore::wrap(Arc::new(MemoryStore::new()), FaultPlan::none());
+    let mut target = KvTarget::new(counting.shared()).keep_data(true);
+    let clean = slt::run_script(
+        &mut target,
+        Path::new("f.test"),
+        script,
+        &RunConfig::default(),
+    );
+    assert_eq!((clean.passed, clean.failed), (7, 0), "{:?}", clean.failures);
+    let total = counting.calls();
+    assert!(total >= 6, "{total} KV calls");
+    let mut storage_errors = 0;
+    for n in 1..=total {
+        for write in [CrashWrite::Apply, CrashWrite::Discard] {
+            let plan = FaultPlan::none().crash_at(n, write);
+            let faulty = FaultStore::wrap(Arc::new(MemoryStore::new()), plan);
+            let mut target = KvTarget::new(faulty.shared()).keep_data(true);
+            let r = slt::run_script(
+                &mut target,
+                Path::new("f.test"),
+                script,
+                &RunConfig::default(),
+            );
+            assert!(
+                r.failed >= 1,
+                "crash at KV call {n} of {total} ({write:?}) but every record passed: {r:?}"
+            );
+            storage_errors += r
+                .failures
+                .iter()
+                .filter(|f| {
+                    f.message
+                        .starts_with("statement failed with a storage error")
+                })
+                .count();
+        }
+    }
+    // Some crash points leave the `statement error` record facing a dead store: it fails as a
+    // storage error instead of passing.
+    assert!(storage_errors >= 1);
+}

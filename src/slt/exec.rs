@@ -30,6 +30,66 @@ impl Drop for Stmt {
     }
 }
 
+/// Why a record's SQL failed: SQLite's result code (extended, when SQLite gave one) and message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqlError {
+    /// SQLite's (extended) result code; `None` for the runner's own checks (column count, more
+    /// than one statement in a query).
+    pub code: Option<i32>,
+    /// The message.
+    pub message: String,
+}
+
+impl SqlError {
+    fn sqlite(db: *mut ffi::sqlite3, rc: c_int) -> Self {
+        SqlError {
+            code: Some(rc),
+            message: errmsg(db),
+        }
+    }
+
+    fn runner(message: impl Into<String>) -> Self {
+        SqlError {
+            code: None,
+            message: message.into(),
+        }
+    }
+
+    /// True when the error says the storage or the engine failed (I/O, corruption, out of
+    /// memory, full, cannot open, not a database, locking, internal, misuse) rather than that
+    /// the SQL is wrong. Such an error never satisfies `statement error`.
+    pub fn is_storage_fault(&self) -> bool {
+        matches!(
+            self.code.map(|c| c & 0xff),
+            Some(
+                ffi::SQLITE_IOERR
+                    | ffi::SQLITE_CORRUPT
+                    | ffi::SQLITE_NOMEM
+                    | ffi::SQLITE_FULL
+                    | ffi::SQLITE_CANTOPEN
+                    | ffi::SQLITE_NOTADB
+                    | ffi::SQLITE_PROTOCOL
+                    | ffi::SQLITE_BUSY
+                    | ffi::SQLITE_LOCKED
+                    | ffi::SQLITE_NOLFS
+                    | ffi::SQLITE_INTERNAL
+                    | ffi::SQLITE_MISUSE
+            )
+        )
+    }
+}
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(code) if self.is_storage_fault() => {
+                write!(f, "{} (SQLite code {code})", self.message)
+            }
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
 fn errmsg(db: *mut ffi::sqlite3) -> String {
     // SAFETY: db is an open connection; errmsg returns a NUL-terminated string it owns.
     unsafe {
@@ -43,9 +103,10 @@ fn errmsg(db: *mut ffi::sqlite3) -> String {
 
 /// Prepares the first statement of `sql[offset..]`; returns it (null for only whitespace or
 /// comments) and the offset where the rest begins.
-fn prepare(db: *mut ffi::sqlite3, sql: &str, offset: usize) -> Result<(Stmt, usize), String> {
+fn prepare(db: *mut ffi::sqlite3, sql: &str, offset: usize) -> Result<(Stmt, usize), SqlError> {
     let rest = &sql.as_bytes()[offset..];
-    let len = c_int::try_from(rest.len()).map_err(|_| "SQL text longer than 2 GiB".to_string())?;
+    let len =
+        c_int::try_from(rest.len()).map_err(|_| SqlError::runner("SQL text longer than 2 GiB"))?;
     let mut stmt = ptr::null_mut();
     let mut tail: *const c_char = ptr::null();
     // SAFETY: we pass the text's pointer and exact length (no NUL needed); tail points into it.
@@ -53,7 +114,7 @@ fn prepare(db: *mut ffi::sqlite3, sql: &str, offset: usize) -> Result<(Stmt, usi
         unsafe { ffi::sqlite3_prepare_v2(db, rest.as_ptr().cast(), len, &mut stmt, &mut tail) };
     let stmt = Stmt(stmt);
     if rc != ffi::SQLITE_OK {
-        return Err(errmsg(db));
+        return Err(SqlError::sqlite(db, rc));
     }
     let consumed = if tail.is_null() {
         rest.len()
@@ -65,8 +126,8 @@ fn prepare(db: *mut ffi::sqlite3, sql: &str, offset: usize) -> Result<(Stmt, usi
 }
 
 /// Runs every statement in `sql`, stepping each to completion. Stops at the first error and
-/// returns SQLite's message.
-pub fn execute(conn: &Connection, sql: &str) -> Result<(), String> {
+/// returns SQLite's code and message.
+pub fn execute(conn: &Connection, sql: &str) -> Result<(), SqlError> {
     // SAFETY: the handle stays valid while `conn` is borrowed; we only use it in this call.
     let db = unsafe { conn.handle() };
     let mut offset = 0;
@@ -84,7 +145,7 @@ pub fn execute(conn: &Connection, sql: &str) -> Result<(), String> {
             match unsafe { ffi::sqlite3_step(stmt.0) } {
                 ffi::SQLITE_ROW => continue,
                 ffi::SQLITE_DONE => break,
-                _ => return Err(errmsg(db)),
+                rc => return Err(SqlError::sqlite(db, rc)),
             }
         }
     }
@@ -128,23 +189,25 @@ pub fn query(
     sql: &str,
     types: &[ColumnType],
     out: &mut Values,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, SqlError> {
     // SAFETY: the handle stays valid while `conn` is borrowed; we only use it in this call.
     let db = unsafe { conn.handle() };
     let (stmt, next) = prepare(db, sql, 0)?;
     if stmt.0.is_null() {
-        return Err("query record holds no SQL statement".into());
+        return Err(SqlError::runner("query record holds no SQL statement"));
     }
     if !only_trivia(&sql[next..]) {
-        return Err("query record holds more than one SQL statement".into());
+        return Err(SqlError::runner(
+            "query record holds more than one SQL statement",
+        ));
     }
     // SAFETY: stmt is a valid prepared statement.
     let columns = unsafe { ffi::sqlite3_column_count(stmt.0) };
     if usize::try_from(columns).ok() != Some(types.len()) {
-        return Err(format!(
+        return Err(SqlError::runner(format!(
             "query returns {columns} column(s) but its type string names {}",
             types.len()
-        ));
+        )));
     }
     loop {
         // SAFETY: stmt is a valid prepared statement.
@@ -152,7 +215,7 @@ pub fn query(
             ffi::SQLITE_ROW => {}
             ffi::SQLITE_DONE => return Ok(None),
             rc if rc & 0xff == ffi::SQLITE_ERROR => return Ok(Some(errmsg(db))),
-            _ => return Err(errmsg(db)),
+            rc => return Err(SqlError::sqlite(db, rc)),
         }
         for (i, ty) in types.iter().enumerate() {
             let col = i as c_int;
@@ -171,7 +234,7 @@ pub fn query(
                         let n = ffi::sqlite3_column_bytes(stmt.0, col);
                         if p.is_null() {
                             // Out of memory converting the value: report it, never guess.
-                            return Err(errmsg(db));
+                            return Err(SqlError::sqlite(db, ffi::SQLITE_NOMEM));
                         }
                         out.push_text(std::slice::from_raw_parts(p, n.max(0) as usize));
                     }
@@ -221,11 +284,16 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         let mut v = Values::new();
         let e = query(&conn, "SELECT 1, 2", &[ColumnType::Integer], &mut v).unwrap_err();
-        assert_eq!(e, "query returns 2 column(s) but its type string names 1");
+        assert_eq!(
+            e.message,
+            "query returns 2 column(s) but its type string names 1"
+        );
         let e = query(&conn, "SELECT 1; SELECT 2", &[ColumnType::Integer], &mut v).unwrap_err();
-        assert_eq!(e, "query record holds more than one SQL statement");
+        assert_eq!(e.message, "query record holds more than one SQL statement");
         let e = query(&conn, "SELECT * FROM nope", &[ColumnType::Integer], &mut v).unwrap_err();
-        assert_eq!(e, "no such table: nope");
+        assert_eq!(e.message, "no such table: nope");
+        assert_eq!(e.code, Some(ffi::SQLITE_ERROR));
+        assert!(!e.is_storage_fault());
         assert!(query(
             &conn,
             "SELECT 1; -- done\n/* c */",
@@ -241,6 +309,19 @@ mod tests {
         );
         assert_eq!(stopped, Ok(Some("integer overflow".to_string())));
         let e = execute(&conn, "CREATE TABLE a(x); CREATE TABLE a(x)").unwrap_err();
-        assert_eq!(e, "table a already exists");
+        assert_eq!(e.message, "table a already exists");
+        let e = execute(
+            &conn,
+            "CREATE TABLE u(x UNIQUE); INSERT INTO u VALUES(1),(1)",
+        )
+        .unwrap_err();
+        assert_eq!(e.code, Some(ffi::SQLITE_CONSTRAINT_UNIQUE));
+        assert!(!e.is_storage_fault());
+        let io = SqlError {
+            code: Some(ffi::SQLITE_IOERR_READ),
+            message: "disk I/O error".into(),
+        };
+        assert!(io.is_storage_fault());
+        assert_eq!(io.to_string(), "disk I/O error (SQLite code 266)");
     }
 }

@@ -14,7 +14,9 @@
 //! guards (the engine is `sqlite`), `halt`, `#` comment lines, CRLF line endings. Where the
 //! reference runner is lenient this one is strict: a result with more or fewer lines than
 //! expected fails, a query must hold exactly one statement and return exactly as many columns as
-//! its type string names, and an unparsable record fails at its line.
+//! its type string names, an unparsable record fails at its line, and `statement error` is not
+//! satisfied by a storage error (I/O, corruption, out of memory, locking: see
+//! [`exec::SqlError::is_storage_fault`]).
 //!
 //! # Our directive: `control restart`
 //! ```text

@@ -367,8 +367,26 @@ fn run_records(
                 report.pass(config, line);
             }
             RecordKind::Statement { expect, sql } => {
-                let result = session.connection().and_then(|c| exec::execute(c, sql));
+                let result = match session.connection() {
+                    Ok(c) => exec::execute(c, sql),
+                    Err(e) => Err(exec::SqlError {
+                        code: None,
+                        message: e,
+                    }),
+                };
                 match (expect, result) {
+                    (Expect::Error, Err(e)) if e.is_storage_fault() => report.fail(
+                        config,
+                        failure(
+                            line,
+                            format!("statement failed with a storage error, not an SQL error: {e}"),
+                            Some(sql),
+                        ),
+                    ),
+                    (Expect::Error, Err(e)) if e.code.is_none() => report.fail(
+                        config,
+                        failure(line, format!("statement could not run: {e}"), Some(sql)),
+                    ),
                     (Expect::Ok, Ok(())) | (Expect::Error, Err(_)) => report.pass(config, line),
                     (Expect::Ok, Err(e)) => report.fail(
                         config,
@@ -392,9 +410,13 @@ fn run_records(
                 expected,
             } => {
                 values.clear();
-                let result = session
-                    .connection()
-                    .and_then(|c| exec::query(c, sql, types, &mut values));
+                let result = match session.connection() {
+                    Ok(c) => exec::query(c, sql, types, &mut values),
+                    Err(e) => Err(exec::SqlError {
+                        code: None,
+                        message: e,
+                    }),
+                };
                 match result {
                     Err(e) => {
                         report.fail(
