@@ -2,7 +2,7 @@
 //!
 //! Why it exists: the strongest evidence that the VFS is right is that SQLite behaves through it
 //! exactly as it does on a file. This module parses the format ([`parser`]), prints and hashes
-//! values exactly like the reference runner ([`format`], [`md5`]), runs records on a connection
+//! values exactly like the reference runner ([`format`](mod@format), [`md5`]), runs records on a connection
 //! ([`exec`]) and runs whole scripts on a [`target::Target`] ([`runner`]): stock SQLite on a file
 //! ([`target::NativeTarget`]) or a kvsqlite database on a store ([`kv_target::KvTarget`], one
 //! fresh actor per script).
