@@ -25,6 +25,10 @@ pub struct SltArgs {
     /// Run on stock SQLite with a temporary file per script instead of a kvsqlite store.
     #[arg(long)]
     native: bool,
+    /// Rewrite each script in place with the actual results as its expected results (to
+    /// generate them: use with --native, then read them before committing).
+    #[arg(long)]
+    complete: bool,
     /// Keep each script's actor in the store afterwards (default: delete its keys).
     #[arg(long)]
     keep: bool,
@@ -67,6 +71,7 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     let config = RunConfig {
         hash_threshold: args.hash_threshold,
         deviations,
+        collect_outputs: args.complete,
         ..RunConfig::default()
     };
     let progress = scripts.len() >= PROGRESS_MIN_FILES && std::io::stderr().is_terminal();
@@ -93,6 +98,14 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
         for n in &report.notes {
             let _ = writeln!(stdout, "  note: {n}");
         }
+        if args.complete {
+            complete_file(path, &report)?;
+            let _ = writeln!(
+                stdout,
+                "  completed: {} query result(s) written",
+                report.outputs.len()
+            );
+        }
         let _ = stdout.flush();
     }
     let _ = writeln!(
@@ -104,6 +117,14 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     );
     let _ = writeln!(stdout, "{}", summary.last_line());
     Ok(if summary.ok() { 0 } else { 1 })
+}
+
+/// Rewrites the script at `path` with the outputs `report` collected.
+fn complete_file(path: &std::path::Path, report: &slt::FileReport) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {} to complete it: {e}", path.display()))?;
+    std::fs::write(path, slt::complete(&text, &report.outputs))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 fn make_target(global: &GlobalArgs, native: bool, keep: bool) -> Result<Box<dyn Target>, String> {

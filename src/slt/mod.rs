@@ -43,7 +43,7 @@ pub mod target;
 pub use deviations::KnownDeviations;
 pub use kv_target::{KvSession, KvTarget};
 pub use runner::{
-    collect_scripts, run_all, run_file, run_script, FileReport, RunConfig, Summary,
-    DEFAULT_HASH_THRESHOLD,
+    collect_scripts, complete, run_all, run_file, run_script, FileReport, QueryOutput, RunConfig,
+    Summary, DEFAULT_HASH_THRESHOLD,
 };
 pub use target::{NativeTarget, Session, Target};

@@ -99,6 +99,8 @@ pub enum RecordKind {
         label: Option<String>,
         /// The SQL, lines joined with `\n`.
         sql: String,
+        /// Line number of the SQL's last line (where `----` and results follow).
+        sql_end_line: usize,
         /// `None` when the record has no `----` line: the query must only succeed.
         expected: Option<ExpectedOutput>,
     },
@@ -124,6 +126,8 @@ pub struct Record {
     pub conditions: Vec<Condition>,
     /// What it does.
     pub kind: RecordKind,
+    /// 1-based line number of the record's last line (before the blank line that ends it).
+    pub end_line: usize,
 }
 
 impl Record {
@@ -212,6 +216,7 @@ pub fn parse(script: &str) -> Vec<Record> {
             line,
             conditions,
             kind,
+            end_line: lines[i - 1].number,
         });
     }
     records
@@ -280,6 +285,7 @@ fn parse_record(tokens: &[&str], lines: &[Line<'_>], i: &mut usize) -> RecordKin
             if sql.is_empty() {
                 return invalid("query record has no SQL".into());
             }
+            let sql_end_line = lines[*i - 1].number;
             let expected = if *i < lines.len() && lines[*i].text == "----" {
                 *i += 1;
                 let line = lines.get(*i).map_or(0, |l| l.number);
@@ -297,6 +303,7 @@ fn parse_record(tokens: &[&str], lines: &[Line<'_>], i: &mut usize) -> RecordKin
                 sort,
                 label,
                 sql,
+                sql_end_line,
                 expected,
             }
         }
@@ -351,6 +358,7 @@ mod tests {
                 sort: SortMode::RowSort,
                 label: Some("lbl".into()),
                 sql: "SELECT 1,\n'x'".into(),
+                sql_end_line: 12,
                 expected: Some(ExpectedOutput {
                     line: 14,
                     lines: vec!["1".into(), "x".into()]
@@ -370,6 +378,8 @@ mod tests {
         assert!(recs[4].skipped_on("SQLite"));
         assert_eq!(recs[5].kind, RecordKind::Control(Control::Restart));
         assert_eq!(recs[6].line, 25);
+        assert_eq!(recs[2].end_line, 15);
+        assert_eq!(recs[6].end_line, 26);
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct RunConfig {
     pub hash_threshold: Option<usize>,
     /// Records whose difference is known and explained.
     pub deviations: KnownDeviations,
+    /// Keep every query's actual output in [`FileReport::outputs`] (for [`complete`]).
+    pub collect_outputs: bool,
 }
 
 impl Default for RunConfig {
@@ -32,6 +34,7 @@ impl Default for RunConfig {
             engine: "sqlite".into(),
             hash_threshold: None,
             deviations: KnownDeviations::empty(),
+            collect_outputs: false,
         }
     }
 }
@@ -101,6 +104,57 @@ pub struct FileReport {
     pub elapsed: Duration,
     /// KV round trips the script's database made (`None` on stock SQLite).
     pub kv_round_trips: Option<u64>,
+    /// Every query's actual output, in script order, when [`RunConfig::collect_outputs`] is
+    /// set (queries that failed to run or were skipped have none).
+    pub outputs: Vec<QueryOutput>,
+}
+
+/// One query's actual output and where its record sits in the script.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryOutput {
+    /// The line of the query's last SQL line.
+    pub sql_end_line: usize,
+    /// The record's last line.
+    pub end_line: usize,
+    /// The output as the script should state it (values, or one hash line).
+    pub lines: Vec<String>,
+}
+
+/// The script `text` with every query in `outputs` given that output as its expected result
+/// (a `----` line and the lines after its SQL, replacing what was there), everything else kept
+/// line for line. Line endings become `\n`. This is how expected results are generated: run
+/// with [`RunConfig::collect_outputs`] on stock SQLite, complete, then read the result.
+pub fn complete(text: &str, outputs: &[QueryOutput]) -> String {
+    let lines: Vec<&str> = text
+        .split_inclusive('\n')
+        .map(|l| l.trim_end_matches('\n').trim_end_matches('\r'))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    let mut next = outputs.iter().peekable();
+    let mut n = 0;
+    while n < lines.len() {
+        let number = n + 1;
+        out.push_str(lines[n]);
+        out.push('\n');
+        n += 1;
+        while let Some(o) = next.peek() {
+            if o.sql_end_line < number {
+                next.next();
+                continue;
+            }
+            if o.sql_end_line == number {
+                out.push_str("----\n");
+                for l in &o.lines {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                n = n.max(o.end_line);
+                next.next();
+            }
+            break;
+        }
+    }
+    out
 }
 
 impl FileReport {
@@ -407,6 +461,7 @@ fn run_records(
                 sort,
                 label,
                 sql,
+                sql_end_line,
                 expected,
             } => {
                 values.clear();
@@ -459,6 +514,20 @@ fn run_records(
                         }
                     }
                 }
+                let actual_lines = || match (&md5, hashed) {
+                    (Some(md5), true) => vec![hash_line(values.len(), md5)],
+                    _ => order
+                        .iter()
+                        .map(|&i| values.get(i).to_string())
+                        .collect::<Vec<_>>(),
+                };
+                if config.collect_outputs {
+                    report.outputs.push(QueryOutput {
+                        sql_end_line: *sql_end_line,
+                        end_line: record.end_line,
+                        lines: actual_lines(),
+                    });
+                }
                 let Some(expected) = expected else {
                     report.pass(config, line);
                     continue;
@@ -480,10 +549,7 @@ fn run_records(
                 if matches {
                     report.pass(config, line);
                 } else {
-                    let actual = match (&md5, hashed) {
-                        (Some(md5), true) => vec![hash_line(values.len(), md5)],
-                        _ => order.iter().map(|&i| values.get(i).to_string()).collect(),
-                    };
+                    let actual = actual_lines();
                     report.fail(
                         config,
                         Failure {
