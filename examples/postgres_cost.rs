@@ -1,5 +1,5 @@
 //! Measures the per-call cost of the PostgreSQL backend: a put of 128 × 4 KiB entries and a
-//! get of those 128 keys, each one exchange. Not a test: it prints numbers.
+//! get of those 128 keys, a mixed batch read and a one-page put, each one exchange. Not a test: it prints numbers.
 //!
 //! ```sh
 //! cargo run --release --example postgres_cost -- [URL] [ITERATIONS]
@@ -33,6 +33,7 @@ fn main() {
     let mut put = Vec::with_capacity(iterations);
     let mut get = Vec::with_capacity(iterations);
     let mut batch = Vec::with_capacity(iterations);
+    let mut small = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         // Random pages: incompressible, like real SQLite pages.
         let entries: Vec<_> = keys.iter().map(|k| (k.clone(), rng.bytes(4096))).collect();
@@ -54,15 +55,20 @@ fn main() {
             )
             .expect("batch_read");
         batch.push(t.elapsed());
+        let page = vec![(keys[0].clone(), rng.bytes(4096))];
+        let t = Instant::now();
+        store.put(&actor, page).expect("small put");
+        small.push(t.elapsed());
     }
     let exchanges = store.exchanges();
     store.delete_range(&actor, &[], None).expect("cleanup");
     report("put 128 x 4 KiB", &mut put);
     report("get 128 keys", &mut get);
     report("batch: get 4 + list 64 pages", &mut batch);
+    report("put 1 x 4 KiB", &mut small);
     println!(
         "exchanges: {exchanges} for {} calls; connections opened: {}",
-        3 * iterations,
+        4 * iterations,
         store.connections_opened()
     );
 }

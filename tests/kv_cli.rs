@@ -230,3 +230,31 @@ fn kv_cli_default_store_is_redb_under_kvsqlite_data() {
         "k\tv\n"
     );
 }
+
+#[test]
+fn kv_cli_help_and_errors_never_show_a_password() {
+    let url = "postgres://bob:hunter2@127.0.0.1:1/nodb";
+    let out = Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+        .args(["kv", "--help"])
+        .env("KVSQLITE_KV", url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("KVSQLITE_KV"));
+    assert!(!text(&out.stdout).contains("hunter2"));
+    // A malformed URL carrying a password: the error redacts it.
+    let out = kvsqlite(&[
+        "--kv",
+        "postgres://bob:hunter2@h:port/db",
+        "kv",
+        "--actor",
+        "a",
+        "list",
+    ]);
+    assert_clean_error(&out, "accepted forms");
+    assert!(
+        !text(&out.stderr).contains("hunter2"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -394,3 +394,60 @@ fn redb_other_format_version_is_refused() {
         "{text}"
     );
 }
+
+/// The redb layout, pinned: table `kvsqlite_kv`, key `u16 BE actor length ‖ actor ‖ key`,
+/// value `value ‖ CRC-32 LE of (composite key ‖ value)`, and format version 1 in
+/// `kvsqlite_meta`. Changing any of it must change `FORMAT_VERSION`.
+#[test]
+fn redb_layout_is_pinned() {
+    use ::redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    {
+        let s = RedbStore::open(&path, KvLimits::default()).unwrap();
+        s.put(
+            "ab",
+            vec![(b"k".to_vec(), b"v".to_vec()), (vec![0xFF], vec![])],
+        )
+        .unwrap();
+    }
+    assert_eq!(kvsqlite::kv::redb_store::FORMAT_VERSION, 1);
+    let db = ::redb::Database::open(&path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn
+        .open_table(TableDefinition::<&str, u64>::new("kvsqlite_meta"))
+        .unwrap();
+    assert_eq!(meta.get("format_version").unwrap().unwrap().value(), 1);
+    let table = txn
+        .open_table(TableDefinition::<&[u8], &[u8]>::new("kvsqlite_kv"))
+        .unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = table
+        .iter()
+        .unwrap()
+        .map(|r| {
+            let (k, v) = r.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect();
+    // CRC-32/ISO-HDLC, bit by bit: an independent implementation of the checksum.
+    fn crc(bytes: &[u8]) -> [u8; 4] {
+        let mut c = !0u32;
+        for b in bytes {
+            c ^= u32::from(*b);
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    (c >> 1) ^ 0xEDB8_8320
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        (!c).to_le_bytes()
+    }
+    let k1 = vec![0, 2, b'a', b'b', b'k'];
+    let k2 = vec![0, 2, b'a', b'b', 0xFF];
+    let mut v1 = b"v".to_vec();
+    v1.extend_from_slice(&crc(&[k1.as_slice(), b"v"].concat()));
+    let v2 = crc(&k2).to_vec();
+    assert_eq!(rows, vec![(k1, v1), (k2, v2)]);
+}

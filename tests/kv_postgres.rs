@@ -577,7 +577,9 @@ fn postgres_custom_table_from_url() {
         .get(0);
     let in_default = t.store.get(&a, &[b"k".to_vec()]).unwrap();
     admin
-        .batch_execute(&format!("DROP TABLE \"{table}\""))
+        .batch_execute(&format!(
+            "DROP TABLE \"{table}\"; DROP FUNCTION \"{table}_write_v1\""
+        ))
         .unwrap();
     assert_eq!(n, 1);
     assert_eq!(in_default, vec![None]);
@@ -598,7 +600,7 @@ fn postgres_wrong_port_is_unavailable() {
         KvError::Unavailable { backend, message } => {
             assert_eq!(*backend, "postgres");
             assert!(
-                message.contains("127.0.0.1:1/test"),
+                message.starts_with("cannot connect to postgres://postgres@127.0.0.1:1/test: "),
                 "the message names the target: {message}"
             );
         }
@@ -1006,4 +1008,95 @@ fn postgres_store_urls_open_the_backend() {
         t.store.get(&a, &[b"1".to_vec()]).unwrap(),
         vec![Some(b"x".to_vec())]
     );
+}
+
+#[test]
+fn postgres_read_is_retried_on_a_dead_connection_but_a_write_is_not() {
+    // Never probe: the pool cannot notice the kill before sending, so the calls below really
+    // go out on a dead connection.
+    let Some(t) = pg::test_store_with(PostgresOptions {
+        pool_size: 1,
+        probe_after_idle: Duration::MAX,
+        ..PostgresOptions::default()
+    }) else {
+        return;
+    };
+    let s = &t.store;
+    let a = t.actor("dead");
+    s.put(&a, vec![kv(b"k", b"v1")]).unwrap();
+    let mut admin = t.admin();
+    let kill = |admin: &mut ::postgres::Client| {
+        let pids = s.idle_backend_pids();
+        assert_eq!(pids.len(), 1);
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pids[0]])
+            .unwrap();
+        wait_gone(admin, &pids);
+    };
+
+    // A read: sent, fails, retried once on a new connection — two exchanges, right answer.
+    kill(&mut admin);
+    let (before, opened) = (s.exchanges(), s.connections_opened());
+    assert_eq!(
+        s.get(&a, &[b"k".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec())]
+    );
+    assert_eq!(s.exchanges(), before + 2);
+    assert_eq!(s.connections_opened(), opened + 1);
+
+    // A write: sent, fails, not retried; the caller learns the outcome is unknown.
+    kill(&mut admin);
+    let before = s.exchanges();
+    match s.put(&a, vec![kv(b"k", b"v2")]) {
+        Err(KvError::Unavailable { message, .. }) => {
+            assert!(message.contains("outcome is unknown"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(s.exchanges(), before + 1);
+    // The server never received it (the session was gone), and the store carries on.
+    assert_eq!(
+        s.get(&a, &[b"k".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec())]
+    );
+}
+
+#[test]
+fn postgres_stores_starting_together_create_the_schema_once() {
+    let Some(t) = pg::test_store() else { return };
+    let table = format!(
+        "kvsqlite_race_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let url = format!("{}?table={table}&pool_size=1", pg::test_url());
+    let barrier = Barrier::new(8);
+    let results: Vec<Result<(), KvError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8u8)
+            .map(|i| {
+                let (url, barrier, a) = (&url, &barrier, t.actor("schema"));
+                scope.spawn(move || {
+                    barrier.wait();
+                    let store = PostgresStore::connect(url)?;
+                    store.put(&a, vec![kv(&[i], &[i])])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut admin = t.admin();
+    let rows: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .unwrap()
+        .get(0);
+    admin
+        .batch_execute(&format!(
+            "DROP TABLE \"{table}\"; DROP FUNCTION \"{table}_write_v1\""
+        ))
+        .unwrap();
+    assert_eq!(results, vec![Ok(()); 8]);
+    assert_eq!(rows, 8);
 }

@@ -16,7 +16,7 @@ use super::GlobalArgs;
 #[derive(Args, Debug)]
 pub struct KvArgs {
     /// The actor whose keys to read or edit.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "ID")]
     actor: Option<String>,
     /// Show keys and values as hex.
     #[arg(long, global = true)]

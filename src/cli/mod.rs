@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// The store: memory:, redb:PATH or postgres://USER@HOST:PORT/DB.
-    #[arg(long = "kv", global = true, env = "KVSQLITE_KV", default_value = kvsqlite::kv::url::DEFAULT_STORE_URL)]
+    #[arg(long = "kv", global = true, env = "KVSQLITE_KV", hide_env_values = true, default_value = kvsqlite::kv::url::DEFAULT_STORE_URL)]
     pub kv: String,
     /// Simulate a remote store: sleep this many milliseconds once per KV round trip.
     #[arg(long = "rtt", global = true, value_name = "MS")]

@@ -146,7 +146,13 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://USER@HOST:PORT/DB`, optionally with `?table=NAME` and
-    /// `&pool_size=N`) with the default limits, and creates the table if it is missing.
+    /// `&pool_size=N`) with the default limits, and creates the table and its write function if
+    /// they are missing.
+    ///
+    /// Cost: opening a connection is the driver's handshake plus one query (the backend pid,
+    /// which tests use to kill connections); the schema check is one more exchange. Neither is
+    /// counted in [`PostgresStore::exchanges`]. Later connections of the pool open lazily,
+    /// at the same cost, when more calls run at once than connections exist.
     ///
     /// Errors: a malformed URL is [`KvError::InvalidUrl`]; a server that cannot be reached is
     /// [`KvError::Unavailable`].
@@ -167,7 +173,7 @@ impl PostgresStore {
 
     /// Connects with explicit options; `table` and `pool_size` given in the URL override the
     /// ones in `options`. Opens one connection right away (so a bad URL or a down server fails
-    /// here) and creates the table if it is missing.
+    /// here) and creates the table and its write function if they are missing.
     pub fn connect_with(url: &str, mut options: PostgresOptions) -> Result<Self, KvError> {
         let config = parse_url(url, &mut options)?;
         check_table_name(url, &options.table)?;
@@ -260,7 +266,7 @@ impl PostgresStore {
     fn unavailable(&self, what: &str, e: &postgres::Error) -> KvError {
         KvError::Unavailable {
             backend: BACKEND,
-            message: format!("{what} on {}: {e}", self.pool.target),
+            message: format!("{what} on {}: {}", self.pool.target, full_error(e)),
         }
     }
 
@@ -333,8 +339,9 @@ impl PostgresStore {
                     backend: BACKEND,
                     message: format!(
                         "the connection to {} failed after a write was sent, so its outcome is \
-                         unknown (it applied completely or not at all; it was not retried): {e}",
-                        self.pool.target
+                         unknown (it applied completely or not at all; it was not retried): {}",
+                        self.pool.target,
+                        full_error(&e)
                     ),
                 })
             }
@@ -629,10 +636,25 @@ fn surprise(message: String) -> KvError {
     }
 }
 
+/// The error with its chain of causes ("error connecting to server: Connection refused …").
+fn full_error(e: &postgres::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 fn backend_error(what: &str, e: &postgres::Error) -> KvError {
     let message = match e.as_db_error() {
         Some(db) => format!("{what}: {} ({})", db.message(), db.code().code()),
-        None => format!("{what}: {e}"),
+        None => format!("{what}: {}", full_error(e)),
     };
     KvError::Backend {
         backend: BACKEND,
@@ -812,7 +834,7 @@ impl Pool {
     fn connect(&self) -> Result<Conn, KvError> {
         let unavailable = |e: postgres::Error| KvError::Unavailable {
             backend: BACKEND,
-            message: format!("cannot connect to {}: {e}", self.target),
+            message: format!("cannot connect to {}: {}", self.target, full_error(&e)),
         };
         let mut client = self.config.connect(NoTls).map_err(unavailable)?;
         self.opened.fetch_add(1, Ordering::Relaxed);
@@ -834,6 +856,8 @@ impl Pool {
         let mut state = self.state.lock();
         loop {
             if let Some(mut conn) = state.idle.pop() {
+                // Check it without holding the lock (a probe may take a millisecond).
+                drop(state);
                 if is_alive(&mut conn, self.probe_after_idle) {
                     return Ok(Pooled {
                         conn: Some(conn),
@@ -841,8 +865,9 @@ impl Pool {
                         broken: false,
                     });
                 }
-                state.open -= 1;
                 drop(conn);
+                state = self.state.lock();
+                state.open -= 1;
                 continue;
             }
             if state.open < self.max {

@@ -204,9 +204,16 @@ fn open_database(path: &Path) -> Result<Database, KvError> {
         return Err(err_at(path, "is a directory, not a redb file"));
     }
     // redb's debug builds assert on some corruptions; never let that unwind into the caller.
-    let opened = std::panic::catch_unwind(|| Database::create(path))
-        .map_err(|_| err_at(path, "the file is corrupt (redb panicked while opening it)"))?;
-    let db = opened.map_err(|e| match e {
+    std::panic::catch_unwind(|| open_database_unguarded(path)).unwrap_or_else(|_| {
+        Err(err_at(
+            path,
+            "the file is corrupt (redb panicked opening it)",
+        ))
+    })
+}
+
+fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
+    let db = Database::create(path).map_err(|e| match e {
         DatabaseError::DatabaseAlreadyOpen => KvError::Locked {
             what: path.display().to_string(),
         },

@@ -129,6 +129,7 @@ macro_rules! kv_conformance_tests {
             list_limit_and_continuation,
             list_byte_budget,
             list_matches_model_seeded,
+            random_ops_match_model_seeded,
             delete_range_bounds,
             limit_errors_write_nothing,
             limits_accept_exact_maxima,
@@ -569,6 +570,133 @@ pub fn list_matches_model_seeded(fx: Fixture) {
     }
 }
 
+/// Seeded differential test: a random sequence of puts, deletes, range deletes, conditional
+/// writes (met and unmet) and reads over two actors, checked against an in-test model after
+/// every call.
+pub fn random_ops_match_model_seeded(fx: Fixture) {
+    let s = &fx.store;
+    let actors = [fx.actor("x"), fx.actor("y")];
+    let mut models = [BTreeMap::new(), BTreeMap::new()];
+    let mut rng = Rng::new(0xD1FF);
+    let key = |rng: &mut Rng| -> Vec<u8> {
+        let len = 1 + rng.below(3) as usize;
+        (0..len)
+            .map(|_| [0x00u8, 0x10, 0xFF][rng.below(3) as usize])
+            .collect()
+    };
+    for step in 0..300 {
+        let i = rng.below(2) as usize;
+        let (a, model) = (&actors[i], &mut models[i]);
+        match rng.below(7) {
+            0 | 1 => {
+                let mut puts = BTreeMap::new();
+                for _ in 0..1 + rng.below(5) {
+                    let k = key(&mut rng);
+                    let vlen = rng.below(40) as usize;
+                    puts.insert(k, rng.bytes(vlen));
+                }
+                let mut deletes = Vec::new();
+                if rng.below(2) == 0 {
+                    let k = key(&mut rng);
+                    if !puts.contains_key(&k) {
+                        deletes.push(k);
+                    }
+                }
+                s.write(
+                    a,
+                    &WriteBatch {
+                        puts: puts.clone().into_iter().collect(),
+                        deletes: deletes.clone(),
+                        preconditions: vec![],
+                    },
+                )
+                .unwrap();
+                for k in deletes {
+                    model.remove(&k);
+                }
+                model.extend(puts);
+            }
+            2 => {
+                // A conditional write whose precondition is met or not, decided by the model.
+                let guard = key(&mut rng);
+                let met = rng.below(2) == 0;
+                let current = model.get(&guard).cloned();
+                let expected = if met {
+                    current.clone()
+                } else {
+                    match &current {
+                        Some(_) => None,
+                        None => Some(vec![9]),
+                    }
+                };
+                let k = key(&mut rng);
+                let v = rng.bytes(8);
+                let r = s.put_if(
+                    a,
+                    vec![(k.clone(), v.clone())],
+                    vec![Precondition {
+                        key: guard.clone(),
+                        expected,
+                    }],
+                );
+                if met {
+                    r.unwrap();
+                    model.insert(k, v);
+                } else {
+                    assert_eq!(
+                        r.unwrap_err(),
+                        KvError::Conflict { key: guard },
+                        "step {step}"
+                    );
+                }
+            }
+            3 => {
+                let (mut lo, mut hi) = (key(&mut rng), key(&mut rng));
+                if lo > hi {
+                    std::mem::swap(&mut lo, &mut hi);
+                }
+                let end = (rng.below(4) != 0).then_some(hi);
+                s.delete_range(a, &lo, end.as_deref()).unwrap();
+                model.retain(|k, _| {
+                    k.as_slice() < lo.as_slice() || end.as_ref().is_some_and(|e| k >= e)
+                });
+            }
+            4 => {
+                let keys: Vec<Vec<u8>> = (0..3).map(|_| key(&mut rng)).collect();
+                let want: Vec<_> = keys.iter().map(|k| model.get(k).cloned()).collect();
+                assert_eq!(s.get(a, &keys).unwrap(), want, "step {step}");
+            }
+            5 => {
+                let req = ListRequest::prefix(key(&mut rng)).with_limit(1 + rng.below(5) as usize);
+                let want = model_list(model, &req, s.limits().default_list_limit);
+                assert_eq!(s.list(a, &req).unwrap(), want, "step {step}");
+            }
+            _ => {
+                let req = ListRequest::range(key(&mut rng), None).with_max_bytes(30);
+                let keys = vec![key(&mut rng)];
+                let got = s
+                    .batch_read(a, &[ReadOp::List(req.clone()), ReadOp::Get(keys.clone())])
+                    .unwrap();
+                let default_limit = s.limits().default_list_limit;
+                assert_eq!(
+                    got,
+                    vec![
+                        ReadResult::List(model_list(model, &req, default_limit)),
+                        ReadResult::Get(vec![model.get(&keys[0]).cloned()]),
+                    ],
+                    "step {step}"
+                );
+            }
+        }
+    }
+    for (a, model) in actors.iter().zip(&models) {
+        assert_eq!(
+            list_all(s.as_ref(), a),
+            model.clone().into_iter().collect::<Vec<_>>()
+        );
+    }
+}
+
 /// `delete_range` removes exactly `[start, end)` of one actor, atomically.
 pub fn delete_range_bounds(fx: Fixture) {
     let s = &fx.store;
@@ -742,6 +870,21 @@ pub fn limit_errors_write_nothing(fx: Fixture) {
         s.batch_read(&a, &[ReadOp::Get(vec![k("x")]), ReadOp::Get(vec![vec![]])])
             .unwrap_err(),
         KvError::EmptyKey
+    );
+    // The gets of one batch read share the key limit.
+    let half = lim.max_get_keys / 2 + 1;
+    let split = |from: usize| -> Vec<Vec<u8>> {
+        (from..from + half)
+            .map(|i| (i as u32).to_be_bytes().to_vec())
+            .collect()
+    };
+    assert_eq!(
+        s.batch_read(&a, &[ReadOp::Get(split(0)), ReadOp::Get(split(half))])
+            .unwrap_err(),
+        KvError::TooManyKeys {
+            count: 2 * half,
+            max: lim.max_get_keys
+        }
     );
     assert!(matches!(
         s.get("", &[k("x")]).unwrap_err(),
