@@ -223,7 +223,8 @@ fn unmappable_names_and_missing_databases_are_clear_errors() {
     assert!(m.dump().is_empty());
     // Raw rusqlite through the VFS, and an odd actor id round-trips through the path.
     let actor = "we/ird -journal%";
-    let id = vfs::register_store(m.clone());
+    let store: SharedStore = m.clone();
+    let id = vfs::register_store(&store);
     let path = vfs::database_path(id, actor);
     assert_eq!(vfs::parse_name(&path).unwrap().actor, actor);
     let conn = rusqlite::Connection::open_with_flags_and_vfs(&path, flags, VFS_NAME).unwrap();
@@ -475,5 +476,35 @@ fn injected_faults_fail_one_statement_and_lose_nothing() {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ok, "ok", "fault at call {k}");
+    }
+}
+
+#[test]
+fn many_actors_on_one_store_are_independent() {
+    let m = mem();
+    let dbs: Vec<_> = (0..20)
+        .map(|i| open_database(m.clone(), &format!("actor-{i}"), &OpenOptions::default()).unwrap())
+        .collect();
+    for (i, db) in dbs.iter().enumerate() {
+        db.execute_batch(&format!("CREATE TABLE t(x); INSERT INTO t VALUES ({i});"))
+            .unwrap();
+    }
+    for round in 0..3 {
+        for (i, db) in dbs.iter().enumerate() {
+            db.execute("INSERT INTO t VALUES (?1)", [(i * 100 + round) as i64])
+                .unwrap();
+        }
+    }
+    drop(dbs);
+    for i in 0..20 {
+        let db = open_database(m.clone(), &format!("actor-{i}"), &OpenOptions::default()).unwrap();
+        let mut st = db.prepare("SELECT x FROM t ORDER BY rowid").unwrap();
+        let xs: Vec<i64> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let i = i as i64;
+        assert_eq!(xs, vec![i, i * 100, i * 100 + 1, i * 100 + 2]);
     }
 }

@@ -222,3 +222,55 @@ fn new_database_first_transaction_is_one_put() {
         "{d:?}"
     );
 }
+
+#[test]
+fn build_has_batch_atomic_writes_and_commits_take_the_atomic_path() {
+    assert!(vfs::batch_atomic_compiled());
+    let db = open_database(store(), "build", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1); INSERT INTO t VALUES (2);")
+        .unwrap();
+    let s = db.snapshot();
+    assert_eq!(
+        (s.atomic_commits, s.journal_fallbacks, s.flushes),
+        (3, 0, 0),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn transaction_over_the_memory_bound_falls_back_to_the_journal_and_commits() {
+    let s = store();
+    let opts = OpenOptions {
+        max_atomic_bytes: 64 * 4096,
+        ..OpenOptions::default()
+    };
+    let db = open_database(s.clone(), "bound", &opts).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    let before = db.snapshot();
+    db.execute_batch("BEGIN").unwrap();
+    for _ in 0..200 {
+        db.execute("INSERT INTO t(v) VALUES (zeroblob(3000))", [])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!(
+        (d.atomic_commits, d.staged_commits, d.journal_fallbacks),
+        (0, 0, 1),
+        "{d:?}"
+    );
+    let before = db.snapshot();
+    db.execute("INSERT INTO t(v) VALUES (x'01')", []).unwrap();
+    assert_eq!((db.snapshot() - before).kv_round_trips, 1);
+    drop(db);
+    let db = open_database(s, "bound", &OpenOptions::default()).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 201);
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}

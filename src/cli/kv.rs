@@ -54,6 +54,8 @@ enum KvCommand {
         #[arg(required = true, num_args = 2.., value_names = ["KEY", "VALUE"])]
         pairs: Vec<String>,
     },
+    /// Decode the actor's SQLite database layout: its files, sizes, chunk counts and stages.
+    Files,
     /// Delete keys atomically, or every key with a prefix (`--prefix`), or all (`--all`).
     Delete {
         /// Keys (text or 0x hex).
@@ -173,6 +175,22 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
                 };
                 req = ListRequest::range(next, end);
             }
+            Ok(0)
+        }
+        KvCommand::Files => {
+            let mut entries = Vec::new();
+            let prefix = vec![kvsqlite::vfs::layout::PREFIX];
+            let mut req = ListRequest::prefix(prefix.clone());
+            loop {
+                let page = kv.list(&req).map_err(err)?;
+                entries.extend(page.entries);
+                let Some(next) = page.next_start else { break };
+                req = ListRequest::range(next, kvsqlite::kv::prefix_successor(&prefix));
+            }
+            print!(
+                "{}",
+                kvsqlite::vfs::layout::describe(&kvsqlite::vfs::layout::summarize(&entries))
+            );
             Ok(0)
         }
         KvCommand::Get { keys } => {

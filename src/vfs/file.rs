@@ -491,6 +491,17 @@ impl DbState {
             .sum::<usize>()
             + batch.deletes.iter().map(|k| k.len()).sum::<usize>();
         s.add(&s.bytes_written, bytes as u64);
+        let pages = batch
+            .puts
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    layout::parse_key(k),
+                    Some(layout::ParsedKey::Chunk(..) | layout::ParsedKey::Stage(..))
+                )
+            })
+            .count();
+        s.add(&s.pages_written, pages as u64);
         self.kv.write(batch)
     }
 
@@ -1259,4 +1270,56 @@ fn kv_delete_range(
     stats.add(&stats.kv_writes, 1);
     stats.add(&stats.keys_written, 1);
     kv.delete_range(start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+
+    fn state() -> DbState {
+        let kv = ActorKv::new(Arc::new(MemoryStore::new()), "unit").unwrap();
+        DbState::open(kv, StateOptions::default(), None).unwrap()
+    }
+
+    #[test]
+    fn short_reads_zero_fill_and_report_the_bytes_inside() {
+        let s = state();
+        s.create(FileKind::Journal);
+        s.write(FileKind::Journal, 0, &[7u8; 100]).unwrap();
+        let mut buf = [0xFFu8; 300];
+        assert_eq!(s.read(FileKind::Journal, 50, &mut buf).unwrap(), 50);
+        assert!(buf[..50].iter().all(|&b| b == 7));
+        assert!(buf[50..].iter().all(|&b| b == 0));
+        // Durable after sync, and still short past the end.
+        s.sync(FileKind::Journal).unwrap();
+        let mut buf = [0xFFu8; 10];
+        assert_eq!(s.read(FileKind::Journal, 95, &mut buf).unwrap(), 5);
+        assert_eq!(buf, [7, 7, 7, 7, 7, 0, 0, 0, 0, 0]);
+        assert_eq!(s.read(FileKind::Journal, 1000, &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn writes_spanning_chunks_and_truncation() {
+        let s = state();
+        s.create(FileKind::Journal);
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        s.write(FileKind::Journal, 3000, &data).unwrap();
+        s.sync(FileKind::Journal).unwrap();
+        let mut buf = vec![0u8; 10_000];
+        assert_eq!(s.read(FileKind::Journal, 3000, &mut buf).unwrap(), 10_000);
+        assert_eq!(buf, data);
+        let mut head = vec![1u8; 3000];
+        s.read(FileKind::Journal, 0, &mut head).unwrap();
+        assert!(head.iter().all(|&b| b == 0));
+        s.truncate(FileKind::Journal, 5000).unwrap();
+        assert_eq!(s.file_size(FileKind::Journal).unwrap(), 5000);
+        // Growing again reads zeros where the old bytes were.
+        s.write(FileKind::Journal, 6000, &[9]).unwrap();
+        let mut mid = vec![1u8; 1000];
+        s.read(FileKind::Journal, 5000, &mut mid).unwrap();
+        assert!(mid.iter().all(|&b| b == 0));
+        s.delete(FileKind::Journal).unwrap();
+        assert!(!s.exists(FileKind::Journal));
+    }
 }

@@ -484,6 +484,47 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
     }
 }
 
+/// Renders a [`LayoutSummary`] as text, one line per file, then the stages.
+pub fn describe(s: &LayoutSummary) -> String {
+    let mut out = String::new();
+    for f in &s.files {
+        match &f.meta {
+            None if f.chunks == 0 => out.push_str(&format!("{:<8} absent\n", f.file.name())),
+            None => out.push_str(&format!(
+                "{:<8} NO METADATA, {} chunk keys\n",
+                f.file.name(),
+                f.chunks
+            )),
+            Some(Err(e)) => out.push_str(&format!("{:<8} {e}\n", f.file.name())),
+            Some(Ok(m)) => out.push_str(&format!(
+                "{:<8} size {} bytes, chunk size {}, {} chunks ({} in stages), {} chunk keys, {} missing, {} malformed, {} past the end\n",
+                f.file.name(),
+                m.size,
+                m.chunk_size,
+                m.chunk_count(),
+                m.overlay.len(),
+                f.chunks,
+                f.missing_chunks,
+                f.bad_chunks,
+                f.chunks_past_end
+            )),
+        }
+    }
+    if s.stages.is_empty() {
+        out.push_str("stages   none\n");
+    }
+    for (id, n) in &s.stages {
+        out.push_str(&format!("stage {id:<3} {n} keys\n"));
+    }
+    if s.unknown_keys > 0 {
+        out.push_str(&format!(
+            "unknown  {} keys under the VFS prefix\n",
+            s.unknown_keys
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

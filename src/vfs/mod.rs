@@ -51,7 +51,7 @@ pub const VFS_NAME: &str = "kvsqlite";
 pub struct StoreId(pub u64);
 
 struct Registry {
-    stores: Vec<SharedStore>,
+    stores: Vec<Weak<dyn crate::kv::KvStore>>,
     dbs: HashMap<(u64, String), Weak<DbState>>,
 }
 
@@ -63,15 +63,19 @@ static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new
 });
 
 /// Registers `store` with the VFS (once per store: the same `Arc` gets the same id) and
-/// returns its id for database paths.
-pub fn register_store(store: SharedStore) -> StoreId {
+/// returns its id for database paths. The registry holds the store weakly: an open database
+/// keeps its store alive, but opening a path by hand (`Connection::open_with_flags_and_vfs`)
+/// needs the caller to keep the store alive until then.
+pub fn register_store(store: &SharedStore) -> StoreId {
     let mut reg = REGISTRY.lock();
     for (i, s) in reg.stores.iter().enumerate() {
-        if ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(&store)) {
-            return StoreId(i as u64);
+        if let Some(s) = s.upgrade() {
+            if ptr::addr_eq(Arc::as_ptr(&s), Arc::as_ptr(store)) {
+                return StoreId(i as u64);
+            }
         }
     }
-    reg.stores.push(store);
+    reg.stores.push(Arc::downgrade(store));
     StoreId(reg.stores.len() as u64 - 1)
 }
 
@@ -150,23 +154,35 @@ fn db_state(
     actor: &str,
     opts: &StateOptions,
     preload: Option<Preload>,
+    handle: Option<&SharedStore>,
 ) -> Result<Arc<DbState>, VfsError> {
-    let mut reg = REGISTRY.lock();
     let key = (store, actor.to_string());
+    let st = {
+        let reg = REGISTRY.lock();
+        if let Some(s) = reg.dbs.get(&key).and_then(|w| w.upgrade()) {
+            return Ok(s);
+        }
+        handle
+            .cloned()
+            .or_else(|| reg.stores.get(store as usize).and_then(|w| w.upgrade()))
+            .ok_or_else(|| {
+                VfsError::Kv(
+                    Op::Read,
+                    KvError::InvalidUrl {
+                        url: format!("/{store}"),
+                        reason: "no live store is registered under this id".into(),
+                    },
+                )
+            })?
+    };
+    // The metadata round trip happens outside the registry lock, so opening one database
+    // never waits for another's store; if two opens race, the first state registered wins.
+    let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
+    let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
+    let mut reg = REGISTRY.lock();
     if let Some(s) = reg.dbs.get(&key).and_then(|w| w.upgrade()) {
         return Ok(s);
     }
-    let st = reg.stores.get(store as usize).cloned().ok_or_else(|| {
-        VfsError::Kv(
-            Op::Read,
-            KvError::InvalidUrl {
-                url: format!("/{store}"),
-                reason: "no store is registered under this id".into(),
-            },
-        )
-    })?;
-    let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
-    let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
     reg.dbs.retain(|_, w| w.strong_count() > 0);
     reg.dbs.insert(key, Arc::downgrade(&state));
     Ok(state)
@@ -386,7 +402,7 @@ pub fn open_database(
             "read_ahead_max must be at least 1".into(),
         ));
     }
-    let id = register_store(store);
+    let id = register_store(&store);
     let sopts = StateOptions {
         page_size: opts.page_size,
         cache_pages: opts.cache_pages,
@@ -394,7 +410,8 @@ pub fn open_database(
         max_atomic_bytes: opts.max_atomic_bytes,
         ..StateOptions::default()
     };
-    let state = db_state(id.0, actor, &sopts, opts.preload.clone()).map_err(OpenError::Vfs)?;
+    let state = db_state(id.0, actor, &sopts, opts.preload.clone(), Some(&store))
+        .map_err(OpenError::Vfs)?;
     let create = opts.create && !opts.read_only;
     if !state.exists(FileKind::Main) && !create {
         return Err(OpenError::NotFound {
@@ -546,8 +563,13 @@ unsafe extern "C" fn x_open(
                     return ffi::SQLITE_CANTOPEN;
                 }
             };
-            let state = match db_state(parsed.store, &parsed.actor, &StateOptions::default(), None)
-            {
+            let state = match db_state(
+                parsed.store,
+                &parsed.actor,
+                &StateOptions::default(),
+                None,
+                None,
+            ) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("kvsqlite VFS: cannot open {name:?}: {e}");
@@ -919,7 +941,7 @@ unsafe extern "C" fn x_delete(
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_IOERR_DELETE_NOENT;
         };
-        let state = match db_state(p.store, &p.actor, &StateOptions::default(), None) {
+        let state = match db_state(p.store, &p.actor, &StateOptions::default(), None, None) {
             Ok(s) => s,
             Err(e) => return error_code(&e, Op::Delete),
         };
@@ -947,7 +969,7 @@ unsafe extern "C" fn x_access(
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_OK;
         };
-        match db_state(p.store, &p.actor, &StateOptions::default(), None) {
+        match db_state(p.store, &p.actor, &StateOptions::default(), None, None) {
             Ok(s) => {
                 *out = s.exists(p.file) as c_int;
                 ffi::SQLITE_OK

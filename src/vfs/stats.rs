@@ -55,6 +55,8 @@ stats! {
     keys_read,
     /// Keys put or deleted by writes (a `delete_range` counts one).
     keys_written,
+    /// Pages (chunk or stage values) put.
+    pages_written,
     /// Value bytes read.
     bytes_read,
     /// Key and value bytes written.
