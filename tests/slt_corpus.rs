@@ -1,6 +1,7 @@
 //! SQLite's sqllogictest corpus (select1-3 and evidence/, at `../shared/corpus/sqllogictest`)
 //! through kvsqlite on the memory and redb stores: every record passes. A missing corpus is a
-//! printed skip, or a failure when `CI=true`.
+//! printed skip, or a failure when `CI=true`. `KVSQLITE_SLT_CORPUS` points the tests at another
+//! copy of the corpus.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,10 @@ use kvsqlite::slt::{self, KnownDeviations, KvTarget, RunConfig};
 /// The corpus directory, or `None` (printed as skipped) when it is absent; with `CI=true` a
 /// missing corpus fails the test.
 fn corpus() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sqllogictest");
+    let dir = match std::env::var_os("KVSQLITE_SLT_CORPUS") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sqllogictest"),
+    };
     if dir.is_dir() {
         return Some(dir);
     }
@@ -78,4 +82,47 @@ fn corpus_on_redb() {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(dir.path().join("kv.redb"), KvLimits::default()).unwrap();
     run_corpus(Arc::new(store));
+}
+
+/// The missing-corpus rule itself: this test binary re-runs `corpus_on_memory` against a corpus
+/// path that does not exist, once with `CI=true` (it must fail, saying why) and once without
+/// (it must pass, printing that it skipped).
+#[test]
+fn missing_corpus_skips_or_fails_under_ci() {
+    let exe = std::env::current_exe().unwrap();
+    let run = |ci: Option<&str>| {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args([
+            "--exact",
+            "corpus_on_memory",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("KVSQLITE_SLT_CORPUS", "/nonexistent/kvsqlite-corpus");
+        match ci {
+            Some(v) => cmd.env("CI", v),
+            None => cmd.env_remove("CI"),
+        };
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(Some("true"));
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "CI=true and the sqllogictest corpus is missing at /nonexistent/kvsqlite-corpus"
+        ),
+        "{text}"
+    );
+    let (ok, text) = run(None);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("SKIPPED: the sqllogictest corpus is not at /nonexistent/kvsqlite-corpus"),
+        "{text}"
+    );
 }
