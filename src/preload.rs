@@ -280,3 +280,89 @@ mod tests {
         assert_eq!(p.complete.len(), 2);
     }
 }
+
+#[cfg(test)]
+mod property_tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+    use crate::kv::{KvStore, ListRequest};
+    use crate::rng::Rng;
+    use std::collections::BTreeMap;
+
+    fn key(rng: &mut Rng) -> Vec<u8> {
+        vec![b'k', rng.below(40) as u8]
+    }
+
+    /// Random stores, random batch reads (gets, lists with limits and byte budgets), random
+    /// writes applied to both the store and the preload: a lookup never contradicts the store.
+    #[test]
+    fn lookups_never_contradict_the_store() {
+        for seed in 0..200 {
+            let mut rng = Rng::new(seed);
+            let store = MemoryStore::new();
+            let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+            for _ in 0..rng.below(30) {
+                let k = key(&mut rng);
+                let len = rng.below(5) as usize + 1;
+                let v = rng.bytes(len);
+                store.put("a", vec![(k.clone(), v.clone())]).unwrap();
+                model.insert(k, v);
+            }
+            let mut ops = Vec::new();
+            for _ in 0..1 + rng.below(4) {
+                if rng.chance(0.4) {
+                    ops.push(ReadOp::Get(
+                        (0..1 + rng.below(4)).map(|_| key(&mut rng)).collect(),
+                    ));
+                } else {
+                    let a = key(&mut rng);
+                    let b = key(&mut rng);
+                    let (s, e) = if a <= b { (a, b) } else { (b, a) };
+                    let mut req = ListRequest::range(s, Some(e));
+                    if rng.chance(0.5) {
+                        req = req.with_limit(1 + rng.below(5) as usize);
+                    }
+                    if rng.chance(0.3) {
+                        req = req.with_max_bytes(1 + rng.below(12) as usize);
+                    }
+                    ops.push(ReadOp::List(req));
+                }
+            }
+            let results = store.batch_read("a", &ops).unwrap();
+            let mut p = Preload::from_reads(&ops, &results);
+            let check = |p: &Preload, model: &BTreeMap<Vec<u8>, Vec<u8>>| {
+                for b in 0..40u8 {
+                    let k = vec![b'k', b];
+                    match p.lookup(&k) {
+                        Lookup::Found(v) => {
+                            assert_eq!(Some(v), model.get(&k).map(|v| &v[..]), "seed {seed}")
+                        }
+                        Lookup::Absent => assert!(!model.contains_key(&k), "seed {seed} key {b}"),
+                        Lookup::NotPreloaded => {}
+                    }
+                }
+            };
+            check(&p, &model);
+            // Every key a get asked is known afterwards.
+            for op in &ops {
+                if let ReadOp::Get(keys) = op {
+                    for k in keys {
+                        assert_ne!(p.lookup(k), Lookup::NotPreloaded, "seed {seed}");
+                    }
+                }
+            }
+            for _ in 0..20 {
+                let k = key(&mut rng);
+                if rng.chance(0.6) {
+                    let v = rng.bytes(3);
+                    p.update(&k, &v);
+                    model.insert(k, v);
+                } else {
+                    p.remove(&k);
+                    model.remove(&k);
+                }
+                check(&p, &model);
+            }
+        }
+    }
+}

@@ -508,3 +508,79 @@ fn many_actors_on_one_store_are_independent() {
         assert_eq!(xs, vec![i, i * 100, i * 100 + 1, i * 100 + 2]);
     }
 }
+
+#[test]
+fn threads_share_a_store_and_two_writers_share_one_database() {
+    let m = mem();
+    let mut threads = Vec::new();
+    for t in 0..4 {
+        let m = m.clone();
+        threads.push(std::thread::spawn(move || {
+            let db = open_database(m, &format!("thread-{t}"), &OpenOptions::default()).unwrap();
+            db.execute_batch("CREATE TABLE t(x)").unwrap();
+            for i in 0..50 {
+                db.execute("INSERT INTO t VALUES (?1)", [i]).unwrap();
+            }
+        }));
+    }
+    {
+        let db = open_database(m.clone(), "both", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(w, i)").unwrap();
+    }
+    for w in 0..2 {
+        let m = m.clone();
+        threads.push(std::thread::spawn(move || {
+            let db = open_database(m, "both", &OpenOptions::default()).unwrap();
+            db.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+            for i in 0..50 {
+                db.execute("INSERT INTO t VALUES (?1, ?2)", [w, i]).unwrap();
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    for t in 0..4 {
+        let db = open_database(m.clone(), &format!("thread-{t}"), &OpenOptions::default()).unwrap();
+        let s: i64 = db
+            .query_row("SELECT sum(x) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(s, (0..50).sum::<i64>());
+    }
+    let db = open_database(m, "both", &OpenOptions::default()).unwrap();
+    let (n, s): (i64, i64) = db
+        .query_row("SELECT count(*), sum(w * 1000 + i) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(n, 100);
+    assert_eq!(s, 1000 * 50 + 2 * (0..50).sum::<i64>());
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+#[test]
+fn longest_actor_id_of_escaped_bytes_opens() {
+    let m = mem();
+    let actor = "é".repeat(256); // 512 bytes, every one percent-encoded
+    assert_eq!(actor.len(), 512);
+    let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    // A journalled transaction opens the `-journal` name too.
+    db.execute_batch("PRAGMA cache_spill=1; PRAGMA cache_size=2")
+        .unwrap();
+    db.execute_batch("BEGIN; INSERT INTO t SELECT zeroblob(4000) FROM t, t AS b, t AS c; COMMIT;")
+        .unwrap();
+    for _ in 0..4 {
+        db.execute_batch("INSERT INTO t SELECT zeroblob(4000) FROM t")
+            .unwrap();
+    }
+    assert!(db.snapshot().journal_fallbacks >= 1, "{:?}", db.snapshot());
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 32);
+}

@@ -48,7 +48,7 @@ fn workload(seed: u64) -> Vec<String> {
             sql.push_str("COMMIT;");
         } else if i % 30 == 19 {
             // Journal fallback: SQLite may spill its tiny cache, so it journals.
-            sql.push_str("PRAGMA cache_spill=ON; PRAGMA cache_size=4; BEGIN;");
+            sql.push_str("PRAGMA cache_spill=1; PRAGMA cache_size=4; BEGIN;");
             for _ in 0..40 {
                 sql.push_str(&format!(
                     "INSERT INTO t VALUES ({next_id}, '{}');",

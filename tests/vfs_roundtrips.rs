@@ -181,7 +181,7 @@ fn journal_fallback_is_counted_and_next_transaction_is_one_put() {
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     // A small page cache that may spill: SQLite journals this transaction.
-    db.execute_batch("PRAGMA cache_spill=ON; PRAGMA cache_size=10")
+    db.execute_batch("PRAGMA cache_spill=1; PRAGMA cache_size=10")
         .unwrap();
     let before = db.snapshot();
     fill(&db, 2000, 100);
@@ -273,4 +273,146 @@ fn transaction_over_the_memory_bound_falls_back_to_the_journal_and_commits() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok");
+}
+
+#[test]
+fn rewritten_stage_pages_are_collected_inside_later_commits() {
+    let m = Arc::new(MemoryStore::with_limits(KvLimits {
+        max_write_entries: 8,
+        ..KvLimits::default()
+    }));
+    let s: SharedStore = m.clone();
+    let db = open_database(s, "gc", &OpenOptions::default()).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    db.execute_batch("BEGIN").unwrap();
+    for _ in 0..100 {
+        db.execute("INSERT INTO t(v) VALUES (zeroblob(1000))", [])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    assert_eq!(db.snapshot().staged_commits, 1);
+    let summary = || {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = m
+            .dump()
+            .into_iter()
+            .filter(|(a, _, _)| a == "gc")
+            .map(|(_, k, v)| (k, v))
+            .collect();
+        vfs::layout::summarize(&entries)
+    };
+    let s1 = summary();
+    let meta = s1.files[0].meta.clone().unwrap().unwrap();
+    assert!(meta.overlay.len() >= 20, "{}", meta.overlay.len());
+    assert_eq!(s1.stages.values().sum::<u64>(), meta.overlay.len() as u64);
+    assert_eq!(s1.files[0].missing_chunks, 0);
+    // Rewrite every row, one small transaction each: every one is a single put.
+    let before = db.snapshot();
+    for id in 1..=100 {
+        db.execute("UPDATE t SET v = zeroblob(999) WHERE id = ?1", [id])
+            .unwrap();
+    }
+    let d = db.snapshot() - before;
+    assert_eq!((d.kv_round_trips, d.atomic_commits), (100, 100), "{d:?}");
+    let s2 = summary();
+    let meta = s2.files[0].meta.clone().unwrap().unwrap();
+    // Only pages the updates never touched (the table's interior page) stay in the stage, and
+    // every other stage key was deleted: no garbage left.
+    assert!(meta.overlay.len() <= 2, "{:?}", meta.overlay);
+    assert_eq!(s2.stages.values().sum::<u64>(), meta.overlay.len() as u64);
+    assert_eq!(s2.files[0].missing_chunks, 0);
+    let n: i64 = db
+        .query_row("SELECT sum(length(v)) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 99_900);
+}
+
+#[test]
+fn queued_entries_ride_in_the_commit_put_and_fencing_blocks_stale_writers() {
+    use kvsqlite::kv::{KvStore, Precondition};
+    let m = Arc::new(MemoryStore::new());
+    let s: SharedStore = m.clone();
+    m.put("fenced", vec![(b"gen".to_vec(), b"1".to_vec())])
+        .unwrap();
+    let db = open_database(s, "fenced", &OpenOptions::default()).unwrap();
+    db.set_fence(vec![Precondition::equals(b"gen".to_vec(), b"1".to_vec())]);
+    assert!(db.queue_puts(vec![(vec![0x08, 9], vec![])]).is_err());
+    db.queue_puts(vec![(b"state".to_vec(), b"hello".to_vec())])
+        .unwrap();
+    let before = db.snapshot();
+    db.execute_batch("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;")
+        .unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!(d.kv_round_trips, 1, "{d:?}");
+    assert_eq!(db.queued_puts(), 0);
+    assert_eq!(
+        m.get("fenced", &[b"state".to_vec()]).unwrap(),
+        vec![Some(b"hello".to_vec())]
+    );
+    // Another instance moved the generation on: this one can no longer write.
+    m.put("fenced", vec![(b"gen".to_vec(), b"2".to_vec())])
+        .unwrap();
+    let snapshot = m.dump();
+    assert!(db.execute("INSERT INTO t VALUES (2)", []).is_err());
+    assert_eq!(m.dump(), snapshot, "a fenced-out writer changed the store");
+}
+
+#[test]
+fn warm_commit_stays_one_put_when_a_scan_churned_a_tiny_vfs_cache() {
+    let s = store();
+    let opts = OpenOptions {
+        cache_pages: 4,
+        ..OpenOptions::default()
+    };
+    {
+        let db = open_database(s.clone(), "churn", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        fill(&db, 100, 3900);
+    }
+    let db = open_database(s, "churn", &opts).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t WHERE length(v) = 3900", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 100);
+    db.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
+    let before = db.snapshot();
+    db.execute("INSERT INTO t(v) VALUES ('y')", []).unwrap();
+    let d = db.snapshot() - before;
+    assert_eq!((d.kv_round_trips, d.kv_reads), (1, 0), "{d:?}");
+}
+
+#[test]
+fn new_actor_with_preload_costs_one_read_and_one_write_in_total() {
+    use kvsqlite::kv::KvStore;
+    use kvsqlite::preload::Preload;
+    let m = Arc::new(MemoryStore::new());
+    let s: SharedStore = m.clone();
+    // The actor layer's single wake read (here: just the VFS's part of it).
+    let ops = vfs::layout::preload_reads(1 << 20);
+    let results = m.batch_read("newbie", &ops).unwrap();
+    let opts = OpenOptions {
+        preload: Some(Preload::from_reads(&ops, &results)),
+        ..OpenOptions::default()
+    };
+    let db = open_database(s, "newbie", &opts).unwrap();
+    assert_eq!(db.snapshot().kv_round_trips, 0);
+    db.queue_puts(vec![(b"actor-state".to_vec(), b"v1".to_vec())])
+        .unwrap();
+    db.execute_batch(
+        "BEGIN; CREATE TABLE a(x); CREATE TABLE b(y); CREATE INDEX bi ON b(y); INSERT INTO a VALUES (1); COMMIT;",
+    )
+    .unwrap();
+    let s = db.snapshot();
+    assert_eq!(
+        (s.kv_round_trips, s.kv_writes, s.kv_reads),
+        (1, 1, 0),
+        "{s:?}"
+    );
+    assert_eq!(
+        m.get("newbie", &[b"actor-state".to_vec()]).unwrap(),
+        vec![Some(b"v1".to_vec())]
+    );
 }

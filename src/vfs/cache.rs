@@ -26,6 +26,10 @@ pub struct PageCache {
     order: BTreeMap<u64, ChunkId>,
 }
 
+/// The chunk never evicted while another can be: the main file's page 1, whose header SQLite
+/// reads at the start of every transaction.
+const PINNED: ChunkId = (FileKind::Main, 0);
+
 /// What an insert or removal dropped that read-ahead had fetched and nobody read.
 pub type Wasted = u64;
 
@@ -89,6 +93,15 @@ impl PageCache {
             let Some((_, victim)) = self.order.pop_first() else {
                 break;
             };
+            if victim == PINNED && self.map.len() > 1 {
+                // Page 1 is read at the start of every transaction: keep it, as most recent.
+                self.tick += 1;
+                if let Some(e) = self.map.get_mut(&victim) {
+                    e.tick = self.tick;
+                }
+                self.order.insert(self.tick, victim);
+                continue;
+            }
             if let Some(e) = self.map.remove(&victim) {
                 wasted += e.prefetched as u64;
             }
@@ -149,5 +162,14 @@ mod tests {
         assert_eq!(c.get((FileKind::Main, 4)), Some((&[4u8][..], false)));
         assert_eq!(c.remove_from(FileKind::Main, 4), 0);
         assert_eq!(c.len(), 1);
+        // Page 1 stays however old it gets.
+        let mut c = PageCache::new(2);
+        c.insert((FileKind::Main, 0), vec![0], false);
+        for i in 1..10 {
+            c.insert((FileKind::Main, i), vec![i as u8], false);
+        }
+        assert!(c.contains((FileKind::Main, 0)));
+        assert!(c.contains((FileKind::Main, 9)));
+        assert_eq!(c.len(), 2);
     }
 }

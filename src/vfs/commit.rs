@@ -78,15 +78,16 @@ pub fn piggyback_deletes(batch: &mut WriteBatch, garbage: &[Key], limits: &KvLim
 }
 
 /// Splits the pages of a large commit: how many of the *last* pages (each `page_cost` bytes of
-/// key and value) can ride in the final batch beside a commit record of `record_bytes`; the
-/// rest are staged.
+/// key and value) can ride in the final batch beside a commit record of `record_entries`
+/// entries and `record_bytes` bytes; the rest are staged.
 pub fn final_batch_pages(
     page_cost: usize,
     pages: usize,
     record_bytes: usize,
+    record_entries: usize,
     limits: &KvLimits,
 ) -> usize {
-    let by_entries = limits.max_write_entries.saturating_sub(1);
+    let by_entries = limits.max_write_entries.saturating_sub(record_entries);
     let by_bytes = limits.max_write_bytes.saturating_sub(record_bytes) / page_cost.max(1);
     pages.min(by_entries).min(by_bytes)
 }
@@ -125,8 +126,9 @@ mod tests {
             b.iter().map(|b| b.puts.len()).collect::<Vec<_>>(),
             vec![2, 2, 1]
         );
-        assert_eq!(final_batch_pages(10, 50, 5, &limits(4, 1000)), 3);
-        assert_eq!(final_batch_pages(10, 50, 975, &limits(128, 1000)), 2);
+        assert_eq!(final_batch_pages(10, 50, 5, 1, &limits(4, 1000)), 3);
+        assert_eq!(final_batch_pages(10, 50, 5, 3, &limits(4, 1000)), 1);
+        assert_eq!(final_batch_pages(10, 50, 975, 1, &limits(128, 1000)), 2);
         let mut wb = WriteBatch::default();
         wb.puts.push((vec![1], vec![2]));
         assert_eq!(

@@ -16,7 +16,9 @@ use super::cache::PageCache;
 use super::commit;
 use super::layout::{self, FileKind, LayoutError, Meta};
 use super::stats::Stats;
-use crate::kv::{ActorKv, Key, KeyRange, KvError, ListRequest, ReadOp, ReadResult, WriteBatch};
+use crate::kv::{
+    ActorKv, Key, KeyRange, KvError, ListRequest, Precondition, ReadOp, ReadResult, WriteBatch,
+};
 use crate::preload::{First, Lookup, Preload};
 
 /// Which operation a KV error interrupted (picks the `SQLITE_IOERR_*` code).
@@ -211,6 +213,10 @@ pub struct DbState {
     stats: Arc<Stats>,
     opts: StateOptions,
     inner: Mutex<Inner>,
+    /// Preconditions every write of the VFS carries (the actor layer's fencing).
+    fence: Mutex<Vec<Precondition>>,
+    /// Entries (outside the VFS prefix) to write atomically with the next commit record.
+    extra: Mutex<Vec<(Key, Vec<u8>)>>,
 }
 
 /// A valid page 1 of an empty database with the given page size, as SQLite itself writes it.
@@ -377,6 +383,8 @@ impl DbState {
             kv,
             stats,
             opts,
+            fence: Mutex::new(Vec::new()),
+            extra: Mutex::new(Vec::new()),
             inner: Mutex::new(Inner {
                 main,
                 journal,
@@ -392,6 +400,44 @@ impl DbState {
                 next_handle: 1,
             }),
         })
+    }
+
+    /// Makes every later KV write of this database carry `preconditions` (checked atomically
+    /// with it; unmet → the write fails with `Conflict` and nothing is written). `delete_range`
+    /// calls (journal deletion, truncation, discarding an unfinished stage) cannot carry them.
+    pub fn set_fence(&self, preconditions: Vec<Precondition>) {
+        *self.fence.lock() = preconditions;
+    }
+
+    /// Queues entries to be written atomically with the next commit record (the next
+    /// transaction's single put). Keys under the VFS prefix are refused.
+    pub fn queue_puts(&self, entries: Vec<(Key, Vec<u8>)>) -> Result<(), String> {
+        if let Some((k, _)) = entries
+            .iter()
+            .find(|(k, _)| k.first() == Some(&layout::PREFIX))
+        {
+            return Err(format!(
+                "key {} lies under the VFS prefix 0x08",
+                crate::kv::display_key(k)
+            ));
+        }
+        self.extra.lock().extend(entries);
+        Ok(())
+    }
+
+    /// Entries queued by [`DbState::queue_puts`] and not yet written.
+    pub fn queued_puts(&self) -> usize {
+        self.extra.lock().len()
+    }
+
+    fn take_extra(&self) -> Vec<(Key, Vec<u8>)> {
+        std::mem::take(&mut *self.extra.lock())
+    }
+
+    fn restore_extra(&self, mut taken: Vec<(Key, Vec<u8>)>) {
+        let mut e = self.extra.lock();
+        taken.append(&mut e);
+        *e = taken;
     }
 
     /// The database's counters.
@@ -502,7 +548,14 @@ impl DbState {
             })
             .count();
         s.add(&s.pages_written, pages as u64);
-        self.kv.write(batch)
+        let fence = self.fence.lock();
+        if fence.is_empty() {
+            return self.kv.write(batch);
+        }
+        let mut fenced = batch.clone();
+        fenced.preconditions.extend(fence.iter().cloned());
+        drop(fence);
+        self.kv.write(&fenced)
     }
 
     // ----- reads -----
@@ -562,7 +615,6 @@ impl DbState {
             return Ok(());
         }
         let cs = f.cs();
-        let key = f.meta.live_key(idx);
         if let Some((c, first_use)) = inner.cache.get((kind, idx)) {
             dst.copy_from_slice(&c[within..end]);
             self.stats.add(&self.stats.cache_hits, 1);
@@ -571,6 +623,7 @@ impl DbState {
             }
             return Ok(());
         }
+        let key = inner.file(kind).meta.live_key(idx);
         if let Some(p) = &inner.preload {
             match p.lookup(&key) {
                 Lookup::Found(v) => {
@@ -770,10 +823,17 @@ impl DbState {
                 puts.push((layout::chunk_key(kind, i), c.clone()));
             }
         }
-        let record = vec![(layout::meta_key(kind), meta.encode())];
+        let extra = if kind == FileKind::Main {
+            self.take_extra()
+        } else {
+            Vec::new()
+        };
+        let mut record = extra.clone();
+        record.push((layout::meta_key(kind), meta.encode()));
         let result = self.write_batches(inner, puts, record, &new_garbage);
         if let Err(e) = result {
             inner.file(kind).pending = restore;
+            self.restore_extra(extra);
             return Err(e);
         }
         self.stats.add(&self.stats.flushes, 1);
@@ -893,9 +953,33 @@ impl DbState {
         }
         let cs = meta.chunk_size as usize;
         let page_cost = 7 + cs;
-        let single_bytes = pages.len() * page_cost + 3 + meta.encoded_len();
-        let fits_one =
-            pages.len() < limits.max_write_entries && single_bytes <= limits.max_write_bytes;
+        let extra = self.take_extra();
+        let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let single_bytes = pages.len() * page_cost + 3 + meta.encoded_len() + extra_bytes;
+        let fits_one = pages.len() + extra.len() < limits.max_write_entries
+            && single_bytes <= limits.max_write_bytes;
+        let r = self.commit_pages_inner(inner, pages, meta, new_garbage, extra.clone(), fits_one);
+        if r.is_err() {
+            self.restore_extra(extra);
+        }
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_pages_inner(
+        &self,
+        inner: &mut Inner,
+        pages: BTreeMap<u32, Vec<u8>>,
+        mut meta: Meta,
+        new_garbage: Vec<Key>,
+        extra: Vec<(Key, Vec<u8>)>,
+        fits_one: bool,
+    ) -> Result<(), VfsError> {
+        let limits = *self.kv.limits();
+        let cs = meta.chunk_size as usize;
+        let page_cost = 7 + cs;
+        let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let extra_entries = extra.len();
         let mut staged: Vec<u32> = Vec::new();
         let stage_id = inner.next_stage.max(meta.next_stage);
         if fits_one {
@@ -904,6 +988,7 @@ impl DbState {
                 .map(|(&i, c)| (layout::chunk_key(FileKind::Main, i), c.clone()))
                 .collect();
             let mut all = puts;
+            all.extend(extra);
             all.push((layout::meta_key(FileKind::Main), meta.encode()));
             self.write_batches(inner, Vec::new(), all, &new_garbage)?;
             self.stats.add(&self.stats.atomic_commits, 1);
@@ -920,7 +1005,13 @@ impl DbState {
                     "the commit record would be {record_bytes} bytes, over the store's value limit"
                 )));
             }
-            let n_final = commit::final_batch_pages(page_cost, pages.len(), record_bytes, &limits);
+            let n_final = commit::final_batch_pages(
+                page_cost,
+                pages.len(),
+                record_bytes + extra_bytes,
+                1 + extra_entries,
+                &limits,
+            );
             let split = pages.len() - n_final;
             let mut stage_puts = Vec::with_capacity(split);
             let mut final_puts = Vec::with_capacity(n_final + 1);
@@ -935,6 +1026,7 @@ impl DbState {
             }
             meta.next_stage = stage_id + 1;
             inner.next_stage = stage_id + 1;
+            final_puts.extend(extra);
             final_puts.push((layout::meta_key(FileKind::Main), meta.encode()));
             let mut batches =
                 commit::pack(stage_puts, Vec::new(), &limits).map_err(VfsError::TooBig)?;

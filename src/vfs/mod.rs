@@ -204,10 +204,11 @@ pub struct OpenOptions {
     pub sqlite_cache_kib: u32,
     /// Largest read-ahead window in pages. Default 128.
     pub read_ahead_max: u32,
-    /// Most bytes of pages one batch-atomic commit may buffer; a larger transaction falls
-    /// back to the rollback journal (correct, slower). Default 256 MiB. With `cache_spill=OFF`
-    /// SQLite also holds the transaction's dirty pages, so a transaction costs about twice its
-    /// dirty pages in memory up to this bound.
+    /// Most bytes of dirty pages one transaction keeps in memory on the batch-atomic path.
+    /// SQLite's `cache_spill` is set to the same bound, so a larger transaction spills and falls
+    /// back to the rollback journal (correct, slower, counted). Default 256 MiB. Below the bound
+    /// a transaction costs about twice its dirty pages in memory (SQLite's cache and the VFS's
+    /// commit buffer).
     pub max_atomic_bytes: usize,
     /// Entries read ahead of time (at an actor's wake): served without round trips and kept
     /// coherent on every commit. Only used when no connection has the database open yet.
@@ -319,6 +320,28 @@ impl Database {
     pub fn page_size(&self) -> u32 {
         self.state.chunk_size()
     }
+
+    /// Makes every later KV write of this database (all its connections) carry these
+    /// preconditions, checked atomically in the same round trip: the actor layer's fencing.
+    /// An unmet one fails the transaction (`SQLITE_IOERR`) with nothing written. Not carried by
+    /// `delete_range` calls (journal deletion, truncation, discarding an unfinished stage).
+    pub fn set_fence(&self, preconditions: Vec<crate::kv::Precondition>) {
+        self.state.set_fence(preconditions);
+    }
+
+    /// Queues entries (outside the VFS prefix `0x08`) to be written atomically in the same put
+    /// as the next commit: the actor layer's write collector. Kept queued if that commit fails.
+    pub fn queue_puts(
+        &self,
+        entries: Vec<(crate::kv::Key, crate::kv::Value)>,
+    ) -> Result<(), String> {
+        self.state.queue_puts(entries)
+    }
+
+    /// Entries queued by [`Database::queue_puts`] not yet written.
+    pub fn queued_puts(&self) -> usize {
+        self.state.queued_puts()
+    }
 }
 
 impl std::ops::Deref for Database {
@@ -353,7 +376,8 @@ pub fn register() {
         let vfs = Box::new(ffi::sqlite3_vfs {
             iVersion: 2,
             szOsFile: std::mem::size_of::<KvFile>() as c_int,
-            mxPathname: 1024,
+            // A 512-byte actor id percent-encoded, the store id and `-journal` fit.
+            mxPathname: 2048,
             pNext: ptr::null_mut(),
             zName: c"kvsqlite".as_ptr(),
             pAppData: ptr::null_mut(),
@@ -383,7 +407,9 @@ pub fn register() {
 
 /// Opens `actor`'s database on `store` through the VFS and returns a plain connection with
 /// kvsqlite's pragmas set: `journal_mode=DELETE`, `synchronous=NORMAL`, `temp_store=MEMORY`,
-/// `cache_spill=OFF`, and a bounded `cache_size`.
+/// a bounded `cache_size`, and `cache_spill` set to `max_atomic_bytes` (SQLite never spills a
+/// transaction smaller than that, so it commits batch-atomically; a larger one spills and
+/// journals, which bounds memory).
 pub fn open_database(
     store: SharedStore,
     actor: &str,
@@ -429,8 +455,12 @@ pub fn open_database(
         }
     }
     let conn = rusqlite::Connection::open_with_flags_and_vfs(&path, flags, VFS_NAME)?;
+    // cache_spill=-KiB: SQLite spills dirty pages (and so falls back to the journal) only past
+    // the same bound the VFS buffers; below it a transaction stays on the batch-atomic path
+    // whatever cache_size is. This bounds SQLite's memory as well as the VFS's.
+    let spill_kib = (opts.max_atomic_bytes / 1024).clamp(1, i32::MAX as usize);
     conn.execute_batch(&format!(
-        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_spill=OFF; PRAGMA cache_size=-{};",
+        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_spill=-{spill_kib}; PRAGMA cache_size=-{};",
         opts.sqlite_cache_kib.max(1)
     ))?;
     if !opts.read_only {
@@ -617,7 +647,8 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
         {
             state.unlock(*id, *lock, lock::NONE);
             if let Err(e) = state.flush_all() {
-                return error_code(&e, Op::Sync).max(ffi::SQLITE_IOERR_CLOSE);
+                error_code(&e, Op::Sync);
+                return ffi::SQLITE_IOERR_CLOSE;
             }
         }
         ffi::SQLITE_OK
@@ -974,7 +1005,10 @@ unsafe extern "C" fn x_access(
                 *out = s.exists(p.file) as c_int;
                 ffi::SQLITE_OK
             }
-            Err(e) => error_code(&e, Op::Read).max(ffi::SQLITE_IOERR_ACCESS),
+            Err(e) => {
+                error_code(&e, Op::Read);
+                ffi::SQLITE_IOERR_ACCESS
+            }
         }
     })
 }
