@@ -4,7 +4,9 @@
 //! - [`kv`]: the key-value store trait, its backends and wrappers. Every trait call is one round trip.
 //! - [`rng`]: a seeded generator for fault injection, tests and workloads.
 //! - [`vfs`]: the SQLite VFS over the KV layer; [`preload`]: the preload map it reads first.
+//! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
 pub mod kv;
 pub mod preload;
 pub mod rng;
+pub mod slt;
 pub mod vfs;

@@ -1,13 +1,161 @@
-//! `kvsqlite slt` (being built).
+//! `kvsqlite slt`: run sqllogictest scripts through kvsqlite databases (one fresh actor per
+//! script) on the store `--kv` names, or on stock SQLite files with `--native`.
+//!
+//! Output: one line per script, the failures under it with file:line, expected and actual; the
+//! last line is exactly `N passed, N failed` (plus `, N skipped` and `, N expected-different`
+//! when there are any). Exit code 0 when nothing failed, 1 on any failure, 2 when the runner
+//! itself cannot start (bad arguments, unreadable paths or deviation list, unreachable store).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use kvsqlite::slt::{self, KnownDeviations, RunConfig, Target};
 
 use super::GlobalArgs;
 
+/// The deviation list used when `--known-deviations` is not given (if the file exists).
+const DEFAULT_DEVIATIONS: &str = "sql/known-deviations.txt";
+
+/// A progress bar is drawn (on a terminal) from this many scripts on.
+const PROGRESS_MIN_FILES: usize = 4;
+
 /// Arguments of `kvsqlite slt`.
 #[derive(clap::Args, Debug)]
-pub struct SltArgs {}
+pub struct SltArgs {
+    /// Run on stock SQLite with a temporary file per script instead of a kvsqlite store.
+    #[arg(long)]
+    native: bool,
+    /// Rewrite each script in place with the actual results as its expected results (to
+    /// generate them: use with --native, then read them before committing).
+    #[arg(long)]
+    complete: bool,
+    /// Keep each script's actor in the store afterwards (default: delete its keys).
+    #[arg(long)]
+    keep: bool,
+    /// Override every script's hash-threshold (0: never hash).
+    #[arg(long, value_name = "N")]
+    hash_threshold: Option<usize>,
+    /// The known-deviations list [default: sql/known-deviations.txt when it exists, except
+    /// with --native: stock SQLite is the reference and has no deviations].
+    #[arg(long, value_name = "FILE")]
+    known_deviations: Option<PathBuf>,
+    /// Script files, or directories searched recursively for `*.test`.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
 
 /// Runs `kvsqlite slt`.
-pub fn run(_global: &GlobalArgs, _args: SltArgs) -> i32 {
-    eprintln!("kvsqlite slt: not built yet");
-    2
+pub fn run(global: &GlobalArgs, args: SltArgs) -> i32 {
+    match run_inner(global, args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kvsqlite slt: {e}");
+            2
+        }
+    }
+}
+
+fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
+    let deviations = match &args.known_deviations {
+        Some(p) => KnownDeviations::load(p)?,
+        None if !args.native && std::path::Path::new(DEFAULT_DEVIATIONS).exists() => {
+            KnownDeviations::load(std::path::Path::new(DEFAULT_DEVIATIONS))?
+        }
+        None => KnownDeviations::empty(),
+    };
+    let scripts = slt::collect_scripts(&args.paths)?;
+    if scripts.is_empty() {
+        return Err("no *.test scripts found under the given paths".into());
+    }
+    let mut target = make_target(global, args.native, args.keep)?;
+    let config = RunConfig {
+        hash_threshold: args.hash_threshold,
+        deviations,
+        collect_outputs: args.complete,
+        ..RunConfig::default()
+    };
+    let progress = scripts.len() >= PROGRESS_MIN_FILES && std::io::stderr().is_terminal();
+    let total = scripts.len();
+    let mut stdout = std::io::stdout().lock();
+    let mut summary = slt::Summary::default();
+    for (done, path) in scripts.iter().enumerate() {
+        if progress {
+            draw_progress(done, total, &path.display().to_string());
+        }
+        let report = slt::run_file(target.as_mut(), path, &config);
+        summary.add(&report);
+        if progress {
+            clear_progress();
+        }
+        let _ = writeln!(stdout, "{}", report.summary_line());
+        for f in report
+            .failures
+            .iter()
+            .chain(&report.expected_different_records)
+        {
+            let _ = writeln!(stdout, "{f}");
+        }
+        for n in &report.notes {
+            let _ = writeln!(stdout, "  note: {n}");
+        }
+        // A script that could not be read or run at all (a failure at line 0) is left alone.
+        if args.complete && report.failures.iter().all(|f| f.line > 0) {
+            complete_file(path, &report)?;
+            let _ = writeln!(
+                stdout,
+                "  completed: {} query result(s) written",
+                report.outputs.len()
+            );
+        }
+        let _ = stdout.flush();
+    }
+    let _ = writeln!(
+        stdout,
+        "{} script(s) on {}, {} with failures",
+        summary.files,
+        target.name(),
+        summary.files_failed
+    );
+    let _ = writeln!(stdout, "{}", summary.last_line());
+    Ok(if summary.ok() { 0 } else { 1 })
+}
+
+/// Rewrites the script at `path` with the outputs `report` collected.
+fn complete_file(path: &std::path::Path, report: &slt::FileReport) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {} to complete it: {e}", path.display()))?;
+    std::fs::write(path, slt::complete(&text, &report.outputs))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn make_target(global: &GlobalArgs, native: bool, keep: bool) -> Result<Box<dyn Target>, String> {
+    if native {
+        return Ok(Box::new(slt::NativeTarget::new()?));
+    }
+    let store = global.open_store()?;
+    Ok(Box::new(slt::KvTarget::new(store).keep_data(keep)))
+}
+
+fn draw_progress(done: usize, total: usize, current: &str) {
+    const WIDTH: usize = 30;
+    let filled = done * WIDTH / total.max(1);
+    let name: String = current
+        .chars()
+        .rev()
+        .take(40)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    eprint!(
+        "\r[{}{}] {done}/{total} {name}\x1b[K",
+        "#".repeat(filled),
+        " ".repeat(WIDTH - filled)
+    );
+    let _ = std::io::stderr().flush();
+}
+
+fn clear_progress() {
+    eprint!("\r\x1b[K");
+    let _ = std::io::stderr().flush();
 }
