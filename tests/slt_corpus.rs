@@ -3,7 +3,7 @@
 //! printed skip, or a failure when `CI=true`. `KVSQLITE_SLT_CORPUS` points the tests at another
 //! copy of the corpus.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use kvsqlite::kv::memory::MemoryStore;
@@ -11,28 +11,9 @@ use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::slt::{self, KnownDeviations, KvTarget, RunConfig};
 
-/// The corpus directory, or `None` (printed as skipped) when it is absent; with `CI=true` a
-/// missing corpus fails the test.
-fn corpus() -> Option<PathBuf> {
-    let dir = match std::env::var_os("KVSQLITE_SLT_CORPUS") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sqllogictest"),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "CI=true and the sqllogictest corpus is missing at {}",
-            dir.display()
-        );
-    }
-    println!(
-        "SKIPPED: the sqllogictest corpus is not at {}",
-        dir.display()
-    );
-    None
-}
+#[path = "common/corpus.rs"]
+mod corpus_dir;
+use corpus_dir::corpus;
 
 fn run_corpus(store: SharedStore) {
     let Some(dir) = corpus() else { return };

@@ -3,7 +3,7 @@
 //! file, guards/halt/CRLF are honoured, known deviations are reported as expected-different,
 //! and the CLI's last line and exit codes.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kvsqlite::slt::{self, KnownDeviations, NativeTarget, RunConfig};
@@ -12,25 +12,9 @@ fn native() -> NativeTarget {
     NativeTarget::new().expect("temporary directory")
 }
 
-/// The corpus directory, or `None` (printed as skipped) when it is absent; with `CI=true` a
-/// missing corpus fails the test.
-fn corpus() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/sqllogictest");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "CI=true and the sqllogictest corpus is missing at {}",
-            dir.display()
-        );
-    }
-    println!(
-        "SKIPPED: the sqllogictest corpus is not at {}",
-        dir.display()
-    );
-    None
-}
+#[path = "common/corpus.rs"]
+mod corpus_dir;
+use corpus_dir::corpus;
 
 const WRONG: &str = "statement ok
 CREATE TABLE t(a INTEGER, b TEXT)
