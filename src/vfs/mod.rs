@@ -20,6 +20,9 @@
 //!   data becomes `SQLITE_CORRUPT`.
 //! - `PRAGMA synchronous=OFF` and `PRAGMA journal_mode=WAL|OFF|MEMORY` are refused with an
 //!   error (they would give up the atomic commit or the crash safety).
+//! - `PRAGMA page_size = N` before a database's first write takes effect at the connection's
+//!   next transaction (the virtual page 1 is re-created at size `N`), and the first commit is
+//!   still one put; a page too big for one value of the store is refused with an error.
 
 pub mod cache;
 pub mod commit;
@@ -904,6 +907,34 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
     None
 }
 
+/// The page size a `PRAGMA page_size = value` sets, when SQLite would accept it: a power of
+/// two in 512..=65536 written as a decimal (optionally `+`) or `0x` hex integer. Other values
+/// give `None` (SQLite ignores them, and so does the VFS).
+pub fn page_size_value(name: &str, value: Option<&str>) -> Option<u32> {
+    if !name.eq_ignore_ascii_case("page_size") {
+        return None;
+    }
+    let v = value?;
+    let v = v.strip_prefix('+').unwrap_or(v);
+    let n = if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u64::from_str_radix(hex, 16).ok()?
+    } else {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits = v.trim_start_matches('0');
+        if digits.len() > 10 {
+            return None;
+        }
+        digits.parse::<u64>().unwrap_or(0)
+    };
+    let n = u32::try_from(n).ok()?;
+    layout::valid_chunk_size(n).then_some(n)
+}
+
 unsafe extern "C" fn x_file_control(
     file: *mut ffi::sqlite3_file,
     op: c_int,
@@ -946,7 +977,11 @@ unsafe extern "C" fn x_file_control(
                 let name = CStr::from_ptr(name).to_string_lossy().into_owned();
                 let value = (!value.is_null())
                     .then(|| CStr::from_ptr(value).to_string_lossy().into_owned());
-                match refused_pragma(&name, value.as_deref()) {
+                let refusal = match (*kind, page_size_value(&name, value.as_deref())) {
+                    (FileKind::Main, Some(ps)) => state.set_new_page_size(ps).err(),
+                    _ => refused_pragma(&name, value.as_deref()),
+                };
+                match refusal {
                     Some(msg) => {
                         if let Ok(c) = CString::new(msg) {
                             *az = ffi::sqlite3_mprintf(c"%s".as_ptr(), c.as_ptr());
