@@ -455,7 +455,22 @@ fn corrupt_case(m: &Arc<MemoryStore>, actor: &str, edit: impl FnOnce(&MemoryStor
     }
     edit(m);
     match open_database(m.clone(), actor, &OpenOptions::default()) {
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // The VFS finds bad metadata; SQLite finds a bad page 1 itself.
+            let sqlite_code = match &e {
+                OpenError::Sqlite(s) => code(s),
+                _ => None,
+            };
+            assert!(
+                matches!(e, OpenError::Vfs(vfs::file::VfsError::Corrupt(_)))
+                    || matches!(
+                        sqlite_code,
+                        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+                    ),
+                "{e:?}"
+            );
+            e.to_string()
+        }
         Ok(db) => {
             let e = db
                 .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
@@ -519,6 +534,118 @@ fn corrupt_data_is_an_error_not_a_panic_and_others_keep_working() {
         e.contains("not a database") || e.contains("malformed"),
         "{e}"
     );
+    healthy.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let n: i64 = healthy
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+/// Sets the main metadata of `actor` to `edit(decoded)` re-encoded.
+fn edit_meta(m: &MemoryStore, actor: &str, edit: impl FnOnce(&mut Meta)) {
+    let k = layout::meta_key(FileKind::Main);
+    let v = m.get(actor, std::slice::from_ref(&k)).unwrap()[0]
+        .clone()
+        .unwrap();
+    let mut meta = Meta::decode(FileKind::Main, &v).unwrap();
+    edit(&mut meta);
+    m.put(actor, vec![(k, meta.encode())]).unwrap();
+}
+
+#[test]
+fn more_corrupt_metadata_and_chunks_are_corrupt_errors_on_every_path() {
+    let m = mem();
+    let healthy = open_database(m.clone(), "healthy2", &OpenOptions::default()).unwrap();
+    healthy
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let set_byte = |actor: &'static str, at: usize, bytes: Vec<u8>| {
+        move |s: &MemoryStore| {
+            let k = layout::meta_key(FileKind::Main);
+            let mut v = s.get(actor, std::slice::from_ref(&k)).unwrap()[0]
+                .clone()
+                .unwrap();
+            v[at..at + bytes.len()].copy_from_slice(&bytes);
+            s.put(actor, vec![(k, v)]).unwrap()
+        }
+    };
+    // Bad metadata fields: refused at open with a Corrupt error naming the field.
+    let e = corrupt_case(
+        &m,
+        "badchunk",
+        set_byte("badchunk", 2, 3000u32.to_be_bytes().into()),
+    );
+    assert!(e.contains("chunk size 3000"), "{e}");
+    let e = corrupt_case(&m, "badtag", set_byte("badtag", 1, vec![1]));
+    assert!(e.contains("file tag"), "{e}");
+    let e = corrupt_case(
+        &m,
+        "badgroups",
+        set_byte("badgroups", 22, 5u32.to_be_bytes().into()),
+    );
+    assert!(e.contains("overlay group cut short"), "{e}");
+    let e = corrupt_case(&m, "badjournal", |s| {
+        s.put(
+            "badjournal",
+            vec![(layout::meta_key(FileKind::Journal), vec![1, 1, 0])],
+        )
+        .unwrap()
+    });
+    assert!(e.contains("journal metadata"), "{e}");
+    // An overlay pointing at a stage the store does not hold: the chunk is missing.
+    let e = corrupt_case(&m, "ghoststage", |s| {
+        edit_meta(s, "ghoststage", |meta| {
+            meta.overlay.insert(5, 0);
+            meta.next_stage = 1;
+        })
+    });
+    assert!(e.contains("malformed"), "{e}");
+    // A size past the stored chunks (chunks missing at the end): SQLite trusts the page count
+    // in its header and never reads them, so the database reads and checks as before.
+    let e = corrupt_case(&m, "grown", |s| {
+        edit_meta(s, "grown", |meta| meta.size += 40 * 4096)
+    });
+    assert_eq!(e, "no error: 40");
+    let db = open_database(m.clone(), "grown", &OpenOptions::default()).unwrap();
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    drop(db);
+
+    // A truncated chunk served by the preload (no KV read) is corrupt too.
+    {
+        let db = open_database(m.clone(), "prebad", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(x); INSERT INTO t WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 40) SELECT zeroblob(1000) FROM s;")
+            .unwrap();
+    }
+    m.put(
+        "prebad",
+        vec![(layout::chunk_key(FileKind::Main, 5), vec![0; 10])],
+    )
+    .unwrap();
+    let ops = layout::preload_reads(1 << 20);
+    let results = m.batch_read("prebad", &ops).unwrap();
+    let opts = OpenOptions {
+        preload: Some(Preload::from_reads(&ops, &results)),
+        ..OpenOptions::default()
+    };
+    let db = open_database(m.clone(), "prebad", &opts).unwrap();
+    let e = db
+        .query_row("SELECT sum(length(x)) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::DatabaseCorrupt), "{e}");
+    assert_eq!(db.snapshot().kv_round_trips, 0);
+    // A write that must read the bad page fails and writes nothing.
+    let before: Vec<_> = keys_of(&m, "prebad");
+    let e = db
+        .execute_batch("UPDATE t SET x = zeroblob(999)")
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::DatabaseCorrupt), "{e}");
+    assert_eq!(keys_of(&m, "prebad"), before);
+    drop(db);
+
+    // Other databases of the process keep working throughout.
     healthy.execute("INSERT INTO t VALUES (2)", []).unwrap();
     let n: i64 = healthy
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))

@@ -825,8 +825,7 @@ impl DbState {
                 c[within..within + n].copy_from_slice(&data[pos..pos + n]);
                 c
             };
-            if in_batch {
-                let (b, _) = inner.batch.as_mut().expect("in batch");
+            if let (true, Some((b, _))) = (in_batch, inner.batch.as_mut()) {
                 b.insert(idx, std::mem::take(&mut chunk));
                 if b.len() * cs as usize > self.opts.max_atomic_bytes {
                     return Err(VfsError::TooBig(format!(

@@ -997,7 +997,7 @@ unsafe extern "C" fn x_file_control(
 }
 
 unsafe extern "C" fn x_sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
-    4096
+    guard("xSectorSize", || 4096)
 }
 
 unsafe extern "C" fn x_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
@@ -1095,12 +1095,15 @@ unsafe extern "C" fn x_dl_open(_vfs: *mut ffi::sqlite3_vfs, _name: *const c_char
 }
 
 unsafe extern "C" fn x_dl_error(_vfs: *mut ffi::sqlite3_vfs, n: c_int, msg: *mut c_char) {
-    let text = b"kvsqlite does not load extensions\0";
-    if n > 0 && !msg.is_null() {
-        let len = text.len().min(n as usize);
-        ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, msg, len);
-        *msg.add(len - 1) = 0;
-    }
+    guard("xDlError", || {
+        let text = b"kvsqlite does not load extensions\0";
+        if n > 0 && !msg.is_null() {
+            let len = text.len().min(n as usize);
+            ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, msg, len);
+            *msg.add(len - 1) = 0;
+        }
+        0
+    });
 }
 
 unsafe extern "C" fn x_dl_sym(
