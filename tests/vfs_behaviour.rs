@@ -411,8 +411,24 @@ fn unmappable_names_and_missing_databases_are_clear_errors() {
         ..OpenOptions::default()
     };
     match open_database(m.clone(), "nobody", &ro) {
-        Err(OpenError::NotFound { actor }) => assert_eq!(actor, "nobody"),
+        Err(e @ OpenError::NotFound { .. }) => assert_eq!(
+            e.to_string(),
+            "database of actor \"nobody\" does not exist (open without create)"
+        ),
         other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The same through SQLite directly: a missing database opened read-only cannot be opened.
+    {
+        let store: SharedStore = m.clone();
+        let path = vfs::database_path(vfs::register_store(&store), "nobody");
+        let e = rusqlite::Connection::open_with_flags_and_vfs(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+            VFS_NAME,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::CannotOpen), "{e}");
     }
     let no_create = OpenOptions {
         create: false,
