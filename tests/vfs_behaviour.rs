@@ -240,6 +240,34 @@ fn page_size_pragma_before_the_first_write_works_as_in_stock_sqlite() {
     assert_eq!(theirs[1], Ok(Some("Integer(8192)".into())));
     assert_eq!(ours[2..], theirs[2..]);
     assert_eq!(ours[3], Ok(Some("Integer(8192)".into())));
+    // Edge cases, compared with stock SQLite: a rolled-back first transaction (a write
+    // transaction that began fixes the page size, as in stock SQLite), a VACUUM of the
+    // still-empty database.
+    for (i, steps) in [
+        vec![
+            "PRAGMA page_size = 8192",
+            "BEGIN",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+            "ROLLBACK",
+            "PRAGMA page_size = 2048",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+            "PRAGMA page_size",
+        ],
+        vec![
+            "PRAGMA page_size = 8192",
+            "VACUUM",
+            "PRAGMA page_size",
+            "PRAGMA page_size = 1024",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+            "PRAGMA page_size",
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (ours, theirs) = page_size_differential(m.clone(), &format!("edge{i}"), &steps);
+        assert_eq!(ours, theirs, "edge case {i}");
+    }
     // Set twice, and set back to the size the database already had.
     let steps = [
         "PRAGMA page_size = 8192",

@@ -170,6 +170,11 @@ struct Inner {
     /// `PRAGMA page_size` re-creates it, so every connection's pager sees a changed file and
     /// re-reads page 1 (and adopts its page size) at its next transaction.
     virtual_counter: u32,
+    /// A connection has taken a RESERVED lock (begun a write transaction) since this state
+    /// was created. As in stock SQLite, whose connection fixes its page size when a write
+    /// transaction starts (even one rolled back), `PRAGMA page_size` no longer re-creates the
+    /// virtual page 1 after that.
+    write_started: bool,
     next_stage: u64,
     /// Pages buffered between BEGIN and COMMIT_ATOMIC_WRITE, and the size before BEGIN.
     batch: Option<(BTreeMap<u32, Vec<u8>>, u64)>,
@@ -402,6 +407,7 @@ impl DbState {
                 journal,
                 virtual_page1: false,
                 virtual_counter: 0,
+                write_started: false,
                 next_stage,
                 batch: None,
                 cache,
@@ -509,7 +515,8 @@ impl DbState {
     /// size with a new change counter, so SQLite's pager drops its cache and adopts the page
     /// size from the header at the next transaction, which still commits in one put.
     ///
-    /// `Ok(false)`: nothing to do here (the database was written, or already has that size);
+    /// `Ok(false)`: nothing to do here (the database was written, a write transaction began on
+    /// it since this state was created — even one rolled back — or it already has that size);
     /// SQLite then handles the pragma itself (ignored without VACUUM, as in stock SQLite).
     /// `Err(message)`: refused — a page that does not fit one value or one write of the store,
     /// or a transaction is open on the new database.
@@ -517,6 +524,7 @@ impl DbState {
         let limits = *self.kv.limits();
         let mut inner = self.inner.lock();
         let new = inner.virtual_page1
+            && !inner.write_started
             && !inner.main.in_kv
             && inner.main.pending.is_empty()
             && inner.main.size == inner.main.meta.chunk_size as u64
@@ -1278,6 +1286,7 @@ impl DbState {
                     return (false, current);
                 }
                 l.reserved = Some(handle);
+                inner.write_started = true;
                 (true, lock::RESERVED)
             }
             _ => {
@@ -1285,6 +1294,8 @@ impl DbState {
                 {
                     return (false, current);
                 }
+                inner.write_started = true;
+                let l = &mut inner.locks;
                 l.reserved = Some(handle);
                 l.pending = Some(handle);
                 if l.shared > 1 {
