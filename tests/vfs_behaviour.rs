@@ -292,7 +292,16 @@ fn page_size_pragma_before_the_first_write_works_as_in_stock_sqlite() {
 fn invalid_page_sizes_are_ignored_as_in_stock_sqlite() {
     let m = mem();
     for (i, bad) in [
-        "0", "256", "1000", "131072", "-1024", "'abc'", "4097", "1048576",
+        "0",
+        "256",
+        "1000",
+        "131072",
+        "-1024",
+        "'abc'",
+        "4097",
+        "1048576",
+        "' 8192'",
+        "'+0x2000'",
     ]
     .iter()
     .enumerate()
@@ -304,8 +313,18 @@ fn invalid_page_sizes_are_ignored_as_in_stock_sqlite() {
         assert_eq!(ours, theirs, "{bad}");
         assert_eq!(ours[3], Ok(Some("Integer(4096)".into())), "{bad}");
     }
-    // Quoted and hex forms that SQLite accepts work too.
-    for (i, good) in ["'8192'", "0x2000", "+8192"].iter().enumerate() {
+    // Quoted, hex and trailing-text forms that SQLite accepts work too.
+    for (i, good) in [
+        "'8192'",
+        "0x2000",
+        "+8192",
+        "'8192abc'",
+        "8192.0",
+        "'0x2000'",
+    ]
+    .iter()
+    .enumerate()
+    {
         let set = format!("PRAGMA page_size = {good}");
         let mut steps = vec![set.as_str()];
         steps.extend(PAGE_SIZE_WORKLOAD);

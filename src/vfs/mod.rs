@@ -907,29 +907,52 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
     None
 }
 
-/// The page size a `PRAGMA page_size = value` sets, when SQLite would accept it: a power of
-/// two in 512..=65536 written as a decimal (optionally `+`) or `0x` hex integer. Other values
-/// give `None` (SQLite ignores them, and so does the VFS).
+/// The page size a `PRAGMA page_size = value` sets, when SQLite would accept it: the value
+/// read as SQLite's `sqlite3Atoi` reads it (an optional sign then leading decimal digits, or
+/// `0x` and up to 8 hex digits; trailing text ignored, anything else 0), if that is a power of
+/// two in 512..=65536. Other values give `None`: SQLite ignores them, and so does the VFS.
 pub fn page_size_value(name: &str, value: Option<&str>) -> Option<u32> {
     if !name.eq_ignore_ascii_case("page_size") {
         return None;
     }
-    let v = value?;
-    let v = v.strip_prefix('+').unwrap_or(v);
-    let n = if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        if hex.is_empty() || hex.len() > 8 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
+    let v = value?.as_bytes();
+    let n: u64 = match v {
+        [b'-', ..] => return None,
+        [b'0', b'x' | b'X', rest @ ..] if rest.first().is_some_and(|c| c.is_ascii_hexdigit()) => {
+            let digits: Vec<u8> = rest
+                .iter()
+                .copied()
+                .skip_while(|&c| c == b'0')
+                .take_while(|c| c.is_ascii_hexdigit())
+                .collect();
+            if digits.len() > 8 {
+                return None;
+            }
+            let text = std::str::from_utf8(&digits).ok()?;
+            if text.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(text, 16).ok()?
+            }
         }
-        u64::from_str_radix(hex, 16).ok()?
-    } else {
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+        _ => {
+            let rest = v.strip_prefix(b"+").unwrap_or(v);
+            let digits: Vec<u8> = rest
+                .iter()
+                .copied()
+                .skip_while(|&c| c == b'0')
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            if digits.len() > 10 {
+                return None;
+            }
+            let text = std::str::from_utf8(&digits).ok()?;
+            if text.is_empty() {
+                0
+            } else {
+                text.parse().ok()?
+            }
         }
-        let digits = v.trim_start_matches('0');
-        if digits.len() > 10 {
-            return None;
-        }
-        digits.parse::<u64>().unwrap_or(0)
     };
     let n = u32::try_from(n).ok()?;
     layout::valid_chunk_size(n).then_some(n)
@@ -1177,4 +1200,43 @@ unsafe extern "C" fn x_get_last_error(
     _out: *mut c_char,
 ) -> c_int {
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_size_value;
+
+    #[test]
+    fn page_size_values_parse_as_sqlite_accepts_them() {
+        let v = |s: &str| page_size_value("page_size", Some(s));
+        assert_eq!(v("8192"), Some(8192));
+        assert_eq!(v("+512"), Some(512));
+        assert_eq!(v("065536"), Some(65536));
+        assert_eq!(v("0x400"), Some(1024));
+        assert_eq!(page_size_value("PAGE_SIZE", Some("2048")), Some(2048));
+        // As sqlite3Atoi: trailing text is ignored, leading space or a sign before 0x is not.
+        assert_eq!(v("8192abc"), Some(8192));
+        assert_eq!(v("8192.0"), Some(8192));
+        assert_eq!(v("0x2000zz"), Some(8192));
+        assert_eq!(v("0x000000002000"), Some(8192));
+        for bad in [
+            "",
+            "0",
+            "256",
+            "1000",
+            "131072",
+            "-1024",
+            "abc",
+            " 8192",
+            "+0x2000",
+            "0x",
+            "0x1G",
+            "99999999999",
+            "0x123456789",
+        ] {
+            assert_eq!(v(bad), None, "{bad:?}");
+        }
+        assert_eq!(page_size_value("page_size", None), None);
+        assert_eq!(page_size_value("cache_size", Some("8192")), None);
+    }
 }
