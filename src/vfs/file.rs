@@ -549,7 +549,7 @@ impl DbState {
             || l.exclusive.is_some()
         {
             return Err(format!(
-                "kvsqlite refuses PRAGMA page_size={page_size} on a new database while a transaction is open on it: set it before BEGIN (or use OpenOptions::page_size)"
+                "kvsqlite refuses PRAGMA page_size={page_size} on a new database while a transaction is open on it (or a connection keeps a lock, as locking_mode=EXCLUSIVE does): set it before BEGIN, or use OpenOptions::page_size"
             ));
         }
         inner.main.meta = Meta::new(FileKind::Main, page_size);
