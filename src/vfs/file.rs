@@ -253,7 +253,8 @@ pub fn empty_page1_with_counter(page_size: u32, counter: u32) -> Vec<u8> {
     p[24..28].copy_from_slice(&counter.to_be_bytes()); // file change counter
     p[28..32].copy_from_slice(&1u32.to_be_bytes()); // database size in pages
     p[92..96].copy_from_slice(&counter.to_be_bytes()); // version-valid-for
-                                                       // B-tree page header of an empty table leaf at offset 100.
+
+    // B-tree page header of an empty table leaf at offset 100.
     p[100] = 0x0D;
     let content = if page_size == 65536 {
         0u16
@@ -515,7 +516,7 @@ impl DbState {
     /// size with a new change counter, so SQLite's pager drops its cache and adopts the page
     /// size from the header at the next transaction, which still commits in one put.
     ///
-    /// `Ok(false)`: nothing to do here (the database was written, a write transaction began on
+    /// `Ok(true)`: re-created at the new size. `Ok(false)`: nothing to do here (the database was written, a write transaction began on
     /// it since this state was created — even one rolled back — or it already has that size);
     /// SQLite then handles the pragma itself (ignored without VACUUM, as in stock SQLite).
     /// `Err(message)`: refused — a page that does not fit one value or one write of the store,
