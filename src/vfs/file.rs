@@ -516,9 +516,10 @@ impl DbState {
     /// size with a new change counter, so SQLite's pager drops its cache and adopts the page
     /// size from the header at the next transaction, which still commits in one put.
     ///
-    /// `Ok(true)`: re-created at the new size. `Ok(false)`: nothing to do here (the database was written, a write transaction began on
-    /// it since this state was created — even one rolled back — or it already has that size);
-    /// SQLite then handles the pragma itself (ignored without VACUUM, as in stock SQLite).
+    /// `Ok(true)`: re-created at the new size. `Ok(false)`: nothing to do here (the database
+    /// was written, a write transaction began on it since this state was created — even one
+    /// rolled back — or it already has that size); SQLite then handles the pragma itself
+    /// (ignored without VACUUM, as in stock SQLite).
     /// `Err(message)`: refused — a page that does not fit one value or one write of the store,
     /// or a transaction is open on the new database.
     pub fn set_new_page_size(&self, page_size: u32) -> Result<bool, String> {
