@@ -55,8 +55,13 @@ pub struct StoreId(pub u64);
 
 struct Registry {
     stores: Vec<Weak<dyn crate::kv::KvStore>>,
-    dbs: HashMap<(u64, String), Weak<DbState>>,
+    /// One slot per database that is open or being opened (see [`db_state`]).
+    dbs: HashMap<(u64, String), Arc<DbSlot>>,
 }
+
+/// Where a database's shared state lives while any connection holds it. Its lock serialises
+/// opens of that one database, so two connections can never each build a state of their own.
+type DbSlot = Mutex<Weak<DbState>>;
 
 static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(|| {
     Mutex::new(Registry {
@@ -152,6 +157,12 @@ pub fn parse_name(name: &str) -> Result<ParsedName, String> {
 }
 
 /// The shared state of a database, creating it (one metadata read) when no connection has it.
+///
+/// Opens of one database are serialised by its slot's lock, held across the metadata read: a
+/// state built while another connection of the same database committed and closed would be
+/// stale, and two connections with states of their own would overwrite each other's commits.
+/// The registry lock itself is never held across a KV call, so opening one database never
+/// waits for another's store.
 fn db_state(
     store: u64,
     actor: &str,
@@ -159,35 +170,36 @@ fn db_state(
     preload: Option<Preload>,
     handle: Option<&SharedStore>,
 ) -> Result<Arc<DbState>, VfsError> {
-    let key = (store, actor.to_string());
-    let st = {
-        let reg = REGISTRY.lock();
-        if let Some(s) = reg.dbs.get(&key).and_then(|w| w.upgrade()) {
-            return Ok(s);
+    let (slot, st) = {
+        let mut reg = REGISTRY.lock();
+        let key = (store, actor.to_string());
+        if !reg.dbs.contains_key(&key) {
+            // Forget slots nobody holds or is opening.
+            reg.dbs
+                .retain(|_, slot| Arc::strong_count(slot) > 1 || slot.lock().strong_count() > 0);
         }
-        handle
+        let slot = reg.dbs.entry(key).or_default().clone();
+        let st = handle
             .cloned()
-            .or_else(|| reg.stores.get(store as usize).and_then(|w| w.upgrade()))
-            .ok_or_else(|| {
-                VfsError::Kv(
-                    Op::Read,
-                    KvError::InvalidUrl {
-                        url: format!("/{store}"),
-                        reason: "no live store is registered under this id".into(),
-                    },
-                )
-            })?
+            .or_else(|| reg.stores.get(store as usize).and_then(|w| w.upgrade()));
+        (slot, st)
     };
-    // The metadata round trip happens outside the registry lock, so opening one database
-    // never waits for another's store; if two opens race, the first state registered wins.
-    let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
-    let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
-    let mut reg = REGISTRY.lock();
-    if let Some(s) = reg.dbs.get(&key).and_then(|w| w.upgrade()) {
+    let mut current = slot.lock();
+    if let Some(s) = current.upgrade() {
         return Ok(s);
     }
-    reg.dbs.retain(|_, w| w.strong_count() > 0);
-    reg.dbs.insert(key, Arc::downgrade(&state));
+    let st = st.ok_or_else(|| {
+        VfsError::Kv(
+            Op::Read,
+            KvError::InvalidUrl {
+                url: format!("/{store}"),
+                reason: "no live store is registered under this id".into(),
+            },
+        )
+    })?;
+    let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
+    let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
+    *current = Arc::downgrade(&state);
     Ok(state)
 }
 
