@@ -5,6 +5,9 @@
 //! 8 MB), then one more 1-row transaction (the one right after a big one). For each it reports
 //! the rows, row bytes, pages written, KV round trips and wall time. The benchmark's actor is
 //! deleted from the store afterwards.
+//!
+//! Exit codes: 0 when the benchmark ran, 2 when it could not (store unreachable, an error
+//! while running; one line on standard error).
 
 use std::time::Instant;
 
@@ -48,8 +51,9 @@ pub struct CommitResult {
 /// Runs `kvsqlite bench`.
 pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.command {
-        BenchCommand::Commit { json } => match bench_commit(global) {
-            Ok(results) => {
+        BenchCommand::Commit { json } => super::finish(
+            "bench commit",
+            bench_commit(global).map(|results| {
                 if json {
                     println!("{}", to_json(&results));
                 } else {
@@ -62,12 +66,8 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
                     }
                 }
                 0
-            }
-            Err(e) => {
-                eprintln!("kvsqlite bench commit: {e}");
-                2
-            }
-        },
+            }),
+        ),
     }
 }
 

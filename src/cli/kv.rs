@@ -121,13 +121,7 @@ fn show_value(v: &[u8], hex: bool, full: bool) -> String {
 
 /// Runs `kvsqlite kv`.
 pub fn run(global: &GlobalArgs, args: KvArgs) -> i32 {
-    match run_inner(global, args) {
-        Ok(code) => code,
-        Err(msg) => {
-            eprintln!("kvsqlite kv: {msg}");
-            2
-        }
-    }
+    super::finish("kv", run_inner(global, args))
 }
 
 fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {

@@ -46,13 +46,7 @@ pub struct SltArgs {
 
 /// Runs `kvsqlite slt`.
 pub fn run(global: &GlobalArgs, args: SltArgs) -> i32 {
-    match run_inner(global, args) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("kvsqlite slt: {e}");
-            2
-        }
-    }
+    super::finish("slt", run_inner(global, args))
 }
 
 fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
