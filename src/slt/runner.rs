@@ -327,7 +327,9 @@ fn fatal(path: &Path, message: String) -> FileReport {
     }
 }
 
-/// Runs the script `text` (named `path` in reports) on a fresh database of `target`.
+/// Runs the script `text` (named `path` in reports) on a fresh database of `target`. A script
+/// without a single `statement` or `query` record is one failure at line 0 (it would test
+/// nothing), and no database is opened for it.
 pub fn run_script(
     target: &mut dyn Target,
     path: &Path,
@@ -335,6 +337,22 @@ pub fn run_script(
     config: &RunConfig,
 ) -> FileReport {
     let started = Instant::now();
+    // An empty script (or one of comments and settings only) would pass while testing
+    // nothing, which is never what its author meant: say so instead.
+    let tests_something = parse(text).iter().any(|r| {
+        matches!(
+            r.kind,
+            RecordKind::Statement { .. } | RecordKind::Query { .. } | RecordKind::Invalid { .. }
+        )
+    });
+    if !tests_something {
+        let mut report = fatal(
+            path,
+            "the script has no statement or query record: it tests nothing".into(),
+        );
+        report.elapsed = started.elapsed();
+        return report;
+    }
     let mut session = match target.open_fresh(path) {
         Ok(s) => s,
         Err(e) => {
