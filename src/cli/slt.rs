@@ -92,6 +92,11 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
         for n in &report.notes {
             let _ = writeln!(stdout, "  note: {n}");
         }
+        if args.keep {
+            if let Some(actor) = &report.actor {
+                let _ = writeln!(stdout, "  kept: actor {actor}");
+            }
+        }
         // A script that could not be read or run at all (a failure at line 0) is left alone.
         if args.complete && report.failures.iter().all(|f| f.line > 0) {
             complete_file(path, &report)?;

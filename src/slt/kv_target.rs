@@ -172,6 +172,10 @@ impl Session for KvSession {
         Some(self.closed_round_trips + open)
     }
 
+    fn actor_id(&self) -> Option<&str> {
+        Some(&self.actor)
+    }
+
     fn finish(mut self: Box<Self>) -> Result<(), String> {
         self.close()?;
         if !self.keep {

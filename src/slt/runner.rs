@@ -104,6 +104,9 @@ pub struct FileReport {
     pub elapsed: Duration,
     /// KV round trips the script's database made (`None` on stock SQLite).
     pub kv_round_trips: Option<u64>,
+    /// The actor id the script's database lived under (`None` on stock SQLite, or when no
+    /// database was opened).
+    pub actor: Option<String>,
     /// Every query's actual output, in script order, when [`RunConfig::collect_outputs`] is
     /// set (queries that failed to run or were skipped have none).
     pub outputs: Vec<QueryOutput>,
@@ -368,6 +371,7 @@ pub fn run_script(
     };
     run_records(session.as_mut(), path, text, config, &mut report);
     report.kv_round_trips = session.kv_round_trips();
+    report.actor = session.actor_id().map(str::to_string);
     if let Err(e) = session.finish() {
         report.fail(
             config,
