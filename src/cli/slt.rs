@@ -59,7 +59,8 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     };
     let scripts = slt::collect_scripts(&args.paths)?;
     if scripts.is_empty() {
-        return Err("no *.test scripts found under the given paths".into());
+        let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(format!("no *.test script under {}", paths.join(", ")));
     }
     let mut target = make_target(global, args.native, args.keep)?;
     let config = RunConfig {

@@ -283,7 +283,7 @@ pub fn collect_scripts(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     }
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         if meta.is_dir() {
             walk(p, &mut out)?;
         } else {
