@@ -102,12 +102,7 @@ pub fn show_bytes(bytes: &[u8], force_hex: bool) -> String {
             }
         }
     }
-    let mut out = String::with_capacity(2 + bytes.len() * 2);
-    out.push_str("0x");
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    kvsqlite::kv::to_hex(bytes)
 }
 
 fn show_value(v: &[u8], hex: bool, full: bool) -> String {
