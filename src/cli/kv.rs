@@ -221,7 +221,11 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
                 let p = parse_bytes(&p)?;
                 let end = kvsqlite::kv::prefix_successor(&p);
                 kv.delete_range(&p, end.as_deref()).map_err(err)?;
-                eprintln!("deleted every key starting with {}", show_bytes(&p, hex));
+                if p.is_empty() {
+                    eprintln!("deleted every key of actor {actor} (the empty prefix)");
+                } else {
+                    eprintln!("deleted every key starting with {}", show_bytes(&p, hex));
+                }
             } else if all {
                 kv.delete_range(&[], None).map_err(err)?;
                 eprintln!("deleted every key of actor {actor}");
