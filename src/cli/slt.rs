@@ -13,7 +13,8 @@ use kvsqlite::slt::{self, KnownDeviations, RunConfig, Target};
 
 use super::GlobalArgs;
 
-/// The deviation list used when `--known-deviations` is not given (if the file exists).
+/// The deviation list used when `--known-deviations` is not given: this path under the current
+/// directory, or under the nearest ancestor of a script path that has it.
 const DEFAULT_DEVIATIONS: &str = "sql/known-deviations.txt";
 
 /// A progress bar is drawn (on a terminal) from this many scripts on.
@@ -35,8 +36,9 @@ pub struct SltArgs {
     /// Override every script's hash-threshold (0: never hash).
     #[arg(long, value_name = "N")]
     hash_threshold: Option<usize>,
-    /// The known-deviations list [default: sql/known-deviations.txt when it exists, except
-    /// with --native: stock SQLite is the reference and has no deviations].
+    /// The known-deviations list [default: sql/known-deviations.txt under the current directory
+    /// or the nearest ancestor of a script path that has one, except with --native: stock
+    /// SQLite is the reference and has no deviations].
     #[arg(long, value_name = "FILE")]
     known_deviations: Option<PathBuf>,
     /// Script files, or directories searched recursively for `*.test`.
@@ -50,11 +52,13 @@ pub fn run(global: &GlobalArgs, args: SltArgs) -> i32 {
 }
 
 fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
-    let deviations = match &args.known_deviations {
+    let deviations_file = match &args.known_deviations {
+        Some(p) => Some(p.clone()),
+        None if !args.native => default_deviations(&args.paths),
+        None => None,
+    };
+    let deviations = match &deviations_file {
         Some(p) => KnownDeviations::load(p)?,
-        None if !args.native && std::path::Path::new(DEFAULT_DEVIATIONS).exists() => {
-            KnownDeviations::load(std::path::Path::new(DEFAULT_DEVIATIONS))?
-        }
         None => KnownDeviations::empty(),
     };
     let scripts = slt::collect_scripts(&args.paths)?;
@@ -109,15 +113,36 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
         }
         let _ = stdout.flush();
     }
+    let deviations_note = deviations_file
+        .map(|p| format!(" (known deviations: {})", p.display()))
+        .unwrap_or_default();
     let _ = writeln!(
         stdout,
-        "{} script(s) on {}, {} with failures",
+        "{} script(s) on {}, {} with failures{deviations_note}",
         summary.files,
         target.name(),
         summary.files_failed
     );
     let _ = writeln!(stdout, "{}", summary.last_line());
     Ok(if summary.ok() { 0 } else { 1 })
+}
+
+/// `sql/known-deviations.txt` under the current directory if it exists, else under the nearest
+/// ancestor directory of a script path that has one (so the repository's list applies to its
+/// scripts from any working directory).
+fn default_deviations(paths: &[PathBuf]) -> Option<PathBuf> {
+    let here = PathBuf::from(DEFAULT_DEVIATIONS);
+    if here.is_file() {
+        return Some(here);
+    }
+    paths
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .find_map(|p| {
+            p.ancestors()
+                .map(|a| a.join(DEFAULT_DEVIATIONS))
+                .find(|c| c.is_file())
+        })
 }
 
 /// Rewrites the script at `path` with the outputs `report` collected.
