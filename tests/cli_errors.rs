@@ -424,3 +424,28 @@ fn help_states_the_exit_codes_and_the_store_url() {
         assert!(out.stdout.contains("[env: KVSQLITE_KV"), "{}", out.stdout);
     }
 }
+
+#[test]
+fn closed_standard_output_stops_quietly_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x.test"), "statement ok\nSELECT 1\n").unwrap();
+    for args in [
+        vec!["--kv", "memory:", "kv", "--actor", "a", "get", "k"],
+        vec!["--kv", "memory:", "slt", "x.test"],
+        vec!["--kv", "memory:", "kv", "--actor", "a", "files"],
+    ] {
+        // A pipe whose reading end is already closed: the first write fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("KVSQLITE_KV")
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr, "", "{args:?}");
+    }
+}

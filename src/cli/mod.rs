@@ -3,8 +3,9 @@
 //! Every subcommand returns a process exit code, the same for all of them: **0** it did what
 //! was asked, **1** it ran and found a failure it reports (a failed `slt` record, a key `kv get`
 //! found absent), **2** it could not run (bad arguments, a malformed `--kv` URL, a store that
-//! cannot be opened or reached, a missing path). Errors are printed as one line on standard
-//! error, `kvsqlite <command>: <what is wrong>`, never as a panic.
+//! cannot be opened or reached, a missing path; or its standard output was closed before it
+//! finished, as in `… | head`, which stops it quietly). Errors are printed as one line on
+//! standard error, `kvsqlite <command>: <what is wrong>`, never as a panic.
 
 mod bench;
 mod kv;
@@ -77,12 +78,41 @@ impl GlobalArgs {
     }
 }
 
-/// Turns a subcommand's outcome into its exit code: its own code on success, or the error
-/// printed as `kvsqlite <command>: <message>` and 2 (it could not run).
-pub fn finish(command: &str, outcome: Result<i32, String>) -> i32 {
+/// Why a subcommand stopped before its end.
+#[derive(Debug)]
+pub enum Stop {
+    /// It could not do what was asked: the message is printed and the exit code is 2.
+    Error(String),
+    /// Standard output was closed by its reader (`kvsqlite kv list | head`): nothing more can
+    /// be shown, so the command stops quietly, with exit code 2 since it did not finish (never
+    /// 0: `kvsqlite slt … | head` must not pass when failures were never seen).
+    OutputClosed,
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Self {
+        Stop::Error(message)
+    }
+}
+
+/// Maps a failed write to standard output: a closed pipe ends the command quietly, any other
+/// failure is an error.
+pub fn output_error(e: std::io::Error) -> Stop {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Stop::OutputClosed
+    } else {
+        Stop::Error(format!("cannot write to standard output: {e}"))
+    }
+}
+
+/// Turns a subcommand's outcome into its exit code: its own code on success; 2 without a
+/// message when its reader closed standard output; otherwise the error printed as
+/// `kvsqlite <command>: <message>` and 2 (it could not run).
+pub fn finish(command: &str, outcome: Result<i32, Stop>) -> i32 {
     match outcome {
         Ok(code) => code,
-        Err(msg) => {
+        Err(Stop::OutputClosed) => 2,
+        Err(Stop::Error(msg)) => {
             eprintln!("kvsqlite {command}: {msg}");
             2
         }

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use kvsqlite::slt::{self, KnownDeviations, RunConfig, Target};
 
-use super::GlobalArgs;
+use super::{output_error, GlobalArgs, Stop};
 
 /// The deviation list used when `--known-deviations` is not given: this path under the current
 /// directory, or under the nearest ancestor of a script path that has it.
@@ -51,7 +51,7 @@ pub fn run(global: &GlobalArgs, args: SltArgs) -> i32 {
     super::finish("slt", run_inner(global, args))
 }
 
-fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
+fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, Stop> {
     let deviations_file = match &args.known_deviations {
         Some(p) => Some(p.clone()),
         None if !args.native => default_deviations(&args.paths),
@@ -64,7 +64,10 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
     let scripts = slt::collect_scripts(&args.paths)?;
     if scripts.is_empty() {
         let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
-        return Err(format!("no *.test script under {}", paths.join(", ")));
+        return Err(Stop::from(format!(
+            "no *.test script under {}",
+            paths.join(", ")
+        )));
     }
     let mut target = make_target(global, args.native, args.keep)?;
     let config = RunConfig {
@@ -86,44 +89,46 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
         if progress {
             clear_progress();
         }
-        let _ = writeln!(stdout, "{}", report.summary_line());
+        writeln!(stdout, "{}", report.summary_line()).map_err(output_error)?;
         for f in report
             .failures
             .iter()
             .chain(&report.expected_different_records)
         {
-            let _ = writeln!(stdout, "{f}");
+            writeln!(stdout, "{f}").map_err(output_error)?;
         }
         for n in &report.notes {
-            let _ = writeln!(stdout, "  note: {n}");
+            writeln!(stdout, "  note: {n}").map_err(output_error)?;
         }
         if args.keep {
             if let Some(actor) = &report.actor {
-                let _ = writeln!(stdout, "  kept: actor {actor}");
+                writeln!(stdout, "  kept: actor {actor}").map_err(output_error)?;
             }
         }
         // A script that could not be read or run at all (a failure at line 0) is left alone.
         if args.complete && report.failures.iter().all(|f| f.line > 0) {
             complete_file(path, &report)?;
-            let _ = writeln!(
+            writeln!(
                 stdout,
                 "  completed: {} query result(s) written",
                 report.outputs.len()
-            );
+            )
+            .map_err(output_error)?;
         }
-        let _ = stdout.flush();
+        stdout.flush().map_err(output_error)?;
     }
     let deviations_note = deviations_file
         .map(|p| format!(" (known deviations: {})", p.display()))
         .unwrap_or_default();
-    let _ = writeln!(
+    writeln!(
         stdout,
         "{} script(s) on {}, {} with failures{deviations_note}",
         summary.files,
         target.name(),
         summary.files_failed
-    );
-    let _ = writeln!(stdout, "{}", summary.last_line());
+    )
+    .map_err(output_error)?;
+    writeln!(stdout, "{}", summary.last_line()).map_err(output_error)?;
     Ok(if summary.ok() { 0 } else { 1 })
 }
 
