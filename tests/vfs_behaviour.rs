@@ -147,6 +147,247 @@ fn page_sizes_work_or_are_refused_clearly() {
     assert_eq!(ok, "ok");
 }
 
+/// One statement's outcome: its first value (`Debug`), `None` for no row, or the error text.
+type Outcome = Result<Option<String>, String>;
+
+/// Runs `steps` on a fresh kvsqlite database and on a fresh stock SQLite file, one statement
+/// per step, and returns both outcome lists (kvsqlite's first): the first column of the first
+/// row (`Debug` of the value, so types count), `None` for no row, or the error text.
+fn page_size_differential(
+    store: SharedStore,
+    actor: &str,
+    steps: &[&str],
+) -> (Vec<Outcome>, Vec<Outcome>) {
+    fn run(conn: &rusqlite::Connection, sql: &str) -> Outcome {
+        let mut st = conn.prepare(sql).map_err(|e| e.to_string())?;
+        let mut rows = st.query([]).map_err(|e| e.to_string())?;
+        match rows.next().map_err(|e| e.to_string())? {
+            Some(r) => Ok(Some(
+                r.get::<_, rusqlite::types::Value>(0)
+                    .map(|v| format!("{v:?}"))
+                    .map_err(|e| e.to_string())?,
+            )),
+            None => Ok(None),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stock = rusqlite::Connection::open(dir.path().join("stock.db")).unwrap();
+    stock
+        .execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=NORMAL")
+        .unwrap();
+    let db = open_database(store, actor, &OpenOptions::default()).unwrap();
+    let ours: Vec<_> = steps.iter().map(|s| run(&db, s)).collect();
+    let theirs: Vec<_> = steps.iter().map(|s| run(&stock, s)).collect();
+    (ours, theirs)
+}
+
+const PAGE_SIZE_WORKLOAD: [&str; 6] = [
+    "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+    "INSERT INTO t(pad) WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) SELECT printf('%0300d', i) FROM n",
+    "PRAGMA page_size",
+    "PRAGMA page_count",
+    "SELECT sum(length(pad)) FROM t",
+    "PRAGMA integrity_check",
+];
+
+#[test]
+fn page_size_pragma_before_the_first_write_works_as_in_stock_sqlite() {
+    let m = mem();
+    for ps in [512u32, 1024, 2048, 8192, 16384, 32768, 65536] {
+        let actor = format!("pragma{ps}");
+        let set = format!("PRAGMA page_size = {ps}");
+        // A read before and after the pragma (the pragma only takes effect for SQLite at the
+        // connection's next transaction, here the SELECT), then real writes.
+        let mut steps = vec!["SELECT count(*) FROM sqlite_master", set.as_str()];
+        steps.push("SELECT count(*) FROM sqlite_master");
+        steps.push("PRAGMA page_size");
+        steps.extend(PAGE_SIZE_WORKLOAD);
+        let (ours, theirs) = page_size_differential(m.clone(), &actor, &steps);
+        assert_eq!(ours, theirs, "page size {ps}");
+        assert_eq!(ours[3], Ok(Some(format!("Integer({ps})"))));
+        // The store holds pages of the new size, and a reopen (a restart) reads them back.
+        assert!(keys_of(&m, &actor)[1..]
+            .iter()
+            .all(|(_, v)| v.len() == ps as usize));
+        let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
+        assert_eq!(db.page_size(), ps);
+        let (got, ok, sum): (i64, String, i64) = db
+            .query_row(
+                "SELECT page_size, (SELECT integrity_check FROM pragma_integrity_check()), (SELECT sum(length(pad)) FROM t) FROM pragma_page_size()",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((got, ok.as_str(), sum), (ps as i64, "ok", 300 * 300));
+        // Once written, the page size is fixed (stock SQLite ignores the pragma) until VACUUM.
+        db.execute_batch("PRAGMA page_size = 4096; INSERT INTO t(pad) VALUES ('x')")
+            .unwrap();
+        assert_eq!(db.page_size(), ps);
+        let got: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(got, ps as i64);
+    }
+    // The one difference: SQLite reads the new page size from page 1 at the connection's next
+    // transaction, so a `PRAGMA page_size` read straight after the set (no transaction in
+    // between) still reports the old size; stock SQLite reports the new one.
+    let steps = [
+        "PRAGMA page_size = 8192",
+        "PRAGMA page_size",
+        "SELECT 1 FROM sqlite_master",
+        "PRAGMA page_size",
+    ];
+    let (ours, theirs) = page_size_differential(m.clone(), "immediate", &steps);
+    assert_eq!(ours[1], Ok(Some("Integer(4096)".into())));
+    assert_eq!(theirs[1], Ok(Some("Integer(8192)".into())));
+    assert_eq!(ours[2..], theirs[2..]);
+    assert_eq!(ours[3], Ok(Some("Integer(8192)".into())));
+    // Edge cases, compared with stock SQLite: a rolled-back first transaction (a write
+    // transaction that began fixes the page size, as in stock SQLite), a VACUUM of the
+    // still-empty database.
+    for (i, steps) in [
+        vec![
+            "PRAGMA page_size = 8192",
+            "BEGIN",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+            "ROLLBACK",
+            "PRAGMA page_size = 2048",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+            "PRAGMA page_size",
+        ],
+        vec![
+            "PRAGMA page_size = 8192",
+            "VACUUM",
+            "PRAGMA page_size",
+            "PRAGMA page_size = 1024",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+            "PRAGMA page_size",
+        ],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (ours, theirs) = page_size_differential(m.clone(), &format!("edge{i}"), &steps);
+        assert_eq!(ours, theirs, "edge case {i}");
+    }
+    // Set twice, and set back to the size the database already had.
+    let steps = [
+        "PRAGMA page_size = 8192",
+        "PRAGMA page_size = 1024",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, pad TEXT)",
+        "PRAGMA page_size",
+        "PRAGMA page_size = 4096",
+        "PRAGMA page_size",
+    ];
+    let (ours, theirs) = page_size_differential(m.clone(), "twice", &steps);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours[3], Ok(Some("Integer(1024)".into())));
+    let steps = ["PRAGMA page_size = 8192", "PRAGMA page_size = 4096"];
+    let mut steps = steps.to_vec();
+    steps.extend(PAGE_SIZE_WORKLOAD);
+    let (ours, theirs) = page_size_differential(m.clone(), "back", &steps);
+    assert_eq!(ours, theirs);
+    assert_eq!(ours[4], Ok(Some("Integer(4096)".into())));
+}
+
+#[test]
+fn invalid_page_sizes_are_ignored_as_in_stock_sqlite() {
+    let m = mem();
+    for (i, bad) in [
+        "0",
+        "256",
+        "1000",
+        "131072",
+        "-1024",
+        "'abc'",
+        "4097",
+        "1048576",
+        "' 8192'",
+        "'+0x2000'",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let set = format!("PRAGMA page_size = {bad}");
+        let mut steps = vec![set.as_str()];
+        steps.extend(PAGE_SIZE_WORKLOAD);
+        let (ours, theirs) = page_size_differential(m.clone(), &format!("bad{i}"), &steps);
+        assert_eq!(ours, theirs, "{bad}");
+        assert_eq!(ours[3], Ok(Some("Integer(4096)".into())), "{bad}");
+    }
+    // Quoted, hex and trailing-text forms that SQLite accepts work too.
+    for (i, good) in [
+        "'8192'",
+        "0x2000",
+        "+8192",
+        "'8192abc'",
+        "8192.0",
+        "'0x2000'",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let set = format!("PRAGMA page_size = {good}");
+        let mut steps = vec![set.as_str()];
+        steps.extend(PAGE_SIZE_WORKLOAD);
+        let (ours, theirs) = page_size_differential(m.clone(), &format!("good{i}"), &steps);
+        assert_eq!(ours, theirs, "{good}");
+        assert_eq!(ours[3], Ok(Some("Integer(8192)".into())), "{good}");
+    }
+}
+
+#[test]
+fn page_size_pragma_is_refused_clearly_when_it_cannot_work() {
+    // A page bigger than one value of the store.
+    let small = Arc::new(MemoryStore::with_limits(kvsqlite::kv::KvLimits {
+        max_value_bytes: 8192,
+        ..Default::default()
+    }));
+    let db = open_database(small.clone(), "small", &OpenOptions::default()).unwrap();
+    let e = db.execute_batch("PRAGMA page_size = 16384").unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::Unknown), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("page_size=16384") && msg.contains("values up to 8192 bytes"),
+        "{msg}"
+    );
+    // Nothing changed: the database is still new, and a size that fits works.
+    assert!(small.dump().is_empty());
+    db.execute_batch("PRAGMA page_size = 8192; CREATE TABLE t(x)")
+        .unwrap();
+    assert_eq!(db.page_size(), 8192);
+    drop(db);
+    // A transaction is open on the new database (this connection or another one).
+    let m = mem();
+    let db = open_database(m.clone(), "txn", &OpenOptions::default()).unwrap();
+    db.execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;")
+        .unwrap();
+    let e = db.execute_batch("PRAGMA page_size = 8192").unwrap_err();
+    assert!(e.to_string().contains("transaction is open"), "{e}");
+    db.execute_batch("COMMIT").unwrap();
+    let other = rusqlite::Connection::open_with_flags_and_vfs(
+        db.path(),
+        OpenFlags::SQLITE_OPEN_READ_WRITE,
+        VFS_NAME,
+    )
+    .unwrap();
+    other
+        .execute_batch("BEGIN; SELECT count(*) FROM sqlite_master;")
+        .unwrap();
+    let e = db.execute_batch("PRAGMA page_size = 8192").unwrap_err();
+    assert!(e.to_string().contains("transaction is open"), "{e}");
+    other.execute_batch("COMMIT").unwrap();
+    // Once both are idle it works, and the other connection adopts the new size too.
+    db.execute_batch("PRAGMA page_size = 8192").unwrap();
+    other.execute_batch("CREATE TABLE t(x)").unwrap();
+    let got: i64 = other
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(got, 8192);
+    db.execute_batch("INSERT INTO t VALUES (1)").unwrap();
+    let got: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    assert_eq!(got, 8192);
+    assert!(keys_of(&m, "txn")[1..].iter().all(|(_, v)| v.len() == 8192));
+}
+
 #[test]
 fn synchronous_off_and_wal_are_refused_and_nothing_changes() {
     let db = open_database(mem(), "prag", &OpenOptions::default()).unwrap();
@@ -217,8 +458,24 @@ fn unmappable_names_and_missing_databases_are_clear_errors() {
         ..OpenOptions::default()
     };
     match open_database(m.clone(), "nobody", &ro) {
-        Err(OpenError::NotFound { actor }) => assert_eq!(actor, "nobody"),
+        Err(e @ OpenError::NotFound { .. }) => assert_eq!(
+            e.to_string(),
+            "database of actor \"nobody\" does not exist (open without create)"
+        ),
         other => panic!("{:?}", other.map(|_| ())),
+    }
+    // The same through SQLite directly: a missing database opened read-only cannot be opened.
+    {
+        let store: SharedStore = m.clone();
+        let path = vfs::database_path(vfs::register_store(&store), "nobody");
+        let e = rusqlite::Connection::open_with_flags_and_vfs(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY,
+            VFS_NAME,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(code(&e), Some(ErrorCode::CannotOpen), "{e}");
     }
     let no_create = OpenOptions {
         create: false,
@@ -261,7 +518,22 @@ fn corrupt_case(m: &Arc<MemoryStore>, actor: &str, edit: impl FnOnce(&MemoryStor
     }
     edit(m);
     match open_database(m.clone(), actor, &OpenOptions::default()) {
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // The VFS finds bad metadata; SQLite finds a bad page 1 itself.
+            let sqlite_code = match &e {
+                OpenError::Sqlite(s) => code(s),
+                _ => None,
+            };
+            assert!(
+                matches!(e, OpenError::Vfs(vfs::file::VfsError::Corrupt(_)))
+                    || matches!(
+                        sqlite_code,
+                        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+                    ),
+                "{e:?}"
+            );
+            e.to_string()
+        }
         Ok(db) => {
             let e = db
                 .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
@@ -325,6 +597,118 @@ fn corrupt_data_is_an_error_not_a_panic_and_others_keep_working() {
         e.contains("not a database") || e.contains("malformed"),
         "{e}"
     );
+    healthy.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let n: i64 = healthy
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
+
+/// Sets the main metadata of `actor` to `edit(decoded)` re-encoded.
+fn edit_meta(m: &MemoryStore, actor: &str, edit: impl FnOnce(&mut Meta)) {
+    let k = layout::meta_key(FileKind::Main);
+    let v = m.get(actor, std::slice::from_ref(&k)).unwrap()[0]
+        .clone()
+        .unwrap();
+    let mut meta = Meta::decode(FileKind::Main, &v).unwrap();
+    edit(&mut meta);
+    m.put(actor, vec![(k, meta.encode())]).unwrap();
+}
+
+#[test]
+fn more_corrupt_metadata_and_chunks_are_corrupt_errors_on_every_path() {
+    let m = mem();
+    let healthy = open_database(m.clone(), "healthy2", &OpenOptions::default()).unwrap();
+    healthy
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+        .unwrap();
+    let set_byte = |actor: &'static str, at: usize, bytes: Vec<u8>| {
+        move |s: &MemoryStore| {
+            let k = layout::meta_key(FileKind::Main);
+            let mut v = s.get(actor, std::slice::from_ref(&k)).unwrap()[0]
+                .clone()
+                .unwrap();
+            v[at..at + bytes.len()].copy_from_slice(&bytes);
+            s.put(actor, vec![(k, v)]).unwrap()
+        }
+    };
+    // Bad metadata fields: refused at open with a Corrupt error naming the field.
+    let e = corrupt_case(
+        &m,
+        "badchunk",
+        set_byte("badchunk", 2, 3000u32.to_be_bytes().into()),
+    );
+    assert!(e.contains("chunk size 3000"), "{e}");
+    let e = corrupt_case(&m, "badtag", set_byte("badtag", 1, vec![1]));
+    assert!(e.contains("file tag"), "{e}");
+    let e = corrupt_case(
+        &m,
+        "badgroups",
+        set_byte("badgroups", 22, 5u32.to_be_bytes().into()),
+    );
+    assert!(e.contains("overlay group cut short"), "{e}");
+    let e = corrupt_case(&m, "badjournal", |s| {
+        s.put(
+            "badjournal",
+            vec![(layout::meta_key(FileKind::Journal), vec![1, 1, 0])],
+        )
+        .unwrap()
+    });
+    assert!(e.contains("journal metadata"), "{e}");
+    // An overlay pointing at a stage the store does not hold: the chunk is missing.
+    let e = corrupt_case(&m, "ghoststage", |s| {
+        edit_meta(s, "ghoststage", |meta| {
+            meta.overlay.insert(5, 0);
+            meta.next_stage = 1;
+        })
+    });
+    assert!(e.contains("malformed"), "{e}");
+    // A size past the stored chunks (chunks missing at the end): SQLite trusts the page count
+    // in its header and never reads them, so the database reads and checks as before.
+    let e = corrupt_case(&m, "grown", |s| {
+        edit_meta(s, "grown", |meta| meta.size += 40 * 4096)
+    });
+    assert_eq!(e, "no error: 40");
+    let db = open_database(m.clone(), "grown", &OpenOptions::default()).unwrap();
+    let ok: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    drop(db);
+
+    // A truncated chunk served by the preload (no KV read) is corrupt too.
+    {
+        let db = open_database(m.clone(), "prebad", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(x); INSERT INTO t WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 40) SELECT zeroblob(1000) FROM s;")
+            .unwrap();
+    }
+    m.put(
+        "prebad",
+        vec![(layout::chunk_key(FileKind::Main, 5), vec![0; 10])],
+    )
+    .unwrap();
+    let ops = layout::preload_reads(1 << 20);
+    let results = m.batch_read("prebad", &ops).unwrap();
+    let opts = OpenOptions {
+        preload: Some(Preload::from_reads(&ops, &results)),
+        ..OpenOptions::default()
+    };
+    let db = open_database(m.clone(), "prebad", &opts).unwrap();
+    let e = db
+        .query_row("SELECT sum(length(x)) FROM t", [], |r| r.get::<_, i64>(0))
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::DatabaseCorrupt), "{e}");
+    assert_eq!(db.snapshot().kv_round_trips, 0);
+    // A write that must read the bad page fails and writes nothing.
+    let before: Vec<_> = keys_of(&m, "prebad");
+    let e = db
+        .execute_batch("UPDATE t SET x = zeroblob(999)")
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::DatabaseCorrupt), "{e}");
+    assert_eq!(keys_of(&m, "prebad"), before);
+    drop(db);
+
+    // Other databases of the process keep working throughout.
     healthy.execute("INSERT INTO t VALUES (2)", []).unwrap();
     let n: i64 = healthy
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))

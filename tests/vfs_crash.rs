@@ -296,3 +296,71 @@ fn crash_everywhere(seed: u64) {
     );
     assert!(landed_in_flight >= 1 && landed_in_flight < total as u32);
 }
+
+/// A new database whose page size is set by `PRAGMA page_size` before its first write, crashed
+/// at every call: the reopened database is the old or the new state, and once anything landed
+/// it has 8192-byte pages (the first commit carried the new page 1 atomically).
+#[test]
+fn every_crash_point_after_a_page_size_pragma_leaves_old_or_new_state() {
+    let mut txns = vec![
+        "PRAGMA page_size = 8192; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)"
+            .to_string(),
+    ];
+    for i in 0..12 {
+        let n = if i == 5 { 60 } else { 2 }; // one staged commit (over 8 entries)
+        let mut sql = "BEGIN;".to_string();
+        for j in 0..n {
+            sql.push_str(&format!(
+                "INSERT INTO t(v) VALUES (printf('%0{}d', {}));",
+                if i == 5 { 2000 } else { 10 },
+                i * 100 + j
+            ));
+        }
+        sql.push_str("COMMIT;");
+        txns.push(sql);
+    }
+    let expected = expected_states(&txns);
+    let counter = Arc::new(FaultStore::new(
+        Arc::new(MemoryStore::with_limits(limits())),
+        FaultPlan::none(),
+    ));
+    let stats = {
+        let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
+        for t in &txns {
+            db.execute_batch(t).unwrap();
+        }
+        assert_eq!(db.page_size(), 8192);
+        db.snapshot()
+    };
+    assert!(stats.staged_commits >= 1, "{stats:?}");
+    assert_eq!(stats.journal_fallbacks, 0, "{stats:?}");
+    let total = counter.calls();
+    for k in 1..=total {
+        let mem = Arc::new(MemoryStore::with_limits(limits()));
+        let inner: SharedStore = mem.clone();
+        let faulty = Arc::new(FaultStore::new(
+            inner.clone(),
+            FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
+        ));
+        let ok = run(faulty.clone(), &txns);
+        assert!(
+            faulty.is_crashed(),
+            "crash point {k} of {total} not reached"
+        );
+        let landed = !mem.dump().is_empty();
+        let db = open_database(inner, "crashy", &OpenOptions::default())
+            .unwrap_or_else(|e| panic!("crash at {k}: reopen failed: {e}"));
+        let check: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "crash at {k}");
+        let got = contents(&db);
+        let in_flight = (ok + 1).min(txns.len());
+        assert!(
+            got == expected[ok] || got == expected[in_flight],
+            "crash at call {k}: {ok} transactions returned OK"
+        );
+        let ps: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(ps, if landed { 8192 } else { 4096 }, "crash at {k}");
+    }
+}

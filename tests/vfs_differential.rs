@@ -226,7 +226,11 @@ fn dump(conn: &rusqlite::Connection) -> Vec<(String, Vec<Vec<Value>>)> {
     out
 }
 
-fn differential(seed: u64, kv: Vec<(&str, SharedStore, OpenOptions)>) {
+/// Runs the seeded workload; returns each store's counters at the end (before the reopen).
+fn differential(
+    seed: u64,
+    kv: Vec<(&'static str, SharedStore, OpenOptions)>,
+) -> Vec<(&'static str, kvsqlite::vfs::Snapshot)> {
     let steps = gen(seed, 400);
     let dir = tempfile::tempdir().unwrap();
     let reference = rusqlite::Connection::open(dir.path().join("ref.db")).unwrap();
@@ -235,7 +239,7 @@ fn differential(seed: u64, kv: Vec<(&str, SharedStore, OpenOptions)>) {
         .unwrap();
     let actor = format!("diff-{seed}");
     let stores: Vec<(&str, SharedStore)> = kv.iter().map(|(n, s, _)| (*n, s.clone())).collect();
-    let dbs: Vec<(&str, Database)> = kv
+    let dbs: Vec<(&'static str, Database)> = kv
         .into_iter()
         .map(|(name, s, opts)| (name, open_database(s, &actor, &opts).unwrap()))
         .collect();
@@ -281,6 +285,7 @@ fn differential(seed: u64, kv: Vec<(&str, SharedStore, OpenOptions)>) {
         );
         assert!(snap.atomic_commits > 0, "{name}: {snap:?}");
     }
+    let snaps = dbs.iter().map(|(n, db)| (*n, db.snapshot())).collect();
     // A fresh open (no cache, nothing buffered) reads the same database from the store.
     drop(dbs);
     for (name, store) in stores {
@@ -291,11 +296,45 @@ fn differential(seed: u64, kv: Vec<(&str, SharedStore, OpenOptions)>) {
             .unwrap();
         assert_eq!(ok, "ok", "seed {seed}: reopened on {name}");
     }
+    snaps
 }
 
 #[test]
 fn random_workloads_match_stock_sqlite_on_memory_and_redb() {
-    for seed in [1u64, 2, 3] {
+    let seeds = [1u64, 2, 3];
+    // The workloads exercise everything the differential claims (counted over the seeds).
+    let all: Vec<Step> = seeds.iter().flat_map(|&s| gen(s, 400)).collect();
+    let count = |p: &str| all.iter().filter(|s| s.sql.starts_with(p)).count();
+    for (what, n) in [
+        ("VACUUM", count("VACUUM")),
+        ("SAVEPOINT", count("SAVEPOINT")),
+        ("ROLLBACK TO", count("ROLLBACK TO")),
+        ("RELEASE", count("RELEASE")),
+        (
+            "ROLLBACK",
+            all.iter().filter(|s| s.sql == "ROLLBACK").count(),
+        ),
+        ("BEGIN", count("BEGIN")),
+        ("ALTER TABLE", count("ALTER TABLE")),
+        ("DROP TABLE", count("DROP TABLE")),
+        ("CREATE INDEX", count("CREATE INDEX")),
+        ("UPDATE", count("UPDATE")),
+        ("DELETE", count("DELETE")),
+        (
+            "blobs over 1 MB",
+            all.iter()
+                .filter(|s| {
+                    s.params
+                        .iter()
+                        .any(|p| matches!(p, Value::Blob(b) if b.len() > 1_000_000))
+                })
+                .count(),
+        ),
+    ] {
+        assert!(n > 0, "the seeded workloads contain no {what}");
+    }
+    let mut totals: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+    for seed in seeds {
         let dir = tempfile::tempdir().unwrap();
         let redb: SharedStore =
             Arc::new(RedbStore::open(dir.path().join("kv.redb"), KvLimits::default()).unwrap());
@@ -309,7 +348,12 @@ fn random_workloads_match_stock_sqlite_on_memory_and_redb() {
             read_ahead_max: 16,
             ..OpenOptions::default()
         };
-        differential(
+        // A small memory bound: bigger transactions spill and take the journal path.
+        let journal = OpenOptions {
+            max_atomic_bytes: 256 << 10,
+            ..OpenOptions::default()
+        };
+        let snaps = differential(
             seed,
             vec![
                 (
@@ -323,9 +367,25 @@ fn random_workloads_match_stock_sqlite_on_memory_and_redb() {
                     Arc::new(MemoryStore::new()),
                     tiny_caches,
                 ),
+                ("memory-journal", Arc::new(MemoryStore::new()), journal),
                 ("redb", redb, OpenOptions::default()),
             ],
         );
+        for (name, s) in snaps {
+            let t = totals.entry(name).or_default();
+            t.0 += s.atomic_commits;
+            t.1 += s.staged_commits;
+            t.2 += s.journal_fallbacks;
+        }
+    }
+    // Every commit path ran: batch-atomic everywhere, staged commits (blobs of MBs; more under
+    // low limits), and journal fallbacks under the small memory bound.
+    // (Under the small bound, every transaction too big for one put journals instead.)
+    for (name, (atomic, staged, journal)) in &totals {
+        let small_bound = *name == "memory-journal";
+        assert!(*atomic > 0, "{name}: {totals:?}");
+        assert_eq!(*staged > 0, !small_bound, "{name}: {totals:?}");
+        assert_eq!(*journal > 0, small_bound, "{name}: {totals:?}");
     }
 }
 

@@ -224,6 +224,50 @@ fn new_database_first_transaction_is_one_put() {
 }
 
 #[test]
+fn page_size_pragma_before_the_first_write_costs_nothing_and_the_first_commit_one_put() {
+    for ps in [512u32, 8192, 65536] {
+        let actor = format!("pragma-ps-{ps}");
+        let m = Arc::new(MemoryStore::new());
+        let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
+        let opened = db.snapshot();
+        db.execute_batch(&format!("PRAGMA page_size = {ps}"))
+            .unwrap();
+        assert_eq!((db.snapshot() - opened).kv_round_trips, 0);
+        assert!(
+            m.dump().is_empty(),
+            "nothing is written before the first commit"
+        );
+        db.execute_batch("CREATE TABLE t(x)").unwrap();
+        let d = db.snapshot() - opened;
+        assert_eq!(
+            (d.kv_round_trips, d.kv_writes, d.kv_reads, d.atomic_commits),
+            (1, 1, 0, 1),
+            "the first transaction after the pragma is one put: {d:?}"
+        );
+        assert_eq!(d.journal_fallbacks, 0);
+        let stored = m.dump();
+        assert_eq!(
+            stored.len(),
+            3,
+            "metadata, page 1 (schema) and page 2 (the table)"
+        );
+        assert!(stored[1..].iter().all(|(_, _, v)| v.len() == ps as usize));
+        let before = db.snapshot();
+        db.execute("INSERT INTO t VALUES (zeroblob(100))", [])
+            .unwrap();
+        let d = db.snapshot() - before;
+        assert_eq!(
+            (d.kv_round_trips, d.kv_writes, d.kv_reads),
+            (1, 1, 0),
+            "{d:?}"
+        );
+        assert_eq!(db.page_size(), ps);
+        let got: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+        assert_eq!(got, ps as i64);
+    }
+}
+
+#[test]
 fn build_has_batch_atomic_writes_and_commits_take_the_atomic_path() {
     assert!(vfs::batch_atomic_compiled());
     let db = open_database(store(), "build", &OpenOptions::default()).unwrap();

@@ -166,6 +166,15 @@ struct Inner {
     /// The main file has no metadata in the KV yet: chunk 0 reads as a valid empty database
     /// page so the first transaction already takes the batch-atomic path.
     virtual_page1: bool,
+    /// The change counter the virtual page 1 carries (bytes 24 and 92): bumped each time
+    /// `PRAGMA page_size` re-creates it, so every connection's pager sees a changed file and
+    /// re-reads page 1 (and adopts its page size) at its next transaction.
+    virtual_counter: u32,
+    /// A connection has taken a RESERVED lock (begun a write transaction) since this state
+    /// was created. As in stock SQLite, whose connection fixes its page size when a write
+    /// transaction starts (even one rolled back), `PRAGMA page_size` no longer re-creates the
+    /// virtual page 1 after that.
+    write_started: bool,
     next_stage: u64,
     /// Pages buffered between BEGIN and COMMIT_ATOMIC_WRITE, and the size before BEGIN.
     batch: Option<(BTreeMap<u32, Vec<u8>>, u64)>,
@@ -221,6 +230,12 @@ pub struct DbState {
 
 /// A valid page 1 of an empty database with the given page size, as SQLite itself writes it.
 pub fn empty_page1(page_size: u32) -> Vec<u8> {
+    empty_page1_with_counter(page_size, 0)
+}
+
+/// [`empty_page1`] carrying `counter` as its file change counter (offset 24) and as the
+/// "version-valid-for" number (offset 92), so SQLite trusts the in-header page count.
+pub fn empty_page1_with_counter(page_size: u32, counter: u32) -> Vec<u8> {
     let mut p = vec![0u8; page_size as usize];
     p[..16].copy_from_slice(b"SQLite format 3\0");
     let ps = if page_size == 65536 {
@@ -235,8 +250,11 @@ pub fn empty_page1(page_size: u32) -> Vec<u8> {
     p[21] = 64;
     p[22] = 32;
     p[23] = 32;
+    p[24..28].copy_from_slice(&counter.to_be_bytes()); // file change counter
     p[28..32].copy_from_slice(&1u32.to_be_bytes()); // database size in pages
-                                                    // B-tree page header of an empty table leaf at offset 100.
+    p[92..96].copy_from_slice(&counter.to_be_bytes()); // version-valid-for
+
+    // B-tree page header of an empty table leaf at offset 100.
     p[100] = 0x0D;
     let content = if page_size == 65536 {
         0u16
@@ -389,6 +407,8 @@ impl DbState {
                 main,
                 journal,
                 virtual_page1: false,
+                virtual_counter: 0,
+                write_started: false,
                 next_stage,
                 batch: None,
                 cache,
@@ -488,6 +508,61 @@ impl DbState {
                 }
             }
         }
+    }
+
+    /// `PRAGMA page_size = page_size` on this database. A database whose main file has never
+    /// been written to the store (it is still the virtual empty page 1) is re-created at the
+    /// new page size: the chunk size becomes `page_size` and page 1 is presented again at that
+    /// size with a new change counter, so SQLite's pager drops its cache and adopts the page
+    /// size from the header at the next transaction, which still commits in one put.
+    ///
+    /// `Ok(true)`: re-created at the new size. `Ok(false)`: nothing to do here (the database
+    /// was written, a write transaction began on it since this state was created — even one
+    /// rolled back — or it already has that size); SQLite then handles the pragma itself
+    /// (ignored without VACUUM, as in stock SQLite).
+    /// `Err(message)`: refused — a page that does not fit one value or one write of the store,
+    /// or a transaction is open on the new database.
+    pub fn set_new_page_size(&self, page_size: u32) -> Result<bool, String> {
+        let limits = *self.kv.limits();
+        let mut inner = self.inner.lock();
+        let new = inner.virtual_page1
+            && !inner.write_started
+            && !inner.main.in_kv
+            && inner.main.pending.is_empty()
+            && inner.main.size == inner.main.meta.chunk_size as u64
+            && !inner.needs_reload;
+        if !new || inner.main.meta.chunk_size == page_size {
+            return Ok(false);
+        }
+        if page_size as usize > limits.max_value_bytes
+            || page_size as usize + 7 > limits.max_write_bytes
+        {
+            return Err(format!(
+                "kvsqlite refuses PRAGMA page_size={page_size}: a page must fit one value of the store (values up to {} bytes, writes up to {} bytes)",
+                limits.max_value_bytes, limits.max_write_bytes
+            ));
+        }
+        let l = &inner.locks;
+        if inner.batch.is_some()
+            || inner.journal.exists
+            || l.shared > 0
+            || l.reserved.is_some()
+            || l.pending.is_some()
+            || l.exclusive.is_some()
+        {
+            return Err(format!(
+                "kvsqlite refuses PRAGMA page_size={page_size} on a new database while a transaction is open on it (or a connection keeps a lock, as locking_mode=EXCLUSIVE does): set it before BEGIN, or use OpenOptions::page_size"
+            ));
+        }
+        inner.main.meta = Meta::new(FileKind::Main, page_size);
+        inner.main.size = page_size as u64;
+        inner.journal.meta = Meta::new(FileKind::Journal, page_size);
+        inner.virtual_counter = inner.virtual_counter.wrapping_add(1);
+        inner.main.ra_next = u32::MAX;
+        inner.main.ra_window = READ_AHEAD_START;
+        let w = inner.cache.remove_from(FileKind::Main, 0);
+        self.stats.add(&self.stats.readahead_wasted, w);
+        Ok(true)
     }
 
     /// A new lock-owner id for an open file.
@@ -599,13 +674,14 @@ impl DbState {
             }
         }
         let virtual_page1 = inner.virtual_page1;
+        let counter = inner.virtual_counter;
         let f = inner.file(kind);
         if let Some(c) = f.pending.get(&idx) {
             dst.copy_from_slice(&c[within..end]);
             return Ok(());
         }
         if kind == FileKind::Main && !f.in_kv && virtual_page1 && idx == 0 {
-            let p = empty_page1(f.meta.chunk_size);
+            let p = empty_page1_with_counter(f.meta.chunk_size, counter);
             dst.copy_from_slice(&p[within..end]);
             return Ok(());
         }
@@ -759,8 +835,7 @@ impl DbState {
                 c[within..within + n].copy_from_slice(&data[pos..pos + n]);
                 c
             };
-            if in_batch {
-                let (b, _) = inner.batch.as_mut().expect("in batch");
+            if let (true, Some((b, _))) = (in_batch, inner.batch.as_mut()) {
                 b.insert(idx, std::mem::take(&mut chunk));
                 if b.len() * cs as usize > self.opts.max_atomic_bytes {
                     return Err(VfsError::TooBig(format!(
@@ -799,13 +874,14 @@ impl DbState {
             return Ok(());
         }
         let virtual_page1 = kind == FileKind::Main && inner.virtual_page1;
+        let counter = inner.virtual_counter;
         let f = inner.file(kind);
         let mut pending = std::mem::take(&mut f.pending);
         let restore = pending.clone();
         if virtual_page1 {
             pending
                 .entry(0)
-                .or_insert_with(|| empty_page1(f.meta.chunk_size));
+                .or_insert_with(|| empty_page1_with_counter(f.meta.chunk_size, counter));
         }
         let mut meta = f.meta.clone();
         meta.size = f.size;
@@ -933,7 +1009,10 @@ impl DbState {
         }
         if inner.virtual_page1 {
             let cs = inner.main.meta.chunk_size;
-            pages.entry(0).or_insert_with(|| empty_page1(cs));
+            let counter = inner.virtual_counter;
+            pages
+                .entry(0)
+                .or_insert_with(|| empty_page1_with_counter(cs, counter));
         }
         let limits = *self.kv.limits();
         let mut meta = inner.main.meta.clone();
@@ -1209,6 +1288,7 @@ impl DbState {
                     return (false, current);
                 }
                 l.reserved = Some(handle);
+                inner.write_started = true;
                 (true, lock::RESERVED)
             }
             _ => {
@@ -1216,6 +1296,8 @@ impl DbState {
                 {
                     return (false, current);
                 }
+                inner.write_started = true;
+                let l = &mut inner.locks;
                 l.reserved = Some(handle);
                 l.pending = Some(handle);
                 if l.shared > 1 {

@@ -20,6 +20,9 @@
 //!   data becomes `SQLITE_CORRUPT`.
 //! - `PRAGMA synchronous=OFF` and `PRAGMA journal_mode=WAL|OFF|MEMORY` are refused with an
 //!   error (they would give up the atomic commit or the crash safety).
+//! - `PRAGMA page_size = N` before a database's first write takes effect at the connection's
+//!   next transaction (the virtual page 1 is re-created at size `N`), and the first commit is
+//!   still one put; a page too big for one value of the store is refused with an error.
 
 pub mod cache;
 pub mod commit;
@@ -904,6 +907,57 @@ pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
     None
 }
 
+/// The page size a `PRAGMA page_size = value` sets, when SQLite would accept it: the value
+/// read as SQLite's `sqlite3Atoi` reads it (an optional sign then leading decimal digits, or
+/// `0x` and up to 8 hex digits; trailing text ignored, anything else 0), if that is a power of
+/// two in 512..=65536. Other values give `None`: SQLite ignores them, and so does the VFS.
+pub fn page_size_value(name: &str, value: Option<&str>) -> Option<u32> {
+    if !name.eq_ignore_ascii_case("page_size") {
+        return None;
+    }
+    let v = value?.as_bytes();
+    let n: u64 = match v {
+        [b'-', ..] => return None,
+        [b'0', b'x' | b'X', rest @ ..] if rest.first().is_some_and(|c| c.is_ascii_hexdigit()) => {
+            let digits: Vec<u8> = rest
+                .iter()
+                .copied()
+                .skip_while(|&c| c == b'0')
+                .take_while(|c| c.is_ascii_hexdigit())
+                .collect();
+            if digits.len() > 8 {
+                return None;
+            }
+            let text = std::str::from_utf8(&digits).ok()?;
+            if text.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(text, 16).ok()?
+            }
+        }
+        _ => {
+            let rest = v.strip_prefix(b"+").unwrap_or(v);
+            let digits: Vec<u8> = rest
+                .iter()
+                .copied()
+                .skip_while(|&c| c == b'0')
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            if digits.len() > 10 {
+                return None;
+            }
+            let text = std::str::from_utf8(&digits).ok()?;
+            if text.is_empty() {
+                0
+            } else {
+                text.parse().ok()?
+            }
+        }
+    };
+    let n = u32::try_from(n).ok()?;
+    layout::valid_chunk_size(n).then_some(n)
+}
+
 unsafe extern "C" fn x_file_control(
     file: *mut ffi::sqlite3_file,
     op: c_int,
@@ -946,7 +1000,11 @@ unsafe extern "C" fn x_file_control(
                 let name = CStr::from_ptr(name).to_string_lossy().into_owned();
                 let value = (!value.is_null())
                     .then(|| CStr::from_ptr(value).to_string_lossy().into_owned());
-                match refused_pragma(&name, value.as_deref()) {
+                let refusal = match (*kind, page_size_value(&name, value.as_deref())) {
+                    (FileKind::Main, Some(ps)) => state.set_new_page_size(ps).err(),
+                    _ => refused_pragma(&name, value.as_deref()),
+                };
+                match refusal {
                     Some(msg) => {
                         if let Ok(c) = CString::new(msg) {
                             *az = ffi::sqlite3_mprintf(c"%s".as_ptr(), c.as_ptr());
@@ -962,7 +1020,7 @@ unsafe extern "C" fn x_file_control(
 }
 
 unsafe extern "C" fn x_sector_size(_file: *mut ffi::sqlite3_file) -> c_int {
-    4096
+    guard("xSectorSize", || 4096)
 }
 
 unsafe extern "C" fn x_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
@@ -1060,12 +1118,15 @@ unsafe extern "C" fn x_dl_open(_vfs: *mut ffi::sqlite3_vfs, _name: *const c_char
 }
 
 unsafe extern "C" fn x_dl_error(_vfs: *mut ffi::sqlite3_vfs, n: c_int, msg: *mut c_char) {
-    let text = b"kvsqlite does not load extensions\0";
-    if n > 0 && !msg.is_null() {
-        let len = text.len().min(n as usize);
-        ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, msg, len);
-        *msg.add(len - 1) = 0;
-    }
+    guard("xDlError", || {
+        let text = b"kvsqlite does not load extensions\0";
+        if n > 0 && !msg.is_null() {
+            let len = text.len().min(n as usize);
+            ptr::copy_nonoverlapping(text.as_ptr() as *const c_char, msg, len);
+            *msg.add(len - 1) = 0;
+        }
+        0
+    });
 }
 
 unsafe extern "C" fn x_dl_sym(
@@ -1139,4 +1200,43 @@ unsafe extern "C" fn x_get_last_error(
     _out: *mut c_char,
 ) -> c_int {
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_size_value;
+
+    #[test]
+    fn page_size_values_parse_as_sqlite_accepts_them() {
+        let v = |s: &str| page_size_value("page_size", Some(s));
+        assert_eq!(v("8192"), Some(8192));
+        assert_eq!(v("+512"), Some(512));
+        assert_eq!(v("065536"), Some(65536));
+        assert_eq!(v("0x400"), Some(1024));
+        assert_eq!(page_size_value("PAGE_SIZE", Some("2048")), Some(2048));
+        // As sqlite3Atoi: trailing text is ignored, leading space or a sign before 0x is not.
+        assert_eq!(v("8192abc"), Some(8192));
+        assert_eq!(v("8192.0"), Some(8192));
+        assert_eq!(v("0x2000zz"), Some(8192));
+        assert_eq!(v("0x000000002000"), Some(8192));
+        for bad in [
+            "",
+            "0",
+            "256",
+            "1000",
+            "131072",
+            "-1024",
+            "abc",
+            " 8192",
+            "+0x2000",
+            "0x",
+            "0x1G",
+            "99999999999",
+            "0x123456789",
+        ] {
+            assert_eq!(v(bad), None, "{bad:?}");
+        }
+        assert_eq!(page_size_value("page_size", None), None);
+        assert_eq!(page_size_value("cache_size", Some("8192")), None);
+    }
 }
