@@ -93,11 +93,13 @@ fn scripts() -> Vec<PathBuf> {
     slt::collect_scripts(&[dir])
         .unwrap()
         .into_iter()
-        // page_size.test has listed deviations (kvsqlite keeps its page size), so the two
-        // engines legitimately differ on it; big_transactions.test is slow in debug builds.
+        // big_transactions.test is slow in debug builds. page_size.test is left out because its
+        // mutants reach a documented difference (README, docs/layout.md): on a database never
+        // written, `PRAGMA page_size` read right after a second `PRAGMA page_size = N` still
+        // reports the earlier size on kvsqlite, the new one on stock SQLite.
         .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name != "page_size.test" && name != "big_transactions.test"
+            let name = p.file_name().unwrap();
+            name != "big_transactions.test" && name != "page_size.test"
         })
         .collect()
 }
