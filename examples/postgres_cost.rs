@@ -9,8 +9,15 @@
 use std::time::{Duration, Instant};
 
 use kvsqlite::kv::postgres::PostgresStore;
-use kvsqlite::kv::{KvStore, ListRequest, ReadOp};
+use kvsqlite::kv::{KvError, KvStore, ListRequest, ReadOp};
 use kvsqlite::rng::Rng;
+
+/// Stops the measurement on a store error: one line, exit code 2 (the rows this run wrote stay
+/// under its `bench-PID` actor).
+fn fail<T>(what: &str, e: KvError) -> T {
+    eprintln!("postgres_cost: {what} failed: {e}");
+    std::process::exit(2)
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -18,12 +25,22 @@ fn main() {
         std::env::var("KVSQLITE_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
     });
-    let iterations: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(200);
+    // Exit codes as the kvsqlite command's: 2 when it cannot run.
+    let iterations: usize = match args.next() {
+        None => 200,
+        Some(n) => match n.parse() {
+            Ok(n) if n > 0 => n,
+            _ => {
+                eprintln!("postgres_cost: ITERATIONS must be a positive integer, got {n:?}");
+                std::process::exit(2);
+            }
+        },
+    };
     let store = match PostgresStore::connect(&url) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+            eprintln!("postgres_cost: {e}");
+            std::process::exit(2);
         }
     };
     let actor = format!("bench-{}", std::process::id());
@@ -38,12 +55,22 @@ fn main() {
         // Random pages: incompressible, like real SQLite pages.
         let entries: Vec<_> = keys.iter().map(|k| (k.clone(), rng.bytes(4096))).collect();
         let t = Instant::now();
-        store.put(&actor, entries).expect("put");
+        store
+            .put(&actor, entries)
+            .unwrap_or_else(|e| fail("put", e));
         put.push(t.elapsed());
         let t = Instant::now();
-        let got = store.get(&actor, &keys).expect("get");
+        let got = store.get(&actor, &keys).unwrap_or_else(|e| fail("get", e));
         get.push(t.elapsed());
-        assert!(got.iter().all(|v| v.as_ref().map(Vec::len) == Some(4096)));
+        if !got.iter().all(|v| v.as_ref().map(Vec::len) == Some(4096)) {
+            fail::<()>(
+                "get",
+                KvError::Backend {
+                    backend: "postgres",
+                    message: "a value read back is not the 4 KiB page just written".into(),
+                },
+            );
+        }
         let t = Instant::now();
         store
             .batch_read(
@@ -53,15 +80,19 @@ fn main() {
                     ReadOp::List(ListRequest::prefix(Vec::new()).with_max_bytes(64 * 4100)),
                 ],
             )
-            .expect("batch_read");
+            .unwrap_or_else(|e| fail("batch_read", e));
         batch.push(t.elapsed());
         let page = vec![(keys[0].clone(), rng.bytes(4096))];
         let t = Instant::now();
-        store.put(&actor, page).expect("small put");
+        store
+            .put(&actor, page)
+            .unwrap_or_else(|e| fail("small put", e));
         small.push(t.elapsed());
     }
     let exchanges = store.exchanges();
-    store.delete_range(&actor, &[], None).expect("cleanup");
+    store
+        .delete_range(&actor, &[], None)
+        .unwrap_or_else(|e| fail("cleanup", e));
     report("put 128 x 4 KiB", &mut put);
     report("get 128 keys", &mut get);
     report("batch: get 4 + list 64 pages", &mut batch);

@@ -12,3 +12,9 @@ pub mod preload;
 pub mod rng;
 pub mod slt;
 pub mod vfs;
+
+/// The README's Rust examples, compiled and run as doctests by `cargo test` so that what the
+/// README shows keeps working.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

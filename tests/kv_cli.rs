@@ -184,7 +184,7 @@ fn kv_cli_bad_input_is_a_clear_error_and_writes_nothing() {
         (vec!["kv", "--actor", "a", "delete"], "delete needs keys"),
         (
             vec!["--rtt=-5", "kv", "--actor", "a", "list"],
-            "--rtt must be",
+            "error: invalid value '-5' for '--rtt <MS>'",
         ),
     ];
     for (args, needle) in cases {

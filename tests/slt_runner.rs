@@ -247,3 +247,51 @@ fn cli_reports_failures_and_exits_non_zero() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn cli_finds_the_deviation_list_next_to_the_scripts_from_any_directory() {
+    // A repository layout: repo/sql/tests/wrong.test and repo/sql/known-deviations.txt listing
+    // its wrong record; the runner is started from an unrelated directory.
+    let repo = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("sql/tests")).unwrap();
+    let script = repo.path().join("sql/tests/wrong.test");
+    std::fs::write(&script, WRONG).unwrap();
+    let list = repo.path().join("sql/known-deviations.txt");
+    std::fs::write(
+        &list,
+        "tests/wrong.test:7 listed on purpose for this test\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+        .args(["--kv", "memory:", "slt"])
+        .arg(&script)
+        .current_dir(elsewhere.path())
+        .env_remove("KVSQLITE_KV")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[lines.len() - 2],
+        format!(
+            "1 script(s) on memory, 0 with failures (known deviations: {})",
+            list.canonicalize().unwrap().display()
+        )
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"3 passed, 0 failed, 1 expected-different")
+    );
+    // Under --native the list does not apply: stock SQLite is the reference.
+    let out = Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+        .args(["slt", "--native"])
+        .arg(&script)
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("3 passed, 1 failed"));
+}

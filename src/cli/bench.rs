@@ -5,13 +5,18 @@
 //! 8 MB), then one more 1-row transaction (the one right after a big one). For each it reports
 //! the rows, row bytes, pages written, KV round trips and wall time. The benchmark's actor is
 //! deleted from the store afterwards.
+//!
+//! Exit codes: 0 when the benchmark ran, 2 when it could not (store unreachable, an error
+//! while running; one line on standard error).
 
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use kvsqlite::vfs::{open_database, OpenOptions};
 
-use super::GlobalArgs;
+use std::io::Write;
+
+use super::{output_error, GlobalArgs, Stop};
 
 /// Arguments of `kvsqlite bench`.
 #[derive(Args, Debug)]
@@ -48,27 +53,31 @@ pub struct CommitResult {
 /// Runs `kvsqlite bench`.
 pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.command {
-        BenchCommand::Commit { json } => match bench_commit(global) {
-            Ok(results) => {
-                if json {
-                    println!("{}", to_json(&results));
-                } else {
-                    println!("rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms");
-                    for r in &results {
-                        println!(
-                            "{}\t{}\t{}\t{}\t{:.3}",
-                            r.rows, r.row_bytes, r.pages_written, r.kv_round_trips, r.wall_ms
-                        );
-                    }
-                }
-                0
-            }
-            Err(e) => {
-                eprintln!("kvsqlite bench commit: {e}");
-                2
-            }
-        },
+        BenchCommand::Commit { json } => super::finish("bench commit", commit(global, json)),
     }
+}
+
+fn commit(global: &GlobalArgs, json: bool) -> Result<i32, Stop> {
+    let results = bench_commit(global)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", to_json(&results)).map_err(output_error)?;
+    } else {
+        writeln!(
+            out,
+            "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms"
+        )
+        .map_err(output_error)?;
+        for r in &results {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}\t{:.3}",
+                r.rows, r.row_bytes, r.pages_written, r.kv_round_trips, r.wall_ms
+            )
+            .map_err(output_error)?;
+        }
+    }
+    Ok(0)
 }
 
 /// Renders the results as a JSON array of objects.

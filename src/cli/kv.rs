@@ -10,7 +10,9 @@
 use clap::{Args, Subcommand};
 use kvsqlite::kv::{ActorKv, KvError, ListRequest};
 
-use super::GlobalArgs;
+use std::io::Write;
+
+use super::{output_error, GlobalArgs, Stop};
 
 /// Arguments of `kvsqlite kv`.
 #[derive(Args, Debug)]
@@ -102,12 +104,7 @@ pub fn show_bytes(bytes: &[u8], force_hex: bool) -> String {
             }
         }
     }
-    let mut out = String::with_capacity(2 + bytes.len() * 2);
-    out.push_str("0x");
-    for b in bytes {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    kvsqlite::kv::to_hex(bytes)
 }
 
 fn show_value(v: &[u8], hex: bool, full: bool) -> String {
@@ -121,16 +118,10 @@ fn show_value(v: &[u8], hex: bool, full: bool) -> String {
 
 /// Runs `kvsqlite kv`.
 pub fn run(global: &GlobalArgs, args: KvArgs) -> i32 {
-    match run_inner(global, args) {
-        Ok(code) => code,
-        Err(msg) => {
-            eprintln!("kvsqlite kv: {msg}");
-            2
-        }
-    }
+    super::finish("kv", run_inner(global, args))
 }
 
-fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
+fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, Stop> {
     let actor = args
         .actor
         .ok_or_else(|| "--actor ID is required".to_string())?;
@@ -138,6 +129,7 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
     let kv = ActorKv::new(store, &actor).map_err(|e| e.to_string())?;
     let err = |e: KvError| e.to_string();
     let hex = args.hex;
+    let mut out = std::io::stdout().lock();
     match args.command {
         KvCommand::List {
             prefix,
@@ -149,7 +141,7 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
             let mut req = ListRequest::prefix(prefix.clone().unwrap_or_default());
             let page_max = kv.limits().default_list_limit;
             if limit == Some(0) {
-                return Err("--limit must be at least 1".into());
+                return Err(Stop::from("--limit must be at least 1".to_string()));
             }
             let mut left = limit;
             loop {
@@ -157,9 +149,10 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
                 let page = kv.list(&req).map_err(err)?;
                 for (k, v) in &page.entries {
                     if keys_only {
-                        println!("{}", show_bytes(k, hex));
+                        writeln!(out, "{}", show_bytes(k, hex)).map_err(output_error)?;
                     } else {
-                        println!("{}\t{}", show_bytes(k, hex), show_value(v, hex, full));
+                        let (k, v) = (show_bytes(k, hex), show_value(v, hex, full));
+                        writeln!(out, "{k}\t{v}").map_err(output_error)?;
                     }
                 }
                 if let Some(l) = left.as_mut() {
@@ -187,10 +180,8 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
                 let Some(next) = page.next_start else { break };
                 req = ListRequest::range(next, kvsqlite::kv::prefix_successor(&prefix));
             }
-            print!(
-                "{}",
-                kvsqlite::vfs::layout::describe(&kvsqlite::vfs::layout::summarize(&entries))
-            );
+            let summary = kvsqlite::vfs::layout::summarize(&entries);
+            write!(out, "{}", kvsqlite::vfs::layout::describe(&summary)).map_err(output_error)?;
             Ok(0)
         }
         KvCommand::Get { keys } => {
@@ -202,9 +193,12 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
             let mut code = 0;
             for (k, v) in keys.iter().zip(values) {
                 match v {
-                    Some(v) => println!("{}\t{}", show_bytes(k, hex), show_bytes(&v, hex)),
+                    Some(v) => {
+                        let (k, v) = (show_bytes(k, hex), show_bytes(&v, hex));
+                        writeln!(out, "{k}\t{v}").map_err(output_error)?;
+                    }
                     None => {
-                        println!("{}\t(absent)", show_bytes(k, hex));
+                        writeln!(out, "{}\t(absent)", show_bytes(k, hex)).map_err(output_error)?;
                         code = 1;
                     }
                 }
@@ -213,10 +207,10 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
         }
         KvCommand::Put { pairs } => {
             if pairs.len() % 2 != 0 {
-                return Err(format!(
+                return Err(Stop::from(format!(
                     "put takes KEY VALUE pairs; got {} arguments",
                     pairs.len()
-                ));
+                )));
             }
             let entries = pairs
                 .chunks(2)
@@ -232,12 +226,18 @@ fn run_inner(global: &GlobalArgs, args: KvArgs) -> Result<i32, String> {
                 let p = parse_bytes(&p)?;
                 let end = kvsqlite::kv::prefix_successor(&p);
                 kv.delete_range(&p, end.as_deref()).map_err(err)?;
-                eprintln!("deleted every key starting with {}", show_bytes(&p, hex));
+                if p.is_empty() {
+                    eprintln!("deleted every key of actor {actor} (the empty prefix)");
+                } else {
+                    eprintln!("deleted every key starting with {}", show_bytes(&p, hex));
+                }
             } else if all {
                 kv.delete_range(&[], None).map_err(err)?;
                 eprintln!("deleted every key of actor {actor}");
             } else if keys.is_empty() {
-                return Err("delete needs keys, --prefix P or --all".into());
+                return Err(Stop::from(
+                    "delete needs keys, --prefix P or --all".to_string(),
+                ));
             } else {
                 let keys: Vec<Vec<u8>> = keys
                     .iter()

@@ -1,7 +1,11 @@
 //! Command-line interface: argument parsing and one module per subcommand.
 //!
-//! Every subcommand returns a process exit code; errors are printed as one clear line on
-//! standard error, never as a panic.
+//! Every subcommand returns a process exit code, the same for all of them: **0** it did what
+//! was asked, **1** it ran and found a failure it reports (a failed `slt` record, a key `kv get`
+//! found absent), **2** it could not run (bad arguments, a malformed `--kv` URL, a store that
+//! cannot be opened or reached, a missing path; or its standard output was closed before it
+//! finished, as in `… | head`, which stops it quietly). Errors are printed as one line on
+//! standard error, `kvsqlite <command>: <what is wrong>`, never as a panic.
 
 mod bench;
 mod kv;
@@ -13,7 +17,14 @@ use clap::{Args, Parser, Subcommand};
 
 /// kvsqlite: per-actor SQLite databases whose pages live in a key-value store.
 #[derive(Parser, Debug)]
-#[command(name = "kvsqlite", version, about)]
+#[command(
+    name = "kvsqlite",
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 the command ran and reports a failure (a failed slt \
+                  record, an absent key in `kv get`); 2 it could not run (bad arguments, bad \
+                  store URL, store unreachable, missing path)."
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -24,33 +35,87 @@ struct Cli {
 /// Options every subcommand accepts.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// The store: memory:, redb:PATH or postgres://USER@HOST:PORT/DB.
-    #[arg(long = "kv", global = true, env = "KVSQLITE_KV", hide_env_values = true, default_value = kvsqlite::kv::url::DEFAULT_STORE_URL)]
-    pub kv: String,
+    /// The store: memory:, redb:PATH or postgres://USER@HOST:PORT/DB [env: KVSQLITE_KV, when
+    /// set and not empty] [default: redb:./kvsqlite-data/kv.redb]
+    #[arg(long = "kv", global = true, value_name = "URL")]
+    pub kv: Option<String>,
     /// Simulate a remote store: sleep this many milliseconds once per KV round trip.
-    #[arg(long = "rtt", global = true, value_name = "MS")]
-    pub rtt: Option<f64>,
+    #[arg(
+        long = "rtt",
+        global = true,
+        value_name = "MS",
+        allow_negative_numbers = true,
+        value_parser = parse_rtt
+    )]
+    pub rtt: Option<Duration>,
+}
+
+/// The largest `--rtt`: one hour per round trip is already far past any real store.
+const MAX_RTT_MS: f64 = 3_600_000.0;
+
+/// Parses `--rtt MS`: a finite number of milliseconds from 0 to [`MAX_RTT_MS`] (fractions
+/// allowed). Anything else is a usage error (exit code 2).
+fn parse_rtt(arg: &str) -> Result<Duration, String> {
+    let bad = || format!("expected a number of milliseconds from 0 to {MAX_RTT_MS}");
+    let ms: f64 = arg.trim().parse().map_err(|_| bad())?;
+    if !(ms.is_finite() && (0.0..=MAX_RTT_MS).contains(&ms)) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
 }
 
 impl GlobalArgs {
-    /// The `--rtt` value as a duration (negative or non-finite values are refused by `open_store`).
-    pub fn rtt(&self) -> Result<Option<Duration>, String> {
-        match self.rtt {
-            None => Ok(None),
-            Some(ms) if ms.is_finite() && ms >= 0.0 => {
-                Ok(Some(Duration::from_secs_f64(ms / 1000.0)))
-            }
-            Some(ms) => Err(format!(
-                "--rtt must be a non-negative number of milliseconds, got {ms}"
-            )),
-        }
+    /// The store URL: `--kv`, else `KVSQLITE_KV` when set and not empty, else the default.
+    pub fn url(&self) -> String {
+        kvsqlite::kv::url::resolve_url(self.kv.as_deref())
     }
 
-    /// Opens the store named by `--kv`, wrapped in latency when `--rtt` is given.
+    /// Opens the store named by `--kv` (or `KVSQLITE_KV`), wrapped in latency when `--rtt` is
+    /// given.
     pub fn open_store(&self) -> Result<kvsqlite::kv::SharedStore, String> {
-        let rtt = self.rtt()?;
-        kvsqlite::kv::url::open_store(&self.kv, kvsqlite::kv::KvLimits::default(), rtt)
+        kvsqlite::kv::url::open_store(&self.url(), kvsqlite::kv::KvLimits::default(), self.rtt)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Why a subcommand stopped before its end.
+#[derive(Debug)]
+pub enum Stop {
+    /// It could not do what was asked: the message is printed and the exit code is 2.
+    Error(String),
+    /// Standard output was closed by its reader (`kvsqlite kv list | head`): nothing more can
+    /// be shown, so the command stops quietly, with exit code 2 since it did not finish (never
+    /// 0: `kvsqlite slt … | head` must not pass when failures were never seen).
+    OutputClosed,
+}
+
+impl From<String> for Stop {
+    fn from(message: String) -> Self {
+        Stop::Error(message)
+    }
+}
+
+/// Maps a failed write to standard output: a closed pipe ends the command quietly, any other
+/// failure is an error.
+pub fn output_error(e: std::io::Error) -> Stop {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        Stop::OutputClosed
+    } else {
+        Stop::Error(format!("cannot write to standard output: {e}"))
+    }
+}
+
+/// Turns a subcommand's outcome into its exit code: its own code on success; 2 without a
+/// message when its reader closed standard output; otherwise the error printed as
+/// `kvsqlite <command>: <message>` and 2 (it could not run).
+pub fn finish(command: &str, outcome: Result<i32, Stop>) -> i32 {
+    match outcome {
+        Ok(code) => code,
+        Err(Stop::OutputClosed) => 2,
+        Err(Stop::Error(msg)) => {
+            eprintln!("kvsqlite {command}: {msg}");
+            2
+        }
     }
 }
 

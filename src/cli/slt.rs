@@ -11,9 +11,10 @@ use std::path::PathBuf;
 
 use kvsqlite::slt::{self, KnownDeviations, RunConfig, Target};
 
-use super::GlobalArgs;
+use super::{output_error, GlobalArgs, Stop};
 
-/// The deviation list used when `--known-deviations` is not given (if the file exists).
+/// The deviation list used when `--known-deviations` is not given: this path under the current
+/// directory, or under the nearest ancestor of a script path that has it.
 const DEFAULT_DEVIATIONS: &str = "sql/known-deviations.txt";
 
 /// A progress bar is drawn (on a terminal) from this many scripts on.
@@ -35,8 +36,9 @@ pub struct SltArgs {
     /// Override every script's hash-threshold (0: never hash).
     #[arg(long, value_name = "N")]
     hash_threshold: Option<usize>,
-    /// The known-deviations list [default: sql/known-deviations.txt when it exists, except
-    /// with --native: stock SQLite is the reference and has no deviations].
+    /// The known-deviations list [default: sql/known-deviations.txt under the current directory
+    /// or the nearest ancestor of a script path that has one, except with --native: stock
+    /// SQLite is the reference and has no deviations].
     #[arg(long, value_name = "FILE")]
     known_deviations: Option<PathBuf>,
     /// Script files, or directories searched recursively for `*.test`.
@@ -46,26 +48,26 @@ pub struct SltArgs {
 
 /// Runs `kvsqlite slt`.
 pub fn run(global: &GlobalArgs, args: SltArgs) -> i32 {
-    match run_inner(global, args) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("kvsqlite slt: {e}");
-            2
-        }
-    }
+    super::finish("slt", run_inner(global, args))
 }
 
-fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
-    let deviations = match &args.known_deviations {
+fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, Stop> {
+    let deviations_file = match &args.known_deviations {
+        Some(p) => Some(p.clone()),
+        None if !args.native => default_deviations(&args.paths),
+        None => None,
+    };
+    let deviations = match &deviations_file {
         Some(p) => KnownDeviations::load(p)?,
-        None if !args.native && std::path::Path::new(DEFAULT_DEVIATIONS).exists() => {
-            KnownDeviations::load(std::path::Path::new(DEFAULT_DEVIATIONS))?
-        }
         None => KnownDeviations::empty(),
     };
     let scripts = slt::collect_scripts(&args.paths)?;
     if scripts.is_empty() {
-        return Err("no *.test scripts found under the given paths".into());
+        let paths: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+        return Err(Stop::from(format!(
+            "no *.test script under {}",
+            paths.join(", ")
+        )));
     }
     let mut target = make_target(global, args.native, args.keep)?;
     let config = RunConfig {
@@ -87,37 +89,65 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, String> {
         if progress {
             clear_progress();
         }
-        let _ = writeln!(stdout, "{}", report.summary_line());
+        writeln!(stdout, "{}", report.summary_line()).map_err(output_error)?;
         for f in report
             .failures
             .iter()
             .chain(&report.expected_different_records)
         {
-            let _ = writeln!(stdout, "{f}");
+            writeln!(stdout, "{f}").map_err(output_error)?;
         }
         for n in &report.notes {
-            let _ = writeln!(stdout, "  note: {n}");
+            writeln!(stdout, "  note: {n}").map_err(output_error)?;
+        }
+        if args.keep {
+            if let Some(actor) = &report.actor {
+                writeln!(stdout, "  kept: actor {actor}").map_err(output_error)?;
+            }
         }
         // A script that could not be read or run at all (a failure at line 0) is left alone.
         if args.complete && report.failures.iter().all(|f| f.line > 0) {
             complete_file(path, &report)?;
-            let _ = writeln!(
+            writeln!(
                 stdout,
                 "  completed: {} query result(s) written",
                 report.outputs.len()
-            );
+            )
+            .map_err(output_error)?;
         }
-        let _ = stdout.flush();
+        stdout.flush().map_err(output_error)?;
     }
-    let _ = writeln!(
+    let deviations_note = deviations_file
+        .map(|p| format!(" (known deviations: {})", p.display()))
+        .unwrap_or_default();
+    writeln!(
         stdout,
-        "{} script(s) on {}, {} with failures",
+        "{} script(s) on {}, {} with failures{deviations_note}",
         summary.files,
         target.name(),
         summary.files_failed
-    );
-    let _ = writeln!(stdout, "{}", summary.last_line());
+    )
+    .map_err(output_error)?;
+    writeln!(stdout, "{}", summary.last_line()).map_err(output_error)?;
     Ok(if summary.ok() { 0 } else { 1 })
+}
+
+/// `sql/known-deviations.txt` under the current directory if it exists, else under the nearest
+/// ancestor directory of a script path that has one (so the repository's list applies to its
+/// scripts from any working directory).
+fn default_deviations(paths: &[PathBuf]) -> Option<PathBuf> {
+    let here = PathBuf::from(DEFAULT_DEVIATIONS);
+    if here.is_file() {
+        return Some(here);
+    }
+    paths
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .find_map(|p| {
+            p.ancestors()
+                .map(|a| a.join(DEFAULT_DEVIATIONS))
+                .find(|c| c.is_file())
+        })
 }
 
 /// Rewrites the script at `path` with the outputs `report` collected.

@@ -539,15 +539,20 @@ impl KvError {
 pub fn display_key(key: &[u8]) -> String {
     match std::str::from_utf8(key) {
         Ok(s) if s.chars().all(|c| !c.is_control()) => format!("{s:?}"),
-        _ => {
-            let mut out = String::with_capacity(2 + key.len() * 2);
-            out.push_str("0x");
-            for b in key {
-                out.push_str(&format!("{b:02x}"));
-            }
-            out
-        }
+        _ => to_hex(key),
     }
+}
+
+/// `0x` followed by two lowercase hex digits per byte (`0x` alone for no bytes).
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2 + bytes.len() * 2);
+    out.push_str("0x");
+    for b in bytes {
+        // Writing into a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 /// Checks an actor id: non-empty, at most 512 bytes, no NUL.

@@ -84,6 +84,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, NoTls};
 
+use super::url::redact_password as redact;
 use super::{
     check_actor_id, check_batch_read, key_after, Key, KvError, KvLimits, KvStore, ListPage,
     ListRequest, ReadOp, ReadResult, Value, WriteBatch,
@@ -709,24 +710,6 @@ fn check_table_name(url: &str, table: &str) -> Result<(), KvError> {
     }
 }
 
-/// The URL with any password replaced, for messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
-    }
-}
-
 /// Parses a `postgres://` URL: takes this backend's own query options (`table`, `pool_size`)
 /// out into `options` and hands the rest to the driver's parser.
 fn parse_url(url: &str, options: &mut PostgresOptions) -> Result<Config, KvError> {
@@ -763,7 +746,13 @@ fn parse_url(url: &str, options: &mut PostgresOptions) -> Result<Config, KvError
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    let mut config = Config::from_str(&driver_url).map_err(|e| invalid(e.to_string()))?;
+    let mut config = Config::from_str(&driver_url).map_err(|e| {
+        invalid(format!(
+            "{} (this store reads table= and pool_size=; other parameters go to the \
+             PostgreSQL driver, e.g. connect_timeout, sslmode, application_name)",
+            full_error(&e)
+        ))
+    })?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }

@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, DatabaseError, MultimapTableHandle, ReadableDatabase, ReadableTable, TableDefinition,
+    TableHandle,
+};
 
 use super::{
     check_actor_id, check_batch_read, key_after, prefix_successor, range_is_empty, KvError,
@@ -188,9 +191,16 @@ fn canonical(path: &Path) -> Result<PathBuf, KvError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| KvError::Unavailable {
-        backend: BACKEND,
-        message: format!("cannot create directory {}: {e}", parent.display()),
+    std::fs::create_dir_all(&parent).map_err(|e| {
+        // "File exists" alone does not say which part of the path is in the way.
+        let why = match parent.ancestors().find(|a| a.is_file()) {
+            Some(file) => format!("{} is a file, not a directory", file.display()),
+            None => e.to_string(),
+        };
+        KvError::Unavailable {
+            backend: BACKEND,
+            message: format!("cannot create directory {}: {why}", parent.display()),
+        }
     })?;
     let parent = parent.canonicalize().map_err(|e| KvError::Unavailable {
         backend: BACKEND,
@@ -232,8 +242,21 @@ fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
         other => err_at(path, other),
     })?;
     // Create the tables once so read transactions always find them, and check the layout
-    // version (a file without one is new: nothing else writes our tables).
+    // version (a file without one is new: nothing else writes our tables). A redb file that
+    // holds other tables belongs to another program: refuse it rather than add ours to it (the
+    // transaction is dropped uncommitted, so nothing is written).
     let txn = db.begin_write().map_err(|e| err_at(path, e))?;
+    let mut foreign: Vec<String> = txn
+        .list_tables()
+        .map_err(|e| err_at(path, e))?
+        .map(|t| t.name().to_string())
+        .chain(
+            txn.list_multimap_tables()
+                .map_err(|e| err_at(path, e))?
+                .map(|t| t.name().to_string()),
+        )
+        .filter(|n| n != TABLE.name() && n != META.name())
+        .collect();
     {
         let mut meta = txn.open_table(META).map_err(|e| err_at(path, e))?;
         let found = meta
@@ -249,6 +272,17 @@ fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
                         "kvsqlite store format version {other}; this build reads version {FORMAT_VERSION}"
                     ),
                 ))
+            }
+            None if !foreign.is_empty() => {
+                foreign.sort();
+                return Err(err_at(
+                    path,
+                    format!(
+                        "a redb database of another program (its tables: {}), not a kvsqlite \
+                         store; nothing was written",
+                        foreign.join(", ")
+                    ),
+                ));
             }
             None => {
                 meta.insert(FORMAT_KEY, FORMAT_VERSION)

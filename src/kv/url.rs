@@ -134,20 +134,34 @@ fn open_postgres(url: &str, limits: KvLimits) -> Result<SharedStore, KvError> {
     }
 }
 
-/// `url` with any password (`scheme://user:PASSWORD@host…`) replaced by `***`, for messages.
+/// `url` with any password replaced by `***`, for messages: the one in the user info
+/// (`scheme://user:PASSWORD@host…`) and a `password=` query parameter.
 pub fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => p.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
         }
-        _ => url.to_string(),
-    }
+        None => tail.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -203,6 +217,15 @@ mod tests {
             redact_password("postgres://bob@h/db"),
             "postgres://bob@h/db"
         );
+        assert_eq!(
+            redact_password("postgres://bob:pw@h?sslmode=disable"),
+            "postgres://bob:***@h?sslmode=disable"
+        );
+        assert_eq!(
+            redact_password("postgres://bob@h/db?password=pw&table=t"),
+            "postgres://bob@h/db?password=***&table=t"
+        );
+        assert_eq!(redact_password("redb:./a:b@c"), "redb:./a:b@c");
         let err = StoreUrl::parse("postgres://bob:s3cret@h:port/db").unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
         assert_eq!(

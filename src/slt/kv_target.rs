@@ -99,6 +99,7 @@ impl KvTarget {
             options: self.options.clone(),
             db: Some(db),
             closed_round_trips: 0,
+            wrote: false,
             keep: self.keep,
         })
     }
@@ -121,6 +122,8 @@ pub struct KvSession {
     options: OpenOptions,
     db: Option<Database>,
     closed_round_trips: u64,
+    /// Whether any database instance of this session has written to the store.
+    wrote: bool,
     keep: bool,
 }
 
@@ -137,7 +140,9 @@ impl KvSession {
 
     fn close(&mut self) -> Result<(), String> {
         if let Some(db) = self.db.take() {
-            self.closed_round_trips += db.snapshot().kv_round_trips;
+            let snapshot = db.snapshot();
+            self.closed_round_trips += snapshot.kv_round_trips;
+            self.wrote |= snapshot.kv_writes > 0;
             db.into_connection()
                 .close()
                 .map_err(|(_, e)| format!("closing actor {:?} failed: {e}", self.actor))?;
@@ -157,7 +162,11 @@ impl Session for KvSession {
     fn restart(&mut self) -> Result<(), String> {
         self.close()?;
         let mut options = self.options.clone();
-        options.create = false;
+        // Once the database has written, it must be found in the store again (a lost database
+        // is an error, not a silently empty one). One that never wrote (every statement
+        // failed, say) has nothing in the store: reopening it means a new, empty one, as
+        // stock SQLite reopens its empty file.
+        options.create = !self.wrote;
         let db = open_database(self.store.clone(), &self.actor, &options)
             .map_err(|e| format!("reopening actor {:?} failed: {e}", self.actor))?;
         self.db = Some(db);
@@ -170,6 +179,10 @@ impl Session for KvSession {
             .as_ref()
             .map_or(0, |db| db.snapshot().kv_round_trips);
         Some(self.closed_round_trips + open)
+    }
+
+    fn actor_id(&self) -> Option<&str> {
+        Some(&self.actor)
     }
 
     fn finish(mut self: Box<Self>) -> Result<(), String> {

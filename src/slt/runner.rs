@@ -104,6 +104,9 @@ pub struct FileReport {
     pub elapsed: Duration,
     /// KV round trips the script's database made (`None` on stock SQLite).
     pub kv_round_trips: Option<u64>,
+    /// The actor id the script's database lived under (`None` on stock SQLite, or when no
+    /// database was opened).
+    pub actor: Option<String>,
     /// Every query's actual output, in script order, when [`RunConfig::collect_outputs`] is
     /// set (queries that failed to run or were skipped have none).
     pub outputs: Vec<QueryOutput>,
@@ -280,7 +283,7 @@ pub fn collect_scripts(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     }
     let mut out = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         if meta.is_dir() {
             walk(p, &mut out)?;
         } else {
@@ -327,7 +330,9 @@ fn fatal(path: &Path, message: String) -> FileReport {
     }
 }
 
-/// Runs the script `text` (named `path` in reports) on a fresh database of `target`.
+/// Runs the script `text` (named `path` in reports) on a fresh database of `target`. A script
+/// without a single `statement` or `query` record is one failure at line 0 (it would test
+/// nothing), and no database is opened for it.
 pub fn run_script(
     target: &mut dyn Target,
     path: &Path,
@@ -335,6 +340,22 @@ pub fn run_script(
     config: &RunConfig,
 ) -> FileReport {
     let started = Instant::now();
+    // An empty script (or one of comments and settings only) would pass while testing
+    // nothing, which is never what its author meant: say so instead.
+    let tests_something = parse(text).iter().any(|r| {
+        matches!(
+            r.kind,
+            RecordKind::Statement { .. } | RecordKind::Query { .. } | RecordKind::Invalid { .. }
+        )
+    });
+    if !tests_something {
+        let mut report = fatal(
+            path,
+            "the script has no statement or query record: it tests nothing".into(),
+        );
+        report.elapsed = started.elapsed();
+        return report;
+    }
     let mut session = match target.open_fresh(path) {
         Ok(s) => s,
         Err(e) => {
@@ -350,6 +371,7 @@ pub fn run_script(
     };
     run_records(session.as_mut(), path, text, config, &mut report);
     report.kv_round_trips = session.kv_round_trips();
+    report.actor = session.actor_id().map(str::to_string);
     if let Err(e) = session.finish() {
         report.fail(
             config,

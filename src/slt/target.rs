@@ -33,6 +33,12 @@ pub trait Session {
         None
     }
 
+    /// The actor id this script's database lives under, for targets that have a KV store;
+    /// `None` for stock SQLite.
+    fn actor_id(&self) -> Option<&str> {
+        None
+    }
+
     /// Closes the database and releases what it holds (its file, its keys); called once the
     /// script is done. An error here is reported as a failure of the script.
     fn finish(self: Box<Self>) -> Result<(), String>;
