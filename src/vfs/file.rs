@@ -870,6 +870,13 @@ impl DbState {
         if kind == FileKind::Main && inner.is_dirty(FileKind::Journal) {
             self.flush(inner, FileKind::Journal)?;
         }
+        if kind == FileKind::Main && inner.batch.is_some() {
+            // A batch-atomic bracket is open: the main file's new size (and the entries queued
+            // for the next commit) belong to it and become durable with its commit, or never.
+            // Only another connection's close gets here (it takes no lock); writing now would
+            // make part of an open transaction durable before its commit.
+            return Ok(());
+        }
         if !inner.is_dirty(kind) {
             return Ok(());
         }
