@@ -7,12 +7,16 @@
 //! page writes, then `commit_atomic` or `rollback_atomic`) so each interleaving happens every
 //! time, and check what reached the store.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use kvsqlite::kv::memory::MemoryStore;
-use kvsqlite::kv::{ActorKv, KvStore, SharedStore};
+use kvsqlite::kv::{
+    ActorKv, Key, KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult,
+    SharedStore, Value, WriteBatch,
+};
 use kvsqlite::vfs::file::{DbState, StateOptions};
-use kvsqlite::vfs::layout::FileKind;
+use kvsqlite::vfs::layout::{self, FileKind};
 use kvsqlite::vfs::{open_database, OpenOptions};
 
 const PS: u64 = 4096;
@@ -91,4 +95,120 @@ fn entries_queued_for_the_next_commit_are_not_written_by_another_connections_clo
     );
     assert_eq!(s.queued_puts(), 0);
     assert_eq!(s.file_size(FileKind::Main).unwrap(), size + PS);
+}
+
+/// A memory store whose `delete_range` calls fail while armed (the request is lost: nothing is
+/// deleted), so a journalled commit stops right at its commit point, the journal's deletion.
+struct NoDeleteStore {
+    inner: MemoryStore,
+    armed: AtomicBool,
+}
+
+impl KvStore for NoDeleteStore {
+    fn backend(&self) -> &'static str {
+        "no-delete"
+    }
+    fn limits(&self) -> &KvLimits {
+        self.inner.limits()
+    }
+    fn get(&self, actor: &str, keys: &[Key]) -> Result<Vec<Option<Value>>, KvError> {
+        self.inner.get(actor, keys)
+    }
+    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
+        self.inner.list(actor, req)
+    }
+    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+        self.inner.write(actor, batch)
+    }
+    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
+        if self.armed.load(Ordering::SeqCst) {
+            return Err(KvError::InjectedFault { call: 0 });
+        }
+        self.inner.delete_range(actor, start, end)
+    }
+    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+        self.inner.batch_read(actor, ops)
+    }
+}
+
+fn count(db: &rusqlite::Connection) -> rusqlite::Result<i64> {
+    db.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+}
+
+#[test]
+fn a_hot_journal_left_by_one_connections_failed_commit_is_rolled_back_by_another() {
+    let nd = Arc::new(NoDeleteStore {
+        inner: MemoryStore::new(),
+        armed: AtomicBool::new(false),
+    });
+    let store: SharedStore = nd.clone();
+    // A bound of four pages on the atomic path: bigger transactions journal.
+    let opts = OpenOptions {
+        max_atomic_bytes: 4 * PS as usize,
+        ..OpenOptions::default()
+    };
+    let a = open_database(store.clone(), "hot", &opts).unwrap();
+    let b = open_database(store.clone(), "hot", &opts).unwrap();
+    a.execute_batch("CREATE TABLE t(x BLOB); INSERT INTO t VALUES (zeroblob(10));")
+        .unwrap();
+    assert_eq!(count(&b).unwrap(), 1);
+
+    // A's big transaction journals; its commit point (deleting the journal) fails.
+    let before = a.snapshot();
+    nd.armed.store(true, Ordering::SeqCst);
+    let e = a
+        .execute_batch(
+            "BEGIN; WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 20)
+             INSERT INTO t SELECT zeroblob(3000) FROM s; COMMIT;",
+        )
+        .unwrap_err();
+    assert_eq!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::SystemIoFailure),
+        "{e}"
+    );
+    assert_eq!((a.snapshot() - before).journal_fallbacks, 1);
+    if !a.is_autocommit() {
+        let _ = a.execute_batch("ROLLBACK");
+    }
+    nd.armed.store(false, Ordering::SeqCst);
+    // The journal is still in the store: hot for the next reader.
+    let journal_keys = nd
+        .inner
+        .dump()
+        .into_iter()
+        .filter(|(actor, k, _)| actor == "hot" && k.get(1) == Some(&layout::TAG_JOURNAL))
+        .count();
+    assert!(journal_keys > 0, "the failed commit left no journal");
+
+    // B's next read transaction finds the hot journal and rolls the transaction back: the
+    // commit that returned an error did not happen, for B and for A.
+    assert_eq!(count(&b).unwrap(), 1);
+    assert_eq!(count(&a).unwrap(), 1);
+    let ok: String = b
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    // Both keep working; a fresh state agrees.
+    b.execute("INSERT INTO t VALUES (zeroblob(20))", [])
+        .unwrap();
+    a.execute("INSERT INTO t VALUES (zeroblob(30))", [])
+        .unwrap();
+    drop((a, b));
+    let c = open_database(store, "hot", &opts).unwrap();
+    let lens: Vec<i64> = c
+        .prepare("SELECT length(x) FROM t ORDER BY rowid")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lens, vec![10, 20, 30]);
+    assert!(
+        !nd.inner
+            .dump()
+            .iter()
+            .any(|(actor, k, _)| actor == "hot" && k.get(1) == Some(&layout::TAG_JOURNAL)),
+        "the journal was not deleted after the rollback"
+    );
 }

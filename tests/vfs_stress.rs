@@ -51,11 +51,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// Runs `body` as one transaction (`begin` opens it), retrying it whole on a busy outcome.
 /// Returns how many attempts were busy.
-fn with_retry(
-    db: &Database,
-    begin: &str,
-    body: impl Fn(&Database) -> rusqlite::Result<()>,
-) -> u64 {
+fn with_retry(db: &Database, begin: &str, body: impl Fn(&Database) -> rusqlite::Result<()>) -> u64 {
     let mut busy = 0;
     loop {
         let r = db
@@ -185,12 +181,14 @@ fn writers_readers_and_reopening_connections_share_one_database() {
             for (i, t) in writer_txns(w).into_iter().enumerate() {
                 // Alternate IMMEDIATE with deferred transactions that read before writing
                 // (their upgrade to a writer is where busy outcomes happen).
-                let begin = if i % 2 == 0 { "BEGIN IMMEDIATE" } else { "BEGIN" };
+                let begin = if i % 2 == 0 {
+                    "BEGIN IMMEDIATE"
+                } else {
+                    "BEGIN"
+                };
                 busy += with_retry(&db, begin, |db| {
                     let bal: i64 =
-                        db.query_row("SELECT bal FROM acct WHERE id = ?1", [t.from], |r| {
-                            r.get(0)
-                        })?;
+                        db.query_row("SELECT bal FROM acct WHERE id = ?1", [t.from], |r| r.get(0))?;
                     db.execute(
                         "UPDATE acct SET bal = ?2 WHERE id = ?1",
                         [t.from, bal - t.amount],
@@ -261,11 +259,8 @@ fn writers_readers_and_reopening_connections_share_one_database() {
                     with_retry(&db, "BEGIN", |db| check_snapshot(db).map(|_| ()));
                 } else {
                     with_retry(&db, "BEGIN IMMEDIATE", |db| {
-                        db.execute(
-                            "INSERT INTO log VALUES (?1, ?2, NULL)",
-                            [REOPENER, j / 2],
-                        )
-                        .map(|_| ())
+                        db.execute("INSERT INTO log VALUES (?1, ?2, NULL)", [REOPENER, j / 2])
+                            .map(|_| ())
                     });
                 }
                 drop(db);
@@ -279,7 +274,10 @@ fn writers_readers_and_reopening_connections_share_one_database() {
     reopener.join().unwrap();
     done.store(true, Ordering::Release);
     let snapshots: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
-    assert!(snapshots > 0, "the readers never completed a read transaction");
+    assert!(
+        snapshots > 0,
+        "the readers never completed a read transaction"
+    );
 
     // Every commit path ran while the others worked.
     let d = observer.snapshot() - before;
@@ -342,11 +340,8 @@ fn connections_that_open_commit_and_close_in_a_loop_lose_nothing() {
                     let db = open(&store, "churn");
                     let pad = if (w + i) % 5 == 0 { 40_000 } else { 10 };
                     with_retry(&db, "BEGIN IMMEDIATE", |db| {
-                        db.execute(
-                            "INSERT INTO t VALUES (?1, ?2, zeroblob(?3))",
-                            [w, i, pad],
-                        )
-                        .map(|_| ())
+                        db.execute("INSERT INTO t VALUES (?1, ?2, zeroblob(?3))", [w, i, pad])
+                            .map(|_| ())
                     });
                     // A read in a new transaction sees the row just committed.
                     let n: i64 = db
@@ -369,9 +364,7 @@ fn connections_that_open_commit_and_close_in_a_loop_lose_nothing() {
         .collect::<Result<_, _>>()
         .unwrap();
     let want: Vec<(i64, i64, i64)> = (0..threads)
-        .flat_map(|w| {
-            (0..per).map(move |i| (w, i, if (w + i) % 5 == 0 { 40_000 } else { 10 }))
-        })
+        .flat_map(|w| (0..per).map(move |i| (w, i, if (w + i) % 5 == 0 { 40_000 } else { 10 })))
         .collect();
     assert_eq!(rows, want);
     integrity(&db);
