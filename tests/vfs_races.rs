@@ -15,6 +15,7 @@ use kvsqlite::kv::{
     ActorKv, Key, KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult,
     SharedStore, Value, WriteBatch,
 };
+use kvsqlite::preload::Preload;
 use kvsqlite::vfs::file::{DbState, StateOptions};
 use kvsqlite::vfs::layout::{self, FileKind};
 use kvsqlite::vfs::{open_database, OpenOptions};
@@ -211,4 +212,62 @@ fn a_hot_journal_left_by_one_connections_failed_commit_is_rolled_back_by_another
             .any(|(actor, k, _)| actor == "hot" && k.get(1) == Some(&layout::TAG_JOURNAL)),
         "the journal was not deleted after the rollback"
     );
+}
+
+fn xs(db: &rusqlite::Connection) -> Vec<i64> {
+    db.prepare("SELECT x FROM t ORDER BY x")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_preload_read_before_another_connections_commit_is_not_trusted() {
+    let m = Arc::new(MemoryStore::new());
+    {
+        let db = open_database(m.clone(), "wake", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    // An actor wakes: its preload is read...
+    let ops = layout::preload_reads(1 << 20);
+    let preload = Preload::from_reads(&ops, &m.batch_read("wake", &ops).unwrap());
+    // ...and before it opens, another connection of this process opens, commits and closes.
+    {
+        let db = open_database(m.clone(), "wake", &OpenOptions::default()).unwrap();
+        db.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    }
+    // Opening with the now stale preload must not read (or build on) the old state.
+    let opts = OpenOptions {
+        preload: Some(preload),
+        ..OpenOptions::default()
+    };
+    let db = open_database(m.clone(), "wake", &opts).unwrap();
+    assert_eq!(xs(&db), vec![1, 2], "read the state from before a commit");
+    db.execute("INSERT INTO t VALUES (3)", []).unwrap();
+    drop(db);
+    let db = open_database(m, "wake", &OpenOptions::default()).unwrap();
+    assert_eq!(xs(&db), vec![1, 2, 3], "a commit was lost");
+}
+
+#[test]
+fn a_current_preload_still_wakes_without_a_round_trip() {
+    let m = Arc::new(MemoryStore::new());
+    {
+        let db = open_database(m.clone(), "fresh", &OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        db.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    }
+    let ops = layout::preload_reads(1 << 20);
+    let preload = Preload::from_reads(&ops, &m.batch_read("fresh", &ops).unwrap());
+    let opts = OpenOptions {
+        preload: Some(preload),
+        ..OpenOptions::default()
+    };
+    let db = open_database(m, "fresh", &opts).unwrap();
+    assert_eq!(xs(&db), vec![1, 2]);
+    assert_eq!(db.snapshot().kv_round_trips, 0, "{:?}", db.snapshot());
 }
