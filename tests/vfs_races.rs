@@ -271,3 +271,41 @@ fn a_current_preload_still_wakes_without_a_round_trip() {
     assert_eq!(xs(&db), vec![1, 2]);
     assert_eq!(db.snapshot().kv_round_trips, 0, "{:?}", db.snapshot());
 }
+
+#[test]
+fn in_process_locks_follow_sqlites_levels() {
+    use kvsqlite::vfs::file::lock::{EXCLUSIVE, NONE, PENDING, RESERVED, SHARED};
+    let m = store_with_table("locks");
+    let s = state(&m, "locks");
+    let (a, b, c) = (s.new_handle_id(), s.new_handle_id(), s.new_handle_id());
+    assert_eq!(s.lock(a, NONE, SHARED), (true, SHARED));
+    assert_eq!(s.lock(b, NONE, SHARED), (true, SHARED));
+    assert!(!s.reserved());
+    // One RESERVED at a time; readers keep reading and new ones may start.
+    assert_eq!(s.lock(a, SHARED, RESERVED), (true, RESERVED));
+    assert!(s.reserved());
+    assert_eq!(s.lock(b, SHARED, RESERVED), (false, SHARED));
+    // EXCLUSIVE waits for the other reader: the writer holds PENDING, which stops new readers.
+    assert_eq!(s.lock(a, RESERVED, EXCLUSIVE), (false, PENDING));
+    assert_eq!(s.lock(c, NONE, SHARED), (false, NONE));
+    assert_eq!(s.unlock(b, SHARED, NONE), NONE);
+    assert_eq!(s.lock(a, PENDING, EXCLUSIVE), (true, EXCLUSIVE));
+    assert_eq!(s.lock(c, NONE, SHARED), (false, NONE));
+    // Back to SHARED: everything above it is released at once.
+    assert_eq!(s.unlock(a, EXCLUSIVE, SHARED), SHARED);
+    assert!(!s.reserved());
+    assert_eq!(s.lock(c, NONE, SHARED), (true, SHARED));
+    assert_eq!(s.lock(c, SHARED, RESERVED), (true, RESERVED));
+    // A reader going straight to EXCLUSIVE (hot-journal rollback) while another reads.
+    assert_eq!(s.unlock(c, RESERVED, SHARED), SHARED);
+    assert_eq!(s.lock(c, SHARED, EXCLUSIVE), (false, PENDING));
+    assert!(s.reserved());
+    assert_eq!(s.lock(a, SHARED, RESERVED), (false, SHARED));
+    assert_eq!(s.unlock(a, SHARED, NONE), NONE);
+    assert_eq!(s.lock(c, PENDING, EXCLUSIVE), (true, EXCLUSIVE));
+    assert_eq!(s.unlock(c, EXCLUSIVE, NONE), NONE);
+    // Nothing held: anyone may take anything.
+    assert!(!s.reserved());
+    assert_eq!(s.lock(b, NONE, SHARED), (true, SHARED));
+    assert_eq!(s.lock(b, SHARED, EXCLUSIVE), (true, EXCLUSIVE));
+}
