@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use kvsqlite::kv::latency::LatencyStore;
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::rng::Rng;
@@ -141,8 +142,19 @@ fn integrity(db: &Database) {
 
 #[test]
 fn writers_readers_and_reopening_connections_share_one_database() {
-    let m = store();
-    let store: SharedStore = m.clone();
+    bank(store());
+}
+
+#[test]
+fn the_same_over_a_store_with_a_round_trip_time() {
+    // Every KV call takes a millisecond, so a commit, a cache miss or an open holds the
+    // database's state that long: the windows between threads are wide.
+    let slow: SharedStore = Arc::new(LatencyStore::new(store(), Duration::from_millis(1)));
+    bank(slow);
+}
+
+/// The bank workload on `store` (see the module comment).
+fn bank(store: SharedStore) {
     // The observer opens first and stays open, so the shared state (and its counters) lives
     // through the whole run; the other connections come and go around it.
     let observer = open(&store, "bank");
