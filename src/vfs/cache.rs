@@ -67,6 +67,11 @@ impl PageCache {
         Some((&e.data, first_use))
     }
 
+    /// The chunk's bytes without touching recency or the prefetched flag.
+    pub fn peek(&self, id: ChunkId) -> Option<&[u8]> {
+        self.map.get(&id).map(|e| e.data.as_slice())
+    }
+
     /// True when the chunk is held (does not touch recency).
     pub fn contains(&self, id: ChunkId) -> bool {
         self.map.contains_key(&id)

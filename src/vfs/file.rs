@@ -226,6 +226,55 @@ pub struct DbState {
     fence: Mutex<Vec<Precondition>>,
     /// Entries (outside the VFS prefix) to write atomically with the next commit record.
     extra: Mutex<Vec<(Key, Vec<u8>)>>,
+    /// Told the database's [`Fingerprint`] after every write that may have changed its main
+    /// file (`None` when the outcome is uncertain); see [`DbState::set_commit_hook`].
+    commit_hook: Mutex<Option<CommitHook>>,
+}
+
+/// What the state tells its commit hook: a hash of the main file's stored metadata and page 1
+/// after a write, or `None` when a write failed and the store's contents are uncertain.
+pub type Fingerprint = Option<u64>;
+
+/// Called with the new [`Fingerprint`] after each write to the main file (while the state's
+/// lock is held, so calls are in commit order).
+pub type CommitHook = Box<dyn Fn(Fingerprint) + Send + Sync>;
+
+/// FNV-1a over the main file's stored metadata (absent or its bytes) and page 1's bytes.
+fn fingerprint_of(meta: Option<&[u8]>, page1: Option<&[u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for part in [meta, page1] {
+        match part {
+            Some(v) => {
+                eat(&[1]);
+                eat(&(v.len() as u64).to_be_bytes());
+                eat(v);
+            }
+            None => eat(&[0]),
+        }
+    }
+    h
+}
+
+/// The [`Fingerprint`] of the database state a preload was read from: `None` when the preload
+/// does not hold the main file's metadata and (if it exists) its page 1, so it cannot tell.
+pub fn preload_fingerprint(p: &Preload) -> Fingerprint {
+    match p.lookup(&layout::meta_key(FileKind::Main)) {
+        Lookup::Absent => Some(fingerprint_of(None, None)),
+        Lookup::NotPreloaded => None,
+        Lookup::Found(raw) => {
+            let meta = Meta::decode(FileKind::Main, raw).ok()?;
+            match p.lookup(&meta.live_key(0)) {
+                Lookup::Found(page1) => Some(fingerprint_of(Some(raw), Some(page1))),
+                _ => None,
+            }
+        }
+    }
 }
 
 /// A valid page 1 of an empty database with the given page size, as SQLite itself writes it.
@@ -403,6 +452,7 @@ impl DbState {
             opts,
             fence: Mutex::new(Vec::new()),
             extra: Mutex::new(Vec::new()),
+            commit_hook: Mutex::new(None),
             inner: Mutex::new(Inner {
                 main,
                 journal,
@@ -427,6 +477,38 @@ impl DbState {
     /// deletions use fenced delete batches instead of `delete_range`.
     pub fn set_fence(&self, preconditions: Vec<Precondition>) {
         *self.fence.lock() = preconditions;
+    }
+
+    /// Installs the hook told the database's [`Fingerprint`] after every write to its main
+    /// file. The registry uses it to recognise a preload read before a later commit of this
+    /// process (a stale preload), which must not seed a new state.
+    pub fn set_commit_hook(&self, hook: CommitHook) {
+        *self.commit_hook.lock() = Some(hook);
+    }
+
+    /// Tells the commit hook the main file's fingerprint as the state now knows it.
+    fn note_main_written(&self, inner: &mut Inner) {
+        let hook = self.commit_hook.lock();
+        let Some(hook) = hook.as_ref() else {
+            return;
+        };
+        let fp = if inner.needs_reload {
+            None
+        } else if !inner.main.in_kv {
+            Some(fingerprint_of(None, None))
+        } else {
+            let raw = inner.main.meta.encode();
+            let key = inner.main.meta.live_key(0);
+            let page1 = match inner.cache.peek((FileKind::Main, 0)) {
+                Some(p) => Some(p.to_vec()),
+                None => match inner.preload.as_ref().map(|p| p.lookup(&key)) {
+                    Some(Lookup::Found(p)) => Some(p.to_vec()),
+                    _ => None,
+                },
+            };
+            page1.map(|p| fingerprint_of(Some(&raw), Some(&p)))
+        };
+        hook(fp);
     }
 
     /// Queues entries to be written atomically with the next commit record (the next
@@ -870,6 +952,13 @@ impl DbState {
         if kind == FileKind::Main && inner.is_dirty(FileKind::Journal) {
             self.flush(inner, FileKind::Journal)?;
         }
+        if kind == FileKind::Main && inner.batch.is_some() {
+            // A batch-atomic bracket is open: the main file's new size (and the entries queued
+            // for the next commit) belong to it and become durable with its commit, or never.
+            // Only another connection's close gets here (it takes no lock); writing now would
+            // make part of an open transaction durable before its commit.
+            return Ok(());
+        }
         if !inner.is_dirty(kind) {
             return Ok(());
         }
@@ -928,6 +1017,9 @@ impl DbState {
         f.meta = meta;
         f.in_kv = true;
         f.exists = true;
+        if kind == FileKind::Main {
+            self.note_main_written(inner);
+        }
         Ok(())
     }
 
@@ -951,6 +1043,7 @@ impl DbState {
         for b in &batches {
             if let Err(e) = self.kv_write(b) {
                 inner.needs_reload = true;
+                self.note_main_written(inner);
                 return Err(VfsError::Kv(Op::Write, e));
             }
             self.apply_to_preload(inner, b);
@@ -1136,6 +1229,7 @@ impl DbState {
         inner.main.in_kv = true;
         inner.main.exists = true;
         inner.virtual_page1 = false;
+        self.note_main_written(inner);
         Ok(())
     }
 
@@ -1187,6 +1281,9 @@ impl DbState {
             };
             if let Err(e) = result {
                 inner.needs_reload = true;
+                if kind == FileKind::Main {
+                    self.note_main_written(&mut inner);
+                }
                 return Err(VfsError::Kv(Op::Truncate, e));
             }
             if let Some(p) = &mut inner.preload {

@@ -57,7 +57,16 @@ struct Registry {
     stores: Vec<Weak<dyn crate::kv::KvStore>>,
     /// One slot per database that is open or being opened (see [`db_state`]).
     dbs: HashMap<(u64, String), Arc<DbSlot>>,
+    /// The fingerprint of each database after the last write this process made to its main
+    /// file (`None`: that write failed, the stored state is uncertain). A preload whose
+    /// fingerprint differs was read before that write, or cannot tell: it is not trusted.
+    /// Bounded by [`MAX_FINGERPRINTS`].
+    fingerprints: HashMap<(u64, String), file::Fingerprint>,
 }
+
+/// Most databases whose last-write fingerprint the registry remembers; past it, those of
+/// databases no connection holds are forgotten (their preloads are then trusted as before).
+const MAX_FINGERPRINTS: usize = 65_536;
 
 /// Where a database's shared state lives while any connection holds it. Its lock serialises
 /// opens of that one database, so two connections can never each build a state of their own.
@@ -67,6 +76,7 @@ static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new
     Mutex::new(Registry {
         stores: Vec::new(),
         dbs: HashMap::new(),
+        fingerprints: HashMap::new(),
     })
 });
 
@@ -198,7 +208,25 @@ fn db_state(
         )
     })?;
     let kv = ActorKv::new(st, actor).map_err(|e| VfsError::Kv(Op::Read, e))?;
+    let key = (store, actor.to_string());
+    // A preload read before a later write of this process (another connection opened,
+    // committed and closed since) would seed the state with old pages and metadata: stale
+    // reads, then commits built on them. Only a preload that matches the last write is used.
+    let preload = preload.filter(|p| match REGISTRY.lock().fingerprints.get(&key) {
+        None => true,
+        Some(last) => last.is_some() && file::preload_fingerprint(p) == *last,
+    });
     let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
+    state.set_commit_hook(Box::new(move |fp| {
+        let mut reg = REGISTRY.lock();
+        if reg.fingerprints.len() >= MAX_FINGERPRINTS && !reg.fingerprints.contains_key(&key) {
+            let Registry {
+                dbs, fingerprints, ..
+            } = &mut *reg;
+            fingerprints.retain(|k, _| dbs.contains_key(k));
+        }
+        reg.fingerprints.insert(key.clone(), fp);
+    }));
     *current = Arc::downgrade(&state);
     Ok(state)
 }
@@ -226,7 +254,11 @@ pub struct OpenOptions {
     /// commit buffer).
     pub max_atomic_bytes: usize,
     /// Entries read ahead of time (at an actor's wake): served without round trips and kept
-    /// coherent on every commit. Only used when no connection has the database open yet.
+    /// coherent on every commit. Only used when no connection has the database open yet, and
+    /// only when it matches this process's last write to the database (metadata and page 1):
+    /// a preload read before another connection of this process committed is ignored, and the
+    /// open reads the store instead (one round trip). Writes by other processes are not seen
+    /// here (the actor layer's fencing guards those).
     pub preload: Option<Preload>,
     /// Open read-only.
     pub read_only: bool,
