@@ -155,6 +155,46 @@ fn run(store: SharedStore, txns: &[String]) -> usize {
     txns.len()
 }
 
+/// Runs `txns` on `inner` behind a store that crashes at call `k`; returns how many transactions
+/// returned OK before the crash, which must have been reached.
+fn run_crashing_at(inner: &SharedStore, k: u64, txns: &[String]) -> usize {
+    let faulty = Arc::new(FaultStore::new(
+        inner.clone(),
+        FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
+    ));
+    let ok = run(faulty.clone(), txns);
+    assert!(faulty.is_crashed(), "crash point {k} was not reached");
+    ok
+}
+
+/// Reopens the surviving data after a crash at call `k`, with `ok` transactions acknowledged:
+/// the database passes `integrity_check` and holds the state after exactly those transactions,
+/// or after the one in flight too. Returns the open database for further checks.
+fn reopen_and_check(
+    inner: SharedStore,
+    k: u64,
+    ok: usize,
+    txns: &[String],
+    expected: &[Rows],
+) -> kvsqlite::vfs::Database {
+    let db = open_database(inner, "crashy", &OpenOptions::default())
+        .unwrap_or_else(|e| panic!("crash at {k}: reopen failed: {e}"));
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("crash at {k}: integrity_check failed: {e}"));
+    assert_eq!(check, "ok", "crash at {k}");
+    let got = contents(&db);
+    let in_flight = (ok + 1).min(txns.len());
+    assert!(
+        got == expected[ok] || got == expected[in_flight],
+        "crash at call {k}: {ok} transactions returned OK; got {} rows, expected {} or {}",
+        got.len(),
+        expected[ok].len(),
+        expected[in_flight].len()
+    );
+    db
+}
+
 /// The same check on the redb backend, for the first 40 transactions (a staged commit and a
 /// journal fallback among them).
 #[test]
@@ -180,24 +220,8 @@ fn every_crash_point_on_redb_leaves_old_or_new_state() {
     let total = counter.calls();
     for k in 1..=total {
         let inner = open(k);
-        let faulty = Arc::new(FaultStore::new(
-            inner.clone(),
-            FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
-        ));
-        let ok = run(faulty.clone(), &txns);
-        assert!(faulty.is_crashed(), "crash point {k} not reached");
-        let db = open_database(inner, "crashy", &OpenOptions::default())
-            .unwrap_or_else(|e| panic!("redb crash at {k}: reopen failed: {e}"));
-        let check: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok", "redb crash at {k}");
-        let got = contents(&db);
-        let in_flight = (ok + 1).min(txns.len());
-        assert!(
-            got == expected[ok] || got == expected[in_flight],
-            "redb crash at call {k}: {ok} transactions returned OK"
-        );
+        let ok = run_crashing_at(&inner, k, &txns);
+        reopen_and_check(inner, k, ok, &txns, &expected);
     }
 }
 
@@ -240,41 +264,17 @@ fn crash_everywhere(seed: u64) {
     for k in 1..=total {
         let mem = Arc::new(MemoryStore::with_limits(limits()));
         let inner: SharedStore = mem.clone();
-        let faulty = Arc::new(FaultStore::new(
-            inner.clone(),
-            FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
-        ));
-        let ok = run(faulty.clone(), &txns);
-        assert!(
-            faulty.is_crashed(),
-            "crash point {k} of {total} was not reached"
-        );
+        let ok = run_crashing_at(&inner, k, &txns);
         let keys: Vec<Vec<u8>> = mem.dump().into_iter().map(|(_, k, _)| k).collect();
         hot_journals += keys.iter().any(|k| k.starts_with(&[8, 1])) as u32;
-        let unfinished = unfinished_stage_keys(&mem);
-        leftover_stages += (unfinished > 0) as u32;
-        let db = open_database(inner.clone(), "crashy", &OpenOptions::default())
-            .unwrap_or_else(|e| panic!("crash at {k}: reopen failed: {e}"));
+        leftover_stages += (unfinished_stage_keys(&mem) > 0) as u32;
+        let db = reopen_and_check(inner.clone(), k, ok, &txns, &expected);
         assert_eq!(
             unfinished_stage_keys(&mem),
             0,
             "crash at {k}: open kept an unfinished stage"
         );
-        let check: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("crash at {k}: integrity_check failed: {e}"));
-        assert_eq!(check, "ok", "crash at {k}");
-        let got = contents(&db);
-        let in_flight = (ok + 1).min(txns.len());
-        assert!(
-            got == expected[ok] || got == expected[in_flight],
-            "crash at call {k} ({:?}): {ok} transactions returned OK; got {} rows, expected {} or {}",
-            faulty.crash_report(),
-            got.len(),
-            expected[ok].len(),
-            expected[in_flight].len()
-        );
-        landed_in_flight += (got != expected[ok]) as u32;
+        landed_in_flight += (contents(&db) != expected[ok]) as u32;
         // The recovered database keeps working.
         db.execute("INSERT INTO t VALUES (100000, 'after')", [])
             .map(|_| ())
@@ -338,28 +338,9 @@ fn every_crash_point_after_a_page_size_pragma_leaves_old_or_new_state() {
     for k in 1..=total {
         let mem = Arc::new(MemoryStore::with_limits(limits()));
         let inner: SharedStore = mem.clone();
-        let faulty = Arc::new(FaultStore::new(
-            inner.clone(),
-            FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
-        ));
-        let ok = run(faulty.clone(), &txns);
-        assert!(
-            faulty.is_crashed(),
-            "crash point {k} of {total} not reached"
-        );
+        let ok = run_crashing_at(&inner, k, &txns);
         let landed = !mem.dump().is_empty();
-        let db = open_database(inner, "crashy", &OpenOptions::default())
-            .unwrap_or_else(|e| panic!("crash at {k}: reopen failed: {e}"));
-        let check: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(check, "ok", "crash at {k}");
-        let got = contents(&db);
-        let in_flight = (ok + 1).min(txns.len());
-        assert!(
-            got == expected[ok] || got == expected[in_flight],
-            "crash at call {k}: {ok} transactions returned OK"
-        );
+        let db = reopen_and_check(inner, k, ok, &txns, &expected);
         let ps: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
         assert_eq!(ps, if landed { 8192 } else { 4096 }, "crash at {k}");
     }
