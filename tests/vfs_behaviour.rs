@@ -1,6 +1,9 @@
 //! VFS behaviour: the pinned layout, page sizes, refused pragmas, time, bad names, corrupt
 //! data, in-process locking, preload coherence, VACUUM, and injected (non-crash) faults.
 
+#[path = "common/sqlite.rs"]
+mod sqlite_checks;
+use sqlite_checks::assert_integrity;
 use std::sync::Arc;
 
 use kvsqlite::kv::faults::{FaultPlan, FaultStore};
@@ -89,10 +92,7 @@ fn page_sizes_work_or_are_refused_clearly() {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 200);
-        let ok: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok");
+        assert_integrity(&db);
         assert!(keys_of(&m, &actor)[1..]
             .iter()
             .all(|(_, v)| v.len() == ps as usize));
@@ -141,10 +141,7 @@ fn page_sizes_work_or_are_refused_clearly() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 500);
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(&db);
 }
 
 /// One statement's outcome: its first value (`Debug`), `None` for no row, or the error text.
@@ -670,10 +667,7 @@ fn more_corrupt_metadata_and_chunks_are_corrupt_errors_on_every_path() {
     });
     assert_eq!(e, "no error: 40");
     let db = open_database(m.clone(), "grown", &OpenOptions::default()).unwrap();
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(&db);
     drop(db);
 
     // A truncated chunk served by the preload (no KV read) is corrupt too.
@@ -952,10 +946,7 @@ fn threads_share_a_store_and_two_writers_share_one_database() {
         .unwrap();
     assert_eq!(n, 100);
     assert_eq!(s, 1000 * 50 + 2 * (0..50).sum::<i64>());
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(&db);
 }
 
 #[test]

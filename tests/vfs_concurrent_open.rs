@@ -6,6 +6,9 @@
 //! commits overwrote them (lost writes, seen as a flaky failure under load). The gate below
 //! makes that interleaving happen every time instead of once in a few hundred runs.
 
+#[path = "common/sqlite.rs"]
+mod sqlite_checks;
+use sqlite_checks::assert_integrity;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,8 +140,5 @@ fn a_connection_that_commits_and_closes_during_another_open_loses_nothing() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(per_writer, vec![(0, 10), (1, 10)]);
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_integrity(&db);
 }

@@ -3,6 +3,9 @@
 //! memory and redb stores and through stock SQLite on a temp file. Every statement's outcome,
 //! the query results along the way, and the final contents must be identical.
 
+#[path = "common/sqlite.rs"]
+mod sqlite_checks;
+use sqlite_checks::assert_integrity;
 use std::sync::Arc;
 
 use kvsqlite::kv::memory::MemoryStore;
@@ -266,10 +269,7 @@ fn differential(
     let want = dump(&reference);
     for (name, db) in &dbs {
         assert_eq!(dump(db), want, "seed {seed}: final contents on {name}");
-        let ok: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok");
+        assert_integrity(db);
         let snap = db.snapshot();
         eprintln!(
             "seed {seed} {name}: {} steps, {} VACUUM, {} big blobs; {snap:?}",

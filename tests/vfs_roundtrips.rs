@@ -1,5 +1,8 @@
 //! Exact KV round-trip counts of the VFS: commits, reads, staged commits, fallbacks.
 
+#[path = "common/sqlite.rs"]
+mod sqlite_checks;
+use sqlite_checks::assert_integrity;
 use std::sync::Arc;
 
 use kvsqlite::kv::memory::MemoryStore;
@@ -100,10 +103,7 @@ fn big_transaction_is_staged_within_bound_and_next_small_one_is_one_put() {
         .unwrap();
     assert_eq!(n, 2001);
     assert_eq!(sum, (0..2000).map(|i: i64| 4000 + i % 7).sum::<i64>() + 1);
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(&db);
 }
 
 #[test]
@@ -202,10 +202,7 @@ fn journal_fallback_is_counted_and_next_transaction_is_one_put() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 2001);
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(&db);
 }
 
 #[test]
@@ -313,10 +310,7 @@ fn transaction_over_the_memory_bound_falls_back_to_the_journal_and_commits() {
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 201);
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(&db);
 }
 
 #[test]

@@ -9,6 +9,9 @@
 //! the total balance never changes, repeated reads agree, each writer's log is a prefix) and
 //! never goes back in time. Busy outcomes are retried whole, as an application would.
 
+#[path = "common/sqlite.rs"]
+mod sqlite_checks;
+use sqlite_checks::assert_integrity;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
@@ -134,10 +137,7 @@ fn check_snapshot(db: &Database) -> rusqlite::Result<BTreeMap<i64, i64>> {
 }
 
 fn integrity(db: &Database) {
-    let ok: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(ok, "ok");
+    assert_integrity(db);
 }
 
 #[test]
