@@ -653,12 +653,18 @@ pub(super) fn sleep_hints(
     let Some(fence) = db.next_fence_record() else {
         return Vec::new();
     };
+    let mut hot = db.recent_reads();
+    hot.truncate(max_hint_pages);
+    let startup_pages = probe_startup_pages(db).unwrap_or_else(|e| {
+        tracing::debug!("startup-page probe failed ({e}); using the pages this start read");
+        startup_pages.to_vec()
+    });
     let cs = db.page_size() as usize;
     let listed = budget / (cs + 8);
     let mut startup = Vec::new();
     let mut entries = Vec::new();
     let mut bytes = 0;
-    for (idx, key) in db.live_keys(startup_pages) {
+    for (idx, key) in db.live_keys(&startup_pages) {
         if startup.len() == MAX_STARTUP_COPIES || bytes + cs > COPIES_MAX_BYTES {
             break;
         }
@@ -672,8 +678,6 @@ pub(super) fn sleep_hints(
             entries.push((records::startup_copy_key(idx), page));
         }
     }
-    let mut hot = db.recent_reads();
-    hot.truncate(max_hint_pages);
     let hints = Hints {
         fence,
         startup,
@@ -681,4 +685,28 @@ pub(super) fn sleep_hints(
     };
     entries.push((records::hints_key(), hints.encode()));
     entries
+}
+
+/// The pages a wake's startup reads, found by doing what it does on a second connection whose
+/// SQLite cache is empty (its reads come from this database's cache, no round trip): read the
+/// schema and the migrations table. A creating instance never read them through the VFS (it
+/// wrote them), so its own log cannot tell.
+fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = rusqlite::Connection::open_with_flags_and_vfs(db.path(), flags, crate::vfs::VFS_NAME)?;
+    db.track_reads(true);
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name = '_kvsqlite_migrations'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables > 0 {
+        let mut stmt = conn.prepare("SELECT id, name, checksum FROM _kvsqlite_migrations ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while rows.next()?.is_some() {}
+    }
+    let pages = db.recent_reads();
+    db.track_reads(true);
+    Ok(pages)
 }
