@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod kv;
+pub mod metrics;
 pub mod preload;
 pub mod rng;
 pub mod slt;
