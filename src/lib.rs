@@ -7,6 +7,7 @@
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
 #![warn(missing_docs)]
 
+pub mod actor;
 pub mod kv;
 pub mod metrics;
 pub mod preload;
