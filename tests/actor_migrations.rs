@@ -9,6 +9,7 @@ use kvsqlite::actor::migrations::{
     MigrationError, TABLE,
 };
 use kvsqlite::actor::statements::{execute_one, split};
+use rusqlite::types::FromSql;
 use rusqlite::Connection;
 
 fn m(name: &str, sql: &str) -> Migration {
@@ -31,26 +32,29 @@ fn three() -> Vec<Migration> {
     ]
 }
 
-/// Everything of the database's schema, in a stable order.
-fn schema(conn: &Connection) -> Vec<(String, String, Option<String>)> {
-    let mut stmt = conn
-        .prepare("SELECT type, name, sql FROM sqlite_schema ORDER BY type, name")
-        .unwrap();
+/// Every row of a three-column query.
+fn triples<A: FromSql, B: FromSql, C: FromSql>(conn: &Connection, sql: &str) -> Vec<(A, B, C)> {
+    let mut stmt = conn.prepare(sql).unwrap();
     let rows = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .unwrap();
     rows.map(Result::unwrap).collect()
 }
 
+/// Everything of the database's schema, in a stable order.
+fn schema(conn: &Connection) -> Vec<(String, String, Option<String>)> {
+    triples(
+        conn,
+        "SELECT type, name, sql FROM sqlite_schema ORDER BY type, name",
+    )
+}
+
 /// The recorded migrations: (id, name, checksum).
 fn records(conn: &Connection) -> Vec<(i64, String, String)> {
-    let mut stmt = conn
-        .prepare("SELECT id, name, checksum FROM _kvsqlite_migrations ORDER BY id")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap();
-    rows.map(Result::unwrap).collect()
+    triples(
+        conn,
+        "SELECT id, name, checksum FROM _kvsqlite_migrations ORDER BY id",
+    )
 }
 
 fn write(dir: &Path, name: &str, content: &[u8]) {
