@@ -222,14 +222,13 @@ mod tests {
     #[test]
     fn trigger_bodies_stay_whole() {
         let text = "CREATE TABLE a(x);\nCREATE TRIGGER t AFTER INSERT ON a\nBEGIN\n  INSERT INTO b VALUES(new.x);\n  UPDATE c SET n = n + 1;\nEND;\nINSERT INTO a VALUES(1);";
-        check(text, &[
-                (1, "CREATE TABLE a(x);"),
-                (
-                    2,
-                    "CREATE TRIGGER t AFTER INSERT ON a\nBEGIN\n  INSERT INTO b VALUES(new.x);\n  UPDATE c SET n = n + 1;\nEND;"
-                ),
-                (7, "INSERT INTO a VALUES(1);"),
-            ]);
+        let trigger = "CREATE TRIGGER t AFTER INSERT ON a\nBEGIN\n  INSERT INTO b VALUES(new.x);\n  UPDATE c SET n = n + 1;\nEND;";
+        let want = [
+            (1, "CREATE TABLE a(x);"),
+            (2, trigger),
+            (7, "INSERT INTO a VALUES(1);"),
+        ];
+        check(text, &want);
         // A trigger runs: the split statements execute on SQLite one by one.
         let conn = Connection::open_in_memory().unwrap();
         let full =
