@@ -50,7 +50,11 @@ fn a_new_actor_costs_one_read_and_one_write_and_a_wake_one_read() {
     let a = Actor::start(store.clone(), "chat-1", &config()).unwrap();
     let d = counting.snapshot().delta(&before);
     assert_eq!(
-        (d.round_trips(), d.op(OpKind::BatchRead).calls, d.op(OpKind::Write).calls),
+        (
+            d.round_trips(),
+            d.op(OpKind::BatchRead).calls,
+            d.op(OpKind::Write).calls
+        ),
         (2, 1, 1),
         "{d:?}"
     );
@@ -62,11 +66,18 @@ fn a_new_actor_costs_one_read_and_one_write_and_a_wake_one_read() {
     let before = counting.snapshot();
     let a = Actor::start(store.clone(), "chat-1", &config()).unwrap();
     let d = counting.snapshot().delta(&before);
-    assert_eq!((d.round_trips(), d.op(OpKind::BatchRead).calls), (1, 1), "{d:?}");
+    assert_eq!(
+        (d.round_trips(), d.op(OpKind::BatchRead).calls),
+        (1, 1),
+        "{d:?}"
+    );
     assert!(!a.startup().is_new);
     assert_eq!(a.startup().kv_round_trips, 1);
     let before = counting.snapshot();
-    assert_eq!(count(&a, "SELECT count(*) FROM notes WHERE room = 'room3'"), 29);
+    assert_eq!(
+        count(&a, "SELECT count(*) FROM notes WHERE room = 'room3'"),
+        29
+    );
     assert_eq!(counting.snapshot().delta(&before).round_trips(), 0);
     // A write transaction: one put.
     let before = counting.snapshot();

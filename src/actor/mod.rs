@@ -58,19 +58,25 @@ pub struct HookCtx<'a> {
 /// A hook that returns nothing.
 pub type Hook = Box<dyn Fn(&mut HookCtx<'_>) -> Result<(), HookError> + Send + Sync>;
 
+/// A hook that builds a new actor's initial state.
+pub type StateHook = Box<dyn Fn(&mut HookCtx<'_>) -> Result<Vec<u8>, HookError> + Send + Sync>;
+
+/// The actor's in-memory vars (downcast with [`Actor::vars`]).
+pub type Vars = Box<dyn Any + Send>;
+
+/// A hook that builds the actor's vars.
+pub type VarsHook = Box<dyn Fn(&mut HookCtx<'_>) -> Result<Vars, HookError> + Send + Sync>;
+
 /// The user callbacks of a start, each optional. Any of them may fail: the actor then does not
 /// start, and nothing of the attempt is written (a new actor does not exist afterwards).
 #[derive(Default)]
 pub struct Hooks {
     /// A new actor's initial state (default: empty).
-    pub create_state:
-        Option<Box<dyn Fn(&mut HookCtx<'_>) -> Result<Vec<u8>, HookError> + Send + Sync>>,
+    pub create_state: Option<StateHook>,
     /// Runs once, when the actor is created (before its database opens).
     pub on_create: Option<Hook>,
     /// Builds the actor's in-memory vars (not persisted), at every start.
-    pub create_vars: Option<
-        Box<dyn Fn(&mut HookCtx<'_>) -> Result<Box<dyn Any + Send>, HookError> + Send + Sync>,
-    >,
+    pub create_vars: Option<VarsHook>,
     /// Runs at every start, after migrations.
     pub on_wake: Option<Hook>,
     /// Runs last, once the creation is durable.
@@ -273,7 +279,9 @@ impl RunningEntry {
 
 impl Drop for RunningEntry {
     fn drop(&mut self) {
-        RUNNING.lock().remove(&(self.0, std::mem::take(&mut self.1)));
+        RUNNING
+            .lock()
+            .remove(&(self.0, std::mem::take(&mut self.1)));
     }
 }
 
@@ -293,7 +301,7 @@ pub struct Actor {
     id: String,
     state: Vec<u8>,
     state_dirty: bool,
-    vars: Option<Box<dyn Any + Send>>,
+    vars: Option<Vars>,
     token: String,
     counting: Arc<CountingStore>,
     report: StartupReport,
@@ -328,7 +336,9 @@ impl Actor {
 
     /// The actor's database: a `rusqlite::Connection` through `Deref`.
     pub fn db(&self) -> &Database {
-        self.db.as_ref().expect("the database lives until the actor ends")
+        self.db
+            .as_ref()
+            .expect("the database lives until the actor ends")
     }
 
     /// The persisted state.
@@ -407,7 +417,11 @@ impl Actor {
             "KV round trips made by SQL statements",
             t.kv_round_trips,
         );
-        doc.counter("kv_keys_read", "KV keys read by SQL statements", t.kv_keys_read);
+        doc.counter(
+            "kv_keys_read",
+            "KV keys read by SQL statements",
+            t.kv_keys_read,
+        );
         doc.counter(
             "kv_keys_written",
             "KV keys written by SQL statements",

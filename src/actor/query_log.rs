@@ -228,7 +228,12 @@ pub fn install(
     (log, QueryHook { db, log: raw })
 }
 
-unsafe extern "C" fn trace(mask: c_uint, ctx: *mut c_void, p: *mut c_void, x: *mut c_void) -> c_int {
+unsafe extern "C" fn trace(
+    mask: c_uint,
+    ctx: *mut c_void,
+    p: *mut c_void,
+    x: *mut c_void,
+) -> c_int {
     let _ = catch_unwind(AssertUnwindSafe(|| {
         if ctx.is_null() || p.is_null() {
             return;

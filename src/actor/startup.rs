@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use super::{
     migrations, query_log, records, records::Hints, Actor, ActorConfig, ActorError, HookCtx,
-    PrefixData, Prefetch, RunningEntry,
+    Prefetch, PrefixData, RunningEntry,
 };
 use crate::kv::counting::{CountingStore, OpKind};
 use crate::kv::{Key, ListRequest, ReadOp, ReadResult, SharedStore, Value};
@@ -101,19 +101,55 @@ impl StartupReport {
         for p in &self.phases {
             doc.gauge_f64(
                 &format!("startup_{}_{}_ms", p.group.name(), p.name),
-                &format!("milliseconds of the {} startup phase {}", p.group.name(), p.name),
+                &format!(
+                    "milliseconds of the {} startup phase {}",
+                    p.group.name(),
+                    p.name
+                ),
                 p.ms,
             );
         }
-        doc.gauge_f64("startup_total_ms", "milliseconds of the whole start", self.total_ms);
+        doc.gauge_f64(
+            "startup_total_ms",
+            "milliseconds of the whole start",
+            self.total_ms,
+        );
         let ints = [
-            ("startup_kv_round_trips", "KV round trips of the start", self.kv_round_trips),
-            ("startup_is_new", "1 when the start created the actor", self.is_new as u64),
-            ("preload_kv_entries", "entries the wake read for the preload", self.preload_entries),
-            ("preload_kv_bytes", "bytes the wake read for the preload", self.preload_bytes),
-            ("startup_preload_hits", "page reads of the start served by the preload", self.preload_hits),
-            ("startup_preload_misses", "page reads of the start that went to the store", self.preload_misses),
-            ("flush_writes_entries", "entries a new actor's creation wrote", self.flush_entries),
+            (
+                "startup_kv_round_trips",
+                "KV round trips of the start",
+                self.kv_round_trips,
+            ),
+            (
+                "startup_is_new",
+                "1 when the start created the actor",
+                self.is_new as u64,
+            ),
+            (
+                "preload_kv_entries",
+                "entries the wake read for the preload",
+                self.preload_entries,
+            ),
+            (
+                "preload_kv_bytes",
+                "bytes the wake read for the preload",
+                self.preload_bytes,
+            ),
+            (
+                "startup_preload_hits",
+                "page reads of the start served by the preload",
+                self.preload_hits,
+            ),
+            (
+                "startup_preload_misses",
+                "page reads of the start that went to the store",
+                self.preload_misses,
+            ),
+            (
+                "flush_writes_entries",
+                "entries a new actor's creation wrote",
+                self.flush_entries,
+            ),
         ];
         for (name, help, v) in ints {
             doc.gauge_int(name, help, v as i64);
@@ -243,7 +279,10 @@ fn check_config(config: &ActorConfig) -> Result<(), ActorError> {
         ));
     }
     for p in &config.prefixes {
-        if matches!(p.prefix.first(), None | Some(&records::PREFIX) | Some(&layout::PREFIX)) {
+        if matches!(
+            p.prefix.first(),
+            None | Some(&records::PREFIX) | Some(&layout::PREFIX)
+        ) {
             return Err(ActorError::InvalidConfig(format!(
                 "prefix {} is empty or starts with 0x01 or 0x08, which kvsqlite uses",
                 crate::kv::display_key(&p.prefix)
@@ -304,22 +343,28 @@ fn read_wake(
     results: &[ReadResult],
 ) -> Result<(Preload, Wake), ActorError> {
     if results.len() != ops.len() {
-        return Err(ActorError::Corrupt("the wake batch answered out of shape".into()));
+        return Err(ActorError::Corrupt(
+            "the wake batch answered out of shape".into(),
+        ));
     }
     let ReadResult::Get(actor) = &results[OP_ACTOR] else {
-        return Err(ActorError::Corrupt("the wake batch answered out of shape".into()));
+        return Err(ActorError::Corrupt(
+            "the wake batch answered out of shape".into(),
+        ));
     };
     let [state, token, fence, hints] = actor.as_slice() else {
-        return Err(ActorError::Corrupt("the wake batch answered out of shape".into()));
+        return Err(ActorError::Corrupt(
+            "the wake batch answered out of shape".into(),
+        ));
     };
     let mut preload = Preload::from_reads(&ops[OP_VFS], &results[OP_VFS]);
     let main = preload.lookup(&layout::meta_key(FileKind::Main));
     let journal = preload.lookup(&layout::meta_key(FileKind::Journal));
     let db_absent = matches!(main, Lookup::Absent) && matches!(journal, Lookup::Absent);
     let meta = match main {
-        Lookup::Found(raw) => Some(
-            Meta::decode(FileKind::Main, raw).map_err(|e| ActorError::Corrupt(e.0))?,
-        ),
+        Lookup::Found(raw) => {
+            Some(Meta::decode(FileKind::Main, raw).map_err(|e| ActorError::Corrupt(e.0))?)
+        }
         _ => None,
     };
     let hints = hints.as_deref().and_then(Hints::decode);
@@ -344,7 +389,9 @@ fn read_wake(
     let mut prefixes = Vec::new();
     for (spec, res) in config.prefixes.iter().zip(&results[OP_PREFIXES..]) {
         let ReadResult::List(page) = res else {
-            return Err(ActorError::Corrupt("the wake batch answered out of shape".into()));
+            return Err(ActorError::Corrupt(
+                "the wake batch answered out of shape".into(),
+            ));
         };
         let complete = page.is_complete();
         if !complete && !spec.partial_ok {
@@ -694,7 +741,8 @@ pub(super) fn sleep_hints(
 fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = rusqlite::Connection::open_with_flags_and_vfs(db.path(), flags, crate::vfs::VFS_NAME)?;
+    let conn =
+        rusqlite::Connection::open_with_flags_and_vfs(db.path(), flags, crate::vfs::VFS_NAME)?;
     db.track_reads(true);
     let tables: i64 = conn.query_row(
         "SELECT count(*) FROM sqlite_schema WHERE name = '_kvsqlite_migrations'",
@@ -702,7 +750,8 @@ fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
         |r| r.get(0),
     )?;
     if tables > 0 {
-        let mut stmt = conn.prepare("SELECT id, name, checksum FROM _kvsqlite_migrations ORDER BY id")?;
+        let mut stmt =
+            conn.prepare("SELECT id, name, checksum FROM _kvsqlite_migrations ORDER BY id")?;
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
     }

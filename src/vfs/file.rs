@@ -251,7 +251,7 @@ impl ReadLog {
     /// The chunks, most recently read first.
     fn recent(&self) -> Vec<u32> {
         let mut v: Vec<(u32, u64)> = self.pages.iter().map(|(&i, &s)| (i, s)).collect();
-        v.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+        v.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
         v.into_iter().map(|(i, _)| i).collect()
     }
 }

@@ -256,9 +256,12 @@ fn db_state(
     // A preload read before a later write of this process (another connection opened,
     // committed and closed since) would seed the state with old pages and metadata: stale
     // reads, then commits built on them. Only a preload that matches the last write is used.
-    let preload = preload.filter(|p| trust_preload || match REGISTRY.lock().fingerprints.get(&key) {
-        None => true,
-        Some(last) => last.is_some() && file::preload_fingerprint(p) == *last,
+    let preload = preload.filter(|p| {
+        trust_preload
+            || match REGISTRY.lock().fingerprints.get(&key) {
+                None => true,
+                Some(last) => last.is_some() && file::preload_fingerprint(p) == *last,
+            }
     });
     let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
     state.set_commit_hook(Box::new(move |fp| {
@@ -464,7 +467,10 @@ impl Database {
     /// Ends hold mode: the database as its transactions left it, plus `entries` (keys outside
     /// the VFS prefix), in one fenced write when it fits the store's limits, else staged with
     /// one commit record. No transaction may be open.
-    pub fn flush_held(&self, entries: Vec<(crate::kv::Key, crate::kv::Value)>) -> Result<(), VfsError> {
+    pub fn flush_held(
+        &self,
+        entries: Vec<(crate::kv::Key, crate::kv::Value)>,
+    ) -> Result<(), VfsError> {
         self.state.flush_held(entries)
     }
 
@@ -1009,6 +1015,7 @@ unsafe extern "C" fn x_file_size(
             Handle::Mem { data } => data.len() as u64,
             Handle::Kv { state, kind, .. } => match state.file_size(*kind) {
                 Ok(n) => n,
+                Err(VfsError::Moved) => return MOVED_ERROR_CODE,
                 Err(e) => {
                     error_code(&e, Op::Read);
                     return ffi::SQLITE_IOERR_FSTAT;
@@ -1259,7 +1266,14 @@ unsafe extern "C" fn x_delete(
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_IOERR_DELETE_NOENT;
         };
-        let state = match db_state(p.store, &p.actor, &StateOptions::default(), None, false, None) {
+        let state = match db_state(
+            p.store,
+            &p.actor,
+            &StateOptions::default(),
+            None,
+            false,
+            None,
+        ) {
             Ok(s) => s,
             Err(e) => return error_code(&e, Op::Delete),
         };
@@ -1287,7 +1301,14 @@ unsafe extern "C" fn x_access(
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_OK;
         };
-        match db_state(p.store, &p.actor, &StateOptions::default(), None, false, None) {
+        match db_state(
+            p.store,
+            &p.actor,
+            &StateOptions::default(),
+            None,
+            false,
+            None,
+        ) {
             Ok(s) => {
                 *out = s.exists(p.file) as c_int;
                 ffi::SQLITE_OK

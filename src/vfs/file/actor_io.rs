@@ -26,7 +26,10 @@ impl DbState {
     /// unreferenced stage keys and, if the fence record was written, nothing an actor reads).
     pub fn flush_held(&self, entries: Vec<(Key, Vec<u8>)>) -> Result<(), VfsError> {
         self.check_moved()?;
-        if let Some((k, _)) = entries.iter().find(|(k, _)| k.first() == Some(&layout::PREFIX)) {
+        if let Some((k, _)) = entries
+            .iter()
+            .find(|(k, _)| k.first() == Some(&layout::PREFIX))
+        {
             return Err(VfsError::Misuse(format!(
                 "key {} lies under the VFS prefix 0x08",
                 crate::kv::display_key(k)
@@ -34,7 +37,9 @@ impl DbState {
         }
         let mut inner = self.inner.lock();
         if !self.is_held() {
-            return Err(VfsError::Misuse("the database's writes are not held".into()));
+            return Err(VfsError::Misuse(
+                "the database's writes are not held".into(),
+            ));
         }
         let l = &inner.locks;
         if inner.batch.is_some() || l.reserved.is_some() || l.exclusive.is_some() {
@@ -51,7 +56,9 @@ impl DbState {
             ));
         }
         let Some(held) = self.held.lock().take() else {
-            return Err(VfsError::Misuse("the database's writes are not held".into()));
+            return Err(VfsError::Misuse(
+                "the database's writes are not held".into(),
+            ));
         };
         let mut extra = self.take_extra();
         extra.extend(entries);
