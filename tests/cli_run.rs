@@ -36,6 +36,15 @@ fn assert_ok(out: &Output) {
     assert_eq!(text(&out.stderr), "", "nothing on stderr without RUST_LOG");
 }
 
+/// Asserts an exit code and the exact standard error.
+#[track_caller]
+fn assert_fails(out: &Output, code: i32, stderr: &str) {
+    assert_eq!(
+        (out.status.code(), text(&out.stderr).as_str()),
+        (Some(code), stderr)
+    );
+}
+
 fn redb_url(dir: &Path) -> String {
     format!("redb:{}", dir.join("kv.redb").display())
 }
@@ -213,10 +222,10 @@ fn a_failing_statement_stops_the_run_and_leaves_the_actor_intact() {
         b"-- a duplicate\nINSERT INTO users(id, handle, display_name) VALUES (1, 'x', 'y');\n",
     );
     let out = kvsqlite(&["--kv", &url, "run", &dup]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        format!("{dup}:2: UNIQUE constraint failed: users.id\n")
+    assert_fails(
+        &out,
+        1,
+        &format!("{dup}:2: UNIQUE constraint failed: users.id\n"),
     );
     // The actor wakes again with its data, without the rolled-back insert.
     let check = write(
@@ -231,11 +240,9 @@ fn a_failing_statement_stops_the_run_and_leaves_the_actor_intact() {
     // A file that leaves a transaction open is rolled back and reported.
     let open = write(dir.path(), "open.sql", b"BEGIN;\nDELETE FROM messages;\n");
     let out = kvsqlite(&["--kv", &url, "run", &open]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        text(&out.stderr),
-        format!("kvsqlite run: {open}: the file ended inside a transaction (the open transaction was rolled back)\n")
-    );
+    let rolled = "(the open transaction was rolled back)";
+    let want = format!("kvsqlite run: {open}: the file ended inside a transaction {rolled}\n");
+    assert_fails(&out, 1, &want);
     let out = kvsqlite(&["--kv", &url, "run", &check]);
     assert_eq!(text(&out.stdout), "zed\n---\n0\n\nlinus\n-----\n2\n");
 }
@@ -250,17 +257,17 @@ fn files_and_migrations_that_cannot_be_read_exit_2_before_anything_runs() {
         b"INSERT INTO users(handle, display_name) VALUES ('q', 'Q');\n",
     );
     let out = kvsqlite(&["--kv", &url, "run", &ok, "no-such-file.sql"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        text(&out.stderr),
-        "kvsqlite run: cannot read no-such-file.sql: No such file or directory (os error 2)\n"
+    assert_fails(
+        &out,
+        2,
+        "kvsqlite run: cannot read no-such-file.sql: No such file or directory (os error 2)\n",
     );
     let latin1 = write(dir.path(), "latin1.sql", b"SELECT 'caf\xe9';\n");
     let out = kvsqlite(&["--kv", &url, "run", &latin1]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        text(&out.stderr),
-        format!("kvsqlite run: {latin1} is not UTF-8 text\n")
+    assert_fails(
+        &out,
+        2,
+        &format!("kvsqlite run: {latin1} is not UTF-8 text\n"),
     );
     let out = kvsqlite(&["--kv", &url, "run", "--migrations", "no/such/dir", &ok]);
     assert_eq!(out.status.code(), Some(2));
