@@ -6,10 +6,12 @@
 //! - [`vfs`]: the SQLite VFS over the KV layer; [`preload`]: the preload map it reads first.
 //! - [`actor`]: the actor shim over a database: one-round-trip wake, creation in one put,
 //!   fencing, migrations, startup timings, the per-query log; [`metrics`]: its JSON document.
+//! - [`bench`]: benchmark workloads (`kvsqlite bench startup`) over the actor layer.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
 #![warn(missing_docs)]
 
 pub mod actor;
+pub mod bench;
 pub mod kv;
 pub mod metrics;
 pub mod preload;
