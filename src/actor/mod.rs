@@ -495,3 +495,16 @@ impl fmt::Debug for Actor {
         f.debug_struct("Actor").field("id", &self.id).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_actor_can_move_between_threads_and_its_config_be_shared() {
+        fn send<T: Send>() {}
+        fn sync<T: Send + Sync>() {}
+        send::<Actor>();
+        sync::<ActorConfig>();
+    }
+}
