@@ -15,9 +15,19 @@
 //! value.
 //!
 //! Guarantees:
-//! - A `write` is one redb write transaction: preconditions are checked inside it, then all
-//!   puts and deletes are applied and committed with [`redb::Durability::Immediate`] (fsync)
-//!   before the call returns; a failed precondition aborts it.
+//! - A `write` (or `delete_range`) is applied inside a redb write transaction: its preconditions
+//!   are checked there, then all its puts and deletes are applied, and the transaction is
+//!   committed with [`redb::Durability::Immediate`] (fsync) before the call returns; an unmet
+//!   precondition applies nothing of that write.
+//! - **Group commit** (on by default, [`RedbOptions::group_commit`]): writes that arrive while a
+//!   transaction is committing wait, and the next transaction carries all of them (one fsync for
+//!   many; see the `group` module). Each keeps its own all-or-nothing and its own preconditions,
+//!   checked in arrival order against the state the earlier writes of the group left, so one
+//!   actor's unmet precondition fails that write alone. Limits are checked per write before it
+//!   is queued. An error of the transaction itself (I/O, a full disk, a panic inside redb) is
+//!   reported to every write of the group, none of which was written. With group commit off,
+//!   every write is its own transaction and fsync (the baseline `kvsqlite bench actors` measures).
+//! - A write with no puts or deletes only checks its preconditions, in a read transaction.
 //! - Each read call (`get`, `list`, `batch_read`) runs in one read transaction, so a batch read
 //!   sees one consistent snapshot.
 //! - In one process, opening the same path again shares the open database (a registry of weak
@@ -25,9 +35,12 @@
 //! - Another process holding the file gets [`KvError::Locked`] naming the file. A file that is
 //!   not a redb database, or is corrupt, gets [`KvError::Backend`] naming the file.
 
+mod group;
+
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
@@ -136,10 +149,65 @@ fn damaged(path: &Path, composite: &[u8]) -> KvError {
 }
 const BACKEND: &str = "redb";
 
+/// Most writes one group-commit transaction carries.
+const MAX_GROUP_WRITES: usize = 1024;
+/// Most key and value bytes one group-commit transaction carries (a single larger write still
+/// goes alone).
+const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+/// Options of a redb store, also given in its URL (`redb:PATH?group_commit=off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Commit the writes that arrive while a transaction is committing together in the next one
+    /// (default `true`). `false`: one transaction, and one fsync, per write.
+    pub group_commit: bool,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions { group_commit: true }
+    }
+}
+
+/// Counters of the write transactions committed on one file by this process (every handle on
+/// it, group commit on or off), to measure how many writes share an fsync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// redb write transactions committed for writes and range deletes (each one fsync).
+    pub transactions: u64,
+    /// Writes and range deletes those transactions applied (a write whose precondition failed
+    /// is not counted).
+    pub writes: u64,
+    /// Groups taken off the group-commit queue by a leader so far (committed, failed or being
+    /// committed).
+    pub groups_started: u64,
+    /// Writes waiting in the group-commit queue right now.
+    pub queued: usize,
+}
+
+/// A write prepared by its caller's thread for the transaction that carries it: keys encoded,
+/// values sealed with their checksum, so a leader only checks and inserts.
+enum Prepared {
+    Write {
+        /// `(composite key, expected value, raw key)`.
+        preconditions: Vec<(Vec<u8>, Option<Value>, Vec<u8>)>,
+        deletes: Vec<Vec<u8>>,
+        /// `(composite key, sealed value)`.
+        puts: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    DeleteRange {
+        lo: Vec<u8>,
+        hi: Option<Vec<u8>>,
+    },
+}
+
 /// One open database file, shared by every [`RedbStore`] of this process that names it.
 struct SharedDb {
     db: Option<Database>,
     path: PathBuf,
+    group: group::GroupCommit<Prepared>,
+    transactions: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl SharedDb {
@@ -172,6 +240,13 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<SharedDb>>> {
 pub struct RedbStore {
     shared: Arc<SharedDb>,
     limits: KvLimits,
+    options: RedbOptions,
+}
+
+/// Returned by [`RedbStore::hold_commits`]: while it lives, no transaction of this file's
+/// group-commit queue commits, so writers queue up behind the leader.
+pub struct CommitHold<'a> {
+    _gate: parking_lot::MutexGuard<'a, ()>,
 }
 
 fn err_at(path: &Path, e: impl std::fmt::Display) -> KvError {
@@ -296,11 +371,22 @@ fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
 }
 
 impl RedbStore {
-    /// Opens (creating it and its parent directories if needed) the redb file at `path`.
+    /// Opens (creating it and its parent directories if needed) the redb file at `path`, with
+    /// the default options (group commit on).
     ///
     /// Within one process, every store opened on the same file shares one database. Another
     /// process holding it → [`KvError::Locked`]; not a redb file or corrupt → [`KvError::Backend`].
     pub fn open(path: impl AsRef<Path>, limits: KvLimits) -> Result<RedbStore, KvError> {
+        Self::open_with(path, limits, RedbOptions::default())
+    }
+
+    /// [`RedbStore::open`] with options. Options belong to the handle: two handles on one file
+    /// may differ (the benchmark writes through one with group commit and one without).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        limits: KvLimits,
+        options: RedbOptions,
+    ) -> Result<RedbStore, KvError> {
         let path = canonical(path.as_ref())?;
         // A handle being dropped on another thread still holds the file until its `drop` ends;
         // wait for that (it takes the registry lock) instead of reporting a lock conflict.
@@ -308,7 +394,13 @@ impl RedbStore {
         loop {
             let mut reg = registry().lock();
             match reg.get(&path).map(Weak::upgrade) {
-                Some(Some(shared)) => return Ok(RedbStore { shared, limits }),
+                Some(Some(shared)) => {
+                    return Ok(RedbStore {
+                        shared,
+                        limits,
+                        options,
+                    })
+                }
                 Some(None) if waited < 10_000 => {
                     drop(reg);
                     waited += 1;
@@ -321,9 +413,50 @@ impl RedbStore {
             let shared = Arc::new(SharedDb {
                 db: Some(db),
                 path: path.clone(),
+                group: group::GroupCommit::new(MAX_GROUP_WRITES, MAX_GROUP_BYTES, BACKEND),
+                transactions: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
             });
             reg.insert(path, Arc::downgrade(&shared));
-            return Ok(RedbStore { shared, limits });
+            return Ok(RedbStore {
+                shared,
+                limits,
+                options,
+            });
+        }
+    }
+
+    /// The options of this handle.
+    pub fn options(&self) -> RedbOptions {
+        self.options
+    }
+
+    /// The same file through a handle with other options (the database stays shared).
+    pub fn with_options(&self, options: RedbOptions) -> RedbStore {
+        RedbStore {
+            shared: Arc::clone(&self.shared),
+            limits: self.limits,
+            options,
+        }
+    }
+
+    /// Write-transaction counters of this file in this process.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            transactions: self.shared.transactions.load(Ordering::Relaxed),
+            writes: self.shared.writes.load(Ordering::Relaxed),
+            groups_started: self.shared.group.taken(),
+            queued: self.shared.group.queued(),
+        }
+    }
+
+    /// Holds back every group commit of this file (in this process) until the returned guard is
+    /// dropped: a leader that has taken its group waits before committing it, and later writers
+    /// queue behind it. For tests that need writers gathered in one known group; writes through
+    /// a handle with group commit off are not held.
+    pub fn hold_commits(&self) -> CommitHold<'_> {
+        CommitHold {
+            _gate: self.shared.group.hold(),
         }
     }
 
@@ -438,6 +571,31 @@ fn get_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
         .collect()
 }
 
+/// The first unmet precondition as the write's error (`Conflict`, or a damaged entry), `None`
+/// when all hold. `Err`: the read itself failed.
+fn unmet<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
+    table: &T,
+    preconditions: &[(Vec<u8>, Option<Value>, Vec<u8>)],
+) -> Result<Option<KvError>, KvError> {
+    for (composite, expected, key) in preconditions {
+        let have = match table
+            .get(composite.as_slice())
+            .map_err(|e| err_at(path, e))?
+        {
+            None => None,
+            Some(stored) => match unseal(composite, stored.value()) {
+                Some(v) => Some(v.to_vec()),
+                None => return Ok(Some(damaged(path, composite))),
+            },
+        };
+        if have != *expected {
+            return Ok(Some(KvError::Conflict { key: key.clone() }));
+        }
+    }
+    Ok(None)
+}
+
 impl RedbStore {
     fn do_get(&self, actor: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, KvError> {
         check_actor_id(actor)?;
@@ -459,36 +617,47 @@ impl RedbStore {
         check_actor_id(actor)?;
         self.limits.check_write(batch)?;
         batch.check_distinct()?;
-        let mut txn = self.shared.db().begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| self.err(e))?;
-        {
-            let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            for p in &batch.preconditions {
-                let have = get_one(self.path(), &table, &encode(actor, &p.key))?;
-                if have != p.expected {
-                    drop(table);
-                    txn.abort().map_err(|e| self.err(e))?;
-                    return Err(KvError::Conflict { key: p.key.clone() });
-                }
-            }
-            if batch.is_empty() {
-                drop(table);
-                return txn.abort().map_err(|e| self.err(e));
-            }
-            for k in &batch.deletes {
-                table
-                    .remove(encode(actor, k).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            for (k, v) in &batch.puts {
-                let composite = encode(actor, k);
-                table
-                    .insert(composite.as_slice(), seal(&composite, v).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
+        let preconditions = batch
+            .preconditions
+            .iter()
+            .map(|p| (encode(actor, &p.key), p.expected.clone(), p.key.clone()))
+            .collect::<Vec<_>>();
+        if batch.is_empty() {
+            // Nothing to write: only the preconditions' answer, from the latest commit.
+            let txn = self.shared.db().begin_read().map_err(|e| self.err(e))?;
+            let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
+            return match unmet(self.path(), &table, &preconditions)? {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
         }
-        txn.commit().map_err(|e| self.err(e))
+        let mut weight = 0usize;
+        let deletes = batch
+            .deletes
+            .iter()
+            .map(|k| {
+                weight += k.len();
+                encode(actor, k)
+            })
+            .collect();
+        let puts = batch
+            .puts
+            .iter()
+            .map(|(k, v)| {
+                weight += k.len() + v.len();
+                let composite = encode(actor, k);
+                let sealed = seal(&composite, v);
+                (composite, sealed)
+            })
+            .collect();
+        self.submit(
+            Prepared::Write {
+                preconditions,
+                deletes,
+                puts,
+            },
+            weight,
+        )
     }
 
     fn do_delete_range(
@@ -502,20 +671,84 @@ impl RedbStore {
             return Ok(());
         }
         let (lo, hi) = bounds(actor, start, end);
+        self.submit(Prepared::DeleteRange { lo, hi }, 0)
+    }
+
+    /// Commits one prepared write: through the group-commit queue, or alone.
+    fn submit(&self, write: Prepared, weight: usize) -> Result<(), KvError> {
+        if !self.options.group_commit {
+            let mut results = self.commit_group(&[&write])?;
+            return results.pop().unwrap_or(Ok(()));
+        }
+        self.shared
+            .group
+            .submit(write, weight, |group| self.commit_group(group))
+    }
+
+    /// One redb write transaction applying `group` in order: each write's preconditions are
+    /// checked against the state the earlier ones left, and an unmet one skips that write
+    /// alone. Returns each write's result, or one error for the whole group when the
+    /// transaction itself fails (then nothing of the group was written).
+    fn commit_group(&self, group: &[&Prepared]) -> group::GroupOutcome {
         let mut txn = self.shared.db().begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| self.err(e))?;
+        let mut results = Vec::with_capacity(group.len());
         {
             let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            let upper = match &hi {
-                Some(h) => Bound::Excluded(h.as_slice()),
-                None => Bound::Unbounded,
-            };
-            table
-                .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), upper), |_, _| false)
-                .map_err(|e| self.err(e))?;
+            for write in group {
+                results.push(self.apply(&mut table, write)?);
+            }
         }
-        txn.commit().map_err(|e| self.err(e))
+        let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+        if applied == 0 {
+            // Every write was refused: nothing to make durable.
+            txn.abort().map_err(|e| self.err(e))?;
+            return Ok(results);
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+        self.shared.writes.fetch_add(applied, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    /// Applies one write inside a group's transaction. `Ok(Err(_))`: this write alone is refused
+    /// (a precondition, a damaged entry read for it), nothing of it applied; `Err(_)`: the
+    /// transaction failed and the group with it.
+    fn apply(
+        &self,
+        table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        write: &Prepared,
+    ) -> Result<Result<(), KvError>, KvError> {
+        match write {
+            Prepared::Write {
+                preconditions,
+                deletes,
+                puts,
+            } => {
+                if let Some(refused) = unmet(self.path(), table, preconditions)? {
+                    return Ok(Err(refused));
+                }
+                for k in deletes {
+                    table.remove(k.as_slice()).map_err(|e| self.err(e))?;
+                }
+                for (k, v) in puts {
+                    table
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            Prepared::DeleteRange { lo, hi } => {
+                let upper = match hi {
+                    Some(h) => Bound::Excluded(h.as_slice()),
+                    None => Bound::Unbounded,
+                };
+                table
+                    .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), upper), |_, _| false)
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(Ok(()))
     }
 
     fn do_batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
