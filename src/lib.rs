@@ -5,8 +5,10 @@
 //! - [`rng`]: a seeded generator for fault injection, tests and workloads.
 //! - [`vfs`]: the SQLite VFS over the KV layer; [`preload`]: the preload map it reads first.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
+//! - [`bench`]: benchmark workloads behind `kvsqlite bench`.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod kv;
 pub mod preload;
 pub mod rng;
