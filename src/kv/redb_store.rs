@@ -211,6 +211,16 @@ struct SharedDb {
 }
 
 impl SharedDb {
+    fn new(db: Database, path: PathBuf) -> Self {
+        SharedDb {
+            db: Some(db),
+            path,
+            group: group::GroupCommit::new(MAX_GROUP_WRITES, MAX_GROUP_BYTES, BACKEND),
+            transactions: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
     fn db(&self) -> &Database {
         // `db` is only taken in `drop`.
         self.db.as_ref().expect("database is open until dropped")
@@ -316,6 +326,11 @@ fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
         },
         other => err_at(path, other),
     })?;
+    init_tables(db, path)
+}
+
+/// Creates the tables of a new store, or checks those of an existing one; returns `db` ready.
+fn init_tables(db: Database, path: &Path) -> Result<Database, KvError> {
     // Create the tables once so read transactions always find them, and check the layout
     // version (a file without one is new: nothing else writes our tables). A redb file that
     // holds other tables belongs to another program: refuse it rather than add ours to it (the
@@ -410,13 +425,7 @@ impl RedbStore {
                 _ => {}
             }
             let db = open_database(&path)?;
-            let shared = Arc::new(SharedDb {
-                db: Some(db),
-                path: path.clone(),
-                group: group::GroupCommit::new(MAX_GROUP_WRITES, MAX_GROUP_BYTES, BACKEND),
-                transactions: AtomicU64::new(0),
-                writes: AtomicU64::new(0),
-            });
+            let shared = Arc::new(SharedDb::new(db, path.clone()));
             reg.insert(path, Arc::downgrade(&shared));
             return Ok(RedbStore {
                 shared,
@@ -802,7 +811,94 @@ impl KvStore for RedbStore {
 
 #[cfg(test)]
 mod tests {
-    use super::crc32;
+    use super::*;
+    use crate::kv::KvStore;
+    use std::sync::atomic::AtomicBool;
+
+    /// An in-memory redb disk whose fsync fails while `fail` is set.
+    #[derive(Debug)]
+    struct FlakyDisk {
+        inner: redb::backends::InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FlakyDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    /// A failed fsync fails the whole group: every write queued in it gets the same error and
+    /// none of them is written; the write committed before it stays.
+    #[test]
+    fn an_io_error_is_reported_to_every_write_of_its_group() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let disk = FlakyDisk {
+            inner: redb::backends::InMemoryBackend::new(),
+            fail: Arc::clone(&fail),
+        };
+        let db = Database::builder().create_with_backend(disk).unwrap();
+        let path = PathBuf::from("/flaky-disk-test");
+        let db = init_tables(db, &path).unwrap();
+        let store = Arc::new(RedbStore {
+            shared: Arc::new(SharedDb::new(db, path)),
+            limits: KvLimits::default(),
+            options: RedbOptions::default(),
+        });
+        let k = || vec![b"k".to_vec()];
+        store
+            .put("before", vec![(k()[0].clone(), b"1".to_vec())])
+            .unwrap();
+        let hold = store.hold_commits();
+        let group: Vec<_> = ["w0", "w1", "w2", "w3", "w4"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, actor)| {
+                let s = Arc::clone(&store);
+                let h = std::thread::spawn(move || s.put(actor, vec![(b"k".to_vec(), vec![2])]));
+                while store.commit_stats().queued != i + 1 {
+                    std::thread::yield_now();
+                }
+                h
+            })
+            .collect();
+        fail.store(true, Ordering::SeqCst);
+        drop(hold);
+        let results: Vec<_> = group.into_iter().map(|h| h.join().unwrap()).collect();
+        let want = Err(KvError::Backend {
+            backend: "redb",
+            message: "/flaky-disk-test: I/O error: injected fsync failure".into(),
+        });
+        assert_eq!(results, vec![want; 5]);
+        let stats = store.commit_stats();
+        assert_eq!(
+            (stats.transactions, stats.writes, stats.groups_started),
+            (1, 1, 2)
+        );
+        // redb refuses writes after a failed fsync until reopened; reads see the last commit.
+        for actor in ["w0", "w1", "w2", "w3", "w4"] {
+            assert_eq!(store.get(actor, &k()).unwrap(), vec![None]);
+        }
+        assert_eq!(
+            store.get("before", &k()).unwrap(),
+            vec![Some(b"1".to_vec())]
+        );
+    }
 
     #[test]
     fn crc32_matches_the_standard_check_values() {

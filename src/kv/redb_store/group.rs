@@ -31,7 +31,8 @@ pub(super) type GroupOutcome = Result<Vec<Result<(), KvError>>, KvError>;
 /// The queue of one database file.
 pub(super) struct GroupCommit<T> {
     queue: Mutex<Queue<T>>,
-    /// Taken by a leader around its commit; [`GroupCommit::hold`] takes it to make writers queue.
+    /// Taken by a leader before it takes its group off the queue, until it has committed it;
+    /// [`GroupCommit::hold`] takes it to make writers queue up.
     gate: Mutex<()>,
     max_items: usize,
     max_weight: usize,
@@ -93,8 +94,9 @@ impl<T> GroupCommit<T> {
         self.queue.lock().taken
     }
 
-    /// Holds back every commit until the guard is dropped: writers keep queuing behind the
-    /// leader. For tests that need a known group.
+    /// Holds back every commit until the guard is dropped: a leader waits before taking its
+    /// group, so every writer arriving meanwhile queues, and all of them (up to the caps) form
+    /// the next group. For tests that need a known group.
     pub(super) fn hold(&self) -> MutexGuard<'_, ()> {
         self.gate.lock()
     }
@@ -151,6 +153,7 @@ impl<T> GroupCommit<T> {
             owner: self,
             members: Vec::new(),
         };
+        let _gate = self.gate.lock();
         {
             let mut q = self.queue.lock();
             q.taken += 1;
@@ -169,7 +172,6 @@ impl<T> GroupCommit<T> {
             }
         }
         let outcome = {
-            let _gate = self.gate.lock();
             let items: Vec<&T> = leadership.members.iter().map(|t| &t.item).collect();
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(&items)))
                 .unwrap_or_else(|payload| Err(self.panicked(&*payload)))
@@ -256,97 +258,119 @@ mod tests {
         KvError::Conflict { key: vec![k] }
     }
 
-    /// Threads queued behind a held gate form one group; each gets its own result.
+    /// Spawns one writer per item, in order, each queued before the next starts.
+    fn queue_in_order<T: Send + Sync + Copy + 'static>(
+        g: &Arc<GroupCommit<T>>,
+        items: &[T],
+        commit: impl Fn(&[&T]) -> GroupOutcome + Clone + Send + 'static,
+    ) -> Vec<std::thread::JoinHandle<Result<(), KvError>>> {
+        let start = g.queued();
+        items
+            .iter()
+            .enumerate()
+            .map(|(n, &item)| {
+                let (g2, commit) = (Arc::clone(g), commit.clone());
+                let h = std::thread::spawn(move || g2.submit(item, 1, commit));
+                while g.queued() != start + n + 1 {
+                    std::thread::yield_now();
+                }
+                h
+            })
+            .collect()
+    }
+
+    /// Writers queued behind a held gate form one group, in arrival order, and each gets its
+    /// own result.
     #[test]
     fn queued_writers_share_one_group_and_get_their_own_results() {
         let g = Arc::new(GroupCommit::<u8>::new(1000, usize::MAX, "test"));
         let groups = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
-        let commit = |groups: Arc<Mutex<Vec<Vec<u8>>>>| {
-            move |items: &[&u8]| -> GroupOutcome {
-                groups.lock().push(items.iter().map(|i| **i).collect());
-                Ok(items
-                    .iter()
-                    .map(|i| {
-                        if **i % 2 == 0 {
-                            Ok(())
-                        } else {
-                            Err(conflict(**i))
-                        }
-                    })
-                    .collect())
-            }
+        let seen = Arc::clone(&groups);
+        let commit = move |items: &[&u8]| -> GroupOutcome {
+            seen.lock().push(items.iter().map(|i| **i).collect());
+            Ok(items
+                .iter()
+                .map(|i| {
+                    if **i % 2 == 0 {
+                        Ok(())
+                    } else {
+                        Err(conflict(**i))
+                    }
+                })
+                .collect())
         };
         let hold = g.hold();
-        let first = {
-            let (g, groups) = (Arc::clone(&g), Arc::clone(&groups));
-            std::thread::spawn(move || g.submit(0, 1, commit(groups)))
-        };
-        // The first writer leads and blocks on the gate once it has taken the queue.
-        while g.taken() != 1 {
-            std::thread::yield_now();
-        }
-        let others: Vec<_> = (1..=8u8)
-            .map(|i| {
-                let (g, groups) = (Arc::clone(&g), Arc::clone(&groups));
-                std::thread::spawn(move || (i, g.submit(i, 1, commit(groups))))
-            })
-            .collect();
-        while g.queued() != 8 {
-            std::thread::yield_now();
-        }
+        let handles = queue_in_order(&g, &[0, 1, 2, 3, 4, 5, 6, 7, 8], commit);
         drop(hold);
-        assert_eq!(first.join().unwrap(), Ok(()));
-        for h in others {
-            let (i, r) = h.join().unwrap();
-            let want = if i % 2 == 0 { Ok(()) } else { Err(conflict(i)) };
-            assert_eq!(r, want, "write {i}");
+        for (i, h) in handles.into_iter().enumerate() {
+            let want = if i % 2 == 0 {
+                Ok(())
+            } else {
+                Err(conflict(i as u8))
+            };
+            assert_eq!(h.join().unwrap(), want, "write {i}");
         }
-        let mut groups = groups.lock().clone();
-        assert_eq!(groups.len(), 2, "{groups:?}");
-        groups[1].sort();
-        assert_eq!(groups, vec![vec![0], (1..=8).collect::<Vec<u8>>()]);
+        assert_eq!(*groups.lock(), vec![(0..=8).collect::<Vec<u8>>()]);
+        assert_eq!(g.taken(), 1);
     }
 
-    /// A commit function that panics fails its whole group with an error, and the writers queued
-    /// behind it are committed by the next leader: nobody hangs.
+    /// A commit function that fails gives every member the same error.
+    #[test]
+    fn a_group_error_goes_to_every_member() {
+        let g = Arc::new(GroupCommit::<u8>::new(1000, usize::MAX, "test"));
+        let e = KvError::Unavailable {
+            backend: "test",
+            message: "disk gone".into(),
+        };
+        let e2 = e.clone();
+        let hold = g.hold();
+        let handles = queue_in_order(&g, &[0, 1, 2, 3], move |_: &[&u8]| Err(e2.clone()));
+        drop(hold);
+        for h in handles {
+            assert_eq!(h.join().unwrap(), Err(e.clone()));
+        }
+        assert_eq!(g.taken(), 1);
+    }
+
+    /// A commit function that panics fails its whole group with an error, and the writers that
+    /// queued meanwhile are committed by the next leader: nobody hangs.
     #[test]
     fn a_panicking_leader_fails_its_group_and_passes_the_lead() {
         let g = Arc::new(GroupCommit::<u8>::new(1000, usize::MAX, "test"));
         let calls = Arc::new(AtomicUsize::new(0));
-        let hold = g.hold();
-        let spawn = |i: u8| {
-            let (g, calls) = (Arc::clone(&g), Arc::clone(&calls));
-            std::thread::spawn(move || {
-                g.submit(i, 1, move |items: &[&u8]| -> GroupOutcome {
-                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
-                        panic!("boom in group of {}", items.len());
-                    }
-                    Ok(items.iter().map(|_| Ok(())).collect())
-                })
-            })
-        };
-        let first = spawn(0);
-        while g.taken() != 1 {
-            std::thread::yield_now();
-        }
-        let rest: Vec<_> = (1..=4).map(spawn).collect();
-        while g.queued() != 4 {
-            std::thread::yield_now();
-        }
-        drop(hold);
-        match first.join().unwrap() {
-            Err(KvError::Backend { message, .. }) => {
-                assert!(
-                    message.contains("panicked: boom in group of 1"),
-                    "{message}"
-                )
+        let g2 = Arc::clone(&g);
+        let commit = move |items: &[&u8]| -> GroupOutcome {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Wait for the next group to queue behind this one, then die.
+                while g2.queued() != 3 {
+                    std::thread::yield_now();
+                }
+                panic!("boom in group of {}", items.len());
             }
-            other => panic!("{other:?}"),
+            Ok(items.iter().map(|_| Ok(())).collect())
+        };
+        let hold = g.hold();
+        let first = queue_in_order(&g, &[0, 1], commit.clone());
+        drop(hold);
+        while g.queued() != 0 {
+            std::thread::yield_now();
         }
-        for h in rest {
+        let second = queue_in_order(&g, &[2, 3, 4], commit);
+        for h in first {
+            match h.join().unwrap() {
+                Err(KvError::Backend { message, .. }) => {
+                    assert!(
+                        message.contains("panicked: boom in group of 2"),
+                        "{message}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        for h in second {
             assert_eq!(h.join().unwrap(), Ok(()));
         }
-        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(g.taken(), 2);
     }
 
     /// Groups never exceed the count or the byte budget (a single heavy write still goes alone).
@@ -355,34 +379,31 @@ mod tests {
         let g = Arc::new(GroupCommit::<usize>::new(3, 10, "test"));
         let sizes = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
         let hold = g.hold();
-        let spawn = |w: usize| {
-            let (g, sizes) = (Arc::clone(&g), Arc::clone(&sizes));
-            std::thread::spawn(move || {
-                g.submit(w, w, move |items: &[&usize]| -> GroupOutcome {
-                    sizes.lock().push(items.iter().map(|i| **i).collect());
-                    Ok(items.iter().map(|_| Ok(())).collect())
-                })
+        let start = g.queued();
+        let handles: Vec<_> = [1usize, 4, 4, 4, 1, 1, 1, 1, 50]
+            .into_iter()
+            .enumerate()
+            .map(|(n, w)| {
+                let (g2, sizes) = (Arc::clone(&g), Arc::clone(&sizes));
+                let h = std::thread::spawn(move || {
+                    g2.submit(w, w, move |items: &[&usize]| -> GroupOutcome {
+                        sizes.lock().push(items.iter().map(|i| **i).collect());
+                        Ok(items.iter().map(|_| Ok(())).collect())
+                    })
+                });
+                while g.queued() != start + n + 1 {
+                    std::thread::yield_now();
+                }
+                h
             })
-        };
-        let first = spawn(1);
-        while g.taken() != 1 {
-            std::thread::yield_now();
-        }
-        let mut handles = vec![first];
-        // Queued in this order (each waits for the previous to be queued).
-        for (n, w) in [4usize, 4, 4, 1, 1, 1, 1, 50].into_iter().enumerate() {
-            handles.push(spawn(w));
-            while g.queued() != n + 1 {
-                std::thread::yield_now();
-            }
-        }
+            .collect();
         drop(hold);
         for h in handles {
             assert_eq!(h.join().unwrap(), Ok(()));
         }
         assert_eq!(
             *sizes.lock(),
-            vec![vec![1], vec![4, 4], vec![4, 1, 1], vec![1, 1], vec![50]]
+            vec![vec![1, 4, 4], vec![4, 1, 1], vec![1, 1], vec![50]]
         );
     }
 }
