@@ -183,7 +183,7 @@ impl ActorsReport {
     }
 }
 
-/// A JSON number with three decimals, or `null`.
+/// A JSON number with three decimals, or `null` (wall times get six: microseconds).
 fn num(v: Option<f64>) -> String {
     match v {
         Some(v) if v.is_finite() => format!("{v:.3}"),
@@ -193,6 +193,7 @@ fn num(v: Option<f64>) -> String {
 
 fn run_json(r: &RunResult) -> String {
     let l = &r.latency_ms;
+    let wall_s = format!("{:.6}", r.wall_s);
     format!(
         "{{\"group_commit\":{},\"commits\":{},\"wall_s\":{},\"commits_per_sec\":{},\
          \"latency_ms\":{{\"mean\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}},\
@@ -200,7 +201,7 @@ fn run_json(r: &RunResult) -> String {
         r.group_commit
             .map_or_else(|| "null".to_string(), |g| g.to_string()),
         r.commits,
-        num(Some(r.wall_s)),
+        wall_s,
         num(Some(r.commits_per_sec)),
         num(Some(l.mean)),
         num(Some(l.p50)),
@@ -290,14 +291,13 @@ fn run_once(config: &ActorsConfig, target: &Target, tag: &str) -> Result<RunResu
     phases.ready.wait();
     let before = stats();
     phases.go.wait();
-    let start = Instant::now();
     phases.done.wait();
     let after = stats();
     phases.cleanup.wait();
     let mut histogram = new_histogram()?;
     let mut commits = 0u64;
     let mut failure = None;
-    let mut wall = Duration::ZERO;
+    let mut span: Option<(Instant, Instant)> = None;
     for h in handles {
         let outcome = h
             .join()
@@ -306,7 +306,10 @@ fn run_once(config: &ActorsConfig, target: &Target, tag: &str) -> Result<RunResu
             Ok(w) => {
                 commits += w.commits;
                 histogram.add(&w.histogram).map_err(|e| e.to_string())?;
-                wall = wall.max(w.end.saturating_duration_since(start));
+                span = Some(match span {
+                    None => (w.start, w.end),
+                    Some((s, e)) => (s.min(w.start), e.max(w.end)),
+                });
             }
             Err(e) => failure = failure.or(Some(e)),
         }
@@ -314,7 +317,8 @@ fn run_once(config: &ActorsConfig, target: &Target, tag: &str) -> Result<RunResu
     if let Some(e) = failure {
         return Err(e);
     }
-    let wall_s = wall.as_secs_f64();
+    // From the first writer's start to the last writer's last commit.
+    let wall_s = span.map_or(0.0, |(s, e)| (e - s).as_secs_f64());
     let transactions = before
         .zip(after)
         .map(|(b, a)| a.transactions.saturating_sub(b.transactions));
@@ -373,6 +377,8 @@ fn new_histogram() -> Result<Histogram<u64>, String> {
 struct Written {
     commits: u64,
     histogram: Histogram<u64>,
+    /// When it started committing.
+    start: Instant,
     /// When its last commit returned.
     end: Instant,
 }
@@ -459,6 +465,7 @@ fn commit_loop(
     Ok(Written {
         commits,
         histogram,
+        start,
         end,
     })
 }
@@ -506,10 +513,10 @@ mod tests {
             report.to_json(),
             "{\"backend\":\"redb\",\"actors\":4,\"threads\":2,\"row_bytes\":100,\"rtt_ms\":0.000,\
              \"duration_s\":null,\"commits_target\":10,\"run\":{\"group_commit\":true,\
-             \"commits\":10,\"wall_s\":0.500,\"commits_per_sec\":20.000,\"latency_ms\":{\
+             \"commits\":10,\"wall_s\":0.500000,\"commits_per_sec\":20.000,\"latency_ms\":{\
              \"mean\":1.000,\"p50\":1.000,\"p90\":2.000,\"p99\":3.000,\"max\":4.000},\
              \"transactions\":2,\"writes_per_transaction\":5.000},\"baseline\":{\
-             \"group_commit\":false,\"commits\":10,\"wall_s\":0.500,\"commits_per_sec\":5.000,\
+             \"group_commit\":false,\"commits\":10,\"wall_s\":0.500000,\"commits_per_sec\":5.000,\
              \"latency_ms\":{\"mean\":1.000,\"p50\":1.000,\"p90\":2.000,\"p99\":3.000,\
              \"max\":4.000},\"transactions\":10,\"writes_per_transaction\":1.000},\
              \"speedup\":4.000}"
