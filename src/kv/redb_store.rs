@@ -482,11 +482,7 @@ impl RedbStore {
     /// files) into an error naming the file instead of unwinding into the caller.
     fn guarded<T>(&self, f: impl FnOnce() -> Result<T, KvError>) -> Result<T, KvError> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = group::panic_message(&*payload);
             Err(self.err(format!("redb failed on a corrupt file: {what}")))
         })
     }

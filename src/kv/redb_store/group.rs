@@ -199,16 +199,21 @@ impl<T> GroupCommit<T> {
     }
 
     fn panicked(&self, payload: &(dyn std::any::Any + Send)) -> KvError {
-        let what = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = panic_message(payload);
         KvError::Backend {
             backend: self.backend,
             message: format!("group commit failed: the committing thread panicked: {what}"),
         }
     }
+}
+
+/// The text a panic carried (empty when it is not a string).
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// A leader's group. Dropped at the end of the leader's work, or while a panic unwinds through
