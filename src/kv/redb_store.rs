@@ -683,7 +683,9 @@ impl RedbStore {
     fn submit(&self, write: Prepared, weight: usize) -> Result<(), KvError> {
         if !self.options.group_commit {
             let mut results = self.commit_group(&[&write])?;
-            return results.pop().unwrap_or(Ok(()));
+            return results
+                .pop()
+                .unwrap_or_else(|| Err(self.err("a commit returned no result; outcome unknown")));
         }
         self.shared
             .group
