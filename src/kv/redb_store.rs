@@ -253,8 +253,8 @@ pub struct RedbStore {
     options: RedbOptions,
 }
 
-/// Returned by [`RedbStore::hold_commits`]: while it lives, no transaction of this file's
-/// group-commit queue commits, so writers queue up behind the leader.
+/// Returned by [`RedbStore::hold_commits`]: while it lives, no group of this file's
+/// group-commit queue is taken or committed, so writers queue up.
 pub struct CommitHold<'a> {
     _gate: parking_lot::MutexGuard<'a, ()>,
 }
@@ -460,9 +460,12 @@ impl RedbStore {
     }
 
     /// Holds back every group commit of this file (in this process) until the returned guard is
-    /// dropped: a leader that has taken its group waits before committing it, and later writers
-    /// queue behind it. For tests that need writers gathered in one known group; writes through
-    /// a handle with group commit off are not held.
+    /// dropped: a leader waits before taking its group off the queue, so every writer that
+    /// arrives meanwhile queues, and on release they form one group (up to 1,024 writes or
+    /// 64 MiB), in arrival order. For tests that need writers gathered in one known group
+    /// ([`CommitStats::queued`] tells how many are waiting); writes through a handle with group
+    /// commit off, and writes with nothing to write, are not held. Never hold it while writing
+    /// through the same file on the same thread: that write would wait for the guard forever.
     pub fn hold_commits(&self) -> CommitHold<'_> {
         CommitHold {
             _gate: self.shared.group.hold(),
