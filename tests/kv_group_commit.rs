@@ -389,6 +389,8 @@ fn crash_with_many_writers_in_flight_keeps_every_acknowledged_write() {
         let acked: Vec<u32> = writers.into_iter().map(|h| h.join().unwrap()).collect();
         let report = faults.crash_report().expect("the crash happened");
         assert_eq!(report.call, call);
+        // Every call before the crash was a write that reached the store and was acknowledged.
+        assert_eq!(acked.iter().sum::<u32>() as u64, call - 1, "round {round}");
         drop(faults);
         let store = RedbStore::open(&path, KvLimits::default()).unwrap();
         let mut extra = 0;
@@ -482,6 +484,10 @@ fn kill_9_with_many_writers_in_flight_loses_no_acknowledged_write() {
             }
         }
         child.wait().unwrap();
+        assert!(
+            seen >= kill_after,
+            "the child stopped on its own after {seen} acks"
+        );
         check_after_kill(&path, &acked, round);
     }
 }
