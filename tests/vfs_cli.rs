@@ -327,3 +327,41 @@ fn bad_options_are_refused() {
          postgres://USER@HOST:PORT/DB\n"
     );
 }
+
+/// The test JSON parser itself: nested values parse exactly, malformed text is refused.
+#[test]
+fn json_parser_is_strict() {
+    assert_eq!(
+        json::parse(r#" {"a": [1, -2.5e1, true, null], "b": {"c": "x\"\u00e9"}, "d": []} "#),
+        Ok(Json::Obj(vec![
+            (
+                "a".into(),
+                Json::Arr(vec![
+                    Json::Num(1.0),
+                    Json::Num(-25.0),
+                    Json::Bool(true),
+                    Json::Null
+                ])
+            ),
+            (
+                "b".into(),
+                Json::Obj(vec![("c".into(), Json::Str("x\"é".into()))])
+            ),
+            ("d".into(), Json::Arr(vec![])),
+        ]))
+    );
+    for bad in [
+        "",
+        "{",
+        "{\"a\":1,}",
+        "[1 2]",
+        "{\"a\" 1}",
+        "[1]x",
+        "nul",
+        "+1",
+        "1.",
+        "\"a",
+    ] {
+        assert!(json::parse(bad).is_err(), "{bad:?} parsed");
+    }
+}

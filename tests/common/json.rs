@@ -81,51 +81,15 @@ impl Parser<'_> {
     fn value(&mut self) -> Result<Json, String> {
         self.ws();
         match self.s.get(self.i) {
-            Some(b'{') => {
-                self.i += 1;
-                let mut fields = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    self.ws();
-                    let k = self.string()?;
-                    self.eat(b':')?;
-                    fields.push((k, self.value()?));
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b'}') => {
-                            self.i += 1;
-                            return Ok(Json::Obj(fields));
-                        }
-                        _ => return Err(format!("expected , or }} at byte {}", self.i)),
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.s.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.s.get(self.i) {
-                        Some(b',') => self.i += 1,
-                        Some(b']') => {
-                            self.i += 1;
-                            return Ok(Json::Arr(items));
-                        }
-                        _ => return Err(format!("expected , or ] at byte {}", self.i)),
-                    }
-                }
-            }
+            Some(b'{') => self
+                .items(b'}', |p| {
+                    p.ws();
+                    let k = p.string()?;
+                    p.eat(b':')?;
+                    Ok((k, p.value()?))
+                })
+                .map(Json::Obj),
+            Some(b'[') => self.items(b']', Self::value).map(Json::Arr),
             Some(b'"') => self.string().map(Json::Str),
             Some(_) => {
                 for (word, v) in [
@@ -141,6 +105,38 @@ impl Parser<'_> {
                 self.number()
             }
             None => Err("unexpected end".into()),
+        }
+    }
+
+    /// The items of an object or array, after its opening byte, through `close`.
+    fn items<T>(
+        &mut self,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Result<T, String>,
+    ) -> Result<Vec<T>, String> {
+        self.i += 1;
+        let mut out = Vec::new();
+        self.ws();
+        if self.s.get(self.i) == Some(&close) {
+            self.i += 1;
+            return Ok(out);
+        }
+        loop {
+            out.push(item(self)?);
+            self.ws();
+            match self.s.get(self.i) {
+                Some(b',') => self.i += 1,
+                Some(c) if *c == close => {
+                    self.i += 1;
+                    return Ok(out);
+                }
+                _ => {
+                    return Err(format!(
+                        "expected , or {} at byte {}",
+                        close as char, self.i
+                    ))
+                }
+            }
         }
     }
 
