@@ -11,7 +11,7 @@
 //! every database and creating its table) is not timed; the databases are deleted afterwards.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -214,12 +214,15 @@ fn run_json(r: &RunResult) -> String {
     )
 }
 
-/// Runs the benchmark on `run` and then, if given, on `baseline`.
+/// Runs the benchmark on `run` and then, if given, on `baseline`. While a mode runs,
+/// `progress(mode, fraction)` is called about 20 times a second with the mode's name
+/// (`group_commit`, `one_fsync_per_write` or `run`) and how much of it is done (0.0 to 1.0).
 pub fn bench_actors(
     config: &ActorsConfig,
     run: &Target,
     baseline: Option<&Target>,
     rtt: Option<Duration>,
+    progress: &dyn Fn(&str, f64),
 ) -> Result<ActorsReport, String> {
     if config.actors == 0 {
         return Err("--actors must be at least 1".into());
@@ -234,9 +237,9 @@ pub fn bench_actors(
         return Err("--commits must be at least 1".into());
     }
     let tag = unique_tag();
-    let measured = run_once(config, run, &format!("{tag}-run"))?;
+    let measured = run_once(config, run, &format!("{tag}-run"), progress)?;
     let base = match baseline {
-        Some(b) => Some(run_once(config, b, &format!("{tag}-baseline"))?),
+        Some(b) => Some(run_once(config, b, &format!("{tag}-baseline"), progress)?),
         None => None,
     };
     Ok(ActorsReport {
@@ -256,19 +259,37 @@ fn unique_tag() -> String {
     format!("bench-actors-{}-{nanos}", std::process::id())
 }
 
+/// The name of a mode in the table and in progress reports.
+pub fn mode_name(group_commit: Option<bool>) -> &'static str {
+    match group_commit {
+        Some(true) => "group_commit",
+        Some(false) => "one_fsync_per_write",
+        None => "run",
+    }
+}
+
 /// What the writer threads share.
 struct Shared {
     /// Set when a thread fails: the others stop.
     abort: AtomicBool,
     /// Commits claimed so far (for [`StopAfter::Commits`]).
     claimed: AtomicU64,
+    /// Writers that stopped committing.
+    stopped: AtomicUsize,
 }
 
-fn run_once(config: &ActorsConfig, target: &Target, tag: &str) -> Result<RunResult, String> {
+fn run_once(
+    config: &ActorsConfig,
+    target: &Target,
+    tag: &str,
+    progress: &dyn Fn(&str, f64),
+) -> Result<RunResult, String> {
     let shared = Arc::new(Shared {
         abort: AtomicBool::new(false),
         claimed: AtomicU64::new(0),
+        stopped: AtomicUsize::new(0),
     });
+    let mode = mode_name(target.redb.as_ref().map(|s| s.options().group_commit));
     let phases = Arc::new(Phases::new(config.threads + 1));
     let handles: Vec<_> = (0..config.threads)
         .map(|t| {
@@ -291,6 +312,19 @@ fn run_once(config: &ActorsConfig, target: &Target, tag: &str) -> Result<RunResu
     phases.ready.wait();
     let before = stats();
     phases.go.wait();
+    let begun = Instant::now();
+    let mut drawn: Option<Instant> = None;
+    while shared.stopped.load(Ordering::SeqCst) < config.threads {
+        if drawn.is_none_or(|t| t.elapsed() >= Duration::from_millis(50)) {
+            let done = match config.stop {
+                StopAfter::Duration(d) => begun.elapsed().as_secs_f64() / d.as_secs_f64(),
+                StopAfter::Commits(n) => shared.claimed.load(Ordering::SeqCst) as f64 / n as f64,
+            };
+            progress(mode, done.min(1.0));
+            drawn = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     phases.done.wait();
     let after = stats();
     phases.cleanup.wait();
@@ -422,6 +456,7 @@ fn writer(
         }
         outcome
     });
+    shared.stopped.fetch_add(1, Ordering::SeqCst);
     phases.done.wait();
     phases.cleanup.wait();
     let cleanup = actors.iter().try_for_each(|a| {

@@ -20,7 +20,7 @@ use clap::{Args, Subcommand};
 use kvsqlite::bench::actors::{self, ActorsConfig, ActorsReport, RunResult, StopAfter};
 use kvsqlite::vfs::{open_database, OpenOptions};
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use super::{output_error, GlobalArgs, Stop};
 
@@ -114,7 +114,17 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
 fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Result<i32, Stop> {
     let (run, baseline) =
         actors::targets(&global.url(), kvsqlite::kv::KvLimits::default(), global.rtt)?;
-    let report = actors::bench_actors(config, &run, baseline.as_ref(), global.rtt)?;
+    let terminal = std::io::stderr().is_terminal();
+    let progress = |mode: &str, done: f64| {
+        if terminal {
+            super::slt::draw_progress((done * 100.0) as usize, 100, mode);
+        }
+    };
+    let outcome = actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress);
+    if terminal {
+        super::slt::clear_progress();
+    }
+    let report = outcome?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", report.to_json()).map_err(output_error)?;
@@ -152,12 +162,7 @@ fn actors_table(r: &ActorsReport) -> String {
                 .map_or_else(|| "-".to_string(), |w| format!("{w:.1}"))
         )
     };
-    let name = match r.run.group_commit {
-        Some(true) => "group_commit",
-        Some(false) => "one_fsync_per_write",
-        None => "run",
-    };
-    s.push_str(&row(name, &r.run));
+    s.push_str(&row(actors::mode_name(r.run.group_commit), &r.run));
     if let Some(b) = &r.baseline {
         s.push_str(&row("one_fsync_per_write", b));
     }
