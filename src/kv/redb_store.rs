@@ -25,7 +25,9 @@
 //!   checked in arrival order against the state the earlier writes of the group left, so one
 //!   actor's unmet precondition fails that write alone. Limits are checked per write before it
 //!   is queued. An error of the transaction itself (I/O, a full disk, a panic inside redb) is
-//!   reported to every write of the group, none of which was written. With group commit off,
+//!   reported to every write of the group, none of which was acknowledged; the group stays
+//!   all-or-nothing as a whole (after a failed fsync, a reopen shows every write of it that met
+//!   its preconditions, or none, as for any failed commit). With group commit off,
 //!   every write is its own transaction and fsync (the baseline `kvsqlite bench actors` measures).
 //! - A write with no puts or deletes only checks its preconditions, in a read transaction.
 //! - Each read call (`get`, `list`, `batch_read`) runs in one read transaction, so a batch read
@@ -579,29 +581,19 @@ fn get_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
         .collect()
 }
 
-/// The first unmet precondition as the write's error (`Conflict`, or a damaged entry), `None`
-/// when all hold. `Err`: the read itself failed.
-fn unmet<T: ReadableTable<&'static [u8], &'static [u8]>>(
+/// Checks a write's preconditions: `Conflict` naming the first unmet one, or the error of
+/// reading it (a damaged entry, a failed read).
+fn check_preconditions<T: ReadableTable<&'static [u8], &'static [u8]>>(
     path: &Path,
     table: &T,
     preconditions: &[(Vec<u8>, Option<Value>, Vec<u8>)],
-) -> Result<Option<KvError>, KvError> {
+) -> Result<(), KvError> {
     for (composite, expected, key) in preconditions {
-        let have = match table
-            .get(composite.as_slice())
-            .map_err(|e| err_at(path, e))?
-        {
-            None => None,
-            Some(stored) => match unseal(composite, stored.value()) {
-                Some(v) => Some(v.to_vec()),
-                None => return Ok(Some(damaged(path, composite))),
-            },
-        };
-        if have != *expected {
-            return Ok(Some(KvError::Conflict { key: key.clone() }));
+        if get_one(path, table, composite)? != *expected {
+            return Err(KvError::Conflict { key: key.clone() });
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 impl RedbStore {
@@ -634,10 +626,7 @@ impl RedbStore {
             // Nothing to write: only the preconditions' answer, from the latest commit.
             let txn = self.shared.db().begin_read().map_err(|e| self.err(e))?;
             let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            return match unmet(self.path(), &table, &preconditions)? {
-                Some(e) => Err(e),
-                None => Ok(()),
-            };
+            return check_preconditions(self.path(), &table, &preconditions);
         }
         let mut weight = 0usize;
         let deletes = batch
@@ -698,7 +687,8 @@ impl RedbStore {
     /// One redb write transaction applying `group` in order: each write's preconditions are
     /// checked against the state the earlier ones left, and an unmet one skips that write
     /// alone. Returns each write's result, or one error for the whole group when the
-    /// transaction itself fails (then nothing of the group was written).
+    /// transaction itself fails (then nothing of the group is acknowledged, and the
+    /// transaction is all-or-nothing as a whole).
     fn commit_group(&self, group: &[&Prepared]) -> group::GroupOutcome {
         let mut txn = self.shared.db().begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(redb::Durability::Immediate)
@@ -723,8 +713,8 @@ impl RedbStore {
     }
 
     /// Applies one write inside a group's transaction. `Ok(Err(_))`: this write alone is refused
-    /// (a precondition, a damaged entry read for it), nothing of it applied; `Err(_)`: the
-    /// transaction failed and the group with it.
+    /// (an unmet precondition, or an error reading one), nothing of it applied; `Err(_)`: applying
+    /// it failed midway, so the transaction is abandoned and the group with it.
     fn apply(
         &self,
         table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
@@ -736,7 +726,9 @@ impl RedbStore {
                 deletes,
                 puts,
             } => {
-                if let Some(refused) = unmet(self.path(), table, preconditions)? {
+                // Nothing of this write is applied yet: a refusal, or an error reading its
+                // preconditions, is this write's alone.
+                if let Err(refused) = check_preconditions(self.path(), table, preconditions) {
                     return Ok(Err(refused));
                 }
                 for k in deletes {
@@ -845,7 +837,7 @@ mod tests {
     }
 
     /// A failed fsync fails the whole group: every write queued in it gets the same error and
-    /// none of them is written; the write committed before it stays.
+    /// none of them is visible afterwards; the write committed before it stays.
     #[test]
     fn an_io_error_is_reported_to_every_write_of_its_group() {
         let fail = Arc::new(AtomicBool::new(false));

@@ -25,7 +25,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::kv::KvError;
 
 /// The answer of a commit function: one result per member, in order, or one error for the whole
-/// group (nothing of it was written).
+/// group (nothing of it acknowledged).
 pub(super) type GroupOutcome = Result<Vec<Result<(), KvError>>, KvError>;
 
 /// The queue of one database file.
