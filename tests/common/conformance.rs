@@ -1151,7 +1151,7 @@ pub fn crash_put_is_all_or_nothing(fx: Fixture) {
         match choice {
             CrashWrite::Apply => assert!(applied),
             CrashWrite::Discard => assert!(!applied),
-            CrashWrite::Seeded(_) => {}
+            CrashWrite::Seeded(seed) => assert_eq!(applied, Rng::new(seed).next_u64() & 1 == 1),
         }
         seen[applied as usize] = true;
         let survived = list_all(faults.inner().as_ref(), &a);
