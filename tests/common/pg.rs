@@ -99,7 +99,7 @@ pub fn unique_prefix(tag: &str) -> String {
 
 /// Connects to the test server. An unreachable server is `Err(why)` outside CI and a test
 /// failure (panic) under `CI=true`; any other error (a malformed test URL) always fails.
-/// A caller that gets `Err` must report the skip with [`report_skip`].
+/// A caller that gets `Err` reports the skip (the conformance runner does, via `skip.rs`).
 pub fn connect(options: PostgresOptions) -> Result<PostgresStore, String> {
     match PostgresStore::connect_with(&test_url(), options) {
         Ok(store) => Ok(store),
@@ -139,9 +139,4 @@ pub fn test_store_with(options: PostgresOptions) -> Option<PgTest> {
             None
         }
     }
-}
-
-/// Reports a test skipped because the server is unavailable (`why` from [`connect`]).
-pub fn report_skip(why: &str) {
-    skip::skip(&format!("postgres unavailable: {why}"));
 }
