@@ -80,16 +80,15 @@ fn bench_commit_prints_round_trips_as_json() {
     let rows: Vec<u64> = objects.iter().map(|o| field(o, "rows")).collect();
     assert_eq!(rows, vec![1, 10, 100, 1000, 10000, 2000, 1]);
     let rts: Vec<u64> = objects.iter().map(|o| field(o, "kv_round_trips")).collect();
-    // Within the limits: one put each.
-    assert_eq!(&rts[..4], &[1, 1, 1, 1]);
-    // 10,000 rows (~273 pages) and 8 MB (~2,000 pages): ⌈pages/128⌉+1 at most.
+    let pages: Vec<u64> = objects.iter().map(|o| field(o, "pages_written")).collect();
+    // The README's table exactly: one put each within the limits; 10,000 rows (273 pages) and
+    // 8 MB (2,007 pages) in ⌈(pages + 1)/128⌉ (pages staged 128 to a put, the commit record
+    // riding in the last); the small transaction right after the big one: one round trip again.
+    assert_eq!(rts, vec![1, 1, 1, 1, 3, 16, 1], "{text}");
+    assert_eq!(pages, vec![2, 2, 6, 30, 273, 2007, 3], "{text}");
     for i in [4, 5] {
-        let pages = field(objects[i], "pages_written");
-        assert!(rts[i] <= pages.div_ceil(128) + 1, "{}", objects[i]);
+        assert_eq!(rts[i], (pages[i] + 1).div_ceil(128), "{}", objects[i]);
     }
-    assert!(field(objects[5], "pages_written") >= 2000);
-    // The small transaction right after the big one: one round trip again.
-    assert_eq!(rts[6], 1);
 }
 
 /// Runs `bench actors ARGS --json` on `url` and parses its output.
