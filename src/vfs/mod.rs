@@ -137,6 +137,12 @@ pub fn register_store(store: &SharedStore) -> StoreId {
     StoreId(id)
 }
 
+/// How many store handles the registry holds now (live ones, and dropped ones not yet pruned):
+/// bounded by twice the live handles (at least 32), however many were ever registered.
+pub fn registered_stores() -> usize {
+    REGISTRY.lock().stores.len()
+}
+
 /// The database path of `actor` on a registered store: `/<store-id>/<percent-encoded actor>`.
 pub fn database_path(store: StoreId, actor: &str) -> String {
     let mut out = format!("/{}/", store.0);
