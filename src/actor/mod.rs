@@ -55,6 +55,25 @@ pub struct HookCtx<'a> {
     pub prefixes: &'a [PrefixData],
 }
 
+impl<'a> HookCtx<'a> {
+    /// A hook's view of a start.
+    pub fn new(
+        actor_id: &'a str,
+        is_new: bool,
+        state: &'a mut Vec<u8>,
+        db: Option<&'a Database>,
+        prefixes: &'a [PrefixData],
+    ) -> Self {
+        HookCtx {
+            actor_id,
+            is_new,
+            state,
+            db,
+            prefixes,
+        }
+    }
+}
+
 /// A hook that returns nothing.
 pub type Hook = Box<dyn Fn(&mut HookCtx<'_>) -> Result<(), HookError> + Send + Sync>;
 
