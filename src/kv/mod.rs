@@ -23,6 +23,7 @@ pub mod latency;
 pub mod memory;
 pub mod postgres;
 pub mod redb_store;
+pub mod redis;
 pub mod url;
 
 use std::fmt;
@@ -580,7 +581,8 @@ pub fn check_actor_id(actor: &str) -> Result<(), KvError> {
 /// Implementations must be thread-safe; many actors share one store. Every method validates its
 /// input ([`check_actor_id`], [`KvLimits`]) before sending anything.
 pub trait KvStore: Send + Sync {
-    /// A short name for messages and metrics: `memory`, `redb`, `postgres`, or a wrapper's.
+    /// A short name for messages and metrics: `memory`, `redb`, `postgres`, `redis`, or a
+    /// wrapper's.
     fn backend(&self) -> &'static str;
 
     /// The limits this store enforces.
