@@ -144,6 +144,9 @@ fn start_node(bin: &Path, dir: &Path, port: u16) -> Result<Node, String> {
         "yes".into(),
         "--appendfsync".into(),
         "always".into(),
+        // Replicas sync at once (the default waits 5 s for more replicas to join a sync).
+        "--repl-diskless-sync-delay".into(),
+        "0".into(),
         "--save".into(),
         "".into(),
         "--daemonize".into(),
