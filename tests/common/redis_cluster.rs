@@ -314,16 +314,28 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {addr}"))
     }
 
+    /// Starts the node on `addr` again (after [`kill9`]) on its old port, data directory and
+    /// cluster config: it rejoins the cluster, as a replica if it was failed over.
+    pub fn restart(&mut self, addr: &str) {
+        let dir = self.dir.path().to_path_buf();
+        let node = self.node(addr);
+        assert_eq!(node.pid, 0, "{addr} is still running");
+        *node = start_node(&server_binary(), &dir, node.port).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// True when the node on `port` reports `role:master`.
+    pub fn is_master(port: u16) -> bool {
+        info(port, "replication")
+            .iter()
+            .any(|(k, v)| k == "role" && v == "master")
+    }
+
     /// The ports of the nodes that are masters now.
     pub fn master_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
             .filter(|n| n.pid != 0)
-            .filter(|n| {
-                info(n.port, "replication")
-                    .iter()
-                    .any(|(k, v)| k == "role" && v == "master")
-            })
+            .filter(|n| Cluster::is_master(n.port))
             .map(|n| n.port)
             .collect()
     }
