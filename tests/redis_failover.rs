@@ -3,6 +3,11 @@
 //! again through the same store; every transaction acknowledged with `wait=1` is in the
 //! database afterwards, and `integrity_check` is ok.
 //!
+//! A commit whose KV write fails is usually not an error at the SQL level: SQLite answers a
+//! failed batch-atomic commit by committing again through its rollback journal, which the
+//! store retries until the new master serves the slot. What the store itself does with a
+//! write whose connection died is checked on a second store: unknown outcome, not retried.
+//!
 //! With one replica per master, the promoted replica has no replica of its own, so `wait=1`
 //! cannot be met until one is back: its writes apply but are reported unacknowledged. The
 //! test therefore restarts the killed node once the replica has taken over (it rejoins as the
@@ -18,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvsqlite::kv::redis::RedisStore;
-use kvsqlite::kv::SharedStore;
+use kvsqlite::kv::{KvError, KvStore, SharedStore};
 use kvsqlite::vfs::{open_database, Database, OpenOptions};
 
 const THREADS: usize = 8;
@@ -139,12 +144,43 @@ fn redis_cluster_master_killed_mid_writes_loses_no_acknowledged_commit() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let replica_port = cluster.nodes[3].port;
+    // A second store with a warm connection to the master, idle while it dies.
+    let probe = (0..10_000)
+        .map(|i| format!("probe-{i}"))
+        .find(|a| redis.node_for(a).as_deref() == Some(victim.as_str()))
+        .unwrap();
+    redis
+        .put(&probe, vec![(b"k".to_vec(), b"1".to_vec())])
+        .unwrap();
     rc::kill9(cluster.node(&victim));
     killed.store(true, Ordering::SeqCst);
     println!(
         "killed master {victim} with kill -9 at {:?}",
         started.elapsed()
     );
+    // Its write was sent on a connection that died: the outcome is unknown, and it is not
+    // retried (so it returns before the failover).
+    let err = redis
+        .put(&probe, vec![(b"k".to_vec(), b"2".to_vec())])
+        .unwrap_err();
+    assert!(
+        matches!(&err, KvError::Unavailable { message, .. } if message.contains("outcome is unknown")),
+        "{err}"
+    );
+    assert!(
+        !rc::Cluster::is_master(replica_port),
+        "the write waited for the failover"
+    );
+    // A read is retried until the replica has taken over, and sees the acknowledged value.
+    assert_eq!(
+        redis.get(&probe, &[b"k".to_vec()]).unwrap(),
+        vec![Some(b"1".to_vec())]
+    );
+    println!(
+        "a read after the kill waited for the failover: {:?}",
+        started.elapsed()
+    );
+
     // The replica takes over; then the killed node comes back as its replica.
     while !rc::Cluster::is_master(replica_port) {
         assert!(started.elapsed() < DEADLINE, "the replica never took over");
