@@ -360,3 +360,50 @@ fn missing_redis_server_skips_or_fails_under_ci() {
         "{text}"
     );
 }
+
+/// `kvsqlite bench commit --json` on a store: `(rows, pages_written, kv_round_trips)` per
+/// transaction.
+fn bench_commit(url: &str) -> Vec<(u64, u64, u64)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+        .args(["--kv", url, "bench", "commit", "--json"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{url}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |o: &str, name: &str| -> u64 {
+        let start = o.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+        o[start..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    text.trim()
+        .trim_start_matches("[{")
+        .trim_end_matches("}]")
+        .split("},{")
+        .map(|o| {
+            (
+                field(o, "rows"),
+                field(o, "pages_written"),
+                field(o, "kv_round_trips"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn redis_cluster_bench_commit_round_trips_equal_memory() {
+    let _t = turn();
+    let Some(c) = rc::shared() else { return };
+    let memory = bench_commit("memory:");
+    let redis = bench_commit(&c.url("wait=1"));
+    println!("memory: {memory:?}\nredis-cluster: {redis:?}");
+    assert_eq!(memory.len(), 7);
+    assert_eq!(redis, memory);
+}

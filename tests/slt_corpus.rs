@@ -1,5 +1,6 @@
 //! SQLite's sqllogictest corpus (select1-3 and evidence/, at `../shared/corpus/sqllogictest`)
-//! through kvsqlite on the memory and redb stores: every record passes. A missing corpus is a
+//! through kvsqlite on the memory, redb and redis-cluster stores (a cluster of 3 masters and 3
+//! replicas started by `common/redis_cluster.rs`): every record passes. A missing corpus is a
 //! printed skip, or a failure when `CI=true`. `KVSQLITE_SLT_CORPUS` points the tests at another
 //! copy of the corpus.
 
@@ -10,6 +11,9 @@ use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::slt::{self, KnownDeviations, KvTarget, RunConfig};
+
+#[path = "common/redis_cluster.rs"]
+mod cluster_helper;
 
 #[path = "common/corpus.rs"]
 mod corpus_dir;
@@ -62,6 +66,15 @@ fn corpus_on_memory() {
 fn corpus_on_redb() {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(dir.path().join("kv.redb"), KvLimits::default()).unwrap();
+    run_corpus(Arc::new(store));
+}
+
+#[test]
+fn corpus_on_redis_cluster() {
+    let Some(cluster) = cluster_helper::shared() else {
+        return;
+    };
+    let store = kvsqlite::kv::redis::RedisStore::connect(&cluster.url("")).unwrap();
     run_corpus(Arc::new(store));
 }
 

@@ -2,17 +2,21 @@
 //! commits, journal fallbacks, VACUUM) is run with the store "crashing" at call k, for every k
 //! from 1 to the workload's total. Reopened on the surviving data, the database passes
 //! `integrity_check` and holds exactly the state after the transactions that returned OK, or
-//! after the one in flight too.
+//! after the one in flight too. On memory, redb and a Redis Cluster.
 
 use std::sync::Arc;
 
 use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::redb_store::RedbStore;
+use kvsqlite::kv::redis::RedisStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::rng::Rng;
 use kvsqlite::vfs::layout::{self, FileKind, Meta};
 use kvsqlite::vfs::{open_database, OpenOptions};
+
+#[path = "common/redis_cluster.rs"]
+mod cluster_helper;
 
 type Rows = Vec<(i64, String)>;
 
@@ -199,12 +203,31 @@ fn reopen_and_check(
 /// journal fallback among them).
 #[test]
 fn every_crash_point_on_redb_leaves_old_or_new_state() {
+    let dir = tempfile::tempdir().unwrap();
+    every_crash_point_on(&|n: u64| -> SharedStore {
+        Arc::new(RedbStore::open(dir.path().join(format!("kv{n}.redb")), limits()).unwrap())
+    });
+}
+
+/// The same check on a Redis Cluster (3 masters, 3 replicas), each crash point in a namespace
+/// of its own (`prefix=` in the URL).
+#[test]
+fn every_crash_point_on_redis_cluster_leaves_old_or_new_state() {
+    let Some(cluster) = cluster_helper::shared() else {
+        return;
+    };
+    let run = std::process::id();
+    every_crash_point_on(&|n: u64| -> SharedStore {
+        let url = cluster.url(&format!("prefix=crash-{run}-{n}:"));
+        Arc::new(RedisStore::connect_with_limits(&url, limits()).unwrap())
+    });
+}
+
+/// Runs the first 40 transactions on `open(0)` to count their KV calls, then for every call k
+/// crashes a run on the fresh store `open(k)` at k and checks what it reopens to.
+fn every_crash_point_on(open: &dyn Fn(u64) -> SharedStore) {
     let txns: Vec<String> = workload(11).into_iter().take(40).collect();
     let expected = expected_states(&txns);
-    let dir = tempfile::tempdir().unwrap();
-    let open = |n: u64| -> SharedStore {
-        Arc::new(RedbStore::open(dir.path().join(format!("kv{n}.redb")), limits()).unwrap())
-    };
     let counter = Arc::new(FaultStore::new(open(0), FaultPlan::none()));
     let stats = {
         let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
