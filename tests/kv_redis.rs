@@ -1,7 +1,6 @@
-//! The Redis backend against a real Redis Cluster of 3 masters and 3 replicas started by
-//! `common/redis_cluster.rs`: the shared conformance suite, one exchange per call counted by the
-//! server itself, actors spread over every master with each actor in one slot, `wait=N`, the
-//! `NOSCRIPT` fallback, unreachable nodes, and the missing-server rule.
+//! The shared KV conformance suite on the Redis backend: on a real Redis Cluster of 3 masters
+//! and 3 replicas (`redis-cluster://`) and on one plain server (`redis://`), both started by
+//! `common/redis_cluster.rs`. What the servers themselves see is in `kv_redis_server.rs`.
 
 #[path = "common/conformance.rs"]
 mod conformance;
@@ -31,3 +30,19 @@ fn redis_cluster_fixture() -> Result<Fixture, String> {
 }
 
 kv_conformance_tests!(redis_cluster, redis_cluster_fixture);
+
+/// The same suite on one plain Redis server through a `redis://` URL.
+fn redis_single_fixture() -> Result<Fixture, String> {
+    let Some(server) = rc::shared_single() else {
+        return Err("redis-server is not installed".into());
+    };
+    let url = server.url("");
+    let store = RedisStore::connect(&url).map_err(|e| e.to_string())?;
+    Ok(
+        Fixture::new(Arc::new(store) as SharedStore, "redis-single").with_reopen(move || {
+            Arc::new(RedisStore::connect(&url).expect("reopen the redis store")) as SharedStore
+        }),
+    )
+}
+
+kv_conformance_tests!(redis_single, redis_single_fixture);

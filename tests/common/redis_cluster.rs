@@ -10,7 +10,8 @@
 //! - A missing `redis-server` is a printed skip (`skipped: redis-cluster unavailable: …`), or a
 //!   failure under `CI=true`.
 //! - [`shared`] gives every test of one test binary the same cluster (started once); tests that
-//!   kill nodes start their own with [`Cluster::start`].
+//!   kill nodes start their own with [`Cluster::start`]. [`shared_single`] is one plain server
+//!   (no cluster) for `redis://` URLs.
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -124,22 +125,16 @@ pub fn info(port: u16, section: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn start_node(bin: &Path, dir: &Path, port: u16) -> Result<Node, String> {
+fn start_node(bin: &Path, dir: &Path, port: u16, cluster: bool) -> Result<Node, String> {
     let data = dir.join(port.to_string());
     std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
-    let args = [
+    let mut args = vec![
         "--port".to_string(),
         port.to_string(),
         "--bind".into(),
         "127.0.0.1".into(),
         "--dir".into(),
         data.display().to_string(),
-        "--cluster-enabled".into(),
-        "yes".into(),
-        "--cluster-config-file".into(),
-        "nodes.conf".into(),
-        "--cluster-node-timeout".into(),
-        "1000".into(),
         "--appendonly".into(),
         "yes".into(),
         "--appendfsync".into(),
@@ -154,6 +149,19 @@ fn start_node(bin: &Path, dir: &Path, port: u16) -> Result<Node, String> {
         "--logfile".into(),
         data.join("redis.log").display().to_string(),
     ];
+    if cluster {
+        args.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ]
+            .map(String::from),
+        );
+    }
     // The watchdog: starts the server, then waits for its stdin to close (this process
     // dropped the node or ended) and kills the server.
     let script = r#"bin="$1"; shift; "$bin" "$@" & pid=$!; trap 'kill -9 $pid 2>/dev/null' EXIT; while read -r _; do :; done; exit 0"#;
@@ -218,7 +226,7 @@ impl Cluster {
         for _ in 0..6 {
             let p = free_port_pair(&ports);
             ports.push(p);
-            nodes.push(start_node(&bin, dir.path(), p).unwrap_or_else(|e| panic!("{e}")));
+            nodes.push(start_node(&bin, dir.path(), p, true).unwrap_or_else(|e| panic!("{e}")));
         }
         let cluster = Cluster { nodes, dir };
         cluster.create();
@@ -320,7 +328,8 @@ impl Cluster {
         let dir = self.dir.path().to_path_buf();
         let node = self.node(addr);
         assert_eq!(node.pid, 0, "{addr} is still running");
-        *node = start_node(&server_binary(), &dir, node.port).unwrap_or_else(|e| panic!("{e}"));
+        *node =
+            start_node(&server_binary(), &dir, node.port, true).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// True when the node on `port` reports `role:master`.
@@ -338,6 +347,57 @@ impl Cluster {
             .filter(|n| Cluster::is_master(n.port))
             .map(|n| n.port)
             .collect()
+    }
+}
+
+/// One plain (non-cluster) `redis-server`, for `redis://` URLs.
+pub struct Single {
+    /// The server.
+    pub node: Node,
+    /// Keeps the data directory until the server drops.
+    pub dir: tempfile::TempDir,
+}
+
+impl Single {
+    /// Starts one server; the same skip and CI rules as [`Cluster::start`].
+    pub fn start() -> Result<Single, String> {
+        let bin = server_binary();
+        if !bin.exists() {
+            let why = format!("{} is not installed", bin.display());
+            if ci() {
+                panic!("CI=true and redis-server is missing: {why}");
+            }
+            return Err(why);
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kvsqlite-redis-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let port = free_port_pair(&[]);
+        let node = start_node(&bin, dir.path(), port, false)?;
+        Ok(Single { node, dir })
+    }
+
+    /// `redis://127.0.0.1:PORT`, then `query` if any.
+    pub fn url(&self, query: &str) -> String {
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
+        format!("redis://{}{q}", self.node.addr())
+    }
+}
+
+/// The single server every test of this test binary shares, started on first use.
+pub fn shared_single() -> Option<&'static Single> {
+    static SINGLE: OnceLock<Result<Single, String>> = OnceLock::new();
+    match SINGLE.get_or_init(Single::start) {
+        Ok(s) => Some(s),
+        Err(why) => {
+            println!("skipped: redis unavailable: {why}");
+            None
+        }
     }
 }
 
