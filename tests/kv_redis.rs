@@ -15,34 +15,27 @@ use conformance::Fixture;
 use kvsqlite::kv::redis::RedisStore;
 use kvsqlite::kv::SharedStore;
 
-/// The conformance suite on the shared cluster: a fresh store per test, actor ids unique to it.
-fn redis_cluster_fixture() -> Result<Fixture, String> {
-    let Some(cluster) = rc::shared() else {
-        return Err("redis-server is not installed".into());
-    };
-    let url = cluster.url("");
+/// A fresh store on `url` for one conformance test (actor ids unique to the test).
+fn fixture_at(url: Option<String>, backend: &str) -> Result<Fixture, String> {
+    let url = url.ok_or("redis-server is not installed")?;
     let store = RedisStore::connect(&url).map_err(|e| e.to_string())?;
     Ok(
-        Fixture::new(Arc::new(store) as SharedStore, "redis-cluster").with_reopen(move || {
+        Fixture::new(Arc::new(store) as SharedStore, backend).with_reopen(move || {
             Arc::new(RedisStore::connect(&url).expect("reopen the redis store")) as SharedStore
         }),
     )
+}
+
+/// The conformance suite on the shared cluster.
+fn redis_cluster_fixture() -> Result<Fixture, String> {
+    fixture_at(rc::shared().map(|c| c.url("")), "redis-cluster")
 }
 
 kv_conformance_tests!(redis_cluster, redis_cluster_fixture);
 
 /// The same suite on one plain Redis server through a `redis://` URL.
 fn redis_single_fixture() -> Result<Fixture, String> {
-    let Some(server) = rc::shared_single() else {
-        return Err("redis-server is not installed".into());
-    };
-    let url = server.url("");
-    let store = RedisStore::connect(&url).map_err(|e| e.to_string())?;
-    Ok(
-        Fixture::new(Arc::new(store) as SharedStore, "redis-single").with_reopen(move || {
-            Arc::new(RedisStore::connect(&url).expect("reopen the redis store")) as SharedStore
-        }),
-    )
+    fixture_at(rc::shared_single().map(|s| s.url("")), "redis-single")
 }
 
 kv_conformance_tests!(redis_single, redis_single_fixture);

@@ -4,6 +4,9 @@
 //! spread over all three masters with each actor's keys in one slot, `wait=N` acknowledged or
 //! reported, the `NOSCRIPT` fallback, an unreachable cluster, and the missing-server rule.
 
+#[path = "common/rerun.rs"]
+mod rerun;
+
 #[path = "common/redis_cluster.rs"]
 mod cluster_helper;
 use cluster_helper as rc;
@@ -321,27 +324,12 @@ fn redis_unreachable_nodes_are_unavailable() {
 /// printing that it skipped).
 #[test]
 fn missing_redis_server_skips_or_fails_under_ci() {
-    let exe = std::env::current_exe().unwrap();
     let run = |ci: Option<&str>| {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args([
-            "--exact",
+        rerun::rerun_test(
             "redis_cluster_noscript_falls_back_to_eval_once",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("KVSQLITE_TEST_REDIS_SERVER", "/nonexistent/redis-server");
-        match ci {
-            Some(v) => cmd.env("CI", v),
-            None => cmd.env_remove("CI"),
-        };
-        let out = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+            ("KVSQLITE_TEST_REDIS_SERVER", "/nonexistent/redis-server"),
+            ci,
+        )
     };
     let (ok, text) = run(Some("true"));
     assert!(!ok, "{text}");
@@ -361,9 +349,9 @@ fn missing_redis_server_skips_or_fails_under_ci() {
     );
 }
 
-/// `kvsqlite bench commit --json` on a store: `(rows, pages_written, kv_round_trips)` per
-/// transaction.
-fn bench_commit(url: &str) -> Vec<(u64, u64, u64)> {
+/// `kvsqlite bench commit --json` on a store, each transaction's object without its wall time:
+/// `{"rows":…,"row_bytes":…,"pages_written":…,"kv_round_trips":…}`.
+fn bench_commit(url: &str) -> Vec<String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
         .args(["--kv", url, "bench", "commit", "--json"])
         .output()
@@ -374,25 +362,13 @@ fn bench_commit(url: &str) -> Vec<(u64, u64, u64)> {
         "{url}: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let field = |o: &str, name: &str| -> u64 {
-        let start = o.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
-        o[start..]
-            .split([',', '}'])
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
     text.trim()
-        .trim_start_matches("[{")
-        .trim_end_matches("}]")
-        .split("},{")
-        .map(|o| {
-            (
-                field(o, "rows"),
-                field(o, "pages_written"),
-                field(o, "kv_round_trips"),
-            )
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split("},")
+        .map(|o| match o.split_once(",\"wall_ms\":") {
+            Some((counts, _)) => format!("{counts}}}"),
+            None => panic!("no wall_ms in {o}"),
         })
         .collect()
 }
@@ -405,5 +381,6 @@ fn redis_cluster_bench_commit_round_trips_equal_memory() {
     let redis = bench_commit(&c.url("wait=1"));
     println!("memory: {memory:?}\nredis-cluster: {redis:?}");
     assert_eq!(memory.len(), 7);
+    assert!(memory[4].contains("\"kv_round_trips\":3"), "{}", memory[4]);
     assert_eq!(redis, memory);
 }

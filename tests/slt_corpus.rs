@@ -15,6 +15,9 @@ use kvsqlite::slt::{self, KnownDeviations, KvTarget, RunConfig};
 #[path = "common/redis_cluster.rs"]
 mod cluster_helper;
 
+#[path = "common/rerun.rs"]
+mod rerun;
+
 #[path = "common/corpus.rs"]
 mod corpus_dir;
 use corpus_dir::corpus;
@@ -83,27 +86,12 @@ fn corpus_on_redis_cluster() {
 /// (it must pass, printing that it skipped).
 #[test]
 fn missing_corpus_skips_or_fails_under_ci() {
-    let exe = std::env::current_exe().unwrap();
     let run = |ci: Option<&str>| {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args([
-            "--exact",
+        rerun::rerun_test(
             "corpus_on_memory",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("KVSQLITE_SLT_CORPUS", "/nonexistent/kvsqlite-corpus");
-        match ci {
-            Some(v) => cmd.env("CI", v),
-            None => cmd.env_remove("CI"),
-        };
-        let out = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+            ("KVSQLITE_SLT_CORPUS", "/nonexistent/kvsqlite-corpus"),
+            ci,
+        )
     };
     let (ok, text) = run(Some("true"));
     assert!(!ok, "{text}");

@@ -206,6 +206,24 @@ impl WriteBatch {
         self.puts.is_empty() && self.deletes.is_empty()
     }
 
+    /// The checks every backend makes before it sends a write: the actor id, every limit, and
+    /// distinct keys. `Ok(false)` when there is nothing to send (no puts, no deletes, no
+    /// preconditions).
+    pub fn check_before_send(&self, actor: &str, limits: &KvLimits) -> Result<bool, KvError> {
+        check_actor_id(actor)?;
+        limits.check_write(self)?;
+        self.check_distinct()?;
+        Ok(!(self.is_empty() && self.preconditions.is_empty()))
+    }
+
+    /// The [`KvError::Conflict`] naming precondition `index` (0-based), as a store reported it
+    /// unmet; `None` when the batch has no such precondition.
+    pub fn conflict_at(&self, index: usize) -> Option<KvError> {
+        self.preconditions
+            .get(index)
+            .map(|p| KvError::Conflict { key: p.key.clone() })
+    }
+
     /// Rejects a batch naming one key twice among its puts and deletes.
     pub fn check_distinct(&self) -> Result<(), KvError> {
         let mut keys: Vec<&[u8]> = self

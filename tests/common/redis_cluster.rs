@@ -204,23 +204,30 @@ fn start_node(bin: &Path, dir: &Path, port: u16, cluster: bool) -> Result<Node, 
     }
 }
 
+/// The server binary and a fresh data directory; `Err(why)` when the binary is missing outside
+/// CI, a panic under `CI=true`.
+fn prepare() -> Result<(PathBuf, tempfile::TempDir), String> {
+    let bin = server_binary();
+    if !bin.exists() {
+        let why = format!("{} is not installed", bin.display());
+        if ci() {
+            panic!("CI=true and redis-server is missing: {why}");
+        }
+        return Err(why);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("kvsqlite-redis-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    Ok((bin, dir))
+}
+
 impl Cluster {
     /// Starts 3 masters and 3 replicas and waits until every node reports `cluster_state:ok`
     /// with all 16384 slots assigned. `Err(why)` when `redis-server` is missing outside CI; a
     /// panic under `CI=true` or when a present server fails to form a cluster.
     pub fn start() -> Result<Cluster, String> {
-        let bin = server_binary();
-        if !bin.exists() {
-            let why = format!("{} is not installed", bin.display());
-            if ci() {
-                panic!("CI=true and redis-server is missing: {why}");
-            }
-            return Err(why);
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("kvsqlite-redis-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let (bin, dir) = prepare()?;
         let mut ports = Vec::new();
         let mut nodes = Vec::new();
         for _ in 0..6 {
@@ -361,18 +368,7 @@ pub struct Single {
 impl Single {
     /// Starts one server; the same skip and CI rules as [`Cluster::start`].
     pub fn start() -> Result<Single, String> {
-        let bin = server_binary();
-        if !bin.exists() {
-            let why = format!("{} is not installed", bin.display());
-            if ci() {
-                panic!("CI=true and redis-server is missing: {why}");
-            }
-            return Err(why);
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("kvsqlite-redis-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let (bin, dir) = prepare()?;
         let port = free_port_pair(&[]);
         let node = start_node(&bin, dir.path(), port, false)?;
         Ok(Single { node, dir })

@@ -297,10 +297,7 @@ impl KvStore for RedisStore {
     }
 
     fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
-        check_actor_id(actor)?;
-        self.options.limits.check_write(batch)?;
-        batch.check_distinct()?;
-        if batch.is_empty() && batch.preconditions.is_empty() {
+        if !batch.check_before_send(actor, &self.options.limits)? {
             return Ok(());
         }
         let mut args = Vec::with_capacity(
@@ -330,14 +327,9 @@ impl KvStore for RedisStore {
         args.push(b"0".to_vec());
         match self.write_args(actor, &args)? {
             None => Ok(()),
-            Some(i) => {
-                let key = batch
-                    .preconditions
-                    .get(i)
-                    .map(|p| p.key.clone())
-                    .ok_or_else(|| cluster::surprise(format!("unknown failed precondition {i}")))?;
-                Err(KvError::Conflict { key })
-            }
+            Some(i) => Err(batch
+                .conflict_at(i)
+                .ok_or_else(|| cluster::surprise(format!("unknown failed precondition {i}")))?),
         }
     }
 
