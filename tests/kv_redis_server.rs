@@ -2,7 +2,8 @@
 //! replicas that only this test binary uses (its tests take turns, so the servers' counters
 //! move only by what each test does): one exchange per call in `INFO commandstats`, actors
 //! spread over all three masters with each actor's keys in one slot, `wait=N` acknowledged or
-//! reported, the `NOSCRIPT` fallback, an unreachable cluster, and the missing-server rule.
+//! reported, the `NOSCRIPT` fallback, `ASK` and `MOVED` during a slot migration, an unreachable
+//! cluster, `bench commit` round trips equal to memory's, and the missing-server rule.
 
 #[path = "common/rerun.rs"]
 mod rerun;
@@ -383,4 +384,90 @@ fn redis_cluster_bench_commit_round_trips_equal_memory() {
     assert_eq!(memory.len(), 7);
     assert!(memory[4].contains("\"kv_round_trips\":3"), "{}", memory[4]);
     assert_eq!(redis, memory);
+}
+
+/// `CLUSTER MYID` of a node.
+fn node_id(port: u16) -> String {
+    rc::text(port, &["CLUSTER", "MYID"]).unwrap()
+}
+
+#[test]
+fn redis_cluster_follows_ask_and_moved_while_a_slot_migrates() {
+    let _t = turn();
+    let Some(c) = rc::shared() else { return };
+    let store = RedisStore::connect(&c.url("")).unwrap();
+    let (from, to) = (&c.nodes[0], &c.nodes[1]);
+    let a = actor_on(&store, &from.addr(), "migrate");
+    let slot = store.slot(&a).to_string();
+    store
+        .put(&a, vec![(k("x"), k("1")), (k("y"), k("2"))])
+        .unwrap();
+    // Migrate the actor's slot from `from` to `to`, its two keys first.
+    let (h, z) = store.redis_keys(&a);
+    let (h, z) = (String::from_utf8(h).unwrap(), String::from_utf8(z).unwrap());
+    let (from_id, to_id) = (node_id(from.port), node_id(to.port));
+    rc::text(
+        to.port,
+        &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id],
+    )
+    .unwrap();
+    rc::text(
+        from.port,
+        &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id],
+    )
+    .unwrap();
+    let to_port = to.port.to_string();
+    let migrated = rc::text(
+        from.port,
+        &[
+            "MIGRATE",
+            "127.0.0.1",
+            &to_port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            &h,
+            &z,
+        ],
+    )
+    .unwrap();
+    assert_eq!(migrated, "OK");
+
+    // `from` answers ASK: the call goes again to `to` with ASKING; the slot map is unchanged.
+    let ex = store.exchanges();
+    assert_eq!(
+        store.get(&a, &[k("x"), k("y")]).unwrap(),
+        vec![Some(k("1")), Some(k("2"))]
+    );
+    assert_eq!(store.exchanges() - ex, 2);
+    store.put(&a, vec![(k("x"), k("3"))]).unwrap();
+    assert_eq!(store.node_for(&a), Some(from.addr()));
+
+    // The slot is `to`'s now: `from` answers MOVED, the store re-reads the map and follows.
+    for m in &c.nodes[..3] {
+        rc::text(m.port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]).unwrap();
+    }
+    let ex = store.exchanges();
+    assert_eq!(
+        store.get(&a, &[k("x"), k("y")]).unwrap(),
+        vec![Some(k("3")), Some(k("2"))]
+    );
+    assert_eq!(store.exchanges() - ex, 2);
+    assert_eq!(store.node_for(&a), Some(to.addr()));
+    let ex = store.exchanges();
+    store.put(&a, vec![(k("z"), k("4"))]).unwrap();
+    assert_eq!(store.exchanges() - ex, 1);
+    // The actor's keys are on `to` only (other actors may share the slot).
+    assert_eq!(
+        rc::command(to.port, &["EXISTS", &h, &z]).unwrap(),
+        redis::Value::Int(2)
+    );
+    let left = rc::command(from.port, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"]).unwrap();
+    let redis::Value::Array(left) = left else {
+        panic!("{left:?}")
+    };
+    for key in [&h, &z] {
+        assert!(!left.contains(&redis::Value::BulkString(key.clone().into_bytes())));
+    }
 }

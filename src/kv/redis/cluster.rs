@@ -392,8 +392,10 @@ impl Router {
                             if code == "ASK" {
                                 ask = Some(target);
                             } else {
-                                self.map.write().set(req.slot, target);
+                                // Re-read the map for the other slots, then trust the redirect
+                                // for this one (a lagging node may still name the old owner).
                                 let _ = self.refresh();
+                                self.map.write().set(req.slot, target);
                             }
                             continue;
                         }
