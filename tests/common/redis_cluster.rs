@@ -6,7 +6,8 @@
 //!
 //! - Every server runs under a `sh` watchdog that reads the test process's pipe: when the
 //!   [`Cluster`] drops, or the test process ends in any way (a panic, an abort, a kill), the pipe
-//!   closes and the watchdog kills its server with `kill -9`. Nothing outlives the tests.
+//!   closes and the watchdog kills its server with `kill -9` and removes its data. Nothing
+//!   outlives the tests, not even the directory of a cluster kept in a `static`.
 //! - A missing `redis-server` is a printed skip (`skipped: redis-cluster unavailable: …`), or a
 //!   failure under `CI=true`.
 //! - [`shared`] gives every test of one test binary the same cluster (started once); tests that
@@ -14,6 +15,7 @@
 //!   (no cluster) for `redis://` URLs.
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -49,10 +51,14 @@ impl Node {
 
     /// Kills the server with SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
+        // Tell the watchdog to keep the data (a restart reuses it), then let it go too.
+        if let Some(pipe) = self.pipe.as_mut() {
+            let _ = pipe.write_all(b"keep\n");
+            let _ = pipe.flush();
+        }
         let _ = Command::new("kill")
             .args(["-9", &self.pid.to_string()])
             .status();
-        // Let the watchdog go too.
         self.pipe.take();
         let _ = self.watchdog.wait();
     }
@@ -163,13 +169,15 @@ fn start_node(bin: &Path, dir: &Path, port: u16, cluster: bool) -> Result<Node, 
         );
     }
     // The watchdog: starts the server, then waits for its stdin to close (this process
-    // dropped the node or ended) and kills the server.
-    let script = r#"bin="$1"; shift; "$bin" "$@" & pid=$!; trap 'kill -9 $pid 2>/dev/null' EXIT; while read -r _; do :; done; exit 0"#;
+    // dropped the node or ended), kills the server and removes its data directory (and the
+    // cluster's directory once empty), unless it was told to keep the data.
+    let script = r#"bin="$1"; data="$2"; shift 2; "$bin" "$@" & pid=$!; keep=""; while read -r line; do [ "$line" = keep ] && keep=1; done; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; if [ -z "$keep" ]; then rm -rf "$data"; rmdir "$(dirname "$data")" 2>/dev/null; fi; exit 0"#;
     let mut watchdog = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg("watchdog")
         .arg(bin)
+        .arg(&data)
         .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
