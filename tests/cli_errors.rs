@@ -426,7 +426,7 @@ fn help_states_the_exit_codes_and_the_store_url() {
         assert!(out.stdout.contains("--kv <URL>"), "{sub}: {}", out.stdout);
         assert!(
             out.stdout
-                .contains("The store: memory:, redb:PATH or postgres://USER@HOST:PORT/DB"),
+                .contains("The store: memory:, redb:PATH, postgres://USER@HOST:PORT/DB, redis://"),
             "{sub}: {}",
             out.stdout
         );
