@@ -39,3 +39,19 @@ fn redis_single_fixture() -> Result<Fixture, String> {
 }
 
 kv_conformance_tests!(redis_single, redis_single_fixture);
+
+#[test]
+fn redis_cluster_custom_limits_are_enforced() {
+    let Some(c) = rc::shared() else { return };
+    let limits = kvsqlite::kv::KvLimits {
+        max_key_bytes: 16,
+        max_value_bytes: 64,
+        max_write_entries: 4,
+        max_write_bytes: 1024,
+        default_list_limit: 3,
+        max_get_keys: 8,
+    };
+    let store = RedisStore::connect_with_limits(&c.url(""), limits).unwrap();
+    let actor = conformance::unique_prefix("redis-limits");
+    conformance::custom_limits_enforced(&store, &actor, limits);
+}
