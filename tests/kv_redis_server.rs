@@ -344,7 +344,7 @@ fn missing_redis_server_skips_or_fails_under_ci() {
     assert!(ok, "{text}");
     assert!(
         text.contains(
-            "skipped: redis-cluster unavailable: /nonexistent/redis-server is not installed"
+            "SKIPPED: redis-cluster unavailable: /nonexistent/redis-server is not installed"
         ),
         "{text}"
     );

@@ -68,7 +68,7 @@ fn open_retrying(store: &SharedStore, actor: &str, log: &mut Log, started: Insta
 fn redis_cluster_master_killed_mid_writes_loses_no_acknowledged_commit() {
     let Some(mut cluster) = rc::Cluster::start().map_or_else(
         |why| {
-            println!("skipped: redis-cluster unavailable: {why}");
+            rc::skipped(&format!("redis-cluster unavailable: {why}"));
             None
         },
         Some,

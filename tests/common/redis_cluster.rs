@@ -8,8 +8,8 @@
 //!   [`Cluster`] drops, or the test process ends in any way (a panic, an abort, a kill), the pipe
 //!   closes and the watchdog kills its server with `kill -9` and removes its data. Nothing
 //!   outlives the tests, not even the directory of a cluster kept in a `static`.
-//! - A missing `redis-server` is a printed skip (`skipped: redis-cluster unavailable: …`), or a
-//!   failure under `CI=true`.
+//! - A missing `redis-server` is a skip printed on standard error (`SKIPPED: redis-cluster
+//!   unavailable: …`), or a failure under `CI=true`.
 //! - [`shared`] gives every test of one test binary the same cluster (started once); tests that
 //!   kill nodes start their own with [`Cluster::start`]. [`shared_single`] is one plain server
 //!   (no cluster) for `redis://` URLs.
@@ -399,7 +399,7 @@ pub fn shared_single() -> Option<&'static Single> {
     match SINGLE.get_or_init(Single::start) {
         Ok(s) => Some(s),
         Err(why) => {
-            println!("skipped: redis unavailable: {why}");
+            skipped(&format!("redis unavailable: {why}"));
             None
         }
     }
@@ -411,14 +411,20 @@ pub fn kill9(node: &mut Node) {
     node.pid = 0;
 }
 
+/// Prints `SKIPPED: WHY` straight to the process's standard error, where `cargo test` shows it
+/// (the harness captures `println!` and shows it only for failing tests).
+pub fn skipped(why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
 /// The cluster every test of this test binary shares, started on first use; `None` after
-/// printing `skipped: redis-cluster unavailable: …` when `redis-server` is missing (outside CI).
+/// printing `SKIPPED: redis-cluster unavailable: …` when `redis-server` is missing (outside CI).
 pub fn shared() -> Option<&'static Cluster> {
     static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
     match CLUSTER.get_or_init(Cluster::start) {
         Ok(c) => Some(c),
         Err(why) => {
-            println!("skipped: redis-cluster unavailable: {why}");
+            skipped(&format!("redis-cluster unavailable: {why}"));
             None
         }
     }
