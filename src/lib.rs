@@ -4,10 +4,16 @@
 //! - [`kv`]: the key-value store trait, its backends and wrappers. Every trait call is one round trip.
 //! - [`rng`]: a seeded generator for fault injection, tests and workloads.
 //! - [`vfs`]: the SQLite VFS over the KV layer; [`preload`]: the preload map it reads first.
+//! - [`actor`]: the actor shim over a database: one-round-trip wake, creation in one put,
+//!   fencing, migrations, startup timings, the per-query log; [`metrics`]: its JSON document.
+//! - [`bench`]: benchmark workloads (`kvsqlite bench startup`) over the actor layer.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
 #![warn(missing_docs)]
 
+pub mod actor;
+pub mod bench;
 pub mod kv;
+pub mod metrics;
 pub mod preload;
 pub mod rng;
 pub mod slt;

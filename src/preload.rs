@@ -191,6 +191,12 @@ impl Preload {
             .retain(|(k, _)| k.as_slice() < start || end.is_some_and(|e| k.as_slice() >= e));
     }
 
+    /// Adds an entry known to hold the store's current value for `key` (e.g. a copy whose
+    /// freshness the caller checked). Ranges known to be complete do not change.
+    pub fn add_entry(&mut self, key: Key, value: Value) {
+        self.insert_entry(key, value);
+    }
+
     fn insert_entry(&mut self, key: Key, value: Value) {
         match self.entries.binary_search_by(|(k, _)| k.cmp(&key)) {
             Ok(i) => self.entries[i].1 = value,

@@ -33,6 +33,9 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// An actor's wake (one round trip) against a new actor's creation and a naive wake
+    /// without preload (see `kvsqlite::bench::startup`).
+    Startup(super::bench_startup::StartupArgs),
 }
 
 /// One measured transaction.
@@ -54,6 +57,7 @@ pub struct CommitResult {
 pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.command {
         BenchCommand::Commit { json } => super::finish("bench commit", commit(global, json)),
+        BenchCommand::Startup(args) => super::bench_startup::run(global, args),
     }
 }
 

@@ -8,7 +8,9 @@
 //! standard error, `kvsqlite <command>: <what is wrong>`, never as a panic.
 
 mod bench;
+mod bench_startup;
 mod kv;
+mod run;
 mod slt;
 
 use std::time::Duration;
@@ -122,6 +124,8 @@ pub fn finish(command: &str, outcome: Result<i32, Stop>) -> i32 {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Wake (or create) an actor and run SQL files on its database.
+    Run(run::RunArgs),
     /// Inspect and edit an actor's raw keys.
     Kv(kv::KvArgs),
     /// Run sqllogictest files through kvsqlite databases.
@@ -130,10 +134,24 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// Logs `tracing` events on standard error, one line per event with its fields as `key=value`,
+/// filtered by `RUST_LOG` (unset: errors only). `RUST_LOG=kvsqlite=debug` shows every SQL
+/// statement an actor runs (target `kvsqlite::query`) and the startup phases (`kvsqlite::perf`).
+fn install_logging() {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
 /// Parses the command line and runs the subcommand; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    install_logging();
     match cli.command {
+        Command::Run(args) => run::run(&cli.global, args),
         Command::Kv(args) => kv::run(&cli.global, args),
         Command::Slt(args) => slt::run(&cli.global, args),
         Command::Bench(args) => bench::run(&cli.global, args),

@@ -8,18 +8,24 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::cache::PageCache;
 use super::commit;
+use super::fence::{FenceSpec, MovingFence};
+use super::hold::Held;
 use super::layout::{self, FileKind, LayoutError, Meta};
 use super::stats::Stats;
 use crate::kv::{
-    ActorKv, Key, KeyRange, KvError, ListRequest, Precondition, ReadOp, ReadResult, WriteBatch,
+    ActorKv, Key, KeyRange, KvError, KvLimits, ListRequest, Precondition, ReadOp, ReadResult,
+    WriteBatch,
 };
 use crate::preload::{First, Lookup, Preload};
+
+mod actor_io;
 
 /// Which operation a KV error interrupted (picks the `SQLITE_IOERR_*` code).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +52,11 @@ pub enum VfsError {
     /// A transaction is too big for the batch-atomic path's configured bound or for one commit
     /// record; SQLite falls back to its rollback journal.
     TooBig(String),
+    /// Another instance of the actor wrote since this one's wake (the fence moved): nothing of
+    /// this write was stored, and this instance must not write again (`SQLITE_IOERR_VNODE`).
+    Moved,
+    /// The actor layer asked for something the database's state does not allow now.
+    Misuse(String),
 }
 
 impl fmt::Display for VfsError {
@@ -54,6 +65,11 @@ impl fmt::Display for VfsError {
             VfsError::Kv(op, e) => write!(f, "KV {op:?} failed: {e}"),
             VfsError::Corrupt(m) => write!(f, "database is corrupt: {m}"),
             VfsError::TooBig(m) => write!(f, "transaction too big for the atomic path: {m}"),
+            VfsError::Moved => write!(
+                f,
+                "actor moved: another instance wrote this actor's database since this one woke; nothing was written (wake the actor again)"
+            ),
+            VfsError::Misuse(m) => write!(f, "{m}"),
         }
     }
 }
@@ -80,6 +96,12 @@ pub struct StateOptions {
     pub max_atomic_bytes: usize,
     /// Buffered non-atomic writes past this many bytes are flushed before the next sync.
     pub flush_threshold_bytes: usize,
+    /// Fence every write (see [`super::fence`]); an unfinished stage found at open is then not
+    /// deleted unfenced but collected by the fence holder after its first write.
+    pub fence: Option<FenceSpec>,
+    /// Start in hold mode (see [`super::hold`]): only for a database whose main file and
+    /// journal do not exist in the store.
+    pub hold: bool,
 }
 
 impl Default for StateOptions {
@@ -90,6 +112,8 @@ impl Default for StateOptions {
             read_ahead_max: 128,
             max_atomic_bytes: 256 << 20,
             flush_threshold_bytes: 8 << 20,
+            fence: None,
+            hold: false,
         }
     }
 }
@@ -190,6 +214,46 @@ struct Inner {
     needs_reload: bool,
     locks: Locks,
     next_handle: u64,
+    /// The next stage id as the store knows it (after skipping an unfinished stage's ids):
+    /// where a held database's flush starts.
+    store_next_stage: u64,
+    /// An unfinished stage left by another instance or a crash, `[start, end)` of its keys:
+    /// listed and collected as garbage after this (fenced) instance's first write.
+    leftover: Option<(Key, Key)>,
+    /// Bumped at every write that may have changed the main file.
+    write_seq: u64,
+    /// Main-file chunks read, with a recency stamp, while tracking is on.
+    reads: Option<ReadLog>,
+}
+
+/// The main-file chunks a database read recently (the actor layer's hot-page hints).
+#[derive(Debug, Default)]
+struct ReadLog {
+    clock: u64,
+    pages: std::collections::HashMap<u32, u64>,
+}
+
+/// Most chunks a [`ReadLog`] remembers; past it the least recent half is forgotten.
+const READ_LOG_MAX: usize = 4096;
+
+impl ReadLog {
+    fn note(&mut self, idx: u32) {
+        self.clock += 1;
+        self.pages.insert(idx, self.clock);
+        if self.pages.len() > READ_LOG_MAX {
+            let mut stamps: Vec<u64> = self.pages.values().copied().collect();
+            stamps.sort_unstable();
+            let cut = stamps[stamps.len() / 2];
+            self.pages.retain(|_, s| *s > cut);
+        }
+    }
+
+    /// The chunks, most recently read first.
+    fn recent(&self) -> Vec<u32> {
+        let mut v: Vec<(u32, u64)> = self.pages.iter().map(|(&i, &s)| (i, s)).collect();
+        v.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
+        v.into_iter().map(|(i, _)| i).collect()
+    }
 }
 
 impl Inner {
@@ -222,8 +286,15 @@ pub struct DbState {
     stats: Arc<Stats>,
     opts: StateOptions,
     inner: Mutex<Inner>,
-    /// Preconditions every write of the VFS carries (the actor layer's fencing).
+    /// Preconditions every write of the VFS carries (set by [`DbState::set_fence`]).
     fence: Mutex<Vec<Precondition>>,
+    /// The moving fence (see [`super::fence`]), when the actor layer fences the database.
+    moving: Mutex<Option<MovingFence>>,
+    /// The fence moved to another instance: every later operation fails with
+    /// [`VfsError::Moved`].
+    moved: AtomicBool,
+    /// Writes held in memory (see [`super::hold`]) while the database is being created.
+    held: Mutex<Option<Held>>,
     /// Entries (outside the VFS prefix) to write atomically with the next commit record.
     extra: Mutex<Vec<(Key, Vec<u8>)>>,
     /// Told the database's [`Fingerprint`] after every write that may have changed its main
@@ -412,15 +483,28 @@ impl DbState {
             .as_ref()
             .map(|m| m.chunk_size)
             .unwrap_or(opts.page_size);
-        let next_stage = main_meta.as_ref().map(|m| m.next_stage).unwrap_or(0);
+        let mut next_stage = main_meta.as_ref().map(|m| m.next_stage).unwrap_or(0);
+        if opts.hold && (main_meta.is_some() || journal_meta.is_some()) {
+            return Err(VfsError::Corrupt(
+                "hold mode is only for a database that does not exist in the store yet".into(),
+            ));
+        }
         let mut preload = preload;
+        let mut leftover = None;
         // An unfinished staged commit: stage keys at or past the durable next stage id.
         if let Some(Some(k)) = &first_stage {
-            let unfinished = match layout::parse_stage_key(k) {
-                Some((id, _)) => id >= next_stage,
-                None => true,
-            };
-            if unfinished {
+            let newest = layout::parse_stage_key(k).map(|(id, _)| id);
+            let unfinished = newest.is_none_or(|id| id >= next_stage);
+            if unfinished && opts.fence.is_some() {
+                // Fenced: another instance may be staging right now, so nothing is deleted
+                // unfenced. This instance's stages start past the newest one found, and the
+                // leftover keys are collected by fenced writes once this instance holds the
+                // fence (its first write succeeded).
+                let newest = newest.unwrap_or(u64::MAX - 1);
+                let (_, end) = layout::stages_from(next_stage);
+                leftover = Some((layout::stage_key(newest, 0), end));
+                next_stage = newest.saturating_add(1);
+            } else if unfinished {
                 let (s, e) = layout::stages_from(next_stage);
                 kv_delete_range(&kv, &stats, &s, Some(&e)).map_err(kv_err(Op::Delete))?;
                 if let Some(p) = &mut preload {
@@ -449,7 +533,6 @@ impl DbState {
         Ok(DbState {
             kv,
             stats,
-            opts,
             fence: Mutex::new(Vec::new()),
             extra: Mutex::new(Vec::new()),
             commit_hook: Mutex::new(None),
@@ -468,7 +551,15 @@ impl DbState {
                 needs_reload: false,
                 locks: Locks::default(),
                 next_handle: 1,
+                store_next_stage: next_stage,
+                leftover,
+                write_seq: 0,
+                reads: None,
             }),
+            moving: Mutex::new(opts.fence.clone().map(MovingFence::new)),
+            moved: AtomicBool::new(false),
+            held: Mutex::new(opts.hold.then(Held::default)),
+            opts,
         })
     }
 
@@ -488,6 +579,7 @@ impl DbState {
 
     /// Tells the commit hook the main file's fingerprint as the state now knows it.
     fn note_main_written(&self, inner: &mut Inner) {
+        inner.write_seq += 1;
         let hook = self.commit_hook.lock();
         let Some(hook) = hook.as_ref() else {
             return;
@@ -669,6 +761,10 @@ impl DbState {
     // ----- KV access: the one place every store call goes through -----
 
     fn kv_get(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if let Some(h) = self.held.lock().as_ref() {
+            // Held: the store holds no live key of this database; what was written is here.
+            return Ok(keys.iter().map(|k| h.get(k).cloned()).collect());
+        }
         let s = &self.stats;
         s.add(&s.kv_round_trips, 1);
         s.add(&s.kv_reads, 1);
@@ -680,6 +776,10 @@ impl DbState {
     }
 
     fn kv_write(&self, batch: &WriteBatch) -> Result<(), KvError> {
+        if let Some(h) = self.held.lock().as_mut() {
+            h.apply(batch);
+            return Ok(());
+        }
         let s = &self.stats;
         s.add(&s.kv_round_trips, 1);
         s.add(&s.kv_writes, 1);
@@ -705,14 +805,75 @@ impl DbState {
             })
             .count();
         s.add(&s.pages_written, pages as u64);
+        let mut moving = self.moving.lock();
         let fence = self.fence.lock();
-        if fence.is_empty() {
+        if fence.is_empty() && moving.is_none() {
             return self.kv.write(batch);
         }
         let mut fenced = batch.clone();
         fenced.preconditions.extend(fence.iter().cloned());
         drop(fence);
-        self.kv.write(&fenced)
+        let Some(m) = moving.as_mut() else {
+            return self.kv.write(&fenced);
+        };
+        if self.moved.load(Ordering::SeqCst) {
+            return Err(KvError::Conflict { key: m.key.clone() });
+        }
+        let next = m.guard(&mut fenced);
+        match self.kv.write(&fenced) {
+            Ok(()) => {
+                m.advance(next);
+                Ok(())
+            }
+            Err(KvError::Conflict { key }) if key == m.key => {
+                self.moved.store(true, Ordering::SeqCst);
+                Err(KvError::Conflict { key })
+            }
+            Err(e) => {
+                if !e.is_rejected_before_send() && !matches!(e, KvError::Conflict { .. }) {
+                    m.uncertain = Some(next);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// True when writes are fenced (deletes then use fenced writes, never `delete_range`).
+    fn fenced(&self) -> bool {
+        !self.fence.lock().is_empty() || self.moving.lock().is_some() || self.held.lock().is_some()
+    }
+
+    /// The store's limits less the room every fenced write keeps for the fence record.
+    fn write_limits(&self) -> KvLimits {
+        let mut l = *self.kv.limits();
+        if let Some(bytes) = self.moving.lock().as_ref().map(|m| m.reserve_bytes()) {
+            l.max_write_entries = l.max_write_entries.saturating_sub(1).max(1);
+            l.max_write_bytes = l.max_write_bytes.saturating_sub(bytes);
+        }
+        l
+    }
+
+    /// The error a failed KV call becomes: [`VfsError::Moved`] once the fence moved.
+    fn kv_failed(&self, op: Op, e: KvError) -> VfsError {
+        if self.moved.load(Ordering::SeqCst) {
+            VfsError::Moved
+        } else {
+            VfsError::Kv(op, e)
+        }
+    }
+
+    /// Fails every operation once another instance took the fence.
+    fn check_moved(&self) -> Result<(), VfsError> {
+        if self.moved.load(Ordering::SeqCst) {
+            Err(VfsError::Moved)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True once another instance of the actor wrote since this one's wake.
+    pub fn moved(&self) -> bool {
+        self.moved.load(Ordering::SeqCst)
     }
 
     // ----- reads -----
@@ -720,6 +881,7 @@ impl DbState {
     /// Reads `buf.len()` bytes at `offset`. Returns the number of bytes that lay inside the
     /// file; the rest of `buf` is zero-filled (a short read).
     pub fn read(&self, kind: FileKind, offset: u64, buf: &mut [u8]) -> Result<usize, VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
         let size = inner.file(kind).size;
@@ -730,6 +892,11 @@ impl DbState {
         while pos < avail {
             let abs = offset + pos as u64;
             let idx = chunk_index(abs / cs)?;
+            if kind == FileKind::Main {
+                if let Some(log) = inner.reads.as_mut() {
+                    log.note(idx);
+                }
+            }
             let within = (abs % cs) as usize;
             let n = (cs as usize - within).min(avail - pos);
             self.read_chunk(&mut inner, kind, idx, within, &mut buf[pos..pos + n])?;
@@ -894,6 +1061,7 @@ impl DbState {
     /// commit; otherwise they are buffered until the next sync (or flushed early past the
     /// configured threshold).
     pub fn write(&self, kind: FileKind, offset: u64, data: &[u8]) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
         let cs = inner.file(kind).cs() as u64;
@@ -943,6 +1111,7 @@ impl DbState {
     /// Makes every buffered write of `kind` durable (the journal's first when `kind` is the
     /// main file, so a torn main-file write is always covered by a durable journal).
     pub fn sync(&self, kind: FileKind) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
         self.flush(&mut inner, kind)
@@ -1034,7 +1203,7 @@ impl DbState {
         record: Vec<(Key, Vec<u8>)>,
         new_garbage: &[Key],
     ) -> Result<(), VfsError> {
-        let limits = *self.kv.limits();
+        let limits = self.write_limits();
         let mut batches = commit::pack(puts, record, &limits).map_err(VfsError::TooBig)?;
         let mut garbage: Vec<Key> = inner.garbage.clone();
         garbage.extend_from_slice(new_garbage);
@@ -1044,19 +1213,59 @@ impl DbState {
             if let Err(e) = self.kv_write(b) {
                 inner.needs_reload = true;
                 self.note_main_written(inner);
-                return Err(VfsError::Kv(Op::Write, e));
+                return Err(self.kv_failed(Op::Write, e));
             }
             self.apply_to_preload(inner, b);
         }
         garbage.drain(..taken);
         inner.garbage = garbage;
+        self.collect_leftover(inner);
         Ok(())
+    }
+
+    /// Once this fenced instance has written (so it holds the fence and no other instance can
+    /// be staging any more), lists an unfinished stage found at open and queues its keys as
+    /// garbage, deleted by later fenced writes. One read, only after a crash left a stage.
+    fn collect_leftover(&self, inner: &mut Inner) {
+        if self.moving.lock().is_none() || self.held.lock().is_some() {
+            return;
+        }
+        let Some((start, end)) = inner.leftover.take() else {
+            return;
+        };
+        let req = ListRequest {
+            range: KeyRange::Range {
+                start: start.clone(),
+                end: Some(end.clone()),
+            },
+            limit: None,
+            max_bytes: None,
+        };
+        let s = &self.stats;
+        s.add(&s.kv_round_trips, 1);
+        s.add(&s.kv_reads, 1);
+        match self.kv.list(&req) {
+            Ok(page) => {
+                s.add(&s.keys_read, page.entries.len() as u64);
+                inner
+                    .garbage
+                    .extend(page.entries.into_iter().map(|(k, _)| k));
+                if let Some(next) = page.next_start {
+                    inner.leftover = Some((next, end));
+                }
+            }
+            Err(e) => {
+                tracing::debug!("kvsqlite VFS: listing an unfinished stage failed: {e}");
+                inner.leftover = Some((start, end));
+            }
+        }
     }
 
     // ----- the batch-atomic commit -----
 
     /// `SQLITE_FCNTL_BEGIN_ATOMIC_WRITE`: start buffering main-file pages for one commit.
     pub fn begin_atomic(&self) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
         let size = inner.main.size;
@@ -1076,6 +1285,7 @@ impl DbState {
     /// when they fit the store's limits, else staged in several puts and made live by one
     /// commit record. On error the buffer is kept for `rollback_atomic` to discard.
     pub fn commit_atomic(&self) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         let Some((pages, before)) = inner.batch.take() else {
             return Ok(());
@@ -1107,7 +1317,6 @@ impl DbState {
                 .entry(0)
                 .or_insert_with(|| empty_page1_with_counter(cs, counter));
         }
-        let limits = *self.kv.limits();
         let mut meta = inner.main.meta.clone();
         meta.size = inner.main.size;
         meta.next_stage = meta.next_stage.max(inner.next_stage);
@@ -1125,13 +1334,8 @@ impl DbState {
                 new_garbage.push(layout::stage_key(s, i));
             }
         }
-        let cs = meta.chunk_size as usize;
-        let page_cost = 7 + cs;
         let extra = self.take_extra();
-        let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let single_bytes = pages.len() * page_cost + 3 + meta.encoded_len() + extra_bytes;
-        let fits_one = pages.len() + extra.len() < limits.max_write_entries
-            && single_bytes <= limits.max_write_bytes;
+        let fits_one = self.fits_one_write(pages.len(), meta.chunk_size as usize, &meta, &extra);
         let r = self.commit_pages_inner(inner, pages, meta, new_garbage, extra.clone(), fits_one);
         if r.is_err() {
             self.restore_extra(extra);
@@ -1149,7 +1353,7 @@ impl DbState {
         extra: Vec<(Key, Vec<u8>)>,
         fits_one: bool,
     ) -> Result<(), VfsError> {
-        let limits = *self.kv.limits();
+        let limits = self.write_limits();
         let cs = meta.chunk_size as usize;
         let page_cost = 7 + cs;
         let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -1211,7 +1415,7 @@ impl DbState {
                     inner
                         .garbage
                         .extend(staged.iter().map(|&i| layout::stage_key(stage_id, i)));
-                    return Err(VfsError::Kv(Op::Write, e));
+                    return Err(self.kv_failed(Op::Write, e));
                 }
                 self.apply_to_preload(inner, b);
             }
@@ -1238,6 +1442,7 @@ impl DbState {
     /// Sets a file's size. Growing is buffered like a write; shrinking flushes buffered writes
     /// and then durably drops the chunks past the new end.
     pub fn truncate(&self, kind: FileKind, size: u64) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
         if kind == FileKind::Main {
@@ -1272,7 +1477,7 @@ impl DbState {
         if old_count > new_count {
             let start = layout::chunk_key(kind, from);
             let end = layout::chunk_range_end(kind);
-            let result = if self.fence.lock().is_empty() {
+            let result = if !self.fenced() {
                 kv_delete_range(&self.kv, &self.stats, &start, Some(&end))
             } else {
                 let from = chunk_index(new_count).unwrap_or(u32::MAX);
@@ -1284,7 +1489,7 @@ impl DbState {
                 if kind == FileKind::Main {
                     self.note_main_written(&mut inner);
                 }
-                return Err(VfsError::Kv(Op::Truncate, e));
+                return Err(self.kv_failed(Op::Truncate, e));
             }
             if let Some(p) = &mut inner.preload {
                 p.remove_range(&start, Some(&end));
@@ -1299,6 +1504,7 @@ impl DbState {
     /// the commit point of a journalled transaction, so the main file's buffered writes are
     /// made durable first.
     pub fn delete(&self, kind: FileKind) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
         if kind == FileKind::Journal && inner.is_dirty(FileKind::Main) {
@@ -1307,7 +1513,7 @@ impl DbState {
         let in_kv = inner.file(kind).in_kv;
         if in_kv {
             let (s, e) = layout::file_range(kind);
-            let result = if self.fence.lock().is_empty() {
+            let result = if !self.fenced() {
                 kv_delete_range(&self.kv, &self.stats, &s, Some(&e))
             } else {
                 // A fenced database deletes with fenced writes: metadata first (that is the
@@ -1319,7 +1525,7 @@ impl DbState {
             };
             if let Err(err) = result {
                 inner.needs_reload = true;
-                return Err(VfsError::Kv(Op::Delete, err));
+                return Err(self.kv_failed(Op::Delete, err));
             }
             if let Some(p) = &mut inner.preload {
                 p.remove_range(&s, Some(&e));
@@ -1338,7 +1544,7 @@ impl DbState {
 
     /// Deletes `keys` in order with writes that carry the fence, as few as the limits allow.
     fn fenced_deletes(&self, keys: Vec<Key>) -> Result<(), KvError> {
-        let limits = *self.kv.limits();
+        let limits = self.write_limits();
         let mut batch = WriteBatch::default();
         let mut bytes = 0;
         for k in keys {
@@ -1442,14 +1648,25 @@ impl DbState {
         if !inner.needs_reload {
             return Ok(());
         }
-        let keys = vec![
+        let mut keys = vec![
             layout::meta_key(FileKind::Main),
             layout::meta_key(FileKind::Journal),
         ];
+        let fence_key = self.moving.lock().as_ref().map(|m| m.key.clone());
+        keys.extend(fence_key.iter().cloned());
         let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
         let mut it = vals.into_iter();
         let main = it.next().flatten();
         let journal = it.next().flatten();
+        if fence_key.is_some() {
+            let stored = it.next().flatten();
+            if let Some(m) = self.moving.lock().as_mut() {
+                if m.resolve(stored.as_deref()).is_err() {
+                    self.moved.store(true, Ordering::SeqCst);
+                    return Err(VfsError::Moved);
+                }
+            }
+        }
         let cs = inner.main.meta.chunk_size;
         for (kind, raw) in [(FileKind::Main, main), (FileKind::Journal, journal)] {
             let f = inner.file(kind);
@@ -1489,6 +1706,7 @@ impl DbState {
 
     /// Flushes whatever is buffered (on close).
     pub fn flush_all(&self) -> Result<(), VfsError> {
+        self.check_moved()?;
         let mut inner = self.inner.lock();
         if inner.needs_reload {
             self.reload_if_needed(&mut inner)?;

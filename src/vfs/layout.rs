@@ -368,8 +368,9 @@ impl Meta {
 
 /// The reads that let a database open with no further round trip when their answers are handed
 /// to the VFS as a preload (see [`crate::preload::Preload::from_reads`]): the main file's keys
-/// from its metadata on, up to `max_bytes` (page 1 and the lowest pages first), the journal's
-/// metadata, and the newest stage key (to find an unfinished staged commit).
+/// from its metadata on, up to `max_bytes` (page 1 and the lowest pages first), both files'
+/// metadata by name (so a tiny budget still opens without a round trip), and the newest stage
+/// key (to find an unfinished staged commit).
 pub fn preload_reads(max_bytes: usize) -> Vec<ReadOp> {
     let (ms, me) = file_range(FileKind::Main);
     let (ss, se) = stage_area();
@@ -382,7 +383,8 @@ pub fn preload_reads(max_bytes: usize) -> Vec<ReadOp> {
             limit: None,
             max_bytes: Some(max_bytes),
         }),
-        ReadOp::Get(vec![meta_key(FileKind::Journal)]),
+        // Both metadata keys by name, so the open needs no round trip whatever the budget.
+        ReadOp::Get(vec![meta_key(FileKind::Main), meta_key(FileKind::Journal)]),
         ReadOp::List(ListRequest {
             range: KeyRange::Range {
                 start: ss,

@@ -26,7 +26,9 @@
 
 pub mod cache;
 pub mod commit;
+pub mod fence;
 pub mod file;
+pub mod hold;
 pub mod layout;
 pub mod stats;
 
@@ -42,7 +44,9 @@ use rusqlite::ffi;
 
 use crate::kv::{ActorKv, KvError, SharedStore};
 use crate::preload::Preload;
-use file::{lock, DbState, Op, StateOptions, VfsError};
+pub use fence::FenceSpec;
+pub use file::VfsError;
+use file::{lock, DbState, Op, StateOptions};
 use layout::FileKind;
 pub use stats::{Snapshot, Stats};
 
@@ -54,7 +58,13 @@ pub const VFS_NAME: &str = "kvsqlite";
 pub struct StoreId(pub u64);
 
 struct Registry {
-    stores: Vec<Weak<dyn crate::kv::KvStore>>,
+    /// Registered stores by id, held weakly.
+    stores: HashMap<u64, Weak<dyn crate::kv::KvStore>>,
+    /// Store id by the address of the store's allocation (while it lives).
+    by_addr: HashMap<usize, u64>,
+    next_id: u64,
+    /// Live stores after the last prune: the registry prunes dead entries when it has doubled.
+    live_at_prune: usize,
     /// One slot per database that is open or being opened (see [`db_state`]).
     dbs: HashMap<(u64, String), Arc<DbSlot>>,
     /// The fingerprint of each database after the last write this process made to its main
@@ -74,7 +84,10 @@ type DbSlot = Mutex<Weak<DbState>>;
 
 static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new(|| {
     Mutex::new(Registry {
-        stores: Vec::new(),
+        stores: HashMap::new(),
+        by_addr: HashMap::new(),
+        next_id: 0,
+        live_at_prune: 0,
         dbs: HashMap::new(),
         fingerprints: HashMap::new(),
     })
@@ -84,17 +97,42 @@ static REGISTRY: std::sync::LazyLock<Mutex<Registry>> = std::sync::LazyLock::new
 /// returns its id for database paths. The registry holds the store weakly: an open database
 /// keeps its store alive, but opening a path by hand (`Connection::open_with_flags_and_vfs`)
 /// needs the caller to keep the store alive until then.
+///
+/// Registering is O(1) and nothing grows per registration: entries of stores that were dropped
+/// (an actor's per-wake wrapper, say) are pruned, with their databases' slots and fingerprints,
+/// whenever the table has doubled since the last prune. Ids are never reused.
 pub fn register_store(store: &SharedStore) -> StoreId {
     let mut reg = REGISTRY.lock();
-    for (i, s) in reg.stores.iter().enumerate() {
-        if let Some(s) = s.upgrade() {
+    let addr = Arc::as_ptr(store) as *const () as usize;
+    if let Some(&id) = reg.by_addr.get(&addr) {
+        if let Some(s) = reg.stores.get(&id).and_then(|w| w.upgrade()) {
             if ptr::addr_eq(Arc::as_ptr(&s), Arc::as_ptr(store)) {
-                return StoreId(i as u64);
+                return StoreId(id);
             }
         }
     }
-    reg.stores.push(Arc::downgrade(store));
-    StoreId(reg.stores.len() as u64 - 1)
+    if reg.stores.len() >= 2 * reg.live_at_prune.max(16) {
+        let Registry {
+            stores,
+            by_addr,
+            dbs,
+            fingerprints,
+            live_at_prune,
+            ..
+        } = &mut *reg;
+        stores.retain(|_, w| w.strong_count() > 0);
+        by_addr.retain(|_, id| stores.contains_key(id));
+        dbs.retain(|(id, _), slot| {
+            stores.contains_key(id) || Arc::strong_count(slot) > 1 || slot.lock().strong_count() > 0
+        });
+        fingerprints.retain(|(id, _), _| stores.contains_key(id));
+        *live_at_prune = stores.len();
+    }
+    let id = reg.next_id;
+    reg.next_id += 1;
+    reg.stores.insert(id, Arc::downgrade(store));
+    reg.by_addr.insert(addr, id);
+    StoreId(id)
 }
 
 /// The database path of `actor` on a registered store: `/<store-id>/<percent-encoded actor>`.
@@ -178,6 +216,7 @@ fn db_state(
     actor: &str,
     opts: &StateOptions,
     preload: Option<Preload>,
+    trust_preload: bool,
     handle: Option<&SharedStore>,
 ) -> Result<Arc<DbState>, VfsError> {
     let (slot, st) = {
@@ -191,11 +230,16 @@ fn db_state(
         let slot = reg.dbs.entry(key).or_default().clone();
         let st = handle
             .cloned()
-            .or_else(|| reg.stores.get(store as usize).and_then(|w| w.upgrade()));
+            .or_else(|| reg.stores.get(&store).and_then(|w| w.upgrade()));
         (slot, st)
     };
     let mut current = slot.lock();
     if let Some(s) = current.upgrade() {
+        if opts.fence.is_some() || opts.hold {
+            return Err(VfsError::Misuse(format!(
+                "the database of actor {actor:?} is already open in this process: a fenced or held open needs it closed"
+            )));
+        }
         return Ok(s);
     }
     let st = st.ok_or_else(|| {
@@ -212,9 +256,12 @@ fn db_state(
     // A preload read before a later write of this process (another connection opened,
     // committed and closed since) would seed the state with old pages and metadata: stale
     // reads, then commits built on them. Only a preload that matches the last write is used.
-    let preload = preload.filter(|p| match REGISTRY.lock().fingerprints.get(&key) {
-        None => true,
-        Some(last) => last.is_some() && file::preload_fingerprint(p) == *last,
+    let preload = preload.filter(|p| {
+        trust_preload
+            || match REGISTRY.lock().fingerprints.get(&key) {
+                None => true,
+                Some(last) => last.is_some() && file::preload_fingerprint(p) == *last,
+            }
     });
     let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
     state.set_commit_hook(Box::new(move |fp| {
@@ -260,6 +307,16 @@ pub struct OpenOptions {
     /// open reads the store instead (one round trip). Writes by other processes are not seen
     /// here (the actor layer's fencing guards those).
     pub preload: Option<Preload>,
+    /// Take [`OpenOptions::preload`] as the truth about the store even when this process wrote
+    /// the database after it was read: for a fenced open (the actor layer), where a store that
+    /// changed since the preload makes the first write fail on its fence instead.
+    pub trust_preload: bool,
+    /// Fence every write of the database (see [`fence`]); the actor layer's guard against a
+    /// second instance. Refused while the database is open in this process.
+    pub fence: Option<FenceSpec>,
+    /// Hold every write in memory until [`Database::flush_held`] (see [`hold`]): for a new
+    /// actor's creation. Only for a database that does not exist in the store.
+    pub hold_writes: bool,
     /// Open read-only.
     pub read_only: bool,
     /// Create the database when it does not exist (ignored when read-only).
@@ -275,6 +332,9 @@ impl Default for OpenOptions {
             read_ahead_max: 128,
             max_atomic_bytes: 256 << 20,
             preload: None,
+            trust_preload: false,
+            fence: None,
+            hold_writes: false,
             read_only: false,
             create: true,
         }
@@ -391,6 +451,98 @@ impl Database {
     pub fn queued_puts(&self) -> usize {
         self.state.queued_puts()
     }
+
+    /// True once another instance of the actor wrote since this one opened with a fence
+    /// ([`OpenOptions::fence`]): every later I/O fails with `SQLITE_IOERR_VNODE`
+    /// ([`MOVED_ERROR_CODE`]) and nothing more is written.
+    pub fn moved(&self) -> bool {
+        self.state.moved()
+    }
+
+    /// True while writes are held ([`OpenOptions::hold_writes`]).
+    pub fn is_held(&self) -> bool {
+        self.state.is_held()
+    }
+
+    /// Ends hold mode: the database as its transactions left it, plus `entries` (keys outside
+    /// the VFS prefix), in one fenced write when it fits the store's limits, else staged with
+    /// one commit record. No transaction may be open.
+    pub fn flush_held(
+        &self,
+        entries: Vec<(crate::kv::Key, crate::kv::Value)>,
+    ) -> Result<(), VfsError> {
+        self.state.flush_held(entries)
+    }
+
+    /// Writes `entries` and deletes `deletes` (keys outside the VFS prefix) now, in one write
+    /// that carries the fence.
+    pub fn write_entries(
+        &self,
+        entries: Vec<(crate::kv::Key, crate::kv::Value)>,
+        deletes: Vec<crate::kv::Key>,
+    ) -> Result<(), VfsError> {
+        self.state.write_entries(entries, deletes)
+    }
+
+    /// The fence record the database's next write will put (`None` when not fenced).
+    pub fn next_fence_record(&self) -> Option<Vec<u8>> {
+        self.state.next_fence_record()
+    }
+
+    /// The current bytes of page `idx` (0-based) of the main file.
+    pub fn read_page(&self, idx: u32) -> Result<Vec<u8>, VfsError> {
+        self.state.read_page(idx)
+    }
+
+    /// A handle that can hand pages fetched on another thread to this database's cache.
+    pub fn page_sink(&self) -> PageSink {
+        PageSink(self.state.clone())
+    }
+
+    /// Moves the preload's pages into the page cache (never over a page it holds) and drops
+    /// the preload; returns the number of pages moved.
+    pub fn release_preload(&self) -> usize {
+        self.state.release_preload()
+    }
+
+    /// Starts a fresh log of the main-file pages (0-based chunk indexes) read (`true`), or stops.
+    pub fn track_reads(&self, on: bool) {
+        self.state.track_reads(on)
+    }
+
+    /// Pages read since [`Database::track_reads`] began, most recent first.
+    pub fn recent_reads(&self) -> Vec<u32> {
+        self.state.recent_reads()
+    }
+
+    /// The keys under which these pages live now.
+    pub fn live_keys(&self, pages: &[u32]) -> Vec<(u32, crate::kv::Key)> {
+        self.state.live_keys(pages)
+    }
+
+    /// The pages of `pages` neither cached nor preloaded, with their live keys, and the
+    /// database's write sequence now (hand it back to [`Database::offer_pages`]).
+    pub fn prefetch_plan(&self, pages: &[u32]) -> (u64, Vec<(u32, crate::kv::Key)>) {
+        self.state.prefetch_plan(pages)
+    }
+
+    /// Offers pages fetched in the background: cached only when nothing was written since the
+    /// plan's sequence, never over a page the cache holds. Returns how many were taken.
+    pub fn offer_pages(&self, seq: u64, pages: Vec<(u32, Vec<u8>)>) -> usize {
+        self.state.offer_pages(seq, pages)
+    }
+}
+
+/// Hands pages fetched in the background to a database's cache (see
+/// [`Database::prefetch_plan`]).
+#[derive(Clone)]
+pub struct PageSink(Arc<DbState>);
+
+impl PageSink {
+    /// [`Database::offer_pages`] from another thread.
+    pub fn offer_pages(&self, seq: u64, pages: Vec<(u32, Vec<u8>)>) -> usize {
+        self.0.offer_pages(seq, pages)
+    }
 }
 
 impl std::ops::Deref for Database {
@@ -405,6 +557,10 @@ impl std::ops::DerefMut for Database {
         &mut self.conn
     }
 }
+
+/// The extended SQLite result code a fenced database's I/O fails with once another instance of
+/// the actor wrote (`SQLITE_IOERR_VNODE`: "the file was changed by someone else").
+pub const MOVED_ERROR_CODE: c_int = ffi::SQLITE_IOERR_VNODE;
 
 /// True when the linked SQLite was compiled with `SQLITE_ENABLE_BATCH_ATOMIC_WRITE`.
 pub fn batch_atomic_compiled() -> bool {
@@ -504,10 +660,19 @@ pub fn open_database(
         cache_pages: opts.cache_pages,
         read_ahead_max: opts.read_ahead_max,
         max_atomic_bytes: opts.max_atomic_bytes,
+        fence: opts.fence.clone(),
+        hold: opts.hold_writes,
         ..StateOptions::default()
     };
-    let state = db_state(id.0, actor, &sopts, opts.preload.clone(), Some(&store))
-        .map_err(OpenError::Vfs)?;
+    let state = db_state(
+        id.0,
+        actor,
+        &sopts,
+        opts.preload.clone(),
+        opts.trust_preload,
+        Some(&store),
+    )
+    .map_err(OpenError::Vfs)?;
     let create = opts.create && !opts.read_only;
     if !state.exists(FileKind::Main) && !create {
         return Err(OpenError::NotFound {
@@ -605,6 +770,8 @@ fn error_code(e: &VfsError, op: Op) -> c_int {
     match e {
         VfsError::Corrupt(_) => ffi::SQLITE_CORRUPT,
         VfsError::TooBig(_) => ffi::SQLITE_IOERR_WRITE,
+        VfsError::Moved => ffi::SQLITE_IOERR_VNODE,
+        VfsError::Misuse(_) => ffi::SQLITE_MISUSE,
         VfsError::Kv(o, _) => match o.max_op(op) {
             Op::Read => ffi::SQLITE_IOERR_READ,
             Op::Write => ffi::SQLITE_IOERR_WRITE,
@@ -668,6 +835,7 @@ unsafe extern "C" fn x_open(
                 &parsed.actor,
                 &StateOptions::default(),
                 None,
+                false,
                 None,
             ) {
                 Ok(s) => s,
@@ -847,6 +1015,7 @@ unsafe extern "C" fn x_file_size(
             Handle::Mem { data } => data.len() as u64,
             Handle::Kv { state, kind, .. } => match state.file_size(*kind) {
                 Ok(n) => n,
+                Err(VfsError::Moved) => return MOVED_ERROR_CODE,
                 Err(e) => {
                     error_code(&e, Op::Read);
                     return ffi::SQLITE_IOERR_FSTAT;
@@ -1097,7 +1266,14 @@ unsafe extern "C" fn x_delete(
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_IOERR_DELETE_NOENT;
         };
-        let state = match db_state(p.store, &p.actor, &StateOptions::default(), None, None) {
+        let state = match db_state(
+            p.store,
+            &p.actor,
+            &StateOptions::default(),
+            None,
+            false,
+            None,
+        ) {
             Ok(s) => s,
             Err(e) => return error_code(&e, Op::Delete),
         };
@@ -1125,7 +1301,14 @@ unsafe extern "C" fn x_access(
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_OK;
         };
-        match db_state(p.store, &p.actor, &StateOptions::default(), None, None) {
+        match db_state(
+            p.store,
+            &p.actor,
+            &StateOptions::default(),
+            None,
+            false,
+            None,
+        ) {
             Ok(s) => {
                 *out = s.exists(p.file) as c_int;
                 ffi::SQLITE_OK
