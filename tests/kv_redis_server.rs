@@ -3,7 +3,8 @@
 //! move only by what each test does): one exchange per call in `INFO commandstats`, actors
 //! spread over all three masters with each actor's keys in one slot, `wait=N` acknowledged or
 //! reported, the `NOSCRIPT` fallback, `ASK` and `MOVED` during a slot migration, an unreachable
-//! cluster, `bench commit` round trips equal to memory's, and the missing-server rule.
+//! cluster, `bench commit` round trips equal to memory's, an actor woken in one exchange, and the
+//! missing-server rule.
 
 #[path = "common/rerun.rs"]
 mod rerun;
@@ -480,4 +481,44 @@ fn redis_cluster_follows_ask_and_moved_while_a_slot_migrates() {
     for key in [&h, &z] {
         assert!(!left.contains(&redis::Value::BulkString(key.clone().into_bytes())));
     }
+}
+
+#[test]
+fn redis_cluster_actor_is_created_in_two_exchanges_and_wakes_in_one() {
+    use kvsqlite::actor::{Actor, ActorConfig, Migration};
+    let _t = turn();
+    let Some(c) = rc::shared() else { return };
+    let redis = std::sync::Arc::new(RedisStore::connect(&c.url("wait=1")).unwrap());
+    let store: kvsqlite::kv::SharedStore = redis.clone();
+    let mut config = ActorConfig::default().with_migrations(vec![Migration::new(
+        "0001_init.sql",
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
+         INSERT INTO notes(body) VALUES ('a'), ('b');",
+    )
+    .unwrap()]);
+    config.strict = true;
+    let id = format!("actor-{}", std::process::id());
+    let master = redis.node_for(&id).unwrap();
+    let port: u16 = master.rsplit_once(':').unwrap().1.parse().unwrap();
+    // Open the connection (and load the scripts) before counting.
+    redis.get(&id, &[k("warm")]).unwrap();
+    let evalsha = |p: u16| command_calls(p).get("evalsha").copied().unwrap_or(0);
+
+    let (ex, calls) = (redis.exchanges(), evalsha(port));
+    let a = Actor::start(store.clone(), &id, &config).unwrap();
+    assert!(a.startup().is_new);
+    assert_eq!((redis.exchanges() - ex, evalsha(port) - calls), (2, 2));
+    a.sleep().unwrap();
+
+    let (ex, calls) = (redis.exchanges(), evalsha(port));
+    let a = Actor::start(store.clone(), &id, &config).unwrap();
+    assert!(!a.startup().is_new);
+    assert_eq!((redis.exchanges() - ex, evalsha(port) - calls), (1, 1));
+    let n: i64 = a
+        .db()
+        .query_row("SELECT count(*) FROM notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!((redis.exchanges() - ex, evalsha(port) - calls), (1, 1));
+    a.sleep().unwrap();
 }
