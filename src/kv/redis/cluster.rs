@@ -148,8 +148,8 @@ impl Router {
     ) -> Router {
         let seeds: Vec<Arc<str>> = seeds.into_iter().map(Arc::from).collect();
         let mut map = SlotMap::default();
-        if mode == Mode::Single {
-            map.ranges.push((0, SLOTS - 1, seeds[0].clone()));
+        if let (Mode::Single, Some(seed)) = (mode, seeds.first()) {
+            map.ranges.push((0, SLOTS - 1, seed.clone()));
         }
         Router {
             mode,
