@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-const FORMS: &str = "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB";
+const FORMS: &str = "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB, \
+     redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...]";
 
 struct Out {
     code: i32,
@@ -56,6 +57,14 @@ fn malformed_and_unknown_store_urls_list_the_accepted_forms_on_every_command() {
         (
             "postgres://u@h:abc/db",
             "port \"abc\" is not a number 0..=65535",
+        ),
+        (
+            "redis-cluster://h:1,h:abc",
+            "port \"abc\" is not a number 1..=65535",
+        ),
+        (
+            "redis://h:1?wait=all",
+            "wait \"all\" is not a number of replicas",
         ),
     ];
     for (url, why) in cases {
@@ -417,7 +426,7 @@ fn help_states_the_exit_codes_and_the_store_url() {
         assert!(out.stdout.contains("--kv <URL>"), "{sub}: {}", out.stdout);
         assert!(
             out.stdout
-                .contains("The store: memory:, redb:PATH or postgres://USER@HOST:PORT/DB"),
+                .contains("The store: memory:, redb:PATH, postgres://USER@HOST:PORT/DB, redis://"),
             "{sub}: {}",
             out.stdout
         );

@@ -124,7 +124,8 @@ fn kv_cli_malformed_urls_are_clear_errors() {
         let out = kvsqlite(&["--kv", url, "kv", "--actor", "a", "list"]);
         assert_clean_error(
             &out,
-            "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB",
+            "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB, \
+     redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...]",
         );
     }
 }

@@ -1,5 +1,6 @@
 //! SQLite's sqllogictest corpus (select1-3 and evidence/, at `../shared/corpus/sqllogictest`)
-//! through kvsqlite on the memory and redb stores: every record passes. A missing corpus is a
+//! through kvsqlite on the memory, redb and redis-cluster stores (a cluster of 3 masters and 3
+//! replicas started by `common/redis_cluster.rs`): every record passes. A missing corpus is a
 //! printed skip, or a failure when `CI=true`. `KVSQLITE_SLT_CORPUS` points the tests at another
 //! copy of the corpus.
 
@@ -10,6 +11,12 @@ use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::slt::{self, KnownDeviations, KvTarget, RunConfig};
+
+#[path = "common/redis_cluster.rs"]
+mod cluster_helper;
+
+#[path = "common/rerun.rs"]
+mod rerun;
 
 #[path = "common/corpus.rs"]
 mod corpus_dir;
@@ -65,32 +72,26 @@ fn corpus_on_redb() {
     run_corpus(Arc::new(store));
 }
 
+#[test]
+fn corpus_on_redis_cluster() {
+    let Some(cluster) = cluster_helper::shared() else {
+        return;
+    };
+    let store = kvsqlite::kv::redis::RedisStore::connect(&cluster.url("")).unwrap();
+    run_corpus(Arc::new(store));
+}
+
 /// The missing-corpus rule itself: this test binary re-runs `corpus_on_memory` against a corpus
 /// path that does not exist, once with `CI=true` (it must fail, saying why) and once without
 /// (it must pass, printing that it skipped).
 #[test]
 fn missing_corpus_skips_or_fails_under_ci() {
-    let exe = std::env::current_exe().unwrap();
     let run = |ci: Option<&str>| {
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.args([
-            "--exact",
+        rerun::rerun_test(
             "corpus_on_memory",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("KVSQLITE_SLT_CORPUS", "/nonexistent/kvsqlite-corpus");
-        match ci {
-            Some(v) => cmd.env("CI", v),
-            None => cmd.env_remove("CI"),
-        };
-        let out = cmd.output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+            ("KVSQLITE_SLT_CORPUS", "/nonexistent/kvsqlite-corpus"),
+            ci,
+        )
     };
     let (ok, text) = run(Some("true"));
     assert!(!ok, "{text}");

@@ -1,9 +1,12 @@
 //! Our SQL test scripts (`sql/tests/*.test`): their expected results are stock SQLite's, and
-//! every store reproduces them (memory, redb, postgres), apart from the records listed in
+//! every store reproduces them (memory, redb, postgres, redis-cluster), apart from the records listed in
 //! `sql/known-deviations.txt`, which must then differ exactly as listed.
 
 #[path = "common/pg.rs"]
 mod pg;
+
+#[path = "common/redis_cluster.rs"]
+mod cluster_helper;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -94,4 +97,13 @@ fn sql_tests_on_postgres() {
     let Some(pg) = pg::test_store() else { return };
     let prefix = pg.actor("slt-");
     run_on_store(pg.store.clone(), Some(prefix));
+}
+
+#[test]
+fn sql_tests_on_redis_cluster() {
+    let Some(cluster) = cluster_helper::shared() else {
+        return;
+    };
+    let store = kvsqlite::kv::redis::RedisStore::connect(&cluster.url("")).unwrap();
+    run_on_store(Arc::new(store), None);
 }

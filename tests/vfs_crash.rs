@@ -5,7 +5,8 @@
 //! exactly the state after the transactions that returned OK, or after the one in flight too
 //! when its write reached the store. Where a crash left a hot journal or an unfinished stage,
 //! the recovery itself is crashed at each of its calls (both outcomes again) before a clean
-//! reopen checks everything and writes.
+//! reopen checks everything and writes. On memory, redb and a Redis Cluster.
+
 use std::sync::Arc;
 
 #[path = "common/sqlite.rs"]
@@ -17,9 +18,13 @@ use kvsqlite::kv::faults::{CrashReport, CrashWrite, FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::{KvLimits, KvStore, SharedStore};
+use kvsqlite::kv::redis::RedisStore;
 use kvsqlite::rng::Rng;
 use kvsqlite::vfs::layout::{self, FileKind, Meta};
 use kvsqlite::vfs::{open_database, OpenOptions};
+
+#[path = "common/redis_cluster.rs"]
+mod cluster_helper;
 
 type Rows = Vec<(i64, String)>;
 
@@ -490,6 +495,35 @@ fn every_crash_point_after_a_page_size_pragma_leaves_old_or_new_state() {
                 if landed { 8192 } else { 4096 },
                 "crash at {k} ({how:?})"
             );
+        }
+    }
+}
+
+/// The redb check on a Redis Cluster (3 masters, 3 replicas): the first 40 transactions, each
+/// crash point in a namespace of its own (`prefix=` in the URL).
+#[test]
+fn every_crash_point_on_redis_cluster_leaves_old_or_new_state() {
+    let Some(cluster) = cluster_helper::shared() else {
+        return;
+    };
+    let open = |n: u64| -> SharedStore {
+        let url = cluster.url(&format!("prefix=crash-{}-{n}:", std::process::id()));
+        Arc::new(RedisStore::connect_with_limits(&url, limits()).unwrap())
+    };
+    let txns: Vec<String> = workload(11).into_iter().take(40).collect();
+    let expected = expected_states(&txns);
+    let counter = Arc::new(FaultStore::new(open(0), FaultPlan::none()));
+    let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
+    for t in &txns {
+        db.execute_batch(t).unwrap();
+    }
+    drop(db);
+    for k in 1..=counter.calls() {
+        for (o, how) in OUTCOMES.into_iter().enumerate() {
+            let inner = open(2 * k + o as u64);
+            let (ok, report) = run_crashing_at(&inner, k, how, &txns);
+            let db = reopen_and_check(inner, &report, ok, &txns, &expected);
+            write_after_recovery(&db, &format!("redis crash at {k} ({how:?})"));
         }
     }
 }

@@ -37,8 +37,9 @@ struct Cli {
 /// Options every subcommand accepts.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
-    /// The store: memory:, redb:PATH or postgres://USER@HOST:PORT/DB [env: KVSQLITE_KV, when
-    /// set and not empty] [default: redb:./kvsqlite-data/kv.redb]
+    /// The store: memory:, redb:PATH, postgres://USER@HOST:PORT/DB, redis://HOST:PORT or
+    /// redis-cluster://HOST:PORT[,HOST:PORT...] [env: KVSQLITE_KV, when set and not empty]
+    /// [default: redb:./kvsqlite-data/kv.redb]
     #[arg(long = "kv", global = true, value_name = "URL")]
     pub kv: Option<String>,
     /// Simulate a remote store: sleep this many milliseconds once per KV round trip.

@@ -23,6 +23,7 @@ pub mod latency;
 pub mod memory;
 pub mod postgres;
 pub mod redb_store;
+pub mod redis;
 pub mod url;
 
 use std::fmt;
@@ -203,6 +204,24 @@ impl WriteBatch {
     /// True when the batch neither writes nor deletes anything.
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty() && self.deletes.is_empty()
+    }
+
+    /// The checks every backend makes before it sends a write: the actor id, every limit, and
+    /// distinct keys. `Ok(false)` when there is nothing to send (no puts, no deletes, no
+    /// preconditions).
+    pub fn check_before_send(&self, actor: &str, limits: &KvLimits) -> Result<bool, KvError> {
+        check_actor_id(actor)?;
+        limits.check_write(self)?;
+        self.check_distinct()?;
+        Ok(!(self.is_empty() && self.preconditions.is_empty()))
+    }
+
+    /// The [`KvError::Conflict`] naming precondition `index` (0-based), as a store reported it
+    /// unmet; `None` when the batch has no such precondition.
+    pub fn conflict_at(&self, index: usize) -> Option<KvError> {
+        self.preconditions
+            .get(index)
+            .map(|p| KvError::Conflict { key: p.key.clone() })
     }
 
     /// Rejects a batch naming one key twice among its puts and deletes.
@@ -580,7 +599,8 @@ pub fn check_actor_id(actor: &str) -> Result<(), KvError> {
 /// Implementations must be thread-safe; many actors share one store. Every method validates its
 /// input ([`check_actor_id`], [`KvLimits`]) before sending anything.
 pub trait KvStore: Send + Sync {
-    /// A short name for messages and metrics: `memory`, `redb`, `postgres`, or a wrapper's.
+    /// A short name for messages and metrics: `memory`, `redb`, `postgres`, `redis`, or a
+    /// wrapper's.
     fn backend(&self) -> &'static str;
 
     /// The limits this store enforces.

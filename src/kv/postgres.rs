@@ -526,10 +526,7 @@ impl KvStore for PostgresStore {
     }
 
     fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
-        check_actor_id(actor)?;
-        self.options.limits.check_write(batch)?;
-        batch.check_distinct()?;
-        if batch.is_empty() && batch.preconditions.is_empty() {
+        if !batch.check_before_send(actor, &self.options.limits)? {
             return Ok(());
         }
         let put_keys: Vec<&[u8]> = batch.puts.iter().map(|(k, _)| k.as_slice()).collect();
@@ -555,14 +552,10 @@ impl KvStore for PostgresStore {
             None,
         )? {
             None => Ok(()),
-            Some(failed) => {
-                let key = usize::try_from(failed)
-                    .ok()
-                    .and_then(|i| batch.preconditions.get(i))
-                    .map(|p| p.key.clone())
-                    .ok_or_else(|| surprise(format!("unknown failed precondition {failed}")))?;
-                Err(KvError::Conflict { key })
-            }
+            Some(failed) => Err(usize::try_from(failed)
+                .ok()
+                .and_then(|i| batch.conflict_at(i))
+                .ok_or_else(|| surprise(format!("unknown failed precondition {failed}")))?),
         }
     }
 

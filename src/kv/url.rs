@@ -10,6 +10,9 @@
 //!   group commit off (one transaction and fsync per write); everything after the first `?` is
 //!   options, so a path holding `?` cannot be named.
 //! - `postgres://USER@HOST:PORT/DB` (or `postgresql://…`) — a PostgreSQL server.
+//! - `redis://HOST:PORT` — one Redis server; `redis-cluster://HOST:PORT[,HOST:PORT…]` — a Redis
+//!   Cluster reached through these seed nodes (options in the query, see
+//!   [`super::redis::RedisOptions`]).
 //!
 //! `--rtt MS` wraps any of them in the latency wrapper.
 
@@ -20,6 +23,7 @@ use super::latency::LatencyStore;
 use super::memory::MemoryStore;
 use super::postgres::PostgresStore;
 use super::redb_store::{RedbOptions, RedbStore};
+use super::redis::RedisStore;
 use super::{KvError, KvLimits, SharedStore};
 
 /// The store used when neither `--kv` nor `KVSQLITE_KV` names one.
@@ -29,7 +33,9 @@ pub const DEFAULT_STORE_URL: &str = "redb:./kvsqlite-data/kv.redb";
 pub const STORE_URL_ENV: &str = "KVSQLITE_KV";
 
 /// What every URL error lists.
-pub const ACCEPTED_FORMS: &str = "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB";
+pub const ACCEPTED_FORMS: &str =
+    "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB, \
+     redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...]";
 
 /// What a redb option error lists.
 pub const REDB_OPTIONS: &str = "redb options: group_commit=on|off";
@@ -43,6 +49,8 @@ pub enum StoreUrl {
     Redb(String, RedbOptions),
     /// `postgres://…`, kept whole for the PostgreSQL client.
     Postgres(String),
+    /// `redis://…` or `redis-cluster://…`, kept whole for the Redis backend.
+    Redis(String),
 }
 
 impl StoreUrl {
@@ -99,6 +107,16 @@ impl StoreUrl {
                 }
                 Ok(StoreUrl::Postgres(trimmed.to_string()))
             }
+            "redis" | "redis-cluster" => {
+                // The backend's parser knows the details; check them here so a bad URL fails
+                // before anything is opened.
+                let mut scratch = super::redis::RedisOptions::default();
+                match super::redis::check_url(trimmed, &mut scratch) {
+                    Ok(()) => Ok(StoreUrl::Redis(trimmed.to_string())),
+                    Err(KvError::InvalidUrl { reason, .. }) => Err(bad(&reason)),
+                    Err(e) => Err(e),
+                }
+            }
             other => Err(bad(&format!("unknown scheme {other:?}"))),
         }
     }
@@ -150,6 +168,7 @@ pub fn open_store(
         StoreUrl::Memory => Arc::new(MemoryStore::with_limits(limits)),
         StoreUrl::Redb(path, options) => Arc::new(RedbStore::open_with(path, limits, options)?),
         StoreUrl::Postgres(url) => open_postgres(&url, limits)?,
+        StoreUrl::Redis(url) => Arc::new(RedisStore::connect_with_limits(&url, limits)?),
     };
     Ok(match rtt {
         Some(rtt) => Arc::new(LatencyStore::new(store, rtt)),
@@ -230,6 +249,10 @@ mod tests {
             StoreUrl::parse("postgres://root@127.0.0.1:5432/test").unwrap(),
             StoreUrl::Postgres("postgres://root@127.0.0.1:5432/test".into())
         );
+        assert_eq!(
+            StoreUrl::parse("redis-cluster://127.0.0.1:7000,127.0.0.1:7001?wait=1").unwrap(),
+            StoreUrl::Redis("redis-cluster://127.0.0.1:7000,127.0.0.1:7001?wait=1".into())
+        );
     }
 
     #[test]
@@ -246,6 +269,10 @@ mod tests {
             "postgres://",
             "postgres://u@h:notaport/db",
             "postgres://u@h:99999/db",
+            "redis://",
+            "redis://h:1,h:2",
+            "redis-cluster://h",
+            "redis-cluster://h:1?wait=many",
             "://",
             "redb:?group_commit=off",
             "redb:kv.redb?group_commit=maybe",
