@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::ffi::{c_int, c_uint, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rusqlite::ffi;
@@ -38,7 +38,8 @@ pub struct QueryRecord {
     pub at_unix_ms: u64,
     /// Its SQL, whitespace collapsed, cut to [`SQL_CHARS`] characters.
     pub sql: String,
-    /// Its duration as SQLite measured it, in microseconds.
+    /// Microseconds from its first step to its end (SQLite's own profile timer counts whole
+    /// milliseconds, so the log measures with the monotonic clock).
     pub duration_us: u64,
     /// KV round trips its database made meanwhile.
     pub kv_round_trips: u64,
@@ -69,8 +70,8 @@ pub struct QueryTotals {
 
 #[derive(Default)]
 struct Inner {
-    /// Statements running: (statement address, counters at its start, rows so far).
-    active: Vec<(usize, Snapshot, u64)>,
+    /// Statements running: (statement address, counters at its start, rows so far, start).
+    active: Vec<(usize, Snapshot, u64, Instant)>,
     records: VecDeque<QueryRecord>,
     hist: LatencyHistogram,
     totals: QueryTotals,
@@ -102,27 +103,27 @@ impl QueryLog {
     fn start(&self, stmt: usize) {
         let snap = self.stats.snapshot();
         let mut inner = self.inner.lock();
-        inner.active.retain(|(s, _, _)| *s != stmt);
-        inner.active.push((stmt, snap, 0));
+        inner.active.retain(|(s, ..)| *s != stmt);
+        inner.active.push((stmt, snap, 0, Instant::now()));
     }
 
     fn row(&self, stmt: usize) {
         let mut inner = self.inner.lock();
-        if let Some(a) = inner.active.iter_mut().find(|(s, _, _)| *s == stmt) {
+        if let Some(a) = inner.active.iter_mut().find(|(s, ..)| *s == stmt) {
             a.2 += 1;
         }
     }
 
     fn finish(&self, stmt: usize, nanos: i64, sql: &str) {
         let now = self.stats.snapshot();
-        let (d, rows) = {
+        let (d, rows, us) = {
             let mut inner = self.inner.lock();
-            match inner.active.iter().position(|(s, _, _)| *s == stmt) {
+            match inner.active.iter().position(|(s, ..)| *s == stmt) {
                 Some(i) => {
-                    let (_, start, rows) = inner.active.swap_remove(i);
-                    (now - start, rows)
+                    let (_, start, rows, t) = inner.active.swap_remove(i);
+                    (now - start, rows, t.elapsed().as_micros() as u64)
                 }
-                None => (Snapshot::default(), 0),
+                None => (Snapshot::default(), 0, (nanos.max(0) as u64) / 1000),
             }
         };
         let rec = QueryRecord {
@@ -131,7 +132,7 @@ impl QueryLog {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             sql: collapse(sql),
-            duration_us: (nanos.max(0) as u64) / 1000,
+            duration_us: us,
             kv_round_trips: d.kv_round_trips,
             kv_keys_read: d.keys_read,
             kv_keys_written: d.keys_written,
