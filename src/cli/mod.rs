@@ -11,6 +11,7 @@ mod bench;
 mod bench_startup;
 mod kv;
 mod run;
+mod serve;
 mod slt;
 
 use std::time::Duration;
@@ -131,6 +132,8 @@ enum Command {
     Slt(slt::SltArgs),
     /// Benchmarks.
     Bench(bench::BenchArgs),
+    /// Serve actors over HTTP (query, batch, inspector, Prometheus metrics).
+    Serve(serve::ServeArgs),
 }
 
 /// Logs `tracing` events on standard error, one line per event with its fields as `key=value`,
@@ -154,5 +157,6 @@ pub fn main() -> i32 {
         Command::Kv(args) => kv::run(&cli.global, args),
         Command::Slt(args) => slt::run(&cli.global, args),
         Command::Bench(args) => bench::run(&cli.global, args),
+        Command::Serve(args) => serve::run(&cli.global, args),
     }
 }

@@ -1,0 +1,328 @@
+//! The HTTP surface of `kvsqlite serve`: every route, its token rule, and the mapping of each
+//! failure to a status with a `{"error": "…"}` body.
+//!
+//! Why it exists: the routes are the host's contract with its clients (documented in the
+//! README, "Serving actors over HTTP"); keeping them apart from the lifecycle makes each rule
+//! (who may call what, which status for which failure) visible in one place.
+//!
+//! Order of checks on actor routes: the token (401), the actor id (400), the body (413, 400),
+//! then the work (400 SQL error, 408 timeout, 503 store down).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::prom::HostMetrics;
+use super::registry::{kv_unavailable, Registry, Work};
+use super::sql::{self, StatementRequest};
+use super::{check_actor_id, tokens_equal, HostError};
+use crate::actor::{is_moved_error, records, Actor};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The actors.
+    pub registry: Arc<Registry>,
+    /// The host metrics.
+    pub metrics: Arc<HostMetrics>,
+    /// The admin token.
+    pub admin_token: Arc<String>,
+    /// Statement timeout.
+    pub statement_timeout: Duration,
+    /// Largest body in bytes.
+    pub max_body: usize,
+}
+
+/// The router with every route, the body limit and the JSON 404 fallback.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body;
+    Router::new()
+        .route("/actors/{id}/query", post(query))
+        .route("/actors/{id}/batch", post(batch))
+        .route("/actors/{id}/inspector/metrics", get(inspector_metrics))
+        .route("/actors/{id}/inspector/token", get(inspector_token))
+        .route("/metrics", get(prometheus))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn ok_json(v: Value) -> Response {
+    json_response(StatusCode::OK, &v)
+}
+
+fn error_response(metrics: &HostMetrics, e: HostError) -> Response {
+    metrics.error(e.kind());
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(status, &json!({ "error": e.message() }));
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    resp
+}
+
+fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
+    match r {
+        Ok(v) => ok_json(v),
+        Err(e) => error_response(metrics, e),
+    }
+}
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
+    match bearer(headers) {
+        Some(t) if tokens_equal(t, &s.admin_token) => Ok(()),
+        _ => Err(HostError::Unauthorized),
+    }
+}
+
+fn read_body(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Value, HostError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            HostError::TooLarge(format!("the body is over the limit of {max} bytes"))
+        } else {
+            HostError::BadRequest(format!("cannot read the body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| HostError::BadRequest(format!("the body is not valid JSON: {e}")))
+}
+
+/// Maps a failed statement: interrupted → 408, store failure or moved actor → 503, else 400.
+fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
+    if sql::is_interrupt(e) {
+        HostError::Timeout(format!(
+            "the statement ran past the statement timeout of {} ms and was interrupted; its transaction was rolled back",
+            timeout.as_millis()
+        ))
+    } else if is_moved_error(e) {
+        HostError::Unavailable(
+            "actor moved: another instance wrote since this one woke; retry".into(),
+        )
+    } else if sql::is_io_error(e) {
+        HostError::Unavailable(format!("the store failed: {}", sql::error_text(e)))
+    } else {
+        HostError::Sql(sql::error_text(e))
+    }
+}
+
+/// Rolls back a transaction left open on the actor.
+fn rollback_open(actor: &Actor) {
+    if !actor.db().is_autocommit() {
+        if let Err(e) = actor.db().execute_batch("ROLLBACK") {
+            tracing::warn!(actor = %actor.id(), "rollback failed: {e}");
+        }
+    }
+}
+
+fn timed(metrics: &HostMetrics, actor: &Actor, st: &StatementRequest) -> rusqlite::Result<Value> {
+    let t = std::time::Instant::now();
+    let r = sql::run_statement(actor.db(), st);
+    metrics.query_seconds.observe(t.elapsed().as_secs_f64());
+    r
+}
+
+async fn query(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async {
+        require_admin(&s, &headers)?;
+        check_actor_id(&id)?;
+        let st = sql::statement_from_json(&read_body(body, s.max_body)?, "the body")
+            .map_err(HostError::BadRequest)?;
+        let metrics = s.metrics.clone();
+        let timeout = s.statement_timeout;
+        let work: Work = Box::new(move |actor: &Actor| {
+            let was_autocommit = actor.db().is_autocommit();
+            match timed(&metrics, actor, &st) {
+                Ok(v) => {
+                    if was_autocommit && !actor.db().is_autocommit() {
+                        rollback_open(actor);
+                        return Err(HostError::BadRequest(
+                            "a transaction cannot span requests: use /batch (it was rolled back)"
+                                .into(),
+                        ));
+                    }
+                    Ok(v)
+                }
+                Err(e) => {
+                    rollback_open(actor);
+                    Err(statement_error(&e, timeout))
+                }
+            }
+        });
+        s.registry.run(&id, s.statement_timeout, work).await
+    }
+    .await;
+    respond(&s.metrics, r)
+}
+
+async fn batch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = async {
+        require_admin(&s, &headers)?;
+        check_actor_id(&id)?;
+        let statements =
+            sql::batch_from_json(&read_body(body, s.max_body)?).map_err(HostError::BadRequest)?;
+        let metrics = s.metrics.clone();
+        let timeout = s.statement_timeout;
+        let work: Work = Box::new(move |actor: &Actor| {
+            let db = actor.db();
+            db.execute_batch("BEGIN IMMEDIATE")
+                .map_err(|e| statement_error(&e, timeout))?;
+            let mut results = Vec::with_capacity(statements.len());
+            for (i, st) in statements.iter().enumerate() {
+                match timed(&metrics, actor, st) {
+                    Ok(v) if db.is_autocommit() => {
+                        let _ = v;
+                        return Err(HostError::BadRequest(format!(
+                            "statements[{i}] ended the batch's transaction; a batch is one transaction (it was rolled back)"
+                        )));
+                    }
+                    Ok(v) => results.push(v),
+                    Err(e) => {
+                        rollback_open(actor);
+                        return Err(match statement_error(&e, timeout) {
+                            HostError::Sql(m) => HostError::Sql(format!(
+                                "statements[{i}]: {m} (the batch was rolled back)"
+                            )),
+                            other => other,
+                        });
+                    }
+                }
+            }
+            if let Err(e) = db.execute_batch("COMMIT") {
+                rollback_open(actor);
+                return Err(statement_error(&e, timeout));
+            }
+            Ok(json!({ "results": results }))
+        });
+        s.registry.run(&id, s.statement_timeout, work).await
+    }
+    .await;
+    respond(&s.metrics, r)
+}
+
+/// The actor's token as the store holds it: `None` when the store never held the actor.
+async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostError> {
+    let store = s.registry.store().clone();
+    let id = id.to_string();
+    let got = tokio::task::spawn_blocking(move || store.get(&id, &[records::token_key()]))
+        .await
+        .map_err(|e| HostError::Internal(format!("store task failed: {e}")))?;
+    match got {
+        Ok(values) => Ok(values
+            .into_iter()
+            .next()
+            .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Err(e) if kv_unavailable(&e) => Err(HostError::Unavailable(e.to_string())),
+        Err(e) => Err(HostError::Internal(e.to_string())),
+    }
+}
+
+async fn inspector_metrics(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let token = bearer(&headers).ok_or(HostError::Unauthorized)?;
+        check_actor_id(&id)?;
+        let admin = tokens_equal(token, &s.admin_token);
+        if let Some((actor_token, doc)) = s.registry.known_doc(&id).await {
+            if admin || tokens_equal(token, &actor_token) {
+                return Ok(doc.to_json());
+            }
+            return Err(HostError::Unauthorized);
+        }
+        match stored_token(&s, &id).await? {
+            None if admin => Err(HostError::NotFound(format!("no actor {id:?} in the store"))),
+            None => Err(HostError::Unauthorized),
+            Some(t) if admin || tokens_equal(token, &t) => {
+                let work: Work = Box::new(|actor: &Actor| Ok(actor.metrics().to_json()));
+                s.registry.run(&id, s.statement_timeout, work).await
+            }
+            Some(_) => Err(HostError::Unauthorized),
+        }
+    }
+    .await;
+    respond(&s.metrics, r)
+}
+
+async fn inspector_token(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        require_admin(&s, &headers)?;
+        check_actor_id(&id)?;
+        let token = match s.registry.known_doc(&id).await {
+            Some((t, _)) => t,
+            None => stored_token(&s, &id)
+                .await?
+                .ok_or_else(|| HostError::NotFound(format!("no actor {id:?} in the store")))?,
+        };
+        Ok(json!({ "token": token }))
+    }
+    .await;
+    respond(&s.metrics, r)
+}
+
+async fn prometheus(State(s): State<AppState>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    ok_json(json!({ "ok": true, "actors_awake": s.registry.awake_count() }))
+}
+
+async fn not_found(State(s): State<AppState>) -> Response {
+    error_response(&s.metrics, HostError::NotFound("no such route".into()))
+}
