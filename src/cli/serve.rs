@@ -56,6 +56,9 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
         None => ActorConfig::default(),
     };
     let store = global.open_store()?;
+    // The store is dropped last, outside the async runtime: the PostgreSQL backend's client
+    // blocks when it closes, which a runtime thread must not do.
+    let store_keep = store.clone();
     let (admin_token, generated) = match std::env::var(ADMIN_TOKEN_ENV) {
         Ok(t) if !t.trim().is_empty() => (t.trim().to_string(), false),
         _ => (host::generate_token(), true),
@@ -64,7 +67,7 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -92,7 +95,10 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
             .await
             .map_err(|e| format!("the server failed: {e}"))?;
         Ok(0)
-    })
+    });
+    drop(runtime);
+    drop(store_keep);
+    outcome
 }
 
 /// Resolves at the first SIGINT or SIGTERM.

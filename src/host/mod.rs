@@ -146,7 +146,9 @@ pub fn generate_token() -> String {
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, lets requests in
-/// flight finish, puts every actor to sleep and returns.
+/// flight finish, puts every actor to sleep and returns. The caller should keep a handle on the
+/// store and drop it outside the runtime (a blocking backend such as PostgreSQL's must not be
+/// closed on a runtime thread).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: HostConfig,
@@ -182,6 +184,7 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await;
     sleeper.abort();
+    let _ = sleeper.await;
     registry.sleep_all().await;
     result
 }
