@@ -32,6 +32,7 @@ fn routes_statuses_and_token_rules() {
     assert_eq!(st, 200, "{body}");
     let (st, body) = s.get("/nope", None);
     assert_eq!((st, error_of(&body).as_str()), (404, "no such route"));
+    assert_eq!(s.get("/actors/alpha/query", Some(ADMIN)).0, 405);
 
     // Tokens: none, wrong, and the admin's (the scheme is case-insensitive).
     let create = r#"{"sql": "CREATE TABLE t(i INTEGER, r REAL, s TEXT, b BLOB, n)"}"#;

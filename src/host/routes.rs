@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -106,6 +106,13 @@ fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
     }
 }
 
+/// The actor id of the path, checked (a path that does not decode is 400 too).
+fn actor_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError> {
+    let Path(id) = id.map_err(|e| HostError::BadRequest(format!("invalid actor id: {e}")))?;
+    check_actor_id(&id)?;
+    Ok(id)
+}
+
 fn read_body(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Value, HostError> {
     let bytes = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -154,13 +161,13 @@ fn timed(metrics: &HostMetrics, actor: &Actor, st: &StatementRequest) -> rusqlit
 
 async fn query(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let r = async {
         require_admin(&s, &headers)?;
-        check_actor_id(&id)?;
+        let id = actor_id(id)?;
         let st = sql::statement_from_json(&read_body(body, s.max_body)?, "the body")
             .map_err(HostError::BadRequest)?;
         let metrics = s.metrics.clone();
@@ -192,13 +199,13 @@ async fn query(
 
 async fn batch(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let r = async {
         require_admin(&s, &headers)?;
-        check_actor_id(&id)?;
+        let id = actor_id(id)?;
         let statements =
             sql::batch_from_json(&read_body(body, s.max_body)?).map_err(HostError::BadRequest)?;
         let metrics = s.metrics.clone();
@@ -260,12 +267,12 @@ async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostErro
 
 async fn inspector_metrics(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let r = async {
         let token = bearer(&headers).ok_or(HostError::Unauthorized)?;
-        check_actor_id(&id)?;
+        let id = actor_id(id)?;
         let admin = tokens_equal(token, &s.admin_token);
         if let Some((actor_token, doc)) = s.registry.known_doc(&id).await {
             if admin || tokens_equal(token, &actor_token) {
@@ -289,12 +296,12 @@ async fn inspector_metrics(
 
 async fn inspector_token(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
     let r = async {
         require_admin(&s, &headers)?;
-        check_actor_id(&id)?;
+        let id = actor_id(id)?;
         let token = match s.registry.known_doc(&id).await {
             Some((t, _)) => t,
             None => stored_token(&s, &id)
