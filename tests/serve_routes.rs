@@ -105,6 +105,25 @@ fn routes_statuses_and_token_rules() {
         assert_eq!(st, 400, "{body}: {text}");
         assert!(error_of(&text).contains(needle), "{body}: {text}");
     }
+    for control in ["COMMIT", "/* c */ end", "ROLLBACK", "SAVEPOINT x", "BEGIN"] {
+        let body = json!({"statements": [
+            {"sql": "INSERT INTO t(i) VALUES (300)"},
+            {"sql": control},
+            {"sql": "INSERT INTO t(i) VALUES (301)"},
+        ]});
+        let (st, text) = s.post("/actors/alpha/batch", Some(ADMIN), &body.to_string());
+        assert_eq!(st, 400, "{control}: {text}");
+        assert!(
+            error_of(&text).contains("statements[1] controls the transaction"),
+            "{text}"
+        );
+    }
+    let out = s.sql("alpha", "SELECT count(*) FROM t WHERE i >= 300", json!([]));
+    assert_eq!(
+        out["rows"],
+        json!([[0]]),
+        "nothing of a batch with COMMIT ran"
+    );
     let (st, text) = s.post("/actors/alpha/batch", Some(ADMIN), r#"{"statements": []}"#);
     assert_eq!(st, 400, "{text}");
 

@@ -45,8 +45,14 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body;
     Router::new()
-        .route("/actors/{id}/query", post(query))
-        .route("/actors/{id}/batch", post(batch))
+        .route(
+            "/actors/{id}/query",
+            post(|s, id, h, b| sql_route(SqlRoute::Query, s, id, h, b)),
+        )
+        .route(
+            "/actors/{id}/batch",
+            post(|s, id, h, b| sql_route(SqlRoute::Batch, s, id, h, b)),
+        )
         .route("/actors/{id}/inspector/metrics", get(inspector_metrics))
         .route("/actors/{id}/inspector/token", get(inspector_token))
         .route("/metrics", get(prometheus))
@@ -159,7 +165,16 @@ fn timed(metrics: &HostMetrics, actor: &Actor, st: &StatementRequest) -> rusqlit
     r
 }
 
-async fn query(
+/// Which SQL route.
+#[derive(Clone, Copy)]
+enum SqlRoute {
+    Query,
+    Batch,
+}
+
+/// `POST /actors/{id}/query` and `/batch`: admin token, actor id, body, then the work.
+async fn sql_route(
+    route: SqlRoute,
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
@@ -168,83 +183,90 @@ async fn query(
     let r = async {
         require_admin(&s, &headers)?;
         let id = actor_id(id)?;
-        let st = sql::statement_from_json(&read_body(body, s.max_body)?, "the body")
-            .map_err(HostError::BadRequest)?;
-        let metrics = s.metrics.clone();
-        let timeout = s.statement_timeout;
-        let work: Work = Box::new(move |actor: &Actor| {
-            let was_autocommit = actor.db().is_autocommit();
-            match timed(&metrics, actor, &st) {
-                Ok(v) => {
-                    if was_autocommit && !actor.db().is_autocommit() {
-                        rollback_open(actor);
-                        return Err(HostError::BadRequest(
-                            "a transaction cannot span requests: use /batch (it was rolled back)"
-                                .into(),
-                        ));
-                    }
-                    Ok(v)
-                }
-                Err(e) => {
-                    rollback_open(actor);
-                    Err(statement_error(&e, timeout))
-                }
-            }
-        });
-        s.registry.run(&id, s.statement_timeout, work).await
+        let body = read_body(body, s.max_body)?;
+        let (metrics, timeout) = (s.metrics.clone(), s.statement_timeout);
+        let work = match route {
+            SqlRoute::Query => query_work(
+                sql::statement_from_json(&body, "the body").map_err(HostError::BadRequest)?,
+                metrics,
+                timeout,
+            ),
+            SqlRoute::Batch => batch_work(
+                sql::batch_from_json(&body).map_err(HostError::BadRequest)?,
+                metrics,
+                timeout,
+            ),
+        };
+        s.registry.run(&id, timeout, work).await
     }
     .await;
     respond(&s.metrics, r)
 }
 
-async fn batch(
-    State(s): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let statements =
-            sql::batch_from_json(&read_body(body, s.max_body)?).map_err(HostError::BadRequest)?;
-        let metrics = s.metrics.clone();
-        let timeout = s.statement_timeout;
-        let work: Work = Box::new(move |actor: &Actor| {
-            let db = actor.db();
-            db.execute_batch("BEGIN IMMEDIATE")
-                .map_err(|e| statement_error(&e, timeout))?;
-            let mut results = Vec::with_capacity(statements.len());
-            for (i, st) in statements.iter().enumerate() {
-                match timed(&metrics, actor, st) {
-                    Ok(v) if db.is_autocommit() => {
-                        let _ = v;
-                        return Err(HostError::BadRequest(format!(
-                            "statements[{i}] ended the batch's transaction; a batch is one transaction (it was rolled back)"
-                        )));
-                    }
-                    Ok(v) => results.push(v),
-                    Err(e) => {
-                        rollback_open(actor);
-                        return Err(match statement_error(&e, timeout) {
-                            HostError::Sql(m) => HostError::Sql(format!(
-                                "statements[{i}]: {m} (the batch was rolled back)"
-                            )),
-                            other => other,
-                        });
-                    }
+/// One statement in its own transaction; a transaction it leaves open is rolled back (400).
+fn query_work(st: StatementRequest, metrics: Arc<HostMetrics>, timeout: Duration) -> Work {
+    Box::new(move |actor: &Actor| {
+        let was_autocommit = actor.db().is_autocommit();
+        match timed(&metrics, actor, &st) {
+            Ok(_) if was_autocommit && !actor.db().is_autocommit() => {
+                rollback_open(actor);
+                Err(HostError::BadRequest(
+                    "a transaction cannot span requests: use /batch (it was rolled back)".into(),
+                ))
+            }
+            Ok(v) => Ok(v),
+            Err(e) => {
+                rollback_open(actor);
+                Err(statement_error(&e, timeout))
+            }
+        }
+    })
+}
+
+/// Every statement in one transaction (one commit), all or nothing.
+fn batch_work(
+    statements: Vec<StatementRequest>,
+    metrics: Arc<HostMetrics>,
+    timeout: Duration,
+) -> Work {
+    Box::new(move |actor: &Actor| {
+        let db = actor.db();
+        if let Some(i) = statements
+            .iter()
+            .position(|st| sql::is_transaction_control(db, &st.sql))
+        {
+            return Err(HostError::BadRequest(format!(
+                "statements[{i}] controls the transaction; a batch is one transaction already (nothing ran)"
+            )));
+        }
+        db.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| statement_error(&e, timeout))?;
+        let mut results = Vec::with_capacity(statements.len());
+        for (i, st) in statements.iter().enumerate() {
+            match timed(&metrics, actor, st) {
+                Ok(_) if db.is_autocommit() => {
+                    return Err(HostError::BadRequest(format!(
+                        "statements[{i}] ended the batch's transaction; a batch is one transaction"
+                    )));
+                }
+                Ok(v) => results.push(v),
+                Err(e) => {
+                    rollback_open(actor);
+                    return Err(match statement_error(&e, timeout) {
+                        HostError::Sql(m) => HostError::Sql(format!(
+                            "statements[{i}]: {m} (the batch was rolled back)"
+                        )),
+                        other => other,
+                    });
                 }
             }
-            if let Err(e) = db.execute_batch("COMMIT") {
-                rollback_open(actor);
-                return Err(statement_error(&e, timeout));
-            }
-            Ok(json!({ "results": results }))
-        });
-        s.registry.run(&id, s.statement_timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+        }
+        if let Err(e) = db.execute_batch("COMMIT") {
+            rollback_open(actor);
+            return Err(statement_error(&e, timeout));
+        }
+        Ok(json!({ "results": results }))
+    })
 }
 
 /// The actor's token as the store holds it: `None` when the store never held the actor.

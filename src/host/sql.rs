@@ -170,6 +170,24 @@ pub fn run_statement(db: &Connection, st: &StatementRequest) -> rusqlite::Result
     Ok(json!({ "columns": columns, "rows": rows, "changes": changes }))
 }
 
+/// True when `sql` controls transactions (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, `SAVEPOINT`,
+/// `RELEASE`), as SQLite itself compiles it: its `EXPLAIN` program has an `AutoCommit` or a
+/// `Savepoint` opcode. SQL that does not compile is left for the real run to report (false).
+pub fn is_transaction_control(db: &Connection, sql: &str) -> bool {
+    let Ok(mut stmt) = db.prepare(&format!("EXPLAIN {sql}")) else {
+        return false;
+    };
+    let mut rows = stmt.raw_query();
+    while let Ok(Some(row)) = rows.next() {
+        if let Ok(ValueRef::Text(op)) = row.get_ref(1) {
+            if op == b"AutoCommit" || op == b"Savepoint" {
+                return true;
+            }
+        }
+    }
+    false
+}
+
 /// SQLite's message for a failed statement, without rusqlite's echo of the SQL.
 pub fn error_text(e: &rusqlite::Error) -> String {
     match e {
