@@ -8,6 +8,7 @@
 //!   fencing, migrations, startup timings, the per-query log; [`metrics`]: its JSON document.
 //! - [`bench`]: benchmark workloads (`kvsqlite bench startup`) over the actor layer.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
+//! - [`bench`]: benchmark workloads behind `kvsqlite bench`.
 #![warn(missing_docs)]
 
 pub mod actor;

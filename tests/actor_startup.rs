@@ -166,3 +166,22 @@ fn a_creation_over_one_puts_limits_is_staged_and_startup_pages_under_stage_keys_
     assert_eq!(count(&a, "SELECT count(*) FROM notes"), 200);
     a.sleep().unwrap();
 }
+
+#[test]
+fn waking_again_and_again_grows_nothing_in_the_vfs_registry() {
+    let (_mem, _counting, store) = counted();
+    let c = config();
+    Actor::start(store.clone(), "again", &c)
+        .unwrap()
+        .sleep()
+        .unwrap();
+    // Each wake registers its own counting wrapper; dropped ones are pruned.
+    for _ in 0..500 {
+        let a = Actor::start(store.clone(), "again", &c).unwrap();
+        assert_eq!(a.startup().kv_round_trips, 1);
+        a.sleep().unwrap();
+    }
+    // Other tests of this binary run at once and hold a few live handles each.
+    let n = kvsqlite::vfs::registered_stores();
+    assert!(n <= 200, "{n} store handles registered after 500 wakes");
+}

@@ -34,7 +34,58 @@ fn redb_fixture() -> Result<Fixture, String> {
         .with_guard(dir))
 }
 
-kv_conformance_tests!(redb, redb_fixture);
+kv_conformance_tests!(redb, redb_fixture, [persistence_across_reopen]);
+
+/// A backend whose fixture cannot be made: the conformance runner's skip path.
+fn broken_fixture() -> Result<Fixture, String> {
+    Err("the fixture failed on purpose".to_string())
+}
+
+/// Run by `a_broken_fixture_fails_under_ci_and_skips_visibly_otherwise` only.
+#[test]
+#[ignore = "started by a_broken_fixture_fails_under_ci_and_skips_visibly_otherwise"]
+fn broken_fixture_helper() {
+    conformance::run(
+        "broken",
+        broken_fixture,
+        conformance::get_put_delete_round_trip,
+    );
+}
+
+/// The skip rule of the conformance runner: this binary re-runs `broken_fixture_helper`, whose
+/// fixture fails, once with `CI=true` (the test must fail, saying why) and once without (it
+/// passes, and says it skipped on standard error, which `cargo test` shows: no `--nocapture`).
+#[test]
+fn a_broken_fixture_fails_under_ci_and_skips_visibly_otherwise() {
+    let run = |ci: bool| {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "broken_fixture_helper", "--ignored"]);
+        if ci {
+            cmd.env("CI", "true");
+        } else {
+            cmd.env_remove("CI");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run(true);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("CI=true and broken unavailable: the fixture failed on purpose"),
+        "{stdout}{stderr}"
+    );
+    let (ok, stdout, stderr) = run(false);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    assert_eq!(
+        stderr, "SKIPPED: broken unavailable: the fixture failed on purpose\n",
+        "{stdout}"
+    );
+}
 
 fn small_limits() -> KvLimits {
     KvLimits {
@@ -204,15 +255,14 @@ fn memory_store_via_url_is_memory() {
     assert_eq!(s.backend(), "memory");
 }
 
-/// Child-process half of `redb_kill_9_mid_write_keeps_batches_whole`: when started by that test
-/// (with `KVSQLITE_REDB_CHILD` set to `PATH ACTOR`), writes numbered 100-entry batches forever,
-/// printing `committed N` after each put returns. Run directly, it only says so.
+/// Child-process half of `redb_kill_9_mid_write_keeps_batches_whole`, which starts it (with
+/// `KVSQLITE_REDB_CHILD` set to `PATH ACTOR`): writes numbered 100-entry batches forever,
+/// printing `committed N` after each put returns. Ignored in a normal run (it asserts nothing
+/// on its own).
 #[test]
+#[ignore = "the child process of redb_kill_9_mid_write_keeps_batches_whole, started by it"]
 fn redb_crash_child_writer() {
-    let Ok(spec) = std::env::var("KVSQLITE_REDB_CHILD") else {
-        println!("helper for redb_kill_9_mid_write_keeps_batches_whole; nothing to do on its own");
-        return;
-    };
+    let spec = std::env::var("KVSQLITE_REDB_CHILD").expect("KVSQLITE_REDB_CHILD=PATH ACTOR");
     let (path, actor) = spec.split_once(' ').expect("PATH ACTOR");
     let store = RedbStore::open(path, KvLimits::default()).expect("child opens the store");
     for i in 0u32.. {
@@ -245,6 +295,7 @@ fn redb_kill_9_mid_write_keeps_batches_whole() {
             .args([
                 "--exact",
                 "redb_crash_child_writer",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -39,7 +39,7 @@ fn postgres_fixture() -> Result<Fixture, String> {
         .with_guard(cleanup))
 }
 
-kv_conformance_tests!(postgres, postgres_fixture);
+kv_conformance_tests!(postgres, postgres_fixture, [persistence_across_reopen]);
 
 fn kv(k: &[u8], v: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (k.to_vec(), v.to_vec())

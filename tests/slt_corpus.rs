@@ -103,7 +103,9 @@ fn missing_corpus_skips_or_fails_under_ci() {
     let (ok, text) = run(None);
     assert!(ok, "{text}");
     assert!(
-        text.contains("SKIPPED: the sqllogictest corpus is not at /nonexistent/kvsqlite-corpus"),
+        text.contains(
+            "SKIPPED: the sqllogictest corpus is missing at /nonexistent/kvsqlite-corpus"
+        ),
         "{text}"
     );
 }

@@ -49,7 +49,13 @@ fn restart_reads_the_store_again() {
     store.delete_range(&actor, b"\0", None).unwrap();
     let err = session.restart().unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
-    assert!(session.connection().is_err());
+    let closed = session
+        .connection()
+        .expect_err("no connection after a failed restart");
+    assert_eq!(
+        closed,
+        format!("actor {actor:?} is closed (a restart failed)")
+    );
     Box::new(session).finish().unwrap();
 }
 

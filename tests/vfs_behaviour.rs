@@ -1,12 +1,11 @@
 //! VFS behaviour: the pinned layout, page sizes, refused pragmas, time, bad names, corrupt
-//! data, in-process locking, preload coherence, VACUUM, and injected (non-crash) faults.
+//! data, in-process locking, preload coherence and VACUUM (injected faults: `vfs_faults.rs`).
 
 #[path = "common/sqlite.rs"]
 mod sqlite_checks;
 use sqlite_checks::assert_integrity;
 use std::sync::Arc;
 
-use kvsqlite::kv::faults::{FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{KvStore, SharedStore};
 use kvsqlite::preload::Preload;
@@ -806,68 +805,6 @@ fn vacuum_that_shrinks_deletes_chunks_past_the_end() {
     let meta = Meta::decode(FileKind::Main, &kv[0].1).unwrap();
     assert_eq!(meta.size, small as u64 * 4096);
     assert!(kv.iter().all(|(k, _)| !k.starts_with(&[0x08, 0x01]))); // no journal left
-}
-
-#[test]
-fn injected_faults_fail_one_statement_and_lose_nothing() {
-    let txns: Vec<String> = (0..30)
-        .map(|i| {
-            if i == 0 {
-                "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)".to_string()
-            } else if i % 10 == 5 {
-                format!("INSERT INTO t(v) WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < {}) SELECT zeroblob(3000) FROM s", 60 + i)
-            } else {
-                format!("INSERT INTO t(v) VALUES (zeroblob({i})); UPDATE t SET v = v || x'01' WHERE id = {i}")
-            }
-        })
-        .collect();
-    let count_calls = || {
-        let f = Arc::new(FaultStore::new(mem(), FaultPlan::none()));
-        let db = open_database(f.clone(), "f", &OpenOptions::default()).unwrap();
-        for t in &txns {
-            db.execute_batch(&format!("BEGIN; {t}; COMMIT;")).unwrap();
-        }
-        f.calls()
-    };
-    let total = count_calls();
-    for k in 2..=total {
-        let inner: SharedStore = mem();
-        let f = Arc::new(FaultStore::new(
-            inner.clone(),
-            FaultPlan::none().fail_call(k),
-        ));
-        let reference = rusqlite::Connection::open_in_memory().unwrap();
-        let db = open_database(f.clone(), "f", &OpenOptions::default()).unwrap();
-        let mut failures = 0;
-        for t in &txns {
-            let sql = format!("BEGIN; {t}; COMMIT;");
-            match db.execute_batch(&sql) {
-                Ok(()) => reference.execute_batch(&sql).unwrap(),
-                Err(_) => {
-                    failures += 1;
-                    let _ = db.execute_batch("ROLLBACK");
-                }
-            }
-        }
-        let q = "SELECT count(*), total(length(v)) FROM t";
-        let want: (i64, f64) = reference
-            .query_row(q, [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap_or((0, 0.0));
-        let got: (i64, f64) = db
-            .query_row(q, [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap_or((0, 0.0));
-        assert_eq!(got, want, "fault at call {k}, {failures} failures");
-        drop(db);
-        let fresh = open_database(inner, "f", &OpenOptions::default()).unwrap();
-        let got: (i64, f64) = fresh
-            .query_row(q, [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap_or((0, 0.0));
-        assert_eq!(got, want, "fault at call {k}: reopened");
-        let ok: String = fresh
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok", "fault at call {k}");
-    }
 }
 
 #[test]

@@ -1,4 +1,10 @@
-//! The VFS's command-line surface: `kvsqlite kv files` and `kvsqlite bench commit --json`.
+//! The VFS's command-line surface: `kvsqlite kv files`, `kvsqlite bench commit --json`, and
+//! `kvsqlite bench actors` with tiny sizes (its JSON parses and carries every documented field,
+//! the baseline exists exactly on redb with group commit on, the table prints, bad options are
+//! refused, the benchmark leaves no actor behind; no test asserts a time).
+
+#[path = "common/json.rs"]
+mod json;
 
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -6,6 +12,8 @@ use std::sync::Arc;
 use kvsqlite::kv::redb_store::RedbStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::vfs::{open_database, OpenOptions};
+
+use json::Json;
 
 fn kvsqlite(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
@@ -72,14 +80,287 @@ fn bench_commit_prints_round_trips_as_json() {
     let rows: Vec<u64> = objects.iter().map(|o| field(o, "rows")).collect();
     assert_eq!(rows, vec![1, 10, 100, 1000, 10000, 2000, 1]);
     let rts: Vec<u64> = objects.iter().map(|o| field(o, "kv_round_trips")).collect();
-    // Within the limits: one put each.
-    assert_eq!(&rts[..4], &[1, 1, 1, 1]);
-    // 10,000 rows (~273 pages) and 8 MB (~2,000 pages): ⌈pages/128⌉+1 at most.
+    let pages: Vec<u64> = objects.iter().map(|o| field(o, "pages_written")).collect();
+    // The README's table exactly: one put each within the limits; 10,000 rows (273 pages) and
+    // 8 MB (2,007 pages) in ⌈(pages + 1)/128⌉ (pages staged 128 to a put, the commit record
+    // riding in the last); the small transaction right after the big one: one round trip again.
+    assert_eq!(rts, vec![1, 1, 1, 1, 3, 16, 1], "{text}");
+    assert_eq!(pages, vec![2, 2, 6, 30, 273, 2007, 3], "{text}");
     for i in [4, 5] {
-        let pages = field(objects[i], "pages_written");
-        assert!(rts[i] <= pages.div_ceil(128) + 1, "{}", objects[i]);
+        assert_eq!(rts[i], (pages[i] + 1).div_ceil(128), "{}", objects[i]);
     }
-    assert!(field(objects[5], "pages_written") >= 2000);
-    // The small transaction right after the big one: one round trip again.
-    assert_eq!(rts[6], 1);
+}
+
+/// Runs `bench actors ARGS --json` on `url` and parses its output.
+fn bench_json(url: &str, args: &[&str]) -> Json {
+    let mut all = vec!["--kv", url, "bench", "actors", "--json"];
+    all.extend_from_slice(args);
+    let out = kvsqlite(&all);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    json::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+const TOP: [&str; 10] = [
+    "backend",
+    "actors",
+    "threads",
+    "row_bytes",
+    "rtt_ms",
+    "duration_s",
+    "commits_target",
+    "run",
+    "baseline",
+    "speedup",
+];
+const RUN: [&str; 7] = [
+    "group_commit",
+    "commits",
+    "wall_s",
+    "commits_per_sec",
+    "latency_ms",
+    "transactions",
+    "writes_per_transaction",
+];
+const LATENCY: [&str; 5] = ["mean", "p50", "p90", "p99", "max"];
+
+/// Checks a run object's fields and returns its commit count.
+fn check_run(run: &Json, group_commit: Json) -> f64 {
+    assert_eq!(run.keys(), RUN);
+    assert_eq!(run.get("group_commit"), &group_commit);
+    let latency = run.get("latency_ms");
+    assert_eq!(latency.keys(), LATENCY);
+    for k in LATENCY {
+        assert!(latency.get(k).num() >= 0.0, "{k}");
+    }
+    let (p50, p99, max) = (
+        latency.get("p50").num(),
+        latency.get("p99").num(),
+        latency.get("max").num(),
+    );
+    assert!(p50 <= p99 && p99 <= max, "{latency:?}");
+    assert!(run.get("wall_s").num() > 0.0);
+    assert!(run.get("commits_per_sec").num() > 0.0);
+    run.get("commits").num()
+}
+
+fn stored_entries(path: &std::path::Path) -> u64 {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let db = redb::Database::open(path).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn
+        .open_table(redb::TableDefinition::<&[u8], &[u8]>::new("kvsqlite_kv"))
+        .unwrap();
+    table.len().unwrap()
+}
+
+/// On redb: the run with group commit, then the baseline with one transaction per write (so
+/// exactly as many transactions as commits), each of exactly the commits asked; nothing left in
+/// the store afterwards.
+#[test]
+fn json_on_redb_has_every_field_and_a_one_fsync_per_write_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let url = format!("redb:{}", path.display());
+    let j = bench_json(
+        &url,
+        &["--actors", "3", "--threads", "2", "--commits", "12"],
+    );
+    assert_eq!(j.keys(), TOP);
+    assert_eq!(j.get("backend"), &Json::Str("redb".into()));
+    assert_eq!(j.get("actors").num(), 3.0);
+    assert_eq!(j.get("threads").num(), 2.0);
+    assert_eq!(j.get("row_bytes").num(), 100.0);
+    assert_eq!(j.get("rtt_ms").num(), 0.0);
+    assert_eq!(j.get("duration_s"), &Json::Null);
+    assert_eq!(j.get("commits_target").num(), 12.0);
+
+    let run = j.get("run");
+    assert_eq!(check_run(run, Json::Bool(true)), 12.0);
+    let t = run.get("transactions").num();
+    assert!((1.0..=12.0).contains(&t), "{run:?}");
+    assert_eq!(
+        run.get("writes_per_transaction").num(),
+        (12.0 / t * 1000.0).round() / 1000.0
+    );
+
+    let base = j.get("baseline");
+    assert_eq!(check_run(base, Json::Bool(false)), 12.0);
+    assert_eq!(base.get("transactions").num(), 12.0);
+    assert_eq!(base.get("writes_per_transaction").num(), 1.0);
+    assert!(j.get("speedup").num() > 0.0);
+    assert_eq!(
+        stored_entries(&path),
+        0,
+        "the benchmark's actors are deleted"
+    );
+}
+
+/// Stores without group commit get no baseline; `?group_commit=off` is measured as the run.
+#[test]
+fn json_without_a_baseline_on_memory_and_with_group_commit_off() {
+    let j = bench_json("memory:", &["--actors", "2", "--commits", "5"]);
+    assert_eq!(j.keys(), TOP);
+    assert_eq!(j.get("backend"), &Json::Str("memory".into()));
+    assert_eq!(j.get("threads").num(), 2.0);
+    assert_eq!(check_run(j.get("run"), Json::Null), 5.0);
+    assert_eq!(j.get("run").get("transactions"), &Json::Null);
+    assert_eq!(j.get("run").get("writes_per_transaction"), &Json::Null);
+    assert_eq!(j.get("baseline"), &Json::Null);
+    assert_eq!(j.get("speedup"), &Json::Null);
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "redb:{}?group_commit=off",
+        dir.path().join("kv.redb").display()
+    );
+    let j = bench_json(&url, &["--actors", "2", "--commits", "4"]);
+    assert_eq!(check_run(j.get("run"), Json::Bool(false)), 4.0);
+    assert_eq!(j.get("run").get("transactions").num(), 4.0);
+    assert_eq!(j.get("baseline"), &Json::Null);
+}
+
+/// `--duration` and `--rtt` appear in the JSON as given.
+#[test]
+fn json_reports_duration_and_rtt() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb:{}", dir.path().join("kv.redb").display());
+    let j = bench_json(&url, &["--actors", "2", "--duration", "0.1", "--rtt", "1"]);
+    assert_eq!(j.get("duration_s").num(), 0.1);
+    assert_eq!(j.get("commits_target"), &Json::Null);
+    assert_eq!(j.get("rtt_ms").num(), 1.0);
+    assert!(check_run(j.get("run"), Json::Bool(true)) >= 1.0);
+    assert!(check_run(j.get("baseline"), Json::Bool(false)) >= 1.0);
+}
+
+/// Without `--json`: a header line, one row per mode and the speedup.
+#[test]
+fn table_has_a_row_per_mode_and_the_speedup() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redb:{}", dir.path().join("kv.redb").display());
+    let out = kvsqlite(&[
+        "--kv",
+        &url,
+        "bench",
+        "actors",
+        "--actors",
+        "2",
+        "--commits",
+        "4",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(
+        lines[0],
+        "2 actors, 2 threads, 100 B rows, store redb, rtt 0 ms, 4 commits per run"
+    );
+    assert_eq!(
+        lines[1],
+        "mode\tcommits\twall_s\tcommits_per_sec\tmean_ms\tp50_ms\tp90_ms\tp99_ms\tmax_ms\twrites_per_fsync"
+    );
+    assert!(lines[2].starts_with("group_commit\t4\t"), "{text}");
+    assert!(lines[3].starts_with("one_fsync_per_write\t4\t"), "{text}");
+    assert!(lines[3].ends_with("\t1.0"), "{text}");
+    assert!(
+        lines[4].starts_with("speedup ")
+            && lines[4].ends_with("x (group commit / one fsync per write)"),
+        "{text}"
+    );
+}
+
+/// Bad options: exit code 2 with one line saying what is wrong, nothing measured.
+#[test]
+fn bad_options_are_refused() {
+    let out = kvsqlite(&[
+        "--kv",
+        "memory:",
+        "bench",
+        "actors",
+        "--actors",
+        "4",
+        "--threads",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "kvsqlite bench actors: --threads must be from 1 to the number of actors (4)\n"
+    );
+    assert!(out.stdout.is_empty());
+    for args in [
+        &["--actors", "0"][..],
+        &["--duration", "0"],
+        &["--duration", "-1"],
+        &["--commits", "0"],
+        &["--duration", "1", "--commits", "5"],
+        &["--threads", "x"],
+    ] {
+        let mut all = vec!["--kv", "memory:", "bench", "actors"];
+        all.extend_from_slice(args);
+        let out = kvsqlite(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error: "),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = kvsqlite(&["--kv", "redb:x.redb?fsync=off", "bench", "actors"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "kvsqlite bench actors: invalid store URL \"redb:x.redb?fsync=off\": unknown redb option \
+         \"fsync=off\"; redb options: group_commit=on|off; accepted forms: memory:, redb:PATH, \
+         postgres://USER@HOST:PORT/DB\n"
+    );
+}
+
+/// The test JSON parser itself: nested values parse exactly, malformed text is refused.
+#[test]
+fn json_parser_is_strict() {
+    assert_eq!(
+        json::parse(r#" {"a": [1, -2.5e1, true, null], "b": {"c": "x\"\u00e9"}, "d": []} "#),
+        Ok(Json::Obj(vec![
+            (
+                "a".into(),
+                Json::Arr(vec![
+                    Json::Num(1.0),
+                    Json::Num(-25.0),
+                    Json::Bool(true),
+                    Json::Null
+                ])
+            ),
+            (
+                "b".into(),
+                Json::Obj(vec![("c".into(), Json::Str("x\"é".into()))])
+            ),
+            ("d".into(), Json::Arr(vec![])),
+        ]))
+    );
+    for bad in [
+        "",
+        "{",
+        "{\"a\":1,}",
+        "[1 2]",
+        "{\"a\" 1}",
+        "[1]x",
+        "nul",
+        "+1",
+        "1.",
+        "\"a",
+    ] {
+        assert!(json::parse(bad).is_err(), "{bad:?} parsed");
+    }
 }

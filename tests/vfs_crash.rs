@@ -1,15 +1,22 @@
 //! Crash consistency: a workload of over 100 transactions (small ones, staged over-limit
 //! commits, journal fallbacks, VACUUM) is run with the store "crashing" at call k, for every k
-//! from 1 to the workload's total. Reopened on the surviving data, the database passes
-//! `integrity_check` and holds exactly the state after the transactions that returned OK, or
-//! after the one in flight too.
-
+//! from 1 to the workload's total, once with the write in flight applied and once with it
+//! discarded. Reopened on the surviving data, the database passes `integrity_check` and holds
+//! exactly the state after the transactions that returned OK, or after the one in flight too
+//! when its write reached the store. Where a crash left a hot journal or an unfinished stage,
+//! the recovery itself is crashed at each of its calls (both outcomes again) before a clean
+//! reopen checks everything and writes.
 use std::sync::Arc;
 
-use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
+#[path = "common/sqlite.rs"]
+mod sqlite_checks;
+use sqlite_checks::assert_integrity;
+
+use kvsqlite::kv::counting::{CountingStore, OpKind};
+use kvsqlite::kv::faults::{CrashReport, CrashWrite, FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::redb_store::RedbStore;
-use kvsqlite::kv::{KvLimits, SharedStore};
+use kvsqlite::kv::{KvLimits, KvStore, SharedStore};
 use kvsqlite::rng::Rng;
 use kvsqlite::vfs::layout::{self, FileKind, Meta};
 use kvsqlite::vfs::{open_database, OpenOptions};
@@ -155,28 +162,50 @@ fn run(store: SharedStore, txns: &[String]) -> usize {
     txns.len()
 }
 
-/// Runs `txns` on `inner` behind a store that crashes at call `k`; returns how many transactions
-/// returned OK before the crash, which must have been reached.
-fn run_crashing_at(inner: &SharedStore, k: u64, txns: &[String]) -> usize {
-    let faulty = Arc::new(FaultStore::new(
-        inner.clone(),
-        FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
-    ));
-    let ok = run(faulty.clone(), txns);
-    assert!(faulty.is_crashed(), "crash point {k} was not reached");
-    ok
+/// Both outcomes of the write in flight at a crash: it reached the store, or it did not.
+const OUTCOMES: [CrashWrite; 2] = [CrashWrite::Apply, CrashWrite::Discard];
+
+/// Runs `txns` on `inner` behind a store that crashes at call `k` with the write in flight
+/// treated as `how` says; returns how many transactions returned OK before the crash (which must
+/// have been reached) and what the crash did.
+fn run_crashing_at(
+    inner: &SharedStore,
+    k: u64,
+    how: CrashWrite,
+    txns: &[String],
+) -> (usize, CrashReport) {
+    let faulty = FaultStore::wrap(inner.clone(), FaultPlan::none().crash_at(k, how));
+    let ok = run(faulty.shared(), txns);
+    let report = faulty
+        .crash_report()
+        .unwrap_or_else(|| panic!("crash point {k} was not reached"));
+    check_report(&report, k, how);
+    (ok, report)
 }
 
-/// Reopens the surviving data after a crash at call `k`, with `ok` transactions acknowledged:
-/// the database passes `integrity_check` and holds the state after exactly those transactions,
-/// or after the one in flight too. Returns the open database for further checks.
+/// The crash happened at call `k`, and a write in flight was applied exactly when `how` said.
+fn check_report(report: &CrashReport, k: u64, how: CrashWrite) {
+    assert_eq!(report.call, k);
+    let is_write = matches!(report.op, OpKind::Write | OpKind::DeleteRange);
+    assert_eq!(
+        report.write_applied,
+        is_write.then_some(how == CrashWrite::Apply),
+        "crash at {k} ({how:?}): {report:?}"
+    );
+}
+
+/// Reopens the surviving data after a crash at call `k` (`report`), with `ok` transactions
+/// acknowledged: the database passes `integrity_check` and holds the state after exactly those
+/// transactions, or after the one in flight too, which is only possible when the call in flight
+/// was a write that reached the store. Returns the open database for further checks.
 fn reopen_and_check(
     inner: SharedStore,
-    k: u64,
+    report: &CrashReport,
     ok: usize,
     txns: &[String],
     expected: &[Rows],
 ) -> kvsqlite::vfs::Database {
+    let k = report.call;
     let db = open_database(inner, "crashy", &OpenOptions::default())
         .unwrap_or_else(|e| panic!("crash at {k}: reopen failed: {e}"));
     let check: String = db
@@ -185,29 +214,54 @@ fn reopen_and_check(
     assert_eq!(check, "ok", "crash at {k}");
     let got = contents(&db);
     let in_flight = (ok + 1).min(txns.len());
-    assert!(
-        got == expected[ok] || got == expected[in_flight],
-        "crash at call {k}: {ok} transactions returned OK; got {} rows, expected {} or {}",
-        got.len(),
-        expected[ok].len(),
-        expected[in_flight].len()
-    );
+    if report.write_applied == Some(true) {
+        assert!(
+            got == expected[ok] || got == expected[in_flight],
+            "crash at call {k} ({report:?}): {ok} transactions returned OK; got {} rows, \
+             expected {} or {}",
+            got.len(),
+            expected[ok].len(),
+            expected[in_flight].len()
+        );
+    } else {
+        // Nothing in flight reached the store: exactly the acknowledged transactions.
+        assert!(
+            got == expected[ok],
+            "crash at call {k} ({report:?}): {ok} transactions returned OK; got {} rows, \
+             expected exactly {}",
+            got.len(),
+            expected[ok].len()
+        );
+    }
     db
 }
 
+/// The recovered database takes a write (a new row, or the table if none had landed).
+fn write_after_recovery(db: &rusqlite::Connection, what: &str) {
+    db.execute("INSERT INTO t VALUES (100000, 'after')", [])
+        .map(|_| ())
+        .or_else(|_| db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
+        .unwrap_or_else(|e| panic!("{what}: write after recovery failed: {e}"));
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t WHERE id = 100000", [], |r| r.get(0))
+        .unwrap_or_else(|e| panic!("{what}: read after recovery failed: {e}"));
+    let fresh = contents(db).is_empty();
+    assert_eq!(n, i64::from(!fresh), "{what}: the write after recovery");
+}
+
 /// The same check on the redb backend, for the first 40 transactions (a staged commit and a
-/// journal fallback among them).
+/// journal fallback among them), with both outcomes of the write in flight.
 #[test]
 fn every_crash_point_on_redb_leaves_old_or_new_state() {
     let txns: Vec<String> = workload(11).into_iter().take(40).collect();
     let expected = expected_states(&txns);
     let dir = tempfile::tempdir().unwrap();
-    let open = |n: u64| -> SharedStore {
+    let open = |n: String| -> SharedStore {
         Arc::new(RedbStore::open(dir.path().join(format!("kv{n}.redb")), limits()).unwrap())
     };
-    let counter = Arc::new(FaultStore::new(open(0), FaultPlan::none()));
+    let counter = CountingStore::wrap(open("count".into()));
     let stats = {
-        let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
+        let db = open_database(counter.shared(), "crashy", &OpenOptions::default()).unwrap();
         for t in &txns {
             db.execute_batch(t).unwrap();
         }
@@ -217,12 +271,20 @@ fn every_crash_point_on_redb_leaves_old_or_new_state() {
         stats.staged_commits >= 1 && stats.journal_fallbacks >= 1,
         "{stats:?}"
     );
-    let total = counter.calls();
+    let total = counter.snapshot().round_trips();
+    assert_eq!(total, stats.kv_round_trips);
+    let mut landed = [0u32; 2];
     for k in 1..=total {
-        let inner = open(k);
-        let ok = run_crashing_at(&inner, k, &txns);
-        reopen_and_check(inner, k, ok, &txns, &expected);
+        for (o, how) in OUTCOMES.into_iter().enumerate() {
+            let inner = open(format!("{k}-{o}"));
+            let (ok, report) = run_crashing_at(&inner, k, how, &txns);
+            let db = reopen_and_check(inner, &report, ok, &txns, &expected);
+            landed[o] += (contents(&db) != expected[ok]) as u32;
+            write_after_recovery(&db, &format!("redb crash at {k} ({how:?})"));
+        }
     }
+    assert!(landed[0] >= 1, "no applied write in flight ever landed");
+    assert_eq!(landed[1], 0);
 }
 
 #[test]
@@ -232,22 +294,96 @@ fn every_crash_point_leaves_old_or_new_state() {
     }
 }
 
+/// A copy of `dump` (an actor's entries) in a fresh memory store with the test's limits.
+fn restore(dump: &[(String, Vec<u8>, Vec<u8>)]) -> Arc<MemoryStore> {
+    let mem = Arc::new(MemoryStore::with_limits(limits()));
+    for (actor, k, v) in dump {
+        mem.put(actor, vec![(k.clone(), v.clone())]).unwrap();
+    }
+    assert_eq!(mem.dump(), dump);
+    mem
+}
+
+/// What a reopen does to recover: open, check, read everything.
+fn recover(store: SharedStore) {
+    if let Ok(db) = open_database(store, "crashy", &OpenOptions::default()) {
+        let _ = db.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0));
+        let _ = db.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+    }
+}
+
+/// The store `left` was left with a hot journal or an unfinished stage by the crash `first`:
+/// crash the recovery itself at each of its calls, with both outcomes of its write in flight,
+/// then reopen cleanly and check everything. Returns how many recovery crash points were tried.
+fn crash_the_recovery(
+    left: &[(String, Vec<u8>, Vec<u8>)],
+    first: &CrashReport,
+    ok: usize,
+    txns: &[String],
+    expected: &[Rows],
+) -> u64 {
+    let counter = FaultStore::wrap(restore(left), FaultPlan::none());
+    recover(counter.shared());
+    let calls = counter.calls();
+    for j in 1..=calls {
+        for how in OUTCOMES {
+            let mem = restore(left);
+            let inner: SharedStore = mem.clone();
+            let faulty = FaultStore::wrap(inner.clone(), FaultPlan::none().crash_at(j, how));
+            recover(faulty.shared());
+            let report = faulty.crash_report().unwrap_or_else(|| {
+                panic!(
+                    "crash at {}: recovery crash point {j} not reached",
+                    first.call
+                )
+            });
+            check_report(&report, j, how);
+            let what = format!(
+                "crash at {} ({:?}), then at recovery call {j} ({how:?})",
+                first.call, first.write_applied
+            );
+            let db = open_database(inner, "crashy", &OpenOptions::default())
+                .unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+            assert_integrity(&db);
+            // The first crash decides what survives; the recovery's crash changes nothing.
+            let got = contents(&db);
+            let in_flight = (ok + 1).min(txns.len());
+            assert!(
+                got == expected[ok]
+                    || (first.write_applied == Some(true) && got == expected[in_flight]),
+                "{what}: {ok} acknowledged; got {} rows",
+                got.len()
+            );
+            assert_eq!(unfinished_stage_keys(&mem), 0, "{what}: stage kept");
+            assert!(!has_journal(&mem), "{what}: the journal is still there");
+            write_after_recovery(&db, &what);
+        }
+    }
+    calls
+}
+
+fn has_journal(mem: &MemoryStore) -> bool {
+    mem.dump()
+        .iter()
+        .any(|(_, k, _)| *k == layout::meta_key(FileKind::Journal))
+}
+
 fn crash_everywhere(seed: u64) {
     let txns = workload(seed);
     let expected = expected_states(&txns);
 
     // A clean run counts the calls and checks the workload exercises every path.
     let inner: SharedStore = Arc::new(MemoryStore::with_limits(limits()));
-    let counter = Arc::new(FaultStore::new(inner.clone(), FaultPlan::none()));
+    let counter = CountingStore::wrap(inner.clone());
     let stats = {
-        let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
+        let db = open_database(counter.shared(), "crashy", &OpenOptions::default()).unwrap();
         for t in &txns {
             db.execute_batch(t).unwrap();
         }
         assert_eq!(contents(&db), *expected.last().unwrap());
         db.snapshot()
     };
-    let total = counter.calls();
+    let total = counter.snapshot().round_trips();
     eprintln!(
         "workload: {} transactions, {total} KV calls, {stats:?}",
         txns.len()
@@ -256,35 +392,41 @@ fn crash_everywhere(seed: u64) {
     assert!(stats.staged_commits >= 3, "{stats:?}");
     assert!(stats.journal_fallbacks >= 3, "{stats:?}");
     assert!(stats.atomic_commits >= 90, "{stats:?}");
-    assert!(total >= stats.kv_round_trips);
+    assert_eq!(total, stats.kv_round_trips);
 
-    let mut landed_in_flight = 0;
+    let mut landed = [0u32; 2];
     let mut hot_journals = 0;
     let mut leftover_stages = 0;
+    let mut recovery_points = 0;
     for k in 1..=total {
-        let mem = Arc::new(MemoryStore::with_limits(limits()));
-        let inner: SharedStore = mem.clone();
-        let ok = run_crashing_at(&inner, k, &txns);
-        let keys: Vec<Vec<u8>> = mem.dump().into_iter().map(|(_, k, _)| k).collect();
-        hot_journals += keys.iter().any(|k| k.starts_with(&[8, 1])) as u32;
-        leftover_stages += (unfinished_stage_keys(&mem) > 0) as u32;
-        let db = reopen_and_check(inner.clone(), k, ok, &txns, &expected);
-        assert_eq!(
-            unfinished_stage_keys(&mem),
-            0,
-            "crash at {k}: open kept an unfinished stage"
-        );
-        landed_in_flight += (contents(&db) != expected[ok]) as u32;
-        // The recovered database keeps working.
-        db.execute("INSERT INTO t VALUES (100000, 'after')", [])
-            .map(|_| ())
-            .or_else(|_| db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
-            .unwrap_or_else(|e| panic!("crash at {k}: write after recovery failed: {e}"));
-        drop(db);
+        for (o, how) in OUTCOMES.into_iter().enumerate() {
+            let mem = Arc::new(MemoryStore::with_limits(limits()));
+            let inner: SharedStore = mem.clone();
+            let (ok, report) = run_crashing_at(&inner, k, how, &txns);
+            let journal = has_journal(&mem);
+            let stage = unfinished_stage_keys(&mem) > 0;
+            hot_journals += journal as u32;
+            leftover_stages += stage as u32;
+            let left = mem.dump();
+            let db = reopen_and_check(inner.clone(), &report, ok, &txns, &expected);
+            assert_eq!(
+                unfinished_stage_keys(&mem),
+                0,
+                "crash at {k}: open kept an unfinished stage"
+            );
+            landed[o] += (contents(&db) != expected[ok]) as u32;
+            write_after_recovery(&db, &format!("crash at {k} ({how:?})"));
+            drop(db);
+            if journal || stage {
+                recovery_points += crash_the_recovery(&left, &report, ok, &txns, &expected);
+            }
+        }
     }
     eprintln!(
-        "{total} crash points; in-flight transaction survived in {landed_in_flight}; \
-         journal left behind in {hot_journals}; unfinished stage left behind in {leftover_stages}"
+        "{total} crash points x 2 outcomes; in-flight transaction survived in {} applied, \
+         {} discarded; journal left behind in {hot_journals}; unfinished stage left behind in \
+         {leftover_stages}; {recovery_points} recovery crash points x 2 outcomes",
+        landed[0], landed[1]
     );
     assert!(
         hot_journals >= 3,
@@ -294,7 +436,9 @@ fn crash_everywhere(seed: u64) {
         leftover_stages >= 3,
         "no crash left an unfinished stage behind"
     );
-    assert!(landed_in_flight >= 1 && landed_in_flight < total as u32);
+    assert!(landed[0] >= 1 && landed[0] < total as u32);
+    assert_eq!(landed[1], 0, "a discarded write in flight landed");
+    assert!(recovery_points >= 10, "{recovery_points}");
 }
 
 /// A new database whose page size is set by `PRAGMA page_size` before its first write, crashed
@@ -320,12 +464,9 @@ fn every_crash_point_after_a_page_size_pragma_leaves_old_or_new_state() {
         txns.push(sql);
     }
     let expected = expected_states(&txns);
-    let counter = Arc::new(FaultStore::new(
-        Arc::new(MemoryStore::with_limits(limits())),
-        FaultPlan::none(),
-    ));
+    let counter = CountingStore::wrap(Arc::new(MemoryStore::with_limits(limits())));
     let stats = {
-        let db = open_database(counter.clone(), "crashy", &OpenOptions::default()).unwrap();
+        let db = open_database(counter.shared(), "crashy", &OpenOptions::default()).unwrap();
         for t in &txns {
             db.execute_batch(t).unwrap();
         }
@@ -334,14 +475,21 @@ fn every_crash_point_after_a_page_size_pragma_leaves_old_or_new_state() {
     };
     assert!(stats.staged_commits >= 1, "{stats:?}");
     assert_eq!(stats.journal_fallbacks, 0, "{stats:?}");
-    let total = counter.calls();
+    let total = counter.snapshot().round_trips();
+    assert_eq!(total, stats.kv_round_trips);
     for k in 1..=total {
-        let mem = Arc::new(MemoryStore::with_limits(limits()));
-        let inner: SharedStore = mem.clone();
-        let ok = run_crashing_at(&inner, k, &txns);
-        let landed = !mem.dump().is_empty();
-        let db = reopen_and_check(inner, k, ok, &txns, &expected);
-        let ps: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
-        assert_eq!(ps, if landed { 8192 } else { 4096 }, "crash at {k}");
+        for how in OUTCOMES {
+            let mem = Arc::new(MemoryStore::with_limits(limits()));
+            let inner: SharedStore = mem.clone();
+            let (ok, report) = run_crashing_at(&inner, k, how, &txns);
+            let landed = !mem.dump().is_empty();
+            let db = reopen_and_check(inner, &report, ok, &txns, &expected);
+            let ps: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+            assert_eq!(
+                ps,
+                if landed { 8192 } else { 4096 },
+                "crash at {k} ({how:?})"
+            );
+        }
     }
 }

@@ -1,16 +1,78 @@
-//! Exact KV round-trip counts of the VFS: commits, reads, staged commits, fallbacks.
+//! Exact KV round-trip counts of the VFS: commits, reads, staged commits, fallbacks. Every
+//! store sits under a `CountingStore`, and every count taken from the VFS's own counters
+//! (`Meter::stop`) must equal what the store saw.
 
 #[path = "common/sqlite.rs"]
 mod sqlite_checks;
 use sqlite_checks::assert_integrity;
 use std::sync::Arc;
 
+use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
-use kvsqlite::vfs::{self, open_database, OpenOptions};
+use kvsqlite::vfs::{self, open_database, Database, OpenOptions, Snapshot};
+
+thread_local! {
+    /// The counting store of the test running on this thread (each test makes its own).
+    static COUNTER: std::cell::RefCell<Option<Arc<CountingStore>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `inner` under a `CountingStore` that [`Meter`] reads.
+fn counted(inner: SharedStore) -> SharedStore {
+    let c = CountingStore::wrap(inner);
+    COUNTER.with(|x| *x.borrow_mut() = Some(c.clone()));
+    c.shared()
+}
 
 fn store() -> SharedStore {
-    Arc::new(MemoryStore::new())
+    counted(Arc::new(MemoryStore::new()))
+}
+
+/// Round trips measured twice: by the VFS's counters and by the store's.
+struct Meter {
+    db: Snapshot,
+    kv: KvCounters,
+}
+
+impl Meter {
+    /// Before a database is opened on the counted store: `stop` then includes the open.
+    fn before_open() -> Meter {
+        Meter {
+            db: Snapshot::default(),
+            kv: COUNTER.with(|c| c.borrow().as_ref().expect("a counted store").snapshot()),
+        }
+    }
+
+    fn start(db: &Database) -> Meter {
+        Meter {
+            db: db.snapshot(),
+            kv: COUNTER.with(|c| c.borrow().as_ref().expect("a counted store").snapshot()),
+        }
+    }
+
+    /// The VFS's counters since `start`, after checking that they equal the store's.
+    fn stop(&self, db: &Database) -> Snapshot {
+        let d = db.snapshot() - self.db;
+        let kv =
+            COUNTER.with(|c| c.borrow().as_ref().expect("a counted store").snapshot()) - self.kv;
+        let calls = |kinds: &[OpKind]| kinds.iter().map(|&k| kv.op(k).calls).sum::<u64>();
+        assert_eq!(
+            kv.round_trips(),
+            d.kv_round_trips,
+            "store {kv} vs VFS {d:?}"
+        );
+        assert_eq!(
+            calls(&[OpKind::Get, OpKind::List, OpKind::BatchRead]),
+            d.kv_reads,
+            "store {kv} vs VFS {d:?}"
+        );
+        assert_eq!(
+            calls(&[OpKind::Write, OpKind::DeleteRange]),
+            d.kv_writes,
+            "store {kv} vs VFS {d:?}"
+        );
+        d
+    }
 }
 
 #[test]
@@ -20,14 +82,14 @@ fn warm_ten_row_insert_is_one_put_and_no_get() {
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     db.execute("INSERT INTO t(v) VALUES ('warm')", []).unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute_batch("BEGIN").unwrap();
     for i in 0..10 {
         db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
             .unwrap();
     }
     db.execute_batch("COMMIT").unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(d.kv_round_trips, 1, "{d:?}");
     assert_eq!(d.kv_writes, 1);
     assert_eq!(d.kv_reads, 0);
@@ -41,10 +103,10 @@ fn warm_ten_row_insert_is_one_put_and_no_get() {
 }
 
 fn limited_store(max_entries: usize) -> SharedStore {
-    Arc::new(MemoryStore::with_limits(KvLimits {
+    counted(Arc::new(MemoryStore::with_limits(KvLimits {
         max_write_entries: max_entries,
         ..KvLimits::default()
-    }))
+    })))
 }
 
 fn fill(db: &rusqlite::Connection, rows: usize, bytes: usize) {
@@ -58,12 +120,12 @@ fn fill(db: &rusqlite::Connection, rows: usize, bytes: usize) {
 }
 
 #[test]
-fn big_transaction_is_staged_within_bound_and_next_small_one_is_one_put() {
+fn big_8mb_transaction_costs_16_round_trips_and_next_small_one_is_one_put() {
     let s = store();
     let db = open_database(s.clone(), "big", &OpenOptions::default()).unwrap();
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         .unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     // ~8 MB: 2,000 rows of 4,000 bytes, one page each.
     db.execute_batch("BEGIN").unwrap();
     for i in 0..2000 {
@@ -71,7 +133,7 @@ fn big_transaction_is_staged_within_bound_and_next_small_one_is_one_put() {
             .unwrap();
     }
     db.execute_batch("COMMIT").unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     let pages: u64 = db
         .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
         .unwrap() as u64;
@@ -79,15 +141,15 @@ fn big_transaction_is_staged_within_bound_and_next_small_one_is_one_put() {
     assert_eq!(d.staged_commits, 1, "{d:?}");
     assert_eq!(d.journal_fallbacks, 0);
     assert_eq!(d.kv_reads, 0);
-    // Every page of the file was written (the table grew from one page).
-    assert!(
-        d.kv_round_trips <= (pages - 1).div_ceil(128) + 1,
-        "{} round trips for {pages} pages",
-        d.kv_round_trips
-    );
-    let before = db.snapshot();
+    // Every page of the file was written (page 1 for its change counter), 128 to a put, the
+    // commit record riding in the last put: ⌈(N + 1)/128⌉ = 16 for 2,007 pages, as the README
+    // says.
+    assert_eq!((pages, d.pages_written), (2007, 2007), "{d:?}");
+    assert_eq!(d.kv_round_trips, 16, "{d:?}");
+    assert_eq!(d.kv_round_trips, (pages + 1).div_ceil(128));
+    let before = Meter::start(&db);
     db.execute("INSERT INTO t(v) VALUES (x'00')", []).unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(
         (d.kv_round_trips, d.kv_writes, d.atomic_commits),
         (1, 1, 1),
@@ -107,25 +169,28 @@ fn big_transaction_is_staged_within_bound_and_next_small_one_is_one_put() {
 }
 
 #[test]
-fn staged_commit_under_low_limits_costs_ceil_n_over_limit_plus_one() {
+fn staged_commit_under_low_limits_costs_ceil_n_plus_one_over_limit() {
     let s = limited_store(8);
     let db = open_database(s.clone(), "low", &OpenOptions::default()).unwrap();
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         .unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     fill(&db, 100, 1000); // ~30 pages
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     let pages = db
         .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
         .unwrap() as u64;
     assert_eq!(d.staged_commits, 1, "{d:?}");
-    assert!(
-        d.kv_round_trips <= pages.div_ceil(8) + 1,
+    // Every page was written, 8 to a put, the commit record riding in the last put.
+    assert_eq!(d.pages_written, pages, "{d:?}");
+    assert_eq!(
+        d.kv_round_trips,
+        (pages + 1).div_ceil(8),
         "{d:?} pages {pages}"
     );
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute("INSERT INTO t(v) VALUES (x'01')", []).unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(d.kv_round_trips, 1, "{d:?}");
 }
 
@@ -136,19 +201,19 @@ fn read_only_query_on_cached_pages_costs_nothing() {
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
         .unwrap();
     fill(&db, 500, 100);
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     for _ in 0..3 {
         let n: i64 = db
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 500);
     }
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(d.kv_round_trips, 0, "{d:?}");
 }
 
 #[test]
-fn cold_sequential_scan_of_100_pages_takes_at_most_three_gets() {
+fn cold_sequential_scan_of_100_pages_takes_exactly_three_gets() {
     let s = store();
     {
         let db = open_database(s.clone(), "scan", &OpenOptions::default()).unwrap();
@@ -161,15 +226,17 @@ fn cold_sequential_scan_of_100_pages_takes_at_most_three_gets() {
             .unwrap();
         assert!((100..=110).contains(&pages), "{pages}");
     }
+    let open = Meter::before_open();
     let db = open_database(s, "scan", &OpenOptions::default()).unwrap();
-    let opened = db.snapshot();
-    assert_eq!(opened.kv_round_trips, 1, "open: {opened:?}");
+    let o = open.stop(&db);
+    assert_eq!(o.kv_round_trips, 1, "open: {o:?}");
+    let opened = Meter::start(&db);
     let sum: i64 = db
         .query_row("SELECT sum(length(v)) FROM t", [], |r| r.get(0))
         .unwrap();
     assert_eq!(sum, 100 * 3900);
-    let d = db.snapshot() - opened;
-    assert!(d.kv_reads <= 3, "{d:?}");
+    let d = opened.stop(&db);
+    assert_eq!(d.kv_reads, 3, "{d:?}");
     assert_eq!(d.kv_writes, 0);
     assert!(d.readahead_used > 90, "{d:?}");
 }
@@ -183,16 +250,16 @@ fn journal_fallback_is_counted_and_next_transaction_is_one_put() {
     // A small page cache that may spill: SQLite journals this transaction.
     db.execute_batch("PRAGMA cache_spill=1; PRAGMA cache_size=10")
         .unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     fill(&db, 2000, 100);
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(d.journal_fallbacks, 1, "{d:?}");
     assert_eq!(d.atomic_commits, 0, "{d:?}");
     db.execute_batch("PRAGMA cache_spill=OFF; PRAGMA cache_size=-8192")
         .unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(
         (d.kv_round_trips, d.kv_writes, d.atomic_commits),
         (1, 1, 1),
@@ -208,11 +275,12 @@ fn journal_fallback_is_counted_and_next_transaction_is_one_put() {
 #[test]
 fn new_database_first_transaction_is_one_put() {
     let s = store();
+    let open = Meter::before_open();
     let db = open_database(s, "fresh", &OpenOptions::default()).unwrap();
-    let opened = db.snapshot();
-    assert_eq!(opened.kv_round_trips, 1); // the metadata probe: nothing there
+    assert_eq!(open.stop(&db).kv_round_trips, 1); // the metadata probe: nothing there
+    let opened = Meter::start(&db);
     db.execute_batch("CREATE TABLE t(x)").unwrap();
-    let d = db.snapshot() - opened;
+    let d = opened.stop(&db);
     assert_eq!(
         (d.kv_round_trips, d.kv_writes, d.journal_fallbacks),
         (1, 1, 0),
@@ -225,17 +293,17 @@ fn page_size_pragma_before_the_first_write_costs_nothing_and_the_first_commit_on
     for ps in [512u32, 8192, 65536] {
         let actor = format!("pragma-ps-{ps}");
         let m = Arc::new(MemoryStore::new());
-        let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
-        let opened = db.snapshot();
+        let db = open_database(counted(m.clone()), &actor, &OpenOptions::default()).unwrap();
+        let opened = Meter::start(&db);
         db.execute_batch(&format!("PRAGMA page_size = {ps}"))
             .unwrap();
-        assert_eq!((db.snapshot() - opened).kv_round_trips, 0);
+        assert_eq!(opened.stop(&db).kv_round_trips, 0);
         assert!(
             m.dump().is_empty(),
             "nothing is written before the first commit"
         );
         db.execute_batch("CREATE TABLE t(x)").unwrap();
-        let d = db.snapshot() - opened;
+        let d = opened.stop(&db);
         assert_eq!(
             (d.kv_round_trips, d.kv_writes, d.kv_reads, d.atomic_commits),
             (1, 1, 0, 1),
@@ -249,10 +317,10 @@ fn page_size_pragma_before_the_first_write_costs_nothing_and_the_first_commit_on
             "metadata, page 1 (schema) and page 2 (the table)"
         );
         assert!(stored[1..].iter().all(|(_, _, v)| v.len() == ps as usize));
-        let before = db.snapshot();
+        let before = Meter::start(&db);
         db.execute("INSERT INTO t VALUES (zeroblob(100))", [])
             .unwrap();
-        let d = db.snapshot() - before;
+        let d = before.stop(&db);
         assert_eq!(
             (d.kv_round_trips, d.kv_writes, d.kv_reads),
             (1, 1, 0),
@@ -288,22 +356,22 @@ fn transaction_over_the_memory_bound_falls_back_to_the_journal_and_commits() {
     let db = open_database(s.clone(), "bound", &opts).unwrap();
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         .unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute_batch("BEGIN").unwrap();
     for _ in 0..200 {
         db.execute("INSERT INTO t(v) VALUES (zeroblob(3000))", [])
             .unwrap();
     }
     db.execute_batch("COMMIT").unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(
         (d.atomic_commits, d.staged_commits, d.journal_fallbacks),
         (0, 0, 1),
         "{d:?}"
     );
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute("INSERT INTO t(v) VALUES (x'01')", []).unwrap();
-    assert_eq!((db.snapshot() - before).kv_round_trips, 1);
+    assert_eq!(before.stop(&db).kv_round_trips, 1);
     drop(db);
     let db = open_database(s, "bound", &OpenOptions::default()).unwrap();
     let n: i64 = db
@@ -319,7 +387,7 @@ fn rewritten_stage_pages_are_collected_inside_later_commits() {
         max_write_entries: 8,
         ..KvLimits::default()
     }));
-    let s: SharedStore = m.clone();
+    let s: SharedStore = counted(m.clone());
     let db = open_database(s, "gc", &OpenOptions::default()).unwrap();
     db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
         .unwrap();
@@ -345,12 +413,12 @@ fn rewritten_stage_pages_are_collected_inside_later_commits() {
     assert_eq!(s1.stages.values().sum::<u64>(), meta.overlay.len() as u64);
     assert_eq!(s1.files[0].missing_chunks, 0);
     // Rewrite every row, one small transaction each: every one is a single put.
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     for id in 1..=100 {
         db.execute("UPDATE t SET v = zeroblob(999) WHERE id = ?1", [id])
             .unwrap();
     }
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!((d.kv_round_trips, d.atomic_commits), (100, 100), "{d:?}");
     let s2 = summary();
     let meta = s2.files[0].meta.clone().unwrap().unwrap();
@@ -369,18 +437,19 @@ fn rewritten_stage_pages_are_collected_inside_later_commits() {
 fn queued_entries_ride_in_the_commit_put_and_fencing_blocks_stale_writers() {
     use kvsqlite::kv::{KvStore, Precondition};
     let m = Arc::new(MemoryStore::new());
-    let s: SharedStore = m.clone();
+    let s: SharedStore = counted(m.clone());
     m.put("fenced", vec![(b"gen".to_vec(), b"1".to_vec())])
         .unwrap();
     let db = open_database(s, "fenced", &OpenOptions::default()).unwrap();
     db.set_fence(vec![Precondition::equals(b"gen".to_vec(), b"1".to_vec())]);
-    assert!(db.queue_puts(vec![(vec![0x08, 9], vec![])]).is_err());
+    let err = db.queue_puts(vec![(vec![0x08, 9], vec![])]).unwrap_err();
+    assert_eq!(err, "key 0x0809 lies under the VFS prefix 0x08");
     db.queue_puts(vec![(b"state".to_vec(), b"hello".to_vec())])
         .unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute_batch("BEGIN; CREATE TABLE t(x); INSERT INTO t VALUES (1); COMMIT;")
         .unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!(d.kv_round_trips, 1, "{d:?}");
     assert_eq!(db.queued_puts(), 0);
     assert_eq!(
@@ -409,7 +478,32 @@ fn queued_entries_ride_in_the_commit_put_and_fencing_blocks_stale_writers() {
     m.put("fenced", vec![(b"gen".to_vec(), b"2".to_vec())])
         .unwrap();
     let snapshot = m.dump();
-    assert!(db.execute("INSERT INTO t VALUES (2)", []).is_err());
+    let writes = || COUNTER.with(|c| c.borrow().as_ref().unwrap().snapshot().op(OpKind::Write));
+    let before = writes();
+    let err = db.execute("INSERT INTO t VALUES (2)", []).unwrap_err();
+    // Every put it tried (the commit, then SQLite's retry through its journal) failed at the
+    // store on its fence precondition, as a direct write with that precondition shows, and
+    // SQLite reports the failed sync.
+    let tried = writes() - before;
+    assert!(tried.calls >= 1 && tried.errors == tried.calls, "{tried:?}");
+    let fenced = kvsqlite::kv::WriteBatch {
+        preconditions: vec![Precondition::equals(b"gen".to_vec(), b"1".to_vec())],
+        ..kvsqlite::kv::WriteBatch::puts(vec![(b"x".to_vec(), vec![])])
+    };
+    assert!(matches!(
+        m.write("fenced", &fenced),
+        Err(kvsqlite::kv::KvError::Conflict { .. })
+    ));
+    match &err {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            assert_eq!(
+                f.extended_code,
+                rusqlite::ffi::SQLITE_IOERR_FSYNC,
+                "{err:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(m.dump(), snapshot, "a fenced-out writer changed the store");
 }
 
@@ -434,9 +528,9 @@ fn warm_commit_stays_one_put_when_a_scan_churned_a_tiny_vfs_cache() {
         .unwrap();
     assert_eq!(n, 100);
     db.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
-    let before = db.snapshot();
+    let before = Meter::start(&db);
     db.execute("INSERT INTO t(v) VALUES ('y')", []).unwrap();
-    let d = db.snapshot() - before;
+    let d = before.stop(&db);
     assert_eq!((d.kv_round_trips, d.kv_reads), (1, 0), "{d:?}");
 }
 
@@ -445,7 +539,8 @@ fn new_actor_with_preload_costs_one_read_and_one_write_in_total() {
     use kvsqlite::kv::KvStore;
     use kvsqlite::preload::Preload;
     let m = Arc::new(MemoryStore::new());
-    let s: SharedStore = m.clone();
+    let s: SharedStore = counted(m.clone());
+    let open = Meter::before_open();
     // The actor layer's single wake read (here: just the VFS's part of it).
     let ops = vfs::layout::preload_reads(1 << 20);
     let results = m.batch_read("newbie", &ops).unwrap();
@@ -454,7 +549,7 @@ fn new_actor_with_preload_costs_one_read_and_one_write_in_total() {
         ..OpenOptions::default()
     };
     let db = open_database(s, "newbie", &opts).unwrap();
-    assert_eq!(db.snapshot().kv_round_trips, 0);
+    assert_eq!(open.stop(&db).kv_round_trips, 0);
     db.queue_puts(vec![(b"actor-state".to_vec(), b"v1".to_vec())])
         .unwrap();
     db.execute_batch(

@@ -55,6 +55,25 @@ pub struct HookCtx<'a> {
     pub prefixes: &'a [PrefixData],
 }
 
+impl<'a> HookCtx<'a> {
+    /// A hook's view of a start.
+    pub fn new(
+        actor_id: &'a str,
+        is_new: bool,
+        state: &'a mut Vec<u8>,
+        db: Option<&'a Database>,
+        prefixes: &'a [PrefixData],
+    ) -> Self {
+        HookCtx {
+            actor_id,
+            is_new,
+            state,
+            db,
+            prefixes,
+        }
+    }
+}
+
 /// A hook that returns nothing.
 pub type Hook = Box<dyn Fn(&mut HookCtx<'_>) -> Result<(), HookError> + Send + Sync>;
 
@@ -493,5 +512,18 @@ impl Drop for Actor {
 impl fmt::Debug for Actor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Actor").field("id", &self.id).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_actor_can_move_between_threads_and_its_config_be_shared() {
+        fn send<T: Send>() {}
+        fn sync<T: Send + Sync>() {}
+        send::<Actor>();
+        sync::<ActorConfig>();
     }
 }

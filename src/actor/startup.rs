@@ -456,23 +456,11 @@ pub(super) fn start(
         let hooks = &config.hooks;
         if let Some(f) = &hooks.create_state {
             let mut s = Vec::new();
-            let mut ctx = HookCtx {
-                actor_id,
-                is_new,
-                state: &mut s,
-                db: None,
-                prefixes: &prefixes,
-            };
+            let mut ctx = HookCtx::new(actor_id, is_new, &mut s, None, &prefixes);
             state = ph.user("create_state", || f(&mut ctx))?;
         }
         if let Some(f) = &hooks.on_create {
-            let mut ctx = HookCtx {
-                actor_id,
-                is_new,
-                state: &mut state,
-                db: None,
-                prefixes: &prefixes,
-            };
+            let mut ctx = HookCtx::new(actor_id, is_new, &mut state, None, &prefixes);
             ph.user("on_create", || f(&mut ctx))?;
         }
         ph.record(Group::Internal, "init_new_actor", t);
@@ -536,23 +524,11 @@ pub(super) fn start(
 
     let mut vars = None;
     if let Some(f) = &config.hooks.create_vars {
-        let mut ctx = HookCtx {
-            actor_id,
-            is_new,
-            state: &mut state,
-            db: Some(&db),
-            prefixes: &prefixes,
-        };
+        let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
         vars = Some(ph.user("create_vars", || f(&mut ctx))?);
     }
     if let Some(f) = &config.hooks.on_wake {
-        let mut ctx = HookCtx {
-            actor_id,
-            is_new,
-            state: &mut state,
-            db: Some(&db),
-            prefixes: &prefixes,
-        };
+        let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
         ph.user("on_wake", || f(&mut ctx))?;
     }
 
@@ -577,13 +553,7 @@ pub(super) fn start(
 
     if let Some(f) = &config.hooks.on_before_actor_start {
         let t = Instant::now();
-        let mut ctx = HookCtx {
-            actor_id,
-            is_new,
-            state: &mut state,
-            db: Some(&db),
-            prefixes: &prefixes,
-        };
+        let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
         let r = ph.user("on_before_actor_start", || f(&mut ctx));
         ph.record(Group::Internal, "on_before_actor_start", t);
         r?;

@@ -6,15 +6,21 @@
 //! the rows, row bytes, pages written, KV round trips and wall time. The benchmark's actor is
 //! deleted from the store afterwards.
 //!
+//! `bench actors` runs N actors (default 64), each its own database on one store, committing
+//! small transactions at once (the workload is `kvsqlite::bench::actors`), and prints commits
+//! per second and latency percentiles; on redb with group commit on it runs the same again with
+//! group commit off and prints the ratio.
+//!
 //! Exit codes: 0 when the benchmark ran, 2 when it could not (store unreachable, an error
 //! while running; one line on standard error).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use kvsqlite::bench::actors::{self, ActorsConfig, ActorsReport, RunResult, StopAfter};
 use kvsqlite::vfs::{open_database, OpenOptions};
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use super::{output_error, GlobalArgs, Stop};
 
@@ -36,6 +42,36 @@ enum BenchCommand {
     /// An actor's wake (one round trip) against a new actor's creation and a naive wake
     /// without preload (see `kvsqlite::bench::startup`).
     Startup(super::bench_startup::StartupArgs),
+    /// Many actors committing small transactions at once on one store: commits per second and
+    /// latency percentiles, and on redb the same with group commit off (one fsync per write).
+    Actors {
+        /// Actors, each its own database.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        actors: u64,
+        /// Writer threads, each committing on its share of the actors in turn [default: one per
+        /// actor].
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        threads: Option<u64>,
+        /// Seconds each run lasts (fractions allowed) [default: 5].
+        #[arg(long, value_parser = parse_seconds, conflicts_with = "commits")]
+        duration: Option<Duration>,
+        /// Stop each run after this many commits in all, instead of after a duration.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        commits: Option<u64>,
+        /// Print one JSON object (fields in the README) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `--duration SECS`: a finite number of seconds above 0 and at most one day.
+fn parse_seconds(arg: &str) -> Result<Duration, String> {
+    let bad = || "expected a number of seconds above 0 and at most 86400".to_string();
+    let s: f64 = arg.trim().parse().map_err(|_| bad())?;
+    if !(s.is_finite() && s > 0.0 && s <= 86_400.0) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(s))
 }
 
 /// One measured transaction.
@@ -58,7 +94,88 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.command {
         BenchCommand::Commit { json } => super::finish("bench commit", commit(global, json)),
         BenchCommand::Startup(args) => super::bench_startup::run(global, args),
+        BenchCommand::Actors {
+            actors,
+            threads,
+            duration,
+            commits,
+            json,
+        } => {
+            let config = ActorsConfig {
+                actors: actors as usize,
+                threads: threads.unwrap_or(actors) as usize,
+                stop: match commits {
+                    Some(n) => StopAfter::Commits(n),
+                    None => StopAfter::Duration(duration.unwrap_or(Duration::from_secs(5))),
+                },
+                ..ActorsConfig::default()
+            };
+            super::finish("bench actors", bench_actors(global, &config, json))
+        }
     }
+}
+
+fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Result<i32, Stop> {
+    let (run, baseline) =
+        actors::targets(&global.url(), kvsqlite::kv::KvLimits::default(), global.rtt)?;
+    let terminal = std::io::stderr().is_terminal();
+    let progress = |mode: &str, done: f64| {
+        if terminal {
+            super::slt::draw_progress((done * 100.0) as usize, 100, mode);
+        }
+    };
+    let outcome = actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress);
+    if terminal {
+        super::slt::clear_progress();
+    }
+    let report = outcome?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
+    } else {
+        write!(out, "{}", actors_table(&report)).map_err(output_error)?;
+    }
+    Ok(0)
+}
+
+/// The readable form of `bench actors`.
+fn actors_table(r: &ActorsReport) -> String {
+    let c = &r.config;
+    let stop = match c.stop {
+        StopAfter::Duration(d) => format!("{:.1} s per run", d.as_secs_f64()),
+        StopAfter::Commits(n) => format!("{n} commits per run"),
+    };
+    let mut s = format!(
+        "{} actors, {} threads, {} B rows, store {}, rtt {} ms, {stop}\n\
+         mode\tcommits\twall_s\tcommits_per_sec\tmean_ms\tp50_ms\tp90_ms\tp99_ms\tmax_ms\twrites_per_fsync\n",
+        c.actors, c.threads, c.row_bytes, r.backend, r.rtt_ms
+    );
+    let row = |name: &str, x: &RunResult| {
+        let l = &x.latency_ms;
+        format!(
+            "{name}\t{}\t{:.2}\t{:.0}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{}\n",
+            x.commits,
+            x.wall_s,
+            x.commits_per_sec,
+            l.mean,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.max,
+            x.writes_per_transaction
+                .map_or_else(|| "-".to_string(), |w| format!("{w:.1}"))
+        )
+    };
+    s.push_str(&row(actors::mode_name(r.run.group_commit), &r.run));
+    if let Some(b) = &r.baseline {
+        s.push_str(&row("one_fsync_per_write", b));
+    }
+    if let Some(x) = r.speedup() {
+        s.push_str(&format!(
+            "speedup {x:.2}x (group commit / one fsync per write)\n"
+        ));
+    }
+    s
 }
 
 fn commit(global: &GlobalArgs, json: bool) -> Result<i32, Stop> {

@@ -166,7 +166,8 @@ fn make_target(global: &GlobalArgs, native: bool, keep: bool) -> Result<Box<dyn 
     Ok(Box::new(slt::KvTarget::new(store).keep_data(keep)))
 }
 
-fn draw_progress(done: usize, total: usize, current: &str) {
+/// Draws a progress bar on standard error: `done` of `total`, and what is running now.
+pub(super) fn draw_progress(done: usize, total: usize, current: &str) {
     const WIDTH: usize = 30;
     let filled = done * WIDTH / total.max(1);
     let name: String = current
@@ -185,7 +186,8 @@ fn draw_progress(done: usize, total: usize, current: &str) {
     let _ = std::io::stderr().flush();
 }
 
-fn clear_progress() {
+/// Erases the progress bar.
+pub(super) fn clear_progress() {
     eprint!("\r\x1b[K");
     let _ = std::io::stderr().flush();
 }

@@ -195,7 +195,9 @@ impl FaultStore {
             let applied = is_write.then(|| match crash.write {
                 CrashWrite::Apply => true,
                 CrashWrite::Discard => false,
-                CrashWrite::Seeded(seed) => Rng::new(seed ^ n).next_u64() & 1 == 1,
+                // The coin depends on the seed alone: mixing in the call number made
+                // `Seeded(k)` at call `k` always `Rng::new(0)`, i.e. always applied.
+                CrashWrite::Seeded(seed) => Rng::new(seed).next_u64() & 1 == 1,
             });
             st.crashed = Some(CrashReport {
                 call: n,
@@ -282,5 +284,31 @@ impl KvStore for FaultStore {
 
     fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
         self.run(OpKind::BatchRead, || self.inner.batch_read(actor, ops))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+
+    /// `Seeded(k)` crashing at call `k` (the natural way to sweep crash points) gives both
+    /// outcomes across `k`, as its seed says.
+    #[test]
+    fn seeded_crash_at_its_own_call_number_gives_both_outcomes() {
+        let mut seen = [0u32; 2];
+        for k in 1..=32u64 {
+            let f = FaultStore::new(
+                Arc::new(MemoryStore::new()),
+                FaultPlan::none().crash_at(k, CrashWrite::Seeded(k)),
+            );
+            for i in 0..k {
+                let _ = f.put("a", vec![(vec![i as u8], vec![])]);
+            }
+            let applied = f.crash_report().and_then(|r| r.write_applied);
+            assert_eq!(applied, Some(Rng::new(k).next_u64() & 1 == 1), "call {k}");
+            seen[usize::from(applied == Some(true))] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
     }
 }

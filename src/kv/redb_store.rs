@@ -15,9 +15,21 @@
 //! value.
 //!
 //! Guarantees:
-//! - A `write` is one redb write transaction: preconditions are checked inside it, then all
-//!   puts and deletes are applied and committed with [`redb::Durability::Immediate`] (fsync)
-//!   before the call returns; a failed precondition aborts it.
+//! - A `write` (or `delete_range`) is applied inside a redb write transaction: its preconditions
+//!   are checked there, then all its puts and deletes are applied, and the transaction is
+//!   committed with [`redb::Durability::Immediate`] (fsync) before the call returns; an unmet
+//!   precondition applies nothing of that write.
+//! - **Group commit** (on by default, [`RedbOptions::group_commit`]): writes that arrive while a
+//!   transaction is committing wait, and the next transaction carries all of them (one fsync for
+//!   many; see the `group` module). Each keeps its own all-or-nothing and its own preconditions,
+//!   checked in arrival order against the state the earlier writes of the group left, so one
+//!   actor's unmet precondition fails that write alone. Limits are checked per write before it
+//!   is queued. An error of the transaction itself (I/O, a full disk, a panic inside redb) is
+//!   reported to every write of the group, none of which was acknowledged; the group stays
+//!   all-or-nothing as a whole (after a failed fsync, a reopen shows every write of it that met
+//!   its preconditions, or none, as for any failed commit). With group commit off,
+//!   every write is its own transaction and fsync (the baseline `kvsqlite bench actors` measures).
+//! - A write with no puts or deletes only checks its preconditions, in a read transaction.
 //! - Each read call (`get`, `list`, `batch_read`) runs in one read transaction, so a batch read
 //!   sees one consistent snapshot.
 //! - In one process, opening the same path again shares the open database (a registry of weak
@@ -25,9 +37,12 @@
 //! - Another process holding the file gets [`KvError::Locked`] naming the file. A file that is
 //!   not a redb database, or is corrupt, gets [`KvError::Backend`] naming the file.
 
+mod group;
+
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::Mutex;
@@ -136,13 +151,78 @@ fn damaged(path: &Path, composite: &[u8]) -> KvError {
 }
 const BACKEND: &str = "redb";
 
+/// Most writes one group-commit transaction carries.
+const MAX_GROUP_WRITES: usize = 1024;
+/// Most key and value bytes one group-commit transaction carries (a single larger write still
+/// goes alone).
+const MAX_GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+/// Options of a redb store, also given in its URL (`redb:PATH?group_commit=off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedbOptions {
+    /// Commit the writes that arrive while a transaction is committing together in the next one
+    /// (default `true`). `false`: one transaction, and one fsync, per write.
+    pub group_commit: bool,
+}
+
+impl Default for RedbOptions {
+    fn default() -> Self {
+        RedbOptions { group_commit: true }
+    }
+}
+
+/// Counters of the write transactions committed on one file by this process (every handle on
+/// it, group commit on or off), to measure how many writes share an fsync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// redb write transactions committed for writes and range deletes (each one fsync).
+    pub transactions: u64,
+    /// Writes and range deletes those transactions applied (a write whose precondition failed
+    /// is not counted).
+    pub writes: u64,
+    /// Groups taken off the group-commit queue by a leader so far (committed, failed or being
+    /// committed).
+    pub groups_started: u64,
+    /// Writes waiting in the group-commit queue right now.
+    pub queued: usize,
+}
+
+/// A write prepared by its caller's thread for the transaction that carries it: keys encoded,
+/// values sealed with their checksum, so a leader only checks and inserts.
+enum Prepared {
+    Write {
+        /// `(composite key, expected value, raw key)`.
+        preconditions: Vec<(Vec<u8>, Option<Value>, Vec<u8>)>,
+        deletes: Vec<Vec<u8>>,
+        /// `(composite key, sealed value)`.
+        puts: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    DeleteRange {
+        lo: Vec<u8>,
+        hi: Option<Vec<u8>>,
+    },
+}
+
 /// One open database file, shared by every [`RedbStore`] of this process that names it.
 struct SharedDb {
     db: Option<Database>,
     path: PathBuf,
+    group: group::GroupCommit<Prepared>,
+    transactions: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl SharedDb {
+    fn new(db: Database, path: PathBuf) -> Self {
+        SharedDb {
+            db: Some(db),
+            path,
+            group: group::GroupCommit::new(MAX_GROUP_WRITES, MAX_GROUP_BYTES, BACKEND),
+            transactions: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
     fn db(&self) -> &Database {
         // `db` is only taken in `drop`.
         self.db.as_ref().expect("database is open until dropped")
@@ -172,6 +252,13 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Weak<SharedDb>>> {
 pub struct RedbStore {
     shared: Arc<SharedDb>,
     limits: KvLimits,
+    options: RedbOptions,
+}
+
+/// Returned by [`RedbStore::hold_commits`]: while it lives, no group of this file's
+/// group-commit queue is taken or committed, so writers queue up.
+pub struct CommitHold<'a> {
+    _gate: parking_lot::MutexGuard<'a, ()>,
 }
 
 fn err_at(path: &Path, e: impl std::fmt::Display) -> KvError {
@@ -241,6 +328,11 @@ fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
         },
         other => err_at(path, other),
     })?;
+    init_tables(db, path)
+}
+
+/// Creates the tables of a new store, or checks those of an existing one; returns `db` ready.
+fn init_tables(db: Database, path: &Path) -> Result<Database, KvError> {
     // Create the tables once so read transactions always find them, and check the layout
     // version (a file without one is new: nothing else writes our tables). A redb file that
     // holds other tables belongs to another program: refuse it rather than add ours to it (the
@@ -296,11 +388,22 @@ fn open_database_unguarded(path: &Path) -> Result<Database, KvError> {
 }
 
 impl RedbStore {
-    /// Opens (creating it and its parent directories if needed) the redb file at `path`.
+    /// Opens (creating it and its parent directories if needed) the redb file at `path`, with
+    /// the default options (group commit on).
     ///
     /// Within one process, every store opened on the same file shares one database. Another
     /// process holding it → [`KvError::Locked`]; not a redb file or corrupt → [`KvError::Backend`].
     pub fn open(path: impl AsRef<Path>, limits: KvLimits) -> Result<RedbStore, KvError> {
+        Self::open_with(path, limits, RedbOptions::default())
+    }
+
+    /// [`RedbStore::open`] with options. Options belong to the handle: two handles on one file
+    /// may differ (the benchmark writes through one with group commit and one without).
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        limits: KvLimits,
+        options: RedbOptions,
+    ) -> Result<RedbStore, KvError> {
         let path = canonical(path.as_ref())?;
         // A handle being dropped on another thread still holds the file until its `drop` ends;
         // wait for that (it takes the registry lock) instead of reporting a lock conflict.
@@ -308,7 +411,13 @@ impl RedbStore {
         loop {
             let mut reg = registry().lock();
             match reg.get(&path).map(Weak::upgrade) {
-                Some(Some(shared)) => return Ok(RedbStore { shared, limits }),
+                Some(Some(shared)) => {
+                    return Ok(RedbStore {
+                        shared,
+                        limits,
+                        options,
+                    })
+                }
                 Some(None) if waited < 10_000 => {
                     drop(reg);
                     waited += 1;
@@ -318,12 +427,50 @@ impl RedbStore {
                 _ => {}
             }
             let db = open_database(&path)?;
-            let shared = Arc::new(SharedDb {
-                db: Some(db),
-                path: path.clone(),
-            });
+            let shared = Arc::new(SharedDb::new(db, path.clone()));
             reg.insert(path, Arc::downgrade(&shared));
-            return Ok(RedbStore { shared, limits });
+            return Ok(RedbStore {
+                shared,
+                limits,
+                options,
+            });
+        }
+    }
+
+    /// The options of this handle.
+    pub fn options(&self) -> RedbOptions {
+        self.options
+    }
+
+    /// The same file through a handle with other options (the database stays shared).
+    pub fn with_options(&self, options: RedbOptions) -> RedbStore {
+        RedbStore {
+            shared: Arc::clone(&self.shared),
+            limits: self.limits,
+            options,
+        }
+    }
+
+    /// Write-transaction counters of this file in this process.
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            transactions: self.shared.transactions.load(Ordering::Relaxed),
+            writes: self.shared.writes.load(Ordering::Relaxed),
+            groups_started: self.shared.group.taken(),
+            queued: self.shared.group.queued(),
+        }
+    }
+
+    /// Holds back every group commit of this file (in this process) until the returned guard is
+    /// dropped: a leader waits before taking its group off the queue, so every writer that
+    /// arrives meanwhile queues, and on release they form one group (up to 1,024 writes or
+    /// 64 MiB), in arrival order. For tests that need writers gathered in one known group
+    /// ([`CommitStats::queued`] tells how many are waiting); writes through a handle with group
+    /// commit off, and writes with nothing to write, are not held. Never hold it while writing
+    /// through the same file on the same thread: that write would wait for the guard forever.
+    pub fn hold_commits(&self) -> CommitHold<'_> {
+        CommitHold {
+            _gate: self.shared.group.hold(),
         }
     }
 
@@ -340,11 +487,7 @@ impl RedbStore {
     /// files) into an error naming the file instead of unwinding into the caller.
     fn guarded<T>(&self, f: impl FnOnce() -> Result<T, KvError>) -> Result<T, KvError> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = group::panic_message(&*payload);
             Err(self.err(format!("redb failed on a corrupt file: {what}")))
         })
     }
@@ -438,6 +581,21 @@ fn get_table<T: ReadableTable<&'static [u8], &'static [u8]>>(
         .collect()
 }
 
+/// Checks a write's preconditions: `Conflict` naming the first unmet one, or the error of
+/// reading it (a damaged entry, a failed read).
+fn check_preconditions<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    path: &Path,
+    table: &T,
+    preconditions: &[(Vec<u8>, Option<Value>, Vec<u8>)],
+) -> Result<(), KvError> {
+    for (composite, expected, key) in preconditions {
+        if get_one(path, table, composite)? != *expected {
+            return Err(KvError::Conflict { key: key.clone() });
+        }
+    }
+    Ok(())
+}
+
 impl RedbStore {
     fn do_get(&self, actor: &str, keys: &[Vec<u8>]) -> Result<Vec<Option<Value>>, KvError> {
         check_actor_id(actor)?;
@@ -459,36 +617,44 @@ impl RedbStore {
         check_actor_id(actor)?;
         self.limits.check_write(batch)?;
         batch.check_distinct()?;
-        let mut txn = self.shared.db().begin_write().map_err(|e| self.err(e))?;
-        txn.set_durability(redb::Durability::Immediate)
-            .map_err(|e| self.err(e))?;
-        {
-            let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            for p in &batch.preconditions {
-                let have = get_one(self.path(), &table, &encode(actor, &p.key))?;
-                if have != p.expected {
-                    drop(table);
-                    txn.abort().map_err(|e| self.err(e))?;
-                    return Err(KvError::Conflict { key: p.key.clone() });
-                }
-            }
-            if batch.is_empty() {
-                drop(table);
-                return txn.abort().map_err(|e| self.err(e));
-            }
-            for k in &batch.deletes {
-                table
-                    .remove(encode(actor, k).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-            for (k, v) in &batch.puts {
-                let composite = encode(actor, k);
-                table
-                    .insert(composite.as_slice(), seal(&composite, v).as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
+        let preconditions = batch
+            .preconditions
+            .iter()
+            .map(|p| (encode(actor, &p.key), p.expected.clone(), p.key.clone()))
+            .collect::<Vec<_>>();
+        if batch.is_empty() {
+            // Nothing to write: only the preconditions' answer, from the latest commit.
+            let txn = self.shared.db().begin_read().map_err(|e| self.err(e))?;
+            let table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
+            return check_preconditions(self.path(), &table, &preconditions);
         }
-        txn.commit().map_err(|e| self.err(e))
+        let mut weight = 0usize;
+        let deletes = batch
+            .deletes
+            .iter()
+            .map(|k| {
+                weight += k.len();
+                encode(actor, k)
+            })
+            .collect();
+        let puts = batch
+            .puts
+            .iter()
+            .map(|(k, v)| {
+                weight += k.len() + v.len();
+                let composite = encode(actor, k);
+                let sealed = seal(&composite, v);
+                (composite, sealed)
+            })
+            .collect();
+        self.submit(
+            Prepared::Write {
+                preconditions,
+                deletes,
+                puts,
+            },
+            weight,
+        )
     }
 
     fn do_delete_range(
@@ -502,20 +668,89 @@ impl RedbStore {
             return Ok(());
         }
         let (lo, hi) = bounds(actor, start, end);
+        self.submit(Prepared::DeleteRange { lo, hi }, 0)
+    }
+
+    /// Commits one prepared write: through the group-commit queue, or alone.
+    fn submit(&self, write: Prepared, weight: usize) -> Result<(), KvError> {
+        if !self.options.group_commit {
+            let mut results = self.commit_group(&[&write])?;
+            return results
+                .pop()
+                .unwrap_or_else(|| Err(self.err("a commit returned no result; outcome unknown")));
+        }
+        self.shared
+            .group
+            .submit(write, weight, |group| self.commit_group(group))
+    }
+
+    /// One redb write transaction applying `group` in order: each write's preconditions are
+    /// checked against the state the earlier ones left, and an unmet one skips that write
+    /// alone. Returns each write's result, or one error for the whole group when the
+    /// transaction itself fails (then nothing of the group is acknowledged, and the
+    /// transaction is all-or-nothing as a whole).
+    fn commit_group(&self, group: &[&Prepared]) -> group::GroupOutcome {
         let mut txn = self.shared.db().begin_write().map_err(|e| self.err(e))?;
         txn.set_durability(redb::Durability::Immediate)
             .map_err(|e| self.err(e))?;
+        let mut results = Vec::with_capacity(group.len());
         {
             let mut table = txn.open_table(TABLE).map_err(|e| self.err(e))?;
-            let upper = match &hi {
-                Some(h) => Bound::Excluded(h.as_slice()),
-                None => Bound::Unbounded,
-            };
-            table
-                .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), upper), |_, _| false)
-                .map_err(|e| self.err(e))?;
+            for write in group {
+                results.push(self.apply(&mut table, write)?);
+            }
         }
-        txn.commit().map_err(|e| self.err(e))
+        let applied = results.iter().filter(|r| r.is_ok()).count() as u64;
+        if applied == 0 {
+            // Every write was refused: nothing to make durable.
+            txn.abort().map_err(|e| self.err(e))?;
+            return Ok(results);
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+        self.shared.writes.fetch_add(applied, Ordering::Relaxed);
+        Ok(results)
+    }
+
+    /// Applies one write inside a group's transaction. `Ok(Err(_))`: this write alone is refused
+    /// (an unmet precondition, or an error reading one), nothing of it applied; `Err(_)`: applying
+    /// it failed midway, so the transaction is abandoned and the group with it.
+    fn apply(
+        &self,
+        table: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
+        write: &Prepared,
+    ) -> Result<Result<(), KvError>, KvError> {
+        match write {
+            Prepared::Write {
+                preconditions,
+                deletes,
+                puts,
+            } => {
+                // Nothing of this write is applied yet: a refusal, or an error reading its
+                // preconditions, is this write's alone.
+                if let Err(refused) = check_preconditions(self.path(), table, preconditions) {
+                    return Ok(Err(refused));
+                }
+                for k in deletes {
+                    table.remove(k.as_slice()).map_err(|e| self.err(e))?;
+                }
+                for (k, v) in puts {
+                    table
+                        .insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            Prepared::DeleteRange { lo, hi } => {
+                let upper = match hi {
+                    Some(h) => Bound::Excluded(h.as_slice()),
+                    None => Bound::Unbounded,
+                };
+                table
+                    .retain_in::<&[u8], _>((Bound::Included(lo.as_slice()), upper), |_, _| false)
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(Ok(()))
     }
 
     fn do_batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
@@ -569,7 +804,94 @@ impl KvStore for RedbStore {
 
 #[cfg(test)]
 mod tests {
-    use super::crc32;
+    use super::*;
+    use crate::kv::KvStore;
+    use std::sync::atomic::AtomicBool;
+
+    /// An in-memory redb disk whose fsync fails while `fail` is set.
+    #[derive(Debug)]
+    struct FlakyDisk {
+        inner: redb::backends::InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl redb::StorageBackend for FlakyDisk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("injected fsync failure"));
+            }
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    /// A failed fsync fails the whole group: every write queued in it gets the same error and
+    /// none of them is visible afterwards; the write committed before it stays.
+    #[test]
+    fn an_io_error_is_reported_to_every_write_of_its_group() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let disk = FlakyDisk {
+            inner: redb::backends::InMemoryBackend::new(),
+            fail: Arc::clone(&fail),
+        };
+        let db = Database::builder().create_with_backend(disk).unwrap();
+        let path = PathBuf::from("/flaky-disk-test");
+        let db = init_tables(db, &path).unwrap();
+        let store = Arc::new(RedbStore {
+            shared: Arc::new(SharedDb::new(db, path)),
+            limits: KvLimits::default(),
+            options: RedbOptions::default(),
+        });
+        let k = || vec![b"k".to_vec()];
+        store
+            .put("before", vec![(k()[0].clone(), b"1".to_vec())])
+            .unwrap();
+        let hold = store.hold_commits();
+        let group: Vec<_> = ["w0", "w1", "w2", "w3", "w4"]
+            .into_iter()
+            .enumerate()
+            .map(|(i, actor)| {
+                let s = Arc::clone(&store);
+                let h = std::thread::spawn(move || s.put(actor, vec![(b"k".to_vec(), vec![2])]));
+                while store.commit_stats().queued != i + 1 {
+                    std::thread::yield_now();
+                }
+                h
+            })
+            .collect();
+        fail.store(true, Ordering::SeqCst);
+        drop(hold);
+        let results: Vec<_> = group.into_iter().map(|h| h.join().unwrap()).collect();
+        let want = Err(KvError::Backend {
+            backend: "redb",
+            message: "/flaky-disk-test: I/O error: injected fsync failure".into(),
+        });
+        assert_eq!(results, vec![want; 5]);
+        let stats = store.commit_stats();
+        assert_eq!(
+            (stats.transactions, stats.writes, stats.groups_started),
+            (1, 1, 2)
+        );
+        // redb refuses writes after a failed fsync until reopened; reads see the last commit.
+        for actor in ["w0", "w1", "w2", "w3", "w4"] {
+            assert_eq!(store.get(actor, &k()).unwrap(), vec![None]);
+        }
+        assert_eq!(
+            store.get("before", &k()).unwrap(),
+            vec![Some(b"1".to_vec())]
+        );
+    }
 
     #[test]
     fn crc32_matches_the_standard_check_values() {

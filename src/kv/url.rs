@@ -6,7 +6,9 @@
 //! Accepted forms:
 //! - `memory:` — an in-process store, empty at start, gone at exit.
 //! - `redb:PATH` — the embedded persistent store in the file `PATH` (created with its parent
-//!   directories if missing); one file holds many actors.
+//!   directories if missing); one file holds many actors. `redb:PATH?group_commit=off` turns
+//!   group commit off (one transaction and fsync per write); everything after the first `?` is
+//!   options, so a path holding `?` cannot be named.
 //! - `postgres://USER@HOST:PORT/DB` (or `postgresql://…`) — a PostgreSQL server.
 //!
 //! `--rtt MS` wraps any of them in the latency wrapper.
@@ -17,7 +19,7 @@ use std::time::Duration;
 use super::latency::LatencyStore;
 use super::memory::MemoryStore;
 use super::postgres::PostgresStore;
-use super::redb_store::RedbStore;
+use super::redb_store::{RedbOptions, RedbStore};
 use super::{KvError, KvLimits, SharedStore};
 
 /// The store used when neither `--kv` nor `KVSQLITE_KV` names one.
@@ -29,13 +31,16 @@ pub const STORE_URL_ENV: &str = "KVSQLITE_KV";
 /// What every URL error lists.
 pub const ACCEPTED_FORMS: &str = "accepted forms: memory:, redb:PATH, postgres://USER@HOST:PORT/DB";
 
+/// What a redb option error lists.
+pub const REDB_OPTIONS: &str = "redb options: group_commit=on|off";
+
 /// A parsed store URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreUrl {
     /// `memory:`.
     Memory,
-    /// `redb:PATH`.
-    Redb(String),
+    /// `redb:PATH[?group_commit=on|off]`: the path and its options.
+    Redb(String, RedbOptions),
     /// `postgres://…`, kept whole for the PostgreSQL client.
     Postgres(String),
 }
@@ -62,7 +67,17 @@ impl StoreUrl {
                 Err(bad("redb: needs a file path, e.g. redb:./data/kv.redb"))
             }
             "redb" if rest.contains('\0') => Err(bad("the redb path contains a NUL character")),
-            "redb" => Ok(StoreUrl::Redb(rest.to_string())),
+            "redb" => {
+                let (path, query) = match rest.split_once('?') {
+                    Some((p, q)) => (p, Some(q)),
+                    None => (rest, None),
+                };
+                if path.is_empty() {
+                    return Err(bad("redb: needs a file path, e.g. redb:./data/kv.redb"));
+                }
+                let options = parse_redb_options(query).map_err(|why| bad(&why))?;
+                Ok(StoreUrl::Redb(path.to_string(), options))
+            }
             "postgres" | "postgresql" => {
                 let Some(after) = rest.strip_prefix("//") else {
                     return Err(bad("postgres URLs start with postgres://"));
@@ -89,6 +104,29 @@ impl StoreUrl {
     }
 }
 
+/// Parses the query of a redb URL (`group_commit=on|off`, also `true|false|1|0`); an unknown
+/// option or value is an error naming it and listing the options.
+fn parse_redb_options(query: Option<&str>) -> Result<RedbOptions, String> {
+    let mut options = RedbOptions::default();
+    for param in query.into_iter().flat_map(|q| q.split('&')) {
+        match param.split_once('=') {
+            Some(("group_commit", v)) => {
+                options.group_commit = match v.to_ascii_lowercase().as_str() {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => {
+                        return Err(format!(
+                            "group_commit={v:?} is not on or off; {REDB_OPTIONS}"
+                        ))
+                    }
+                }
+            }
+            _ => return Err(format!("unknown redb option {param:?}; {REDB_OPTIONS}")),
+        }
+    }
+    Ok(options)
+}
+
 /// The URL to use: `explicit` if given, else `KVSQLITE_KV` if set and not empty, else
 /// [`DEFAULT_STORE_URL`].
 pub fn resolve_url(explicit: Option<&str>) -> String {
@@ -110,7 +148,7 @@ pub fn open_store(
 ) -> Result<SharedStore, KvError> {
     let store: SharedStore = match StoreUrl::parse(url)? {
         StoreUrl::Memory => Arc::new(MemoryStore::with_limits(limits)),
-        StoreUrl::Redb(path) => Arc::new(RedbStore::open(path, limits)?),
+        StoreUrl::Redb(path, options) => Arc::new(RedbStore::open_with(path, limits, options)?),
         StoreUrl::Postgres(url) => open_postgres(&url, limits)?,
     };
     Ok(match rtt {
@@ -173,7 +211,20 @@ mod tests {
         assert_eq!(StoreUrl::parse("memory:").unwrap(), StoreUrl::Memory);
         assert_eq!(
             StoreUrl::parse("redb:./a/b.redb").unwrap(),
-            StoreUrl::Redb("./a/b.redb".into())
+            StoreUrl::Redb("./a/b.redb".into(), RedbOptions { group_commit: true })
+        );
+        assert_eq!(
+            StoreUrl::parse("redb:./a/b.redb?group_commit=off").unwrap(),
+            StoreUrl::Redb(
+                "./a/b.redb".into(),
+                RedbOptions {
+                    group_commit: false
+                }
+            )
+        );
+        assert_eq!(
+            StoreUrl::parse("redb:b?group_commit=ON").unwrap(),
+            StoreUrl::Redb("b".into(), RedbOptions { group_commit: true })
         );
         assert_eq!(
             StoreUrl::parse("postgres://root@127.0.0.1:5432/test").unwrap(),
@@ -196,6 +247,10 @@ mod tests {
             "postgres://u@h:notaport/db",
             "postgres://u@h:99999/db",
             "://",
+            "redb:?group_commit=off",
+            "redb:kv.redb?group_commit=maybe",
+            "redb:kv.redb?fsync=off",
+            "redb:kv.redb?",
         ] {
             match StoreUrl::parse(bad) {
                 Err(KvError::InvalidUrl { url, reason }) => {

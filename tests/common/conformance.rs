@@ -15,9 +15,12 @@
 //! ```
 //!
 //! `kv_conformance_tests!(NAME, FIXTURE_FN)` expands to `mod NAME { #[test] fn … }`, one test per
-//! behaviour, so every test name contains the backend name. `FIXTURE_FN` returns either
+//! behaviour, so every test name contains the backend name; `kv_conformance_tests!(NAME,
+//! FIXTURE_FN, [EXTRA, …])` adds tests that only some backends take (persistent ones:
+//! `persistence_across_reopen`). `FIXTURE_FN` returns either
 //! `Option<Fixture>` or `Result<Fixture, String>`; `None`/`Err(why)` means the backend is
-//! unavailable: the test prints `skipped: NAME unavailable: why` and returns.
+//! unavailable: under `CI=true` the test fails, otherwise it prints `SKIPPED: NAME
+//! unavailable: why` where `cargo test` shows it (see `skip.rs`) and returns.
 //!
 //! Each test gets a fresh fixture whose `prefix` is unique (process id, time, counter), and uses
 //! only actor ids starting with it, so runs against a long-lived server never see each other's
@@ -35,6 +38,11 @@ use kvsqlite::kv::{
     ReadResult, SharedStore, WriteBatch,
 };
 use kvsqlite::rng::Rng;
+
+// pg.rs and conformance.rs both include it, in one test crate (kv_postgres).
+#[allow(clippy::duplicate_mod)]
+#[path = "skip.rs"]
+mod skip;
 
 /// A store under test.
 pub struct Fixture {
@@ -110,11 +118,12 @@ impl IntoFixture for Result<Fixture, String> {
     }
 }
 
-/// Runs one conformance test, or prints why it is skipped.
+/// Runs one conformance test. A fixture that cannot be made fails the test under `CI=true`,
+/// and otherwise prints `SKIPPED: BACKEND unavailable: why` where `cargo test` shows it.
 pub fn run<F: IntoFixture>(backend: &str, fixture: fn() -> F, test: fn(Fixture)) {
     match fixture().into_fixture() {
         Ok(fx) => test(fx),
-        Err(why) => println!("skipped: {backend} unavailable: {why}"),
+        Err(why) => skip::skip(&format!("{backend} unavailable: {why}")),
     }
 }
 
@@ -122,6 +131,9 @@ pub fn run<F: IntoFixture>(backend: &str, fixture: fn() -> F, test: fn(Fixture))
 #[macro_export]
 macro_rules! kv_conformance_tests {
     ($backend:ident, $fixture:path) => {
+        $crate::kv_conformance_tests!($backend, $fixture, []);
+    };
+    ($backend:ident, $fixture:path, [$($extra:ident),* $(,)?]) => {
         $crate::kv_conformance_tests!(@each $backend, $fixture, [
             get_put_delete_round_trip,
             empty_value_is_a_value,
@@ -139,10 +151,10 @@ macro_rules! kv_conformance_tests {
             crash_at_every_call_of_a_workload,
             injected_faults_are_not_applied,
             actors_are_isolated,
-            persistence_across_reopen,
             concurrent_16_threads_many_actors,
             mixed_batch_read,
             one_round_trip_per_call,
+            $($extra,)*
         ]);
     };
     (@each $backend:ident, $fixture:path, [$($test:ident),* $(,)?]) => {
@@ -1139,7 +1151,7 @@ pub fn crash_put_is_all_or_nothing(fx: Fixture) {
         match choice {
             CrashWrite::Apply => assert!(applied),
             CrashWrite::Discard => assert!(!applied),
-            CrashWrite::Seeded(_) => {}
+            CrashWrite::Seeded(seed) => assert_eq!(applied, Rng::new(seed).next_u64() & 1 == 1),
         }
         seen[applied as usize] = true;
         let survived = list_all(faults.inner().as_ref(), &a);
@@ -1341,7 +1353,8 @@ pub fn actors_are_isolated(fx: Fixture) {
     assert_eq!(r[1], ReadResult::Get(vec![Some(vec![2])]));
 }
 
-/// Data written before the store is closed is there after it is reopened.
+/// Data written before the store is closed is there after it is reopened. Only for persistent
+/// backends (`kv_conformance_tests!(NAME, FIXTURE, [persistence_across_reopen])`).
 pub fn persistence_across_reopen(fx: Fixture) {
     let Fixture {
         store,
@@ -1349,10 +1362,7 @@ pub fn persistence_across_reopen(fx: Fixture) {
         reopen,
         guard,
     } = fx;
-    let Some(reopen) = reopen else {
-        println!("skipped: this backend does not persist (no reopen)");
-        return;
-    };
+    let reopen = reopen.expect("a persistent backend's fixture can reopen its store");
     let a = format!("{prefix}a");
     let b = format!("{prefix}b");
     store.put(&a, entries(&[("x", "1"), ("y", "2")])).unwrap();

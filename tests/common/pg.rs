@@ -4,7 +4,8 @@
 //!
 //! - The URL is `KVSQLITE_TEST_POSTGRES`, default [`DEFAULT_URL`].
 //! - Unreachable server: with `CI=true` the test fails; otherwise it prints
-//!   `skipped: postgres unavailable: …` and [`test_store`] returns `None`.
+//!   `SKIPPED: postgres unavailable: …` where `cargo test` shows it (see `skip.rs`) and
+//!   [`test_store`] returns `None`.
 //! - The server outlives test runs, so every [`PgTest`] hands out actor ids unique to this run
 //!   (pid, nanosecond clock, counter) and deletes their rows when dropped.
 #![allow(dead_code)]
@@ -14,6 +15,11 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvsqlite::kv::postgres::{PostgresOptions, PostgresStore};
+
+// pg.rs and conformance.rs both include it, in one test crate (kv_postgres).
+#[allow(clippy::duplicate_mod)]
+#[path = "skip.rs"]
+mod skip;
 use kvsqlite::kv::KvError;
 
 /// The test server when `KVSQLITE_TEST_POSTGRES` is not set.
@@ -93,11 +99,12 @@ pub fn unique_prefix(tag: &str) -> String {
 
 /// Connects to the test server. An unreachable server is `Err(why)` outside CI and a test
 /// failure (panic) under `CI=true`; any other error (a malformed test URL) always fails.
+/// A caller that gets `Err` reports the skip (the conformance runner does, via `skip.rs`).
 pub fn connect(options: PostgresOptions) -> Result<PostgresStore, String> {
     match PostgresStore::connect_with(&test_url(), options) {
         Ok(store) => Ok(store),
         Err(err @ KvError::Unavailable { .. }) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
+            if skip::under_ci() {
                 panic!("CI=true and the postgres test server is unavailable: {err}");
             }
             Err(err.to_string())
@@ -107,7 +114,7 @@ pub fn connect(options: PostgresOptions) -> Result<PostgresStore, String> {
 }
 
 /// A store on the test server with the default options, or `None` after printing
-/// `skipped: postgres unavailable: …` (outside CI).
+/// `SKIPPED: postgres unavailable: …` (outside CI).
 pub fn test_store() -> Option<PgTest> {
     test_store_with(PostgresOptions::default())
 }
@@ -128,7 +135,7 @@ pub fn test_store_with(options: PostgresOptions) -> Option<PgTest> {
             })
         }
         Err(why) => {
-            println!("skipped: postgres unavailable: {why}");
+            skip::skip(&format!("postgres unavailable: {why}"));
             None
         }
     }

@@ -1,0 +1,195 @@
+//! Every KV call the VFS makes for a database: `kv_get`, `kv_write`, fenced deletes and the
+//! free `kv_batch_read` / `kv_delete_range`, each counted in the database's [`Stats`], plus the
+//! fencing helpers (`fenced`, `write_limits`, `kv_failed`, `check_moved`, `moved`).
+//!
+//! Why it is apart from `file.rs`: it is the one door to the store — counting round trips and
+//! noticing that another instance of the actor wrote (the fence) happen here and nowhere else.
+
+use std::sync::atomic::Ordering;
+
+use super::{DbState, Op, VfsError};
+use crate::kv::{ActorKv, Key, KvError, KvLimits, ReadOp, ReadResult, WriteBatch};
+use crate::vfs::layout::{self};
+use crate::vfs::stats::Stats;
+
+impl DbState {
+    // ----- KV access: the one place every store call goes through -----
+
+    pub(super) fn kv_get(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
+        if let Some(h) = self.held.lock().as_ref() {
+            // Held: the store holds no live key of this database; what was written is here.
+            return Ok(keys.iter().map(|k| h.get(k).cloned()).collect());
+        }
+        let s = &self.stats;
+        s.add(&s.kv_round_trips, 1);
+        s.add(&s.kv_reads, 1);
+        s.add(&s.keys_read, keys.len() as u64);
+        let r = self.kv.get(keys)?;
+        let bytes: usize = r.iter().flatten().map(|v| v.len()).sum();
+        s.add(&s.bytes_read, bytes as u64);
+        Ok(r)
+    }
+
+    pub(super) fn kv_write(&self, batch: &WriteBatch) -> Result<(), KvError> {
+        if let Some(h) = self.held.lock().as_mut() {
+            h.apply(batch);
+            return Ok(());
+        }
+        let s = &self.stats;
+        s.add(&s.kv_round_trips, 1);
+        s.add(&s.kv_writes, 1);
+        s.add(
+            &s.keys_written,
+            (batch.puts.len() + batch.deletes.len()) as u64,
+        );
+        let bytes: usize = batch
+            .puts
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+            + batch.deletes.iter().map(|k| k.len()).sum::<usize>();
+        s.add(&s.bytes_written, bytes as u64);
+        let pages = batch
+            .puts
+            .iter()
+            .filter(|(k, _)| {
+                matches!(
+                    layout::parse_key(k),
+                    Some(layout::ParsedKey::Chunk(..) | layout::ParsedKey::Stage(..))
+                )
+            })
+            .count();
+        s.add(&s.pages_written, pages as u64);
+        let mut moving = self.moving.lock();
+        let fence = self.fence.lock();
+        if fence.is_empty() && moving.is_none() {
+            return self.kv.write(batch);
+        }
+        let mut fenced = batch.clone();
+        fenced.preconditions.extend(fence.iter().cloned());
+        drop(fence);
+        let Some(m) = moving.as_mut() else {
+            return self.kv.write(&fenced);
+        };
+        if self.moved.load(Ordering::SeqCst) {
+            return Err(KvError::Conflict { key: m.key.clone() });
+        }
+        let next = m.guard(&mut fenced);
+        match self.kv.write(&fenced) {
+            Ok(()) => {
+                m.advance(next);
+                Ok(())
+            }
+            Err(KvError::Conflict { key }) if key == m.key => {
+                self.moved.store(true, Ordering::SeqCst);
+                Err(KvError::Conflict { key })
+            }
+            Err(e) => {
+                if !e.is_rejected_before_send() && !matches!(e, KvError::Conflict { .. }) {
+                    m.uncertain = Some(next);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// True when writes are fenced (deletes then use fenced writes, never `delete_range`).
+    pub(super) fn fenced(&self) -> bool {
+        !self.fence.lock().is_empty() || self.moving.lock().is_some() || self.held.lock().is_some()
+    }
+
+    /// The store's limits less the room every fenced write keeps for the fence record.
+    pub(super) fn write_limits(&self) -> KvLimits {
+        let mut l = *self.kv.limits();
+        if let Some(bytes) = self.moving.lock().as_ref().map(|m| m.reserve_bytes()) {
+            l.max_write_entries = l.max_write_entries.saturating_sub(1).max(1);
+            l.max_write_bytes = l.max_write_bytes.saturating_sub(bytes);
+        }
+        l
+    }
+
+    /// The error a failed KV call becomes: [`VfsError::Moved`] once the fence moved.
+    pub(super) fn kv_failed(&self, op: Op, e: KvError) -> VfsError {
+        if self.moved.load(Ordering::SeqCst) {
+            VfsError::Moved
+        } else {
+            VfsError::Kv(op, e)
+        }
+    }
+
+    /// Fails every operation once another instance took the fence.
+    pub(super) fn check_moved(&self) -> Result<(), VfsError> {
+        if self.moved.load(Ordering::SeqCst) {
+            Err(VfsError::Moved)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True once another instance of the actor wrote since this one's wake.
+    pub fn moved(&self) -> bool {
+        self.moved.load(Ordering::SeqCst)
+    }
+
+    /// Deletes `keys` in order with writes that carry the fence, as few as the limits allow.
+    pub(super) fn fenced_deletes(&self, keys: Vec<Key>) -> Result<(), KvError> {
+        let limits = self.write_limits();
+        let mut batch = WriteBatch::default();
+        let mut bytes = 0;
+        for k in keys {
+            if batch.deletes.len() + 1 > limits.max_write_entries
+                || bytes + k.len() > limits.max_write_bytes
+            {
+                self.kv_write(&std::mem::take(&mut batch))?;
+                bytes = 0;
+            }
+            bytes += k.len();
+            batch.deletes.push(k);
+        }
+        if !batch.deletes.is_empty() {
+            self.kv_write(&batch)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn kv_batch_read(
+    kv: &ActorKv,
+    stats: &Stats,
+    ops: &[ReadOp],
+) -> Result<Vec<ReadResult>, KvError> {
+    stats.add(&stats.kv_round_trips, 1);
+    stats.add(&stats.kv_reads, 1);
+    let res = kv.batch_read(ops)?;
+    for r in &res {
+        match r {
+            ReadResult::Get(v) => {
+                stats.add(&stats.keys_read, v.len() as u64);
+                stats.add(
+                    &stats.bytes_read,
+                    v.iter().flatten().map(|x| x.len() as u64).sum(),
+                );
+            }
+            ReadResult::List(p) => {
+                stats.add(&stats.keys_read, p.entries.len() as u64);
+                stats.add(
+                    &stats.bytes_read,
+                    p.entries.iter().map(|(_, v)| v.len() as u64).sum(),
+                );
+            }
+        }
+    }
+    Ok(res)
+}
+
+pub(super) fn kv_delete_range(
+    kv: &ActorKv,
+    stats: &Stats,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<(), KvError> {
+    stats.add(&stats.kv_round_trips, 1);
+    stats.add(&stats.kv_writes, 1);
+    stats.add(&stats.keys_written, 1);
+    kv.delete_range(start, end)
+}
