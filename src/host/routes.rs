@@ -44,19 +44,19 @@ pub struct AppState {
 /// The router with every route, the body limit and the JSON 404 fallback.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body;
-    Router::new()
-        .route(
-            "/actors/{id}/query",
-            post(|s, id, h, b| sql_route(SqlRoute::Query, s, id, h, b)),
-        )
-        .route(
-            "/actors/{id}/batch",
-            post(|s, id, h, b| sql_route(SqlRoute::Batch, s, id, h, b)),
-        )
-        .route("/actors/{id}/inspector/metrics", get(inspector_metrics))
-        .route("/actors/{id}/inspector/token", get(inspector_token))
+    let mut router = Router::new()
         .route("/metrics", get(prometheus))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(healthz));
+    for (path, route, is_post) in [
+        ("/actors/{id}/query", ActorRoute::Query, true),
+        ("/actors/{id}/batch", ActorRoute::Batch, true),
+        ("/actors/{id}/inspector/metrics", ActorRoute::Metrics, false),
+        ("/actors/{id}/inspector/token", ActorRoute::Token, false),
+    ] {
+        let handler = move |s, id, h, b| actor_route(route, s, id, h, b);
+        router = router.route(path, if is_post { post(handler) } else { get(handler) });
+    }
+    router
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -165,42 +165,58 @@ fn timed(metrics: &HostMetrics, actor: &Actor, st: &StatementRequest) -> rusqlit
     r
 }
 
-/// Which SQL route.
+/// Which actor route.
 #[derive(Clone, Copy)]
-enum SqlRoute {
+enum ActorRoute {
     Query,
     Batch,
+    Metrics,
+    Token,
 }
 
-/// `POST /actors/{id}/query` and `/batch`: admin token, actor id, body, then the work.
-async fn sql_route(
-    route: SqlRoute,
+/// Every `/actors/{id}/…` route: the route's own checks and work, then the answer. The
+/// inspector routes ignore the body.
+async fn actor_route(
+    route: ActorRoute,
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let body = read_body(body, s.max_body)?;
-        let (metrics, timeout) = (s.metrics.clone(), s.statement_timeout);
-        let work = match route {
-            SqlRoute::Query => query_work(
-                sql::statement_from_json(&body, "the body").map_err(HostError::BadRequest)?,
-                metrics,
-                timeout,
-            ),
-            SqlRoute::Batch => batch_work(
-                sql::batch_from_json(&body).map_err(HostError::BadRequest)?,
-                metrics,
-                timeout,
-            ),
-        };
-        s.registry.run(&id, timeout, work).await
-    }
-    .await;
+    let r = match route {
+        ActorRoute::Query | ActorRoute::Batch => sql_route(route, &s, id, &headers, body).await,
+        ActorRoute::Metrics => inspector_metrics(&s, id, &headers).await,
+        ActorRoute::Token => inspector_token(&s, id, &headers).await,
+    };
     respond(&s.metrics, r)
+}
+
+/// `POST /actors/{id}/query` and `/batch`: admin token, actor id, body, then the work.
+async fn sql_route(
+    route: ActorRoute,
+    s: &AppState,
+    id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, HostError> {
+    require_admin(s, headers)?;
+    let id = actor_id(id)?;
+    let body = read_body(body, s.max_body)?;
+    let (metrics, timeout) = (s.metrics.clone(), s.statement_timeout);
+    let work = if matches!(route, ActorRoute::Batch) {
+        batch_work(
+            sql::batch_from_json(&body).map_err(HostError::BadRequest)?,
+            metrics,
+            timeout,
+        )
+    } else {
+        query_work(
+            sql::statement_from_json(&body, "the body").map_err(HostError::BadRequest)?,
+            metrics,
+            timeout,
+        )
+    };
+    s.registry.run(&id, timeout, work).await
 }
 
 /// One statement in its own transaction; a transaction it leaves open is rolled back (400).
@@ -287,53 +303,47 @@ async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostErro
     }
 }
 
+/// The metrics document: the admin token or the actor's own.
 async fn inspector_metrics(
-    State(s): State<AppState>,
+    s: &AppState,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let r = async {
-        let token = bearer(&headers).ok_or(HostError::Unauthorized)?;
-        let id = actor_id(id)?;
-        let admin = tokens_equal(token, &s.admin_token);
-        if let Some((actor_token, doc)) = s.registry.known_doc(&id).await {
-            if admin || tokens_equal(token, &actor_token) {
-                return Ok(doc.to_json());
-            }
-            return Err(HostError::Unauthorized);
+    headers: &HeaderMap,
+) -> Result<Value, HostError> {
+    let token = bearer(headers).ok_or(HostError::Unauthorized)?;
+    let id = actor_id(id)?;
+    let admin = tokens_equal(token, &s.admin_token);
+    if let Some((actor_token, doc)) = s.registry.known_doc(&id).await {
+        if admin || tokens_equal(token, &actor_token) {
+            return Ok(doc.to_json());
         }
-        match stored_token(&s, &id).await? {
-            None if admin => Err(HostError::NotFound(format!("no actor {id:?} in the store"))),
-            None => Err(HostError::Unauthorized),
-            Some(t) if admin || tokens_equal(token, &t) => {
-                let work: Work = Box::new(|actor: &Actor| Ok(actor.metrics().to_json()));
-                s.registry.run(&id, s.statement_timeout, work).await
-            }
-            Some(_) => Err(HostError::Unauthorized),
-        }
+        return Err(HostError::Unauthorized);
     }
-    .await;
-    respond(&s.metrics, r)
+    match stored_token(s, &id).await? {
+        None if admin => Err(HostError::NotFound(format!("no actor {id:?} in the store"))),
+        None => Err(HostError::Unauthorized),
+        Some(t) if admin || tokens_equal(token, &t) => {
+            let work: Work = Box::new(|actor: &Actor| Ok(actor.metrics().to_json()));
+            s.registry.run(&id, s.statement_timeout, work).await
+        }
+        Some(_) => Err(HostError::Unauthorized),
+    }
 }
 
+/// The actor's inspector token (admin only), read from the store for a sleeping actor.
 async fn inspector_token(
-    State(s): State<AppState>,
+    s: &AppState,
     id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let token = match s.registry.known_doc(&id).await {
-            Some((t, _)) => t,
-            None => stored_token(&s, &id)
-                .await?
-                .ok_or_else(|| HostError::NotFound(format!("no actor {id:?} in the store")))?,
-        };
-        Ok(json!({ "token": token }))
-    }
-    .await;
-    respond(&s.metrics, r)
+    headers: &HeaderMap,
+) -> Result<Value, HostError> {
+    require_admin(s, headers)?;
+    let id = actor_id(id)?;
+    let token = match s.registry.known_doc(&id).await {
+        Some((t, _)) => t,
+        None => stored_token(s, &id)
+            .await?
+            .ok_or_else(|| HostError::NotFound(format!("no actor {id:?} in the store")))?,
+    };
+    Ok(json!({ "token": token }))
 }
 
 async fn prometheus(State(s): State<AppState>) -> Response {
