@@ -332,3 +332,26 @@ fn a_generated_admin_token_is_printed_once_and_works() {
         401
     );
 }
+
+#[test]
+fn a_statement_whose_client_left_is_still_interrupted() {
+    let s = Server::start("memory:", &["--statement-timeout-ms", "300"]);
+    s.sql("gone", "CREATE TABLE t(x)", json!([]));
+    let impatient: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_millis(50)))
+        .build()
+        .into();
+    let cte = r#"{"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"}"#;
+    let (st, _) = serve::post(&impatient, &s.base, "/actors/gone/query", Some(ADMIN), cte);
+    assert_eq!(st, 0, "the client gave up first");
+    // The actor serves again once the abandoned statement is interrupted (the client waits at
+    // most 60 s: without the interrupt it would wait for ever).
+    let out = s.sql("gone", "SELECT count(*) FROM t", json!([]));
+    assert_eq!(out["rows"], json!([[0]]));
+    assert_eq!(
+        s.metrics()["kvsqlite_errors_total{kind=\"timeout\"}"],
+        0.0,
+        "no one was told"
+    );
+}

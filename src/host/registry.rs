@@ -174,24 +174,32 @@ impl Registry {
         let (tx, rx) = oneshot::channel::<InterruptHandle>();
         let me = self.clone();
         let mut task = tokio::task::spawn_blocking(move || me.run_locked(&slot, guard, tx, work));
-        let joined = tokio::select! {
-            r = &mut task => Some(r),
-            handle = rx => {
-                if let Ok(handle) = handle {
-                    tokio::select! {
-                        r = &mut task => Some(r),
-                        _ = tokio::time::sleep(timeout) => { handle.interrupt(); None }
+        // The watchdog is a task of its own: if the client goes away (and this future is
+        // dropped), the statement is still interrupted at the timeout.
+        let watchdog = tokio::spawn(async move {
+            let joined = tokio::select! {
+                r = &mut task => Some(r),
+                handle = rx => {
+                    if let Ok(handle) = handle {
+                        tokio::select! {
+                            r = &mut task => Some(r),
+                            _ = tokio::time::sleep(timeout) => { handle.interrupt(); None }
+                        }
+                    } else {
+                        None
                     }
-                } else {
-                    None
                 }
+            };
+            match joined {
+                Some(r) => r,
+                None => task.await,
             }
-        };
-        let joined = match joined {
-            Some(r) => r,
-            None => task.await,
-        };
-        joined.unwrap_or_else(|e| Err(HostError::Internal(format!("request task failed: {e}"))))
+        });
+        match watchdog.await {
+            Ok(joined) => joined
+                .unwrap_or_else(|e| Err(HostError::Internal(format!("request task failed: {e}")))),
+            Err(e) => Err(HostError::Internal(format!("request task failed: {e}"))),
+        }
     }
 
     fn run_locked(
