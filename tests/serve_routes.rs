@@ -355,3 +355,11 @@ fn a_statement_whose_client_left_is_still_interrupted() {
         "no one was told"
     );
 }
+
+#[test]
+fn migrations_apply_at_the_first_wake() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/migrations");
+    let s = Server::start("memory:", &["--migrations", dir]);
+    let out = s.sql("chat", "SELECT count(*) FROM messages", json!([]));
+    assert_eq!(out["rows"], json!([[200]]));
+}
