@@ -363,3 +363,42 @@ fn migrations_apply_at_the_first_wake() {
     let out = s.sql("chat", "SELECT count(*) FROM messages", json!([]));
     assert_eq!(out["rows"], json!([[200]]));
 }
+
+#[test]
+fn the_inspector_wakes_an_actor_the_host_has_no_document_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kv = format!("redb:{}", dir.path().join("kv.redb").display());
+    let s = Server::start(&kv, &[]);
+    s.sql("kept", "CREATE TABLE t(x)", json!([]));
+    let token = parse(&s.get("/actors/kept/inspector/token", Some(ADMIN)).1)["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let (status, stderr) = s.terminate();
+    assert!(status.success(), "exit {status:?}: {stderr}");
+
+    // A new host has no document for it: the token route reads the store without waking it,
+    // and the metrics route wakes it (one round trip, not new).
+    let s = Server::start(&kv, &[]);
+    let (st, text) = s.get("/actors/kept/inspector/token", Some(ADMIN));
+    assert_eq!(
+        (st, parse(&text)["token"].as_str()),
+        (200, Some(token.as_str()))
+    );
+    assert_eq!(s.metrics()["kvsqlite_wakes_total"], 0.0);
+    assert_eq!(
+        s.get("/actors/kept/inspector/metrics", Some("wrong")).0,
+        401
+    );
+    assert_eq!(
+        s.metrics()["kvsqlite_wakes_total"],
+        0.0,
+        "a wrong token wakes nothing"
+    );
+    let (st, text) = s.get("/actors/kept/inspector/metrics", Some(&token));
+    assert_eq!(st, 200, "{text}");
+    let doc = parse(&text);
+    assert_eq!(doc["startup_is_new"]["value"], 0, "{doc}");
+    assert_eq!(doc["startup_kv_round_trips"]["value"], 1, "{doc}");
+    assert_eq!(s.metrics()["kvsqlite_wakes_total"], 1.0);
+}
