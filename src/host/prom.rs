@@ -80,7 +80,7 @@ pub struct HostMetrics {
     pub sleeps: AtomicU64,
     /// Wakes that failed.
     pub wake_failures: AtomicU64,
-    /// KV round trips of every actor (wakes, queries, sleeps).
+    /// KV round trips of every actor: its wakes and its statements (not the write at sleep).
     pub kv_round_trips: AtomicU64,
     /// Actors awake now (including one being woken).
     pub actors_awake: AtomicU64,
@@ -155,7 +155,7 @@ impl HostMetrics {
         counter(
             &mut out,
             "kvsqlite_kv_round_trips_total",
-            "KV round trips of every actor: wakes, statements, sleeps.",
+            "KV round trips of every actor: wakes and statements (not the write at sleep).",
             &self.kv_round_trips,
         );
         let _ = writeln!(out, "# HELP kvsqlite_errors_total Error responses by kind.");
