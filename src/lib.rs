@@ -13,6 +13,7 @@
 
 pub mod actor;
 pub mod bench;
+pub mod host;
 pub mod kv;
 pub mod metrics;
 pub mod preload;

@@ -11,6 +11,7 @@ mod bench;
 mod bench_startup;
 mod kv;
 mod run;
+mod serve;
 mod slt;
 
 use std::time::Duration;
@@ -132,6 +133,8 @@ enum Command {
     Slt(slt::SltArgs),
     /// Benchmarks.
     Bench(bench::BenchArgs),
+    /// Serve actors over HTTP (query, batch, inspector, Prometheus metrics).
+    Serve(serve::ServeArgs),
 }
 
 /// Logs `tracing` events on standard error, one line per event with its fields as `key=value`,
@@ -155,5 +158,6 @@ pub fn main() -> i32 {
         Command::Kv(args) => kv::run(&cli.global, args),
         Command::Slt(args) => slt::run(&cli.global, args),
         Command::Bench(args) => bench::run(&cli.global, args),
+        Command::Serve(args) => serve::run(&cli.global, args),
     }
 }

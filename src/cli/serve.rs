@@ -1,0 +1,125 @@
+//! `kvsqlite serve`: parses the arguments, opens the store, binds the address and hands over to
+//! the host (`kvsqlite::host`), which does everything else.
+//!
+//! At start it prints `listening on ADDR` (the real port when `--listen` asks for port 0) and,
+//! when `KVSQLITE_ADMIN_TOKEN` is unset or empty, `admin token: TOKEN` (once; it is never
+//! printed again). SIGINT or SIGTERM stop it gracefully: exit 0 once every actor sleeps.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use kvsqlite::actor::{migrations, ActorConfig};
+use kvsqlite::host::{self, HostConfig};
+
+use super::{GlobalArgs, Stop};
+
+/// The environment variable holding the admin token.
+const ADMIN_TOKEN_ENV: &str = "KVSQLITE_ADMIN_TOKEN";
+
+/// Arguments of `kvsqlite serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7420")]
+    listen: String,
+    /// Migrations directory (NNNN_name.sql files) applied at every wake.
+    #[arg(long, value_name = "DIR")]
+    migrations: Option<PathBuf>,
+    /// Put an actor to sleep after this many milliseconds without requests.
+    #[arg(long = "idle-sleep-ms", value_name = "N", default_value_t = 30_000)]
+    idle_sleep_ms: u64,
+    /// Most actors awake at once; past it the least recently used sleeps first.
+    #[arg(long = "max-awake", value_name = "N", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_awake: u64,
+    /// Largest request body in bytes (larger: 413).
+    #[arg(long = "max-body", value_name = "BYTES", default_value_t = 1 << 20)]
+    max_body: usize,
+    /// Interrupt a statement (or a batch) running longer than this (408).
+    #[arg(long = "statement-timeout-ms", value_name = "N", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    statement_timeout_ms: u64,
+}
+
+/// Runs `kvsqlite serve`.
+pub fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
+    super::finish("serve", serve(global, args))
+}
+
+fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
+    let actor = match &args.migrations {
+        Some(dir) => ActorConfig::default().with_migrations(
+            migrations::load_dir(dir).map_err(|e| format!("migrations {}: {e}", dir.display()))?,
+        ),
+        None => ActorConfig::default(),
+    };
+    let store = global.open_store()?;
+    // The store is dropped last, outside the async runtime: the PostgreSQL backend's client
+    // blocks when it closes, which a runtime thread must not do.
+    let store_keep = store.clone();
+    let (admin_token, generated) = match std::env::var(ADMIN_TOKEN_ENV) {
+        Ok(t) if !t.trim().is_empty() => (t.trim().to_string(), false),
+        _ => (host::generate_token(), true),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let outcome = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on {addr}");
+            if generated {
+                let _ = writeln!(out, "admin token: {admin_token}");
+            }
+            let _ = out.flush();
+        }
+        let config = HostConfig {
+            store,
+            actor,
+            admin_token,
+            idle_sleep: Duration::from_millis(args.idle_sleep_ms),
+            max_awake: usize::try_from(args.max_awake).unwrap_or(usize::MAX),
+            max_body: args.max_body,
+            statement_timeout: Duration::from_millis(args.statement_timeout_ms),
+        };
+        host::serve(listener, config, shutdown_signal())
+            .await
+            .map_err(|e| format!("the server failed: {e}"))?;
+        Ok(0)
+    });
+    drop(runtime);
+    drop(store_keep);
+    outcome
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight, then every actor sleeps");
+}

@@ -1,0 +1,197 @@
+//! The host's own metrics, aggregated over every actor, and their Prometheus text exposition
+//! (`GET /metrics`).
+//!
+//! Why it exists: a dashboard scrapes one host, not thousands of actors; per-actor labels
+//! would make the series count grow with the actors. So the host keeps plain counters, fixed
+//! bucket histograms and one gauge, updated by the registry and the routes, and renders them
+//! in the text format version 0.0.4.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// A histogram with fixed upper bounds (cumulative buckets are computed at render time).
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum: Mutex<f64>,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: Mutex::new(0.0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one value.
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        *self.sum.lock() += v;
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cumulative += c.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", *self.sum.lock());
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const ROUND_TRIPS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
+
+/// The error kinds counted in `kvsqlite_errors_total{kind=…}`.
+pub const ERROR_KINDS: &[&str] = &[
+    "bad_request",
+    "unauthorized",
+    "not_found",
+    "too_large",
+    "sql",
+    "timeout",
+    "unavailable",
+    "internal",
+];
+
+/// Every host metric.
+pub struct HostMetrics {
+    /// Actor wakes (including creations).
+    pub wakes: AtomicU64,
+    /// Wakes that created the actor.
+    pub creations: AtomicU64,
+    /// Actor sleeps (idle, LRU, shutdown or after a store failure).
+    pub sleeps: AtomicU64,
+    /// Wakes that failed.
+    pub wake_failures: AtomicU64,
+    /// KV round trips of every actor: its wakes and its statements (not the write at sleep).
+    pub kv_round_trips: AtomicU64,
+    /// Actors awake now (including one being woken).
+    pub actors_awake: AtomicU64,
+    /// KV round trips per wake.
+    pub wake_round_trips: Histogram,
+    /// Wake duration in seconds.
+    pub wake_seconds: Histogram,
+    /// Statement duration in seconds (each statement of a batch counts once).
+    pub query_seconds: Histogram,
+    errors: Vec<AtomicU64>,
+}
+
+impl Default for HostMetrics {
+    fn default() -> Self {
+        HostMetrics {
+            wakes: AtomicU64::new(0),
+            creations: AtomicU64::new(0),
+            sleeps: AtomicU64::new(0),
+            wake_failures: AtomicU64::new(0),
+            kv_round_trips: AtomicU64::new(0),
+            actors_awake: AtomicU64::new(0),
+            wake_round_trips: Histogram::new(ROUND_TRIPS),
+            wake_seconds: Histogram::new(SECONDS),
+            query_seconds: Histogram::new(SECONDS),
+            errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl HostMetrics {
+    /// Counts one error response of `kind` (one of [`ERROR_KINDS`]; others count as internal).
+    pub fn error(&self, kind: &str) {
+        let i = ERROR_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(ERROR_KINDS.len() - 1);
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        };
+        counter(
+            &mut out,
+            "kvsqlite_wakes_total",
+            "Actor wakes, creations included.",
+            &self.wakes,
+        );
+        counter(
+            &mut out,
+            "kvsqlite_creations_total",
+            "Wakes that created a new actor.",
+            &self.creations,
+        );
+        counter(
+            &mut out,
+            "kvsqlite_sleeps_total",
+            "Actor sleeps (idle, least recently used, shutdown, store failure).",
+            &self.sleeps,
+        );
+        counter(
+            &mut out,
+            "kvsqlite_wake_failures_total",
+            "Wakes that failed.",
+            &self.wake_failures,
+        );
+        counter(
+            &mut out,
+            "kvsqlite_kv_round_trips_total",
+            "KV round trips of every actor: wakes and statements (not the write at sleep).",
+            &self.kv_round_trips,
+        );
+        let _ = writeln!(out, "# HELP kvsqlite_errors_total Error responses by kind.");
+        let _ = writeln!(out, "# TYPE kvsqlite_errors_total counter");
+        for (k, v) in ERROR_KINDS.iter().zip(&self.errors) {
+            let _ = writeln!(
+                out,
+                "kvsqlite_errors_total{{kind=\"{k}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kvsqlite_actors_awake Actors awake now (one being woken included)."
+        );
+        let _ = writeln!(out, "# TYPE kvsqlite_actors_awake gauge");
+        let _ = writeln!(
+            out,
+            "kvsqlite_actors_awake {}",
+            self.actors_awake.load(Ordering::Relaxed)
+        );
+        self.wake_round_trips.render(
+            &mut out,
+            "kvsqlite_wake_kv_round_trips",
+            "KV round trips per wake.",
+        );
+        self.wake_seconds.render(
+            &mut out,
+            "kvsqlite_wake_duration_seconds",
+            "Wall time of a wake in seconds.",
+        );
+        self.query_seconds.render(
+            &mut out,
+            "kvsqlite_query_duration_seconds",
+            "Wall time of one SQL statement in seconds.",
+        );
+        out
+    }
+}

@@ -1,0 +1,430 @@
+//! The actors a host holds: one slot per awake actor, woken on demand, put to sleep when idle
+//! or when too many are awake, and all put to sleep at shutdown.
+//!
+//! Why it exists: the routes only say "run this on actor X"; everything about the actor's
+//! lifecycle lives here so that its rules hold whatever the routes do:
+//!
+//! - **One wake for concurrent requests, one request at a time.** Each slot has an async mutex
+//!   (FIFO): the first request to lock a sleeping slot wakes the actor, the others find it
+//!   awake. The SQLite work runs on tokio's blocking pool while the lock is held, so different
+//!   actors run in parallel and no async thread ever waits on SQLite or the store.
+//! - **Bounded memory.** A wake first reserves a place among `max_awake`; when none is free the
+//!   least recently used idle actor is put to sleep. A slot that sleeps is *retired* (removed
+//!   from the map; a request that still held it looks again), so the map holds only awake (or
+//!   waking) actors. The last metrics document of each sleeping actor is kept in a bounded
+//!   cache for the inspector.
+//! - **Statement timeout.** The blocking task hands the connection's interrupt handle to the
+//!   async side just before running statements; when the timeout passes first,
+//!   `sqlite3_interrupt` stops the statement.
+//! - **Store failures.** An actor whose store call failed (or that moved) is put to sleep at
+//!   once; the next request wakes it again, which succeeds once the store is back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rusqlite::InterruptHandle;
+use tokio::sync::{oneshot, OwnedMutexGuard};
+
+use super::prom::HostMetrics;
+use super::HostError;
+use crate::actor::{Actor, ActorConfig, ActorError};
+use crate::kv::{KvError, SharedStore};
+use crate::metrics::MetricsDoc;
+
+/// How long a wake waits for a place among `max_awake` when every awake actor is busy.
+const RESERVE_WAIT: Duration = Duration::from_secs(30);
+
+/// What a slot holds.
+enum SlotState {
+    /// Never woken through this slot yet.
+    Asleep,
+    /// Awake.
+    Awake(Box<Awake>),
+    /// Slept (or failed to wake) and removed from the map: look the id up again.
+    Retired,
+}
+
+struct Awake {
+    actor: Actor,
+    /// The actor's KV round trips already added to the host counter.
+    round_trips_seen: u64,
+}
+
+/// One actor's place in the host.
+struct Slot {
+    id: String,
+    state: Arc<tokio::sync::Mutex<SlotState>>,
+    /// Milliseconds since the registry started, at the last request's end.
+    last_used: AtomicU64,
+    awake: AtomicBool,
+}
+
+/// The last metrics document of sleeping actors (and their inspector tokens), bounded.
+#[derive(Default)]
+struct DocCache {
+    docs: HashMap<String, (String, MetricsDoc, u64)>,
+    order: VecDeque<(String, u64)>,
+    seq: u64,
+}
+
+impl DocCache {
+    fn insert(&mut self, id: String, token: String, doc: MetricsDoc, cap: usize) {
+        self.seq += 1;
+        self.order.push_back((id.clone(), self.seq));
+        self.docs.insert(id, (token, doc, self.seq));
+        while self.docs.len() > cap {
+            let Some((old, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.docs.get(&old).is_some_and(|e| e.2 == seq) {
+                self.docs.remove(&old);
+            }
+        }
+        if self.order.len() > 2 * cap.max(1) {
+            let docs = &self.docs;
+            self.order
+                .retain(|(id, seq)| docs.get(id).is_some_and(|e| e.2 == *seq));
+        }
+    }
+}
+
+/// What a request runs on an awake actor.
+pub type Work = Box<dyn FnOnce(&Actor) -> Result<serde_json::Value, HostError> + Send>;
+
+/// Where the actors live.
+pub struct Registry {
+    store: SharedStore,
+    config: ActorConfig,
+    max_awake: u64,
+    doc_cap: usize,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    docs: Mutex<DocCache>,
+    metrics: Arc<HostMetrics>,
+    started: Instant,
+}
+
+impl Registry {
+    /// A registry on `store`; at most `max_awake` actors are awake at once (at least 1).
+    pub fn new(
+        store: SharedStore,
+        config: ActorConfig,
+        max_awake: usize,
+        metrics: Arc<HostMetrics>,
+    ) -> Self {
+        let max_awake = max_awake.max(1);
+        Registry {
+            store,
+            config,
+            max_awake: max_awake as u64,
+            doc_cap: (max_awake * 16).max(1024),
+            slots: Mutex::new(HashMap::new()),
+            docs: Mutex::new(DocCache::default()),
+            metrics,
+            started: Instant::now(),
+        }
+    }
+
+    /// The store the actors live in.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn slot(&self, id: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock();
+        slots
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    id: id.to_string(),
+                    state: Arc::new(tokio::sync::Mutex::new(SlotState::Asleep)),
+                    last_used: AtomicU64::new(self.now_ms()),
+                    awake: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// Locks the live slot of `id` (creating it), retrying past retired ones.
+    async fn lock(&self, id: &str) -> (Arc<Slot>, OwnedMutexGuard<SlotState>) {
+        loop {
+            let slot = self.slot(id);
+            let guard = slot.state.clone().lock_owned().await;
+            if !matches!(*guard, SlotState::Retired) {
+                return (slot, guard);
+            }
+        }
+    }
+
+    /// Runs `work` on actor `id`, waking it (creating it when new) first. Statements stop with
+    /// [`HostError::Timeout`] once `timeout` has passed since they started.
+    pub async fn run(
+        self: &Arc<Self>,
+        id: &str,
+        timeout: Duration,
+        work: Work,
+    ) -> Result<serde_json::Value, HostError> {
+        let (slot, guard) = self.lock(id).await;
+        let (tx, rx) = oneshot::channel::<InterruptHandle>();
+        let me = self.clone();
+        let mut task = tokio::task::spawn_blocking(move || me.run_locked(&slot, guard, tx, work));
+        // The watchdog is a task of its own: if the client goes away (and this future is
+        // dropped), the statement is still interrupted at the timeout.
+        let watchdog = tokio::spawn(async move {
+            let joined = tokio::select! {
+                r = &mut task => Some(r),
+                handle = rx => {
+                    if let Ok(handle) = handle {
+                        tokio::select! {
+                            r = &mut task => Some(r),
+                            _ = tokio::time::sleep(timeout) => { handle.interrupt(); None }
+                        }
+                    } else {
+                        None
+                    }
+                }
+            };
+            match joined {
+                Some(r) => r,
+                None => task.await,
+            }
+        });
+        match watchdog.await {
+            Ok(joined) => joined
+                .unwrap_or_else(|e| Err(HostError::Internal(format!("request task failed: {e}")))),
+            Err(e) => Err(HostError::Internal(format!("request task failed: {e}"))),
+        }
+    }
+
+    fn run_locked(
+        &self,
+        slot: &Arc<Slot>,
+        mut guard: OwnedMutexGuard<SlotState>,
+        tx: oneshot::Sender<InterruptHandle>,
+        work: Work,
+    ) -> Result<serde_json::Value, HostError> {
+        if let Err(e) = self.ensure_awake(slot, &mut guard) {
+            self.retire(slot, &mut guard);
+            return Err(e);
+        }
+        let SlotState::Awake(awake) = &mut *guard else {
+            return Err(HostError::Internal("the actor is not awake".into()));
+        };
+        let _ = tx.send(awake.actor.db().get_interrupt_handle());
+        let result = work(&awake.actor);
+        let rt = awake.actor.kv_round_trips();
+        self.metrics
+            .kv_round_trips
+            .fetch_add(rt.saturating_sub(awake.round_trips_seen), Ordering::Relaxed);
+        awake.round_trips_seen = rt;
+        slot.last_used.store(self.now_ms(), Ordering::Relaxed);
+        if matches!(result, Err(HostError::Unavailable(_))) {
+            // The store failed under the actor (or another instance wrote): wake it afresh next
+            // time rather than trust its cache.
+            self.sleep_locked(slot, &mut guard);
+        }
+        result
+    }
+
+    fn ensure_awake(&self, slot: &Arc<Slot>, state: &mut SlotState) -> Result<(), HostError> {
+        if matches!(state, SlotState::Awake(_)) {
+            return Ok(());
+        }
+        self.reserve(slot)?;
+        let t = Instant::now();
+        match Actor::start(self.store.clone(), &slot.id, &self.config) {
+            Ok(actor) => {
+                let m = &self.metrics;
+                m.wakes.fetch_add(1, Ordering::Relaxed);
+                if actor.startup().is_new {
+                    m.creations.fetch_add(1, Ordering::Relaxed);
+                }
+                m.wake_seconds.observe(t.elapsed().as_secs_f64());
+                m.wake_round_trips
+                    .observe(actor.startup().kv_round_trips as f64);
+                let rt = actor.kv_round_trips();
+                m.kv_round_trips.fetch_add(rt, Ordering::Relaxed);
+                slot.awake.store(true, Ordering::Relaxed);
+                *state = SlotState::Awake(Box::new(Awake {
+                    actor,
+                    round_trips_seen: rt,
+                }));
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics.actors_awake.fetch_sub(1, Ordering::Relaxed);
+                self.metrics.wake_failures.fetch_add(1, Ordering::Relaxed);
+                Err(wake_error(e))
+            }
+        }
+    }
+
+    /// Takes a place among `max_awake`, putting the least recently used idle actor to sleep
+    /// when none is free.
+    fn reserve(&self, me: &Arc<Slot>) -> Result<(), HostError> {
+        let deadline = Instant::now() + RESERVE_WAIT;
+        let awake = &self.metrics.actors_awake;
+        loop {
+            let cur = awake.load(Ordering::Acquire);
+            if cur < self.max_awake {
+                if awake
+                    .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !self.evict_one(me) {
+                if Instant::now() > deadline {
+                    return Err(HostError::Unavailable(
+                        "the host is busy: every awake actor is handling a request".into(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// Puts the least recently used awake actor that is not busy to sleep; false if none.
+    fn evict_one(&self, me: &Arc<Slot>) -> bool {
+        let mut candidates: Vec<(u64, Arc<Slot>)> = self
+            .slots
+            .lock()
+            .values()
+            .filter(|s| !Arc::ptr_eq(s, me) && s.awake.load(Ordering::Relaxed))
+            .map(|s| (s.last_used.load(Ordering::Relaxed), s.clone()))
+            .collect();
+        candidates.sort_by_key(|(t, _)| *t);
+        for (_, slot) in candidates {
+            if let Ok(mut guard) = slot.state.clone().try_lock_owned() {
+                if matches!(*guard, SlotState::Awake(_)) {
+                    self.sleep_locked(&slot, &mut guard);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Puts the actor of a locked slot to sleep (keeping its last document) and retires the
+    /// slot.
+    fn sleep_locked(&self, slot: &Arc<Slot>, state: &mut SlotState) {
+        if let SlotState::Awake(awake) = std::mem::replace(state, SlotState::Retired) {
+            let Awake {
+                actor,
+                round_trips_seen,
+            } = *awake;
+            let doc = actor.metrics();
+            let token = actor.inspector_token().to_string();
+            self.docs
+                .lock()
+                .insert(slot.id.clone(), token, doc, self.doc_cap);
+            let rt = actor.kv_round_trips();
+            self.metrics
+                .kv_round_trips
+                .fetch_add(rt.saturating_sub(round_trips_seen), Ordering::Relaxed);
+            if let Err(e) = actor.sleep() {
+                tracing::warn!(actor = %slot.id, "actor sleep failed: {e}");
+            }
+            slot.awake.store(false, Ordering::Relaxed);
+            self.metrics.actors_awake.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.sleeps.fetch_add(1, Ordering::Relaxed);
+        }
+        self.retire(slot, state);
+    }
+
+    fn retire(&self, slot: &Arc<Slot>, state: &mut SlotState) {
+        *state = SlotState::Retired;
+        let mut slots = self.slots.lock();
+        if slots.get(&slot.id).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&slot.id);
+        }
+    }
+
+    /// The inspector's view of an actor that is awake here or whose last document is kept:
+    /// `(token, document)`, without waking anything. `None` when the host has neither.
+    pub async fn known_doc(&self, id: &str) -> Option<(String, MetricsDoc)> {
+        let slot = self.slots.lock().get(id).cloned();
+        if let Some(slot) = slot {
+            let guard = slot.state.lock().await;
+            if let SlotState::Awake(a) = &*guard {
+                return Some((a.actor.inspector_token().to_string(), a.actor.metrics()));
+            }
+        }
+        self.docs
+            .lock()
+            .docs
+            .get(id)
+            .map(|(t, d, _)| (t.clone(), d.clone()))
+    }
+
+    /// Puts actors idle for longer than `idle` to sleep (those busy are left for later).
+    pub async fn sleep_idle(self: &Arc<Self>, idle: Duration) {
+        let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
+        let idle_slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .values()
+            .filter(|s| {
+                s.awake.load(Ordering::Relaxed) && s.last_used.load(Ordering::Relaxed) <= cutoff
+            })
+            .cloned()
+            .collect();
+        for slot in idle_slots {
+            if let Ok(mut guard) = slot.state.clone().try_lock_owned() {
+                if slot.last_used.load(Ordering::Relaxed) <= cutoff {
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || me.sleep_locked(&slot, &mut guard))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Puts every actor to sleep, waiting for requests in flight on them.
+    pub async fn sleep_all(self: &Arc<Self>) {
+        let all: Vec<Arc<Slot>> = self.slots.lock().values().cloned().collect();
+        for slot in all {
+            let mut guard = slot.state.clone().lock_owned().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.sleep_locked(&slot, &mut guard)).await;
+        }
+    }
+
+    /// Actors awake now.
+    pub fn awake_count(&self) -> u64 {
+        self.metrics.actors_awake.load(Ordering::Relaxed)
+    }
+}
+
+/// True for store errors that mean "the store is not answering" (503).
+pub fn kv_unavailable(e: &KvError) -> bool {
+    matches!(
+        e,
+        KvError::Unavailable { .. }
+            | KvError::Locked { .. }
+            | KvError::Crashed
+            | KvError::InjectedFault { .. }
+    )
+}
+
+fn wake_error(e: ActorError) -> HostError {
+    match e {
+        ActorError::InvalidActor(e) => HostError::BadRequest(e.to_string()),
+        ActorError::Kv(k) if kv_unavailable(&k) => HostError::Unavailable(k.to_string()),
+        e @ (ActorError::Moved | ActorError::AlreadyRunning { .. }) => {
+            HostError::Unavailable(format!("{e}; retry"))
+        }
+        e @ (ActorError::Open(_) | ActorError::Vfs(_) | ActorError::Sqlite(_)) => {
+            HostError::Unavailable(format!("cannot wake the actor: {e}"))
+        }
+        e => HostError::Internal(format!("cannot wake the actor: {e}")),
+    }
+}
