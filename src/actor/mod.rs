@@ -330,6 +330,8 @@ pub struct Actor {
     hints: bool,
     max_hint_pages: usize,
     startup_pages: Vec<u32>,
+    /// Pages whose startup copies the wake found (deleted at sleep when no longer wanted).
+    old_copies: Vec<u32>,
     preload_budget: usize,
     _running: RunningEntry,
 }
@@ -479,21 +481,25 @@ impl Actor {
             return Err(ActorError::Moved);
         }
         let mut entries = Vec::new();
+        let mut deletes = Vec::new();
         if self.state_dirty {
             entries.push((records::state_key(), self.state.clone()));
         }
         if self.hints {
-            entries.extend(startup::sleep_hints(
+            let (e, d) = startup::sleep_hints(
                 db,
                 &self.startup_pages,
+                &self.old_copies,
                 self.preload_budget,
                 self.max_hint_pages,
-            ));
+            );
+            entries.extend(e);
+            deletes = d;
         }
-        if entries.is_empty() {
+        if entries.is_empty() && deletes.is_empty() {
             return Ok(());
         }
-        db.write_entries(entries, Vec::new())?;
+        db.write_entries(entries, deletes)?;
         self.state_dirty = false;
         Ok(())
     }

@@ -328,6 +328,8 @@ fn hex(b: &[u8]) -> String {
 
 /// What the wake batch answered, beyond the preload.
 struct Wake {
+    /// Pages whose startup copies the wake found in the store.
+    copies: Vec<u32>,
     state: Option<Value>,
     token: Option<Value>,
     fence: Option<Value>,
@@ -410,6 +412,14 @@ fn read_wake(
     Ok((
         preload,
         Wake {
+            copies: match &results[OP_COPIES] {
+                ReadResult::List(page) => page
+                    .entries
+                    .iter()
+                    .filter_map(|(k, _)| records::parse_startup_copy_key(k))
+                    .collect(),
+                ReadResult::Get(_) => Vec::new(),
+            },
             state: state.clone(),
             token: token.clone(),
             fence: fence.clone(),
@@ -598,6 +608,7 @@ pub(super) fn start(
         hints: config.hints,
         max_hint_pages: config.max_hint_pages,
         startup_pages,
+        old_copies: wake.copies,
         preload_budget: config.preload_budget,
         _running: running,
     })
@@ -658,17 +669,19 @@ fn spawn_prefetch(
     p
 }
 
-/// The entries `sleep()` writes: the hints record and copies of the startup pages the next
-/// wake's listing may not reach (pages past the preload budget, or living under a stage key),
-/// within one write's limits; stale copies are overwritten or left unreferenced.
+/// What `sleep()` writes: the hints record and copies of the startup pages the next wake's
+/// listing may not reach (pages past the preload budget, or living under a stage key), within
+/// one write's limits; and the copies the wake found (`old_copies`) that are no longer wanted,
+/// to delete in the same write.
 pub(super) fn sleep_hints(
     db: &Database,
     startup_pages: &[u32],
+    old_copies: &[u32],
     budget: usize,
     max_hint_pages: usize,
-) -> Vec<(Key, Value)> {
+) -> (Vec<(Key, Value)>, Vec<Key>) {
     let Some(fence) = db.next_fence_record() else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut hot = db.recent_reads();
     hot.truncate(max_hint_pages);
@@ -695,13 +708,18 @@ pub(super) fn sleep_hints(
             entries.push((records::startup_copy_key(idx), page));
         }
     }
+    let deletes = old_copies
+        .iter()
+        .filter(|i| !startup.contains(i))
+        .map(|&i| records::startup_copy_key(i))
+        .collect();
     let hints = Hints {
         fence,
         startup,
         hot,
     };
     entries.push((records::hints_key(), hints.encode()));
-    entries
+    (entries, deletes)
 }
 
 /// The pages a wake's startup reads, found by doing what it does on a second connection whose
