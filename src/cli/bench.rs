@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use kvsqlite::bench::actors::{self, ActorsConfig, ActorsReport, RunResult, StopAfter};
+use kvsqlite::bench::speedtest;
 use kvsqlite::vfs::{open_database, OpenOptions};
 
 use std::io::{IsTerminal, Write};
@@ -59,6 +60,19 @@ enum BenchCommand {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         commits: Option<u64>,
         /// Print one JSON object (fields in the README) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A speedtest1 script replayed through kvsqlite and stock SQLite (rollback journal, WAL,
+    /// in memory), alternating: medians per test and speed ratios (see
+    /// `kvsqlite::bench::speedtest`).
+    Speedtest {
+        /// The script (`speedtest1 --script` output, `-- begin test N` markers).
+        file: std::path::PathBuf,
+        /// Runs of each of the four replays; medians are reported.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
+        /// Print `{"tests": [...], "total": {...}}` (fields in the README) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -112,6 +126,10 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             };
             super::finish("bench actors", bench_actors(global, &config, json))
         }
+        BenchCommand::Speedtest { file, runs, json } => super::finish(
+            "bench speedtest",
+            bench_speedtest(global, &file, runs as usize, json),
+        ),
     }
 }
 
@@ -134,6 +152,40 @@ fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Resul
         writeln!(out, "{}", report.to_json()).map_err(output_error)?;
     } else {
         write!(out, "{}", actors_table(&report)).map_err(output_error)?;
+    }
+    Ok(0)
+}
+
+fn bench_speedtest(
+    global: &GlobalArgs,
+    file: &std::path::Path,
+    runs: usize,
+    json: bool,
+) -> Result<i32, Stop> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let script = speedtest::parse_script(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let store = global.open_store()?;
+    let config = speedtest::SpeedtestConfig {
+        runs,
+        ..Default::default()
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let progress = |done: usize, all: usize, what: &str| {
+        if terminal {
+            super::slt::draw_progress(done, all, what);
+        }
+    };
+    let outcome = speedtest::run(&store, &script, &config, &progress);
+    if terminal {
+        super::slt::clear_progress();
+    }
+    let report = outcome?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
+    } else {
+        write!(out, "{}", report.to_table()).map_err(output_error)?;
     }
     Ok(0)
 }
