@@ -567,3 +567,41 @@ fn new_actor_with_preload_costs_one_read_and_one_write_in_total() {
         vec![Some(b"v1".to_vec())]
     );
 }
+
+#[test]
+fn batch_atomic_off_journals_every_transaction_and_the_data_survives_a_reopen() {
+    let s = store();
+    let opts = OpenOptions {
+        batch_atomic: false,
+        ..OpenOptions::default()
+    };
+    {
+        let db = open_database(s.clone(), "nj", &opts).unwrap();
+        db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        db.execute("INSERT INTO t(v) VALUES ('warm')", []).unwrap();
+        let before = Meter::start(&db);
+        db.execute_batch("BEGIN").unwrap();
+        for i in 0..10 {
+            db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+                .unwrap();
+        }
+        db.execute_batch("COMMIT").unwrap();
+        let d = before.stop(&db);
+        // Journal written, synced, main pages written, journal deleted: never the one put.
+        assert_eq!(d.atomic_commits, 0, "{d:?}");
+        assert_eq!(d.journal_fallbacks, 1, "{d:?}");
+        assert!(d.kv_round_trips > 1, "{d:?}");
+        assert_integrity(&db);
+    }
+    // Reopened with the default (batch-atomic on): same rows, and commits are one put again.
+    let db = open_database(s, "nj", &OpenOptions::default()).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 11);
+    let before = Meter::start(&db);
+    db.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    let d = before.stop(&db);
+    assert_eq!((d.kv_round_trips, d.atomic_commits), (1, 1), "{d:?}");
+}
