@@ -65,6 +65,22 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cold sequential scans and random point lookups, with and without read-ahead (see
+    /// `kvsqlite::bench::scan`).
+    Scan {
+        /// Pages of the table (about; rows of 1,000 bytes, four to a page).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        pages: u64,
+        /// Random point lookups per pass.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+        lookups: u64,
+        /// Seed of the random ids.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object (fields in the README) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// A speedtest1 script replayed through kvsqlite and stock SQLite (rollback journal, WAL,
     /// in memory), alternating: medians per test and speed ratios (see
     /// `kvsqlite::bench::speedtest`).
@@ -132,6 +148,12 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             };
             super::finish("bench actors", bench_actors(global, &config, json))
         }
+        BenchCommand::Scan {
+            pages,
+            lookups,
+            seed,
+            json,
+        } => super::finish("bench scan", bench_scan(global, pages, lookups, seed, json)),
         BenchCommand::Speedtest { file, runs, json } => super::finish(
             "bench speedtest",
             bench_speedtest(global, &file, runs as usize, json),
@@ -158,6 +180,24 @@ fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Resul
         writeln!(out, "{}", report.to_json()).map_err(output_error)?;
     } else {
         write!(out, "{}", actors_table(&report)).map_err(output_error)?;
+    }
+    Ok(0)
+}
+
+fn bench_scan(
+    global: &GlobalArgs,
+    pages: u64,
+    lookups: u64,
+    seed: u64,
+    json: bool,
+) -> Result<i32, Stop> {
+    let store = global.open_store()?;
+    let report = kvsqlite::bench::scan::run(&store, pages, lookups, seed)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
+    } else {
+        write!(out, "{}", report.to_table()).map_err(output_error)?;
     }
     Ok(0)
 }
