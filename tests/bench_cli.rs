@@ -87,3 +87,46 @@ fn scan_json_has_both_modes_and_every_field() {
     let out = kvsqlite(&["--kv", "memory:", "bench", "scan", "--pages", "0"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn startup_sweep_json_has_a_point_per_size_and_rtt() {
+    let v = json_of(&[
+        "--kv", "memory:", "bench", "startup", "--sweep", "--db-kb", "8,16", "--rtts", "0,1",
+        "--json",
+    ]);
+    let points = v["sweep"].as_array().unwrap();
+    let grid: Vec<(u64, f64)> = points
+        .iter()
+        .map(|p| (p["db_kb"].as_u64().unwrap(), p["rtt_ms"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(grid, [(8, 0.0), (8, 1.0), (16, 0.0), (16, 1.0)]);
+    for p in points {
+        for start in ["existing", "new", "naive_existing"] {
+            assert!(p[start]["wall_ms"].is_number(), "{start}: {p}");
+            assert!(p[start]["phases_ms"].is_object(), "{start}: {p}");
+        }
+        assert_eq!(p["existing"]["kv_round_trips"], 1, "{p}");
+        assert_eq!(p["new"]["kv_round_trips"], 2, "{p}");
+        assert_eq!(
+            p["existing_wall_per_rtt"].is_null(),
+            p["rtt_ms"] == 0.0,
+            "{p}"
+        );
+    }
+    // Without --sweep the output keeps its shape; several sizes need --sweep; --rtt conflicts.
+    let v = json_of(&[
+        "--kv", "memory:", "bench", "startup", "--db-kb", "8", "--json",
+    ]);
+    assert!(v.get("sweep").is_none() && v["existing"].is_object(), "{v}");
+    for bad in [
+        &["bench", "startup", "--db-kb", "8,16"][..],
+        &["--rtt", "1", "bench", "startup", "--sweep", "--db-kb", "8"][..],
+        &["bench", "startup", "--rtts", "1"][..],
+        &["bench", "startup", "--sweep", "--rtts", "-1"][..],
+    ] {
+        let mut args = vec!["--kv", "memory:"];
+        args.extend_from_slice(bad);
+        let out = kvsqlite(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+}
