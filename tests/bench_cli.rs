@@ -2,29 +2,10 @@
 //! and carries every documented field, the table prints, bad options exit 2. No test asserts a
 //! time.
 
-use std::process::{Command, Output};
+#[path = "common/cli.rs"]
+mod cli;
 
-use serde_json::Value;
-
-fn kvsqlite(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
-        .args(args)
-        .env_remove("KVSQLITE_KV")
-        .output()
-        .unwrap()
-}
-
-fn json_of(args: &[&str]) -> Value {
-    let out = kvsqlite(args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().count(), 1, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
+use cli::{json_of, kvsqlite};
 
 const MEASURE: [&str; 8] = [
     "kv_round_trips",

@@ -3,18 +3,13 @@
 //! documented field per test and in total; a replay whose final database differs from stock
 //! SQLite's is an error (exit 2). No test asserts a time.
 
+#[path = "common/cli.rs"]
+mod cli;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
+use cli::{json_of, kvsqlite};
 use serde_json::Value;
-
-fn kvsqlite(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
-        .args(args)
-        .env_remove("KVSQLITE_KV")
-        .output()
-        .unwrap()
-}
 
 /// A speedtest1-shaped script: a preamble, transactions, selects, an index, VACUUM, ALTER.
 fn tiny_script() -> String {
@@ -54,7 +49,7 @@ const TEST_FIELDS: [&str; 10] = [
 ];
 
 fn run_json(url: &str, script: &Path, runs: &str) -> Value {
-    let out = kvsqlite(&[
+    json_of(&[
         "--kv",
         url,
         "bench",
@@ -63,15 +58,7 @@ fn run_json(url: &str, script: &Path, runs: &str) -> Value {
         "--runs",
         runs,
         "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(text.lines().count(), 1, "{text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    ])
 }
 
 /// Checks the document's shape; returns the total round trips.

@@ -164,22 +164,40 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
 fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Result<i32, Stop> {
     let (run, baseline) =
         actors::targets(&global.url(), kvsqlite::kv::KvLimits::default(), global.rtt)?;
+    let report = with_progress(|draw| {
+        let progress = |mode: &str, done: f64| draw((done * 100.0) as usize, 100, mode);
+        actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress)
+    })?;
+    print_report(json, report.to_json(), || actors_table(&report))
+}
+
+/// Runs `f` with a progress-bar drawer (drawing on standard error only when it is a
+/// terminal), then erases the bar.
+pub(super) fn with_progress<T>(f: impl FnOnce(&dyn Fn(usize, usize, &str)) -> T) -> T {
     let terminal = std::io::stderr().is_terminal();
-    let progress = |mode: &str, done: f64| {
+    let draw = |done: usize, all: usize, what: &str| {
         if terminal {
-            super::slt::draw_progress((done * 100.0) as usize, 100, mode);
+            super::slt::draw_progress(done, all, what);
         }
     };
-    let outcome = actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress);
+    let out = f(&draw);
     if terminal {
         super::slt::clear_progress();
     }
-    let report = outcome?;
+    out
+}
+
+/// Prints a report: its JSON with `--json`, else its table; exit code 0.
+pub(super) fn print_report(
+    json: bool,
+    doc: impl std::fmt::Display,
+    table: impl FnOnce() -> String,
+) -> Result<i32, Stop> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
+        writeln!(out, "{doc}").map_err(output_error)?;
     } else {
-        write!(out, "{}", actors_table(&report)).map_err(output_error)?;
+        write!(out, "{}", table()).map_err(output_error)?;
     }
     Ok(0)
 }
@@ -193,13 +211,7 @@ fn bench_scan(
 ) -> Result<i32, Stop> {
     let store = global.open_store()?;
     let report = kvsqlite::bench::scan::run(&store, pages, lookups, seed)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
-    } else {
-        write!(out, "{}", report.to_table()).map_err(output_error)?;
-    }
-    Ok(0)
+    print_report(json, report.to_json(), || report.to_table())
 }
 
 fn bench_speedtest(
@@ -216,24 +228,8 @@ fn bench_speedtest(
         runs,
         ..Default::default()
     };
-    let terminal = std::io::stderr().is_terminal();
-    let progress = |done: usize, all: usize, what: &str| {
-        if terminal {
-            super::slt::draw_progress(done, all, what);
-        }
-    };
-    let outcome = speedtest::run(&store, &script, &config, &progress);
-    if terminal {
-        super::slt::clear_progress();
-    }
-    let report = outcome?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
-    } else {
-        write!(out, "{}", report.to_table()).map_err(output_error)?;
-    }
-    Ok(0)
+    let report = with_progress(|draw| speedtest::run(&store, &script, &config, draw))?;
+    print_report(json, report.to_json(), || report.to_table())
 }
 
 /// The readable form of `bench actors`.

@@ -5,7 +5,7 @@
 //! Exit codes: 0 when the benchmark ran, 2 when it could not (store unreachable, an error while
 //! running; one line on standard error).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use clap::Args;
 use kvsqlite::bench::startup::{self, StartMeasure};
@@ -101,17 +101,7 @@ fn bench_sweep(global: &GlobalArgs, args: &StartupArgs) -> Result<i32, Stop> {
     let store =
         kvsqlite::kv::url::open_store(&global.url(), kvsqlite::kv::KvLimits::default(), None)
             .map_err(|e| e.to_string())?;
-    let terminal = std::io::stderr().is_terminal();
-    let progress = |done: usize, all: usize, what: &str| {
-        if terminal {
-            super::slt::draw_progress(done, all, what);
-        }
-    };
-    let outcome = startup::sweep(&store, &sizes, &rtts, &progress);
-    if terminal {
-        super::slt::clear_progress();
-    }
-    let points = outcome?;
+    let points = super::bench::with_progress(|draw| startup::sweep(&store, &sizes, &rtts, draw))?;
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
