@@ -1,6 +1,6 @@
-//! `kvsqlite bench scan` and `kvsqlite bench startup --sweep` with tiny sizes: the JSON parses
-//! and carries every documented field, the table prints, bad options exit 2. No test asserts a
-//! time.
+//! `kvsqlite bench scan` and `kvsqlite bench startup --sweep [--chart]` with tiny sizes: the JSON
+//! parses and carries every documented field, the table prints, the chart is SVG, bad options
+//! exit 2. No test asserts a time.
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -94,6 +94,17 @@ fn startup_sweep_json_has_a_point_per_size_and_rtt() {
             "{p}"
         );
     }
+    // --chart writes an SVG of the same sweep.
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("wake.svg");
+    let svg_arg = svg.to_str().unwrap();
+    let v = json_of(&[
+        "--kv", "memory:", "bench", "startup", "--sweep", "--db-kb", "8", "--rtts", "0,1",
+        "--chart", svg_arg, "--json",
+    ]);
+    assert_eq!(v["sweep"].as_array().unwrap().len(), 2);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("kvsqlite wake, 8 KiB"));
     // Without --sweep the output keeps its shape; several sizes need --sweep; --rtt conflicts.
     let v = json_of(&[
         "--kv", "memory:", "bench", "startup", "--db-kb", "8", "--json",
@@ -104,6 +115,7 @@ fn startup_sweep_json_has_a_point_per_size_and_rtt() {
         &["--rtt", "1", "bench", "startup", "--sweep", "--db-kb", "8"][..],
         &["bench", "startup", "--rtts", "1"][..],
         &["bench", "startup", "--sweep", "--rtts", "-1"][..],
+        &["bench", "startup", "--chart", "x.svg"][..],
     ] {
         let mut args = vec!["--kv", "memory:"];
         args.extend_from_slice(bad);

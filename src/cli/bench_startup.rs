@@ -25,6 +25,9 @@ pub struct StartupArgs {
     /// The simulated RTTs of --sweep, comma-separated milliseconds [default: 0,1,5,10,20].
     #[arg(long, value_name = "MS,…", value_delimiter = ',', requires = "sweep")]
     rtts: Vec<f64>,
+    /// With --sweep, also write an SVG chart of wake time against RTT to this file.
+    #[arg(long, value_name = "FILE", requires = "sweep")]
+    chart: Option<std::path::PathBuf>,
     /// Print `{"existing": {...}, "new": {...}, "naive_existing": {...}}` instead of a table.
     #[arg(long)]
     json: bool,
@@ -102,6 +105,10 @@ fn bench_sweep(global: &GlobalArgs, args: &StartupArgs) -> Result<i32, Stop> {
         kvsqlite::kv::url::open_store(&global.url(), kvsqlite::kv::KvLimits::default(), None)
             .map_err(|e| e.to_string())?;
     let points = super::bench::with_progress(|draw| startup::sweep(&store, &sizes, &rtts, draw))?;
+    if let Some(path) = &args.chart {
+        let svg = kvsqlite::bench::chart::wake_vs_rtt_svg(&points)?;
+        std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
