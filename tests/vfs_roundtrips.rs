@@ -75,6 +75,16 @@ impl Meter {
     }
 }
 
+/// One transaction of ten 1-row `INSERT`s into `t(id, v)`.
+fn insert_ten_rows(db: &rusqlite::Connection) {
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..10 {
+        db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+}
+
 #[test]
 fn warm_ten_row_insert_is_one_put_and_no_get() {
     let s = store();
@@ -83,12 +93,7 @@ fn warm_ten_row_insert_is_one_put_and_no_get() {
         .unwrap();
     db.execute("INSERT INTO t(v) VALUES ('warm')", []).unwrap();
     let before = Meter::start(&db);
-    db.execute_batch("BEGIN").unwrap();
-    for i in 0..10 {
-        db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
-            .unwrap();
-    }
-    db.execute_batch("COMMIT").unwrap();
+    insert_ten_rows(&db);
     let d = before.stop(&db);
     assert_eq!(d.kv_round_trips, 1, "{d:?}");
     assert_eq!(d.kv_writes, 1);
@@ -581,12 +586,7 @@ fn batch_atomic_off_journals_every_transaction_and_the_data_survives_a_reopen() 
             .unwrap();
         db.execute("INSERT INTO t(v) VALUES ('warm')", []).unwrap();
         let before = Meter::start(&db);
-        db.execute_batch("BEGIN").unwrap();
-        for i in 0..10 {
-            db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
-                .unwrap();
-        }
-        db.execute_batch("COMMIT").unwrap();
+        insert_ten_rows(&db);
         let d = before.stop(&db);
         // Journal written, synced, main pages written, journal deleted: never the one put.
         assert_eq!(d.atomic_commits, 0, "{d:?}");
