@@ -89,6 +89,17 @@ fn bench_commit_prints_round_trips_as_json() {
     for i in [4, 5] {
         assert_eq!(rts[i], (pages[i] + 1).div_ceil(128), "{}", objects[i]);
     }
+    // The journaled baseline (batch-atomic off) rides on the same rows: never cheaper, and
+    // a small transaction costs more than the one put (journal, pages, journal deleted).
+    let journal: Vec<u64> = objects
+        .iter()
+        .map(|o| field(o, "journal_kv_round_trips"))
+        .collect();
+    for (i, o) in objects.iter().enumerate() {
+        assert!(o.contains("\"journal_wall_ms\":"), "{o}");
+        assert!(journal[i] >= rts[i], "{o}");
+    }
+    assert!(journal[0] > 1 && journal[6] > 1, "{text}");
 }
 
 /// Runs `bench actors ARGS --json` on `url` and parses its output.

@@ -75,6 +75,16 @@ impl Meter {
     }
 }
 
+/// One transaction of ten 1-row `INSERT`s into `t(id, v)`.
+fn insert_ten_rows(db: &rusqlite::Connection) {
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..10 {
+        db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+}
+
 #[test]
 fn warm_ten_row_insert_is_one_put_and_no_get() {
     let s = store();
@@ -83,12 +93,7 @@ fn warm_ten_row_insert_is_one_put_and_no_get() {
         .unwrap();
     db.execute("INSERT INTO t(v) VALUES ('warm')", []).unwrap();
     let before = Meter::start(&db);
-    db.execute_batch("BEGIN").unwrap();
-    for i in 0..10 {
-        db.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
-            .unwrap();
-    }
-    db.execute_batch("COMMIT").unwrap();
+    insert_ten_rows(&db);
     let d = before.stop(&db);
     assert_eq!(d.kv_round_trips, 1, "{d:?}");
     assert_eq!(d.kv_writes, 1);
@@ -566,4 +571,37 @@ fn new_actor_with_preload_costs_one_read_and_one_write_in_total() {
         m.get("newbie", &[b"actor-state".to_vec()]).unwrap(),
         vec![Some(b"v1".to_vec())]
     );
+}
+
+#[test]
+fn batch_atomic_off_journals_every_transaction_and_the_data_survives_a_reopen() {
+    let s = store();
+    let opts = OpenOptions {
+        batch_atomic: false,
+        ..OpenOptions::default()
+    };
+    {
+        let db = open_database(s.clone(), "nj", &opts).unwrap();
+        db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
+            .unwrap();
+        db.execute("INSERT INTO t(v) VALUES ('warm')", []).unwrap();
+        let before = Meter::start(&db);
+        insert_ten_rows(&db);
+        let d = before.stop(&db);
+        // Journal written, synced, main pages written, journal deleted: never the one put.
+        assert_eq!(d.atomic_commits, 0, "{d:?}");
+        assert_eq!(d.journal_fallbacks, 1, "{d:?}");
+        assert!(d.kv_round_trips > 1, "{d:?}");
+        assert_integrity(&db);
+    }
+    // Reopened with the default (batch-atomic on): same rows, and commits are one put again.
+    let db = open_database(s, "nj", &OpenOptions::default()).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 11);
+    let before = Meter::start(&db);
+    db.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    let d = before.stop(&db);
+    assert_eq!((d.kv_round_trips, d.atomic_commits), (1, 1), "{d:?}");
 }

@@ -18,6 +18,9 @@
 //!   counted by a [`CountingStore`] around the store.
 //!
 //! Both actors are deleted from the store afterwards (also when a step failed).
+//!
+//! [`sweep`] repeats all of it over database sizes and simulated RTTs (a latency wrapper), for
+//! wake time against RTT.
 
 use std::time::Instant;
 
@@ -137,6 +140,75 @@ pub fn run(store: SharedStore, db_kib: u64) -> Result<StartupBench, String> {
     }
     let out = result?;
     cleanup.map_err(|e| format!("benchmark ran, but {e}"))?;
+    Ok(out)
+}
+
+/// The RTTs of a sweep when none are given, in milliseconds.
+pub const SWEEP_RTTS_MS: [f64; 5] = [0.0, 1.0, 5.0, 10.0, 20.0];
+
+/// The database sizes of a sweep when none are given, in KiB.
+pub const SWEEP_DB_KIB: [u64; 3] = [64, 256, 1024];
+
+/// One point of a sweep: a database size, an RTT, and the three starts measured there.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepPoint {
+    /// KiB of extra data in the existing actor.
+    pub db_kib: u64,
+    /// The simulated round-trip time, in milliseconds.
+    pub rtt_ms: f64,
+    /// The starts.
+    pub bench: StartupBench,
+}
+
+impl SweepPoint {
+    /// `{"db_kb", "rtt_ms", "existing", "new", "naive_existing", "existing_wall_per_rtt"}`
+    /// (the last is `null` at 0 ms).
+    pub fn to_json(&self) -> Value {
+        let mut v = self.bench.to_json();
+        v["db_kb"] = json!(self.db_kib);
+        v["rtt_ms"] = json!(self.rtt_ms);
+        v["existing_wall_per_rtt"] = if self.rtt_ms > 0.0 {
+            json!(round3(self.bench.existing.wall_ms / self.rtt_ms))
+        } else {
+            Value::Null
+        };
+        v
+    }
+}
+
+/// Runs [`run`] at every database size of `sizes_kib` and every RTT of `rtts_ms` (a latency
+/// wrapper around `store`, which should have none of its own). `progress` is called with
+/// (points done, points in all, the point about to run).
+pub fn sweep(
+    store: &SharedStore,
+    sizes_kib: &[u64],
+    rtts_ms: &[f64],
+    progress: &dyn Fn(usize, usize, &str),
+) -> Result<Vec<SweepPoint>, String> {
+    let all = sizes_kib.len() * rtts_ms.len();
+    let mut out = Vec::with_capacity(all);
+    for &db_kib in sizes_kib {
+        for &rtt_ms in rtts_ms {
+            if !(rtt_ms.is_finite() && rtt_ms >= 0.0) {
+                return Err(format!("RTT {rtt_ms} ms is not a number of milliseconds"));
+            }
+            progress(out.len(), all, &format!("{db_kib} KiB at {rtt_ms} ms"));
+            let s: SharedStore = if rtt_ms > 0.0 {
+                std::sync::Arc::new(crate::kv::latency::LatencyStore::new(
+                    store.clone(),
+                    std::time::Duration::from_secs_f64(rtt_ms / 1000.0),
+                ))
+            } else {
+                store.clone()
+            };
+            out.push(SweepPoint {
+                db_kib,
+                rtt_ms,
+                bench: run(s, db_kib)?,
+            });
+        }
+    }
+    progress(all, all, "done");
     Ok(out)
 }
 

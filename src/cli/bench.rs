@@ -3,8 +3,10 @@
 //! `bench commit` measures write transactions on a warm database: 1, 10, 100, 1,000 and 10,000
 //! rows of 100 bytes, then one transaction of 2,000 rows of 4,000 bytes (about 2,000 pages,
 //! 8 MB), then one more 1-row transaction (the one right after a big one). For each it reports
-//! the rows, row bytes, pages written, KV round trips and wall time. The benchmark's actor is
-//! deleted from the store afterwards.
+//! the rows, row bytes, pages written, KV round trips and wall time, and as extra fields of the
+//! same row the journaled baseline: the same transaction on a second actor opened with
+//! batch-atomic writes off (`OpenOptions::batch_atomic`), `journal_kv_round_trips` and
+//! `journal_wall_ms`. The benchmark's actors are deleted from the store afterwards.
 //!
 //! `bench actors` runs N actors (default 64), each its own database on one store, committing
 //! small transactions at once (the workload is `kvsqlite::bench::actors`), and prints commits
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use kvsqlite::bench::actors::{self, ActorsConfig, ActorsReport, RunResult, StopAfter};
+use kvsqlite::bench::speedtest;
 use kvsqlite::vfs::{open_database, OpenOptions};
 
 use std::io::{IsTerminal, Write};
@@ -62,6 +65,35 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cold sequential scans and random point lookups, with and without read-ahead (see
+    /// `kvsqlite::bench::scan`).
+    Scan {
+        /// Pages of the table (about; rows of 1,000 bytes, four to a page).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        pages: u64,
+        /// Random point lookups per pass.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+        lookups: u64,
+        /// Seed of the random ids.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object (fields in the README) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A speedtest1 script replayed through kvsqlite and stock SQLite (rollback journal, WAL,
+    /// in memory), alternating: medians per test and speed ratios (see
+    /// `kvsqlite::bench::speedtest`).
+    Speedtest {
+        /// The script (`speedtest1 --script` output, `-- begin test N` markers).
+        file: std::path::PathBuf,
+        /// Runs of each of the four replays; medians are reported.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        runs: u64,
+        /// Print `{"tests": [...], "total": {...}}` (fields in the README) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses `--duration SECS`: a finite number of seconds above 0 and at most one day.
@@ -87,6 +119,10 @@ pub struct CommitResult {
     pub kv_round_trips: u64,
     /// Wall time in milliseconds.
     pub wall_ms: f64,
+    /// KV round trips of the same transaction with batch-atomic writes off (rollback journal).
+    pub journal_kv_round_trips: u64,
+    /// Wall time in milliseconds of the same transaction with batch-atomic writes off.
+    pub journal_wall_ms: f64,
 }
 
 /// Runs `kvsqlite bench`.
@@ -112,30 +148,88 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             };
             super::finish("bench actors", bench_actors(global, &config, json))
         }
+        BenchCommand::Scan {
+            pages,
+            lookups,
+            seed,
+            json,
+        } => super::finish("bench scan", bench_scan(global, pages, lookups, seed, json)),
+        BenchCommand::Speedtest { file, runs, json } => super::finish(
+            "bench speedtest",
+            bench_speedtest(global, &file, runs as usize, json),
+        ),
     }
 }
 
 fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Result<i32, Stop> {
     let (run, baseline) =
         actors::targets(&global.url(), kvsqlite::kv::KvLimits::default(), global.rtt)?;
+    let report = with_progress(|draw| {
+        let progress = |mode: &str, done: f64| draw((done * 100.0) as usize, 100, mode);
+        actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress)
+    })?;
+    print_report(json, report.to_json(), || actors_table(&report))
+}
+
+/// Runs `f` with a progress-bar drawer (drawing on standard error only when it is a
+/// terminal), then erases the bar.
+pub(super) fn with_progress<T>(f: impl FnOnce(&dyn Fn(usize, usize, &str)) -> T) -> T {
     let terminal = std::io::stderr().is_terminal();
-    let progress = |mode: &str, done: f64| {
+    let draw = |done: usize, all: usize, what: &str| {
         if terminal {
-            super::slt::draw_progress((done * 100.0) as usize, 100, mode);
+            super::slt::draw_progress(done, all, what);
         }
     };
-    let outcome = actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress);
+    let out = f(&draw);
     if terminal {
         super::slt::clear_progress();
     }
-    let report = outcome?;
+    out
+}
+
+/// Prints a report: its JSON with `--json`, else its table; exit code 0.
+pub(super) fn print_report(
+    json: bool,
+    doc: impl std::fmt::Display,
+    table: impl FnOnce() -> String,
+) -> Result<i32, Stop> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", report.to_json()).map_err(output_error)?;
+        writeln!(out, "{doc}").map_err(output_error)?;
     } else {
-        write!(out, "{}", actors_table(&report)).map_err(output_error)?;
+        write!(out, "{}", table()).map_err(output_error)?;
     }
     Ok(0)
+}
+
+fn bench_scan(
+    global: &GlobalArgs,
+    pages: u64,
+    lookups: u64,
+    seed: u64,
+    json: bool,
+) -> Result<i32, Stop> {
+    let store = global.open_store()?;
+    let report = kvsqlite::bench::scan::run(&store, pages, lookups, seed)?;
+    print_report(json, report.to_json(), || report.to_table())
+}
+
+fn bench_speedtest(
+    global: &GlobalArgs,
+    file: &std::path::Path,
+    runs: usize,
+    json: bool,
+) -> Result<i32, Stop> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let script = speedtest::parse_script(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let store = global.open_store()?;
+    let config = speedtest::SpeedtestConfig {
+        runs,
+        ..Default::default()
+    };
+    let report = with_progress(|draw| speedtest::run(&store, &script, &config, draw))?;
+    print_report(json, report.to_json(), || report.to_table())
 }
 
 /// The readable form of `bench actors`.
@@ -186,14 +280,20 @@ fn commit(global: &GlobalArgs, json: bool) -> Result<i32, Stop> {
     } else {
         writeln!(
             out,
-            "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms"
+            "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms\tjournal_kv_round_trips\tjournal_wall_ms"
         )
         .map_err(output_error)?;
         for r in &results {
             writeln!(
                 out,
-                "{}\t{}\t{}\t{}\t{:.3}",
-                r.rows, r.row_bytes, r.pages_written, r.kv_round_trips, r.wall_ms
+                "{}\t{}\t{}\t{}\t{:.3}\t{}\t{:.3}",
+                r.rows,
+                r.row_bytes,
+                r.pages_written,
+                r.kv_round_trips,
+                r.wall_ms,
+                r.journal_kv_round_trips,
+                r.journal_wall_ms
             )
             .map_err(output_error)?;
         }
@@ -207,40 +307,52 @@ pub fn to_json(results: &[CommitResult]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{{\"rows\":{},\"row_bytes\":{},\"pages_written\":{},\"kv_round_trips\":{},\"wall_ms\":{:.3}}}",
-                r.rows, r.row_bytes, r.pages_written, r.kv_round_trips, r.wall_ms
+                "{{\"rows\":{},\"row_bytes\":{},\"pages_written\":{},\"kv_round_trips\":{},\"wall_ms\":{:.3},\"journal_kv_round_trips\":{},\"journal_wall_ms\":{:.3}}}",
+                r.rows,
+                r.row_bytes,
+                r.pages_written,
+                r.kv_round_trips,
+                r.wall_ms,
+                r.journal_kv_round_trips,
+                r.journal_wall_ms
             )
         })
         .collect();
     format!("[{}]", items.join(","))
 }
 
-fn bench_commit(global: &GlobalArgs) -> Result<Vec<CommitResult>, String> {
-    let store = global.open_store()?;
+/// The transactions of `bench commit`: (rows, bytes per row).
+const COMMIT_PLAN: [(u64, u64); 7] = [
+    (1, 100),
+    (10, 100),
+    (100, 100),
+    (1_000, 100),
+    (10_000, 100),
+    (2_000, 4_000),
+    (1, 100),
+];
+
+/// Pages written, KV round trips and wall milliseconds of each transaction of [`COMMIT_PLAN`]
+/// on a fresh actor's warm database opened with `opts`; the actor is deleted afterwards.
+fn run_commit_plan(
+    store: &kvsqlite::kv::SharedStore,
+    tag: &str,
+    opts: &OpenOptions,
+) -> Result<Vec<(u64, u64, f64)>, String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let actor = format!("bench-commit-{}-{nanos}", std::process::id());
-    let result: Result<Vec<CommitResult>, String> = (|| {
-        let db = open_database(store.clone(), &actor, &OpenOptions::default())
-            .map_err(|e| e.to_string())?;
+    let actor = format!("bench-commit-{tag}-{}-{nanos}", std::process::id());
+    let result: Result<Vec<(u64, u64, f64)>, String> = (|| {
+        let db = open_database(store.clone(), &actor, opts).map_err(|e| e.to_string())?;
         let e = |e: rusqlite::Error| e.to_string();
         db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
             .map_err(e)?;
         db.execute("INSERT INTO t(v) VALUES (zeroblob(100))", [])
             .map_err(e)?;
         let mut out = Vec::new();
-        let plan: [(u64, u64); 7] = [
-            (1, 100),
-            (10, 100),
-            (100, 100),
-            (1_000, 100),
-            (10_000, 100),
-            (2_000, 4_000),
-            (1, 100),
-        ];
-        for (rows, row_bytes) in plan {
+        for (rows, row_bytes) in COMMIT_PLAN {
             let before = db.snapshot();
             let start = Instant::now();
             db.execute_batch("BEGIN").map_err(e)?;
@@ -255,13 +367,11 @@ fn bench_commit(global: &GlobalArgs) -> Result<Vec<CommitResult>, String> {
             db.execute_batch("COMMIT").map_err(e)?;
             let wall = start.elapsed();
             let d = db.snapshot() - before;
-            out.push(CommitResult {
-                rows,
-                row_bytes,
-                pages_written: d.pages_written,
-                kv_round_trips: d.kv_round_trips,
-                wall_ms: wall.as_secs_f64() * 1000.0,
-            });
+            out.push((
+                d.pages_written,
+                d.kv_round_trips,
+                wall.as_secs_f64() * 1000.0,
+            ));
         }
         Ok(out)
     })();
@@ -269,6 +379,36 @@ fn bench_commit(global: &GlobalArgs) -> Result<Vec<CommitResult>, String> {
     let out = result?;
     cleanup.map_err(|e| format!("benchmark ran, but deleting its actor failed: {e}"))?;
     Ok(out)
+}
+
+/// Runs [`COMMIT_PLAN`] batch-atomically, then again with batch-atomic writes off (every
+/// transaction through the rollback journal: the baseline).
+fn bench_commit(global: &GlobalArgs) -> Result<Vec<CommitResult>, String> {
+    let store = global.open_store()?;
+    let atomic = run_commit_plan(&store, "atomic", &OpenOptions::default())?;
+    let journal = run_commit_plan(
+        &store,
+        "journal",
+        &OpenOptions {
+            batch_atomic: false,
+            ..OpenOptions::default()
+        },
+    )?;
+    Ok(COMMIT_PLAN
+        .iter()
+        .zip(atomic.iter().zip(journal.iter()))
+        .map(
+            |(&(rows, row_bytes), (&(pages_written, kv_round_trips, wall_ms), j))| CommitResult {
+                rows,
+                row_bytes,
+                pages_written,
+                kv_round_trips,
+                wall_ms,
+                journal_kv_round_trips: j.1,
+                journal_wall_ms: j.2,
+            },
+        )
+        .collect())
 }
 
 #[cfg(test)]
@@ -283,10 +423,12 @@ mod tests {
             pages_written: 2,
             kv_round_trips: 1,
             wall_ms: 0.5,
+            journal_kv_round_trips: 6,
+            journal_wall_ms: 1.25,
         };
         assert_eq!(
             to_json(&[r.clone(), r]),
-            "[{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500},{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500}]"
+            "[{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500,\"journal_kv_round_trips\":6,\"journal_wall_ms\":1.250},{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500,\"journal_kv_round_trips\":6,\"journal_wall_ms\":1.250}]"
         );
     }
 }

@@ -547,8 +547,11 @@ unsafe extern "C" fn x_device_characteristics(file: *mut ffi::sqlite3_file) -> c
     guard("xDeviceCharacteristics", || match handle(file) {
         Some(Handle::Kv {
             kind: FileKind::Main,
+            state,
             ..
-        }) => ffi::SQLITE_IOCAP_BATCH_ATOMIC | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE,
+        }) if state.options().batch_atomic => {
+            ffi::SQLITE_IOCAP_BATCH_ATOMIC | ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE
+        }
         Some(Handle::Kv { .. }) => ffi::SQLITE_IOCAP_POWERSAFE_OVERWRITE,
         _ => 0,
     })

@@ -112,6 +112,9 @@ pub struct StateOptions {
     /// Start in hold mode (see [`super::hold`]): only for a database whose main file and
     /// journal do not exist in the store.
     pub hold: bool,
+    /// Report `SQLITE_IOCAP_BATCH_ATOMIC` for the main file (see
+    /// [`super::OpenOptions::batch_atomic`]).
+    pub batch_atomic: bool,
 }
 
 impl Default for StateOptions {
@@ -124,6 +127,7 @@ impl Default for StateOptions {
             flush_threshold_bytes: 8 << 20,
             fence: None,
             hold: false,
+            batch_atomic: true,
         }
     }
 }
