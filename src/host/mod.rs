@@ -4,9 +4,10 @@
 //! Why it exists: actors are woken by requests and put to sleep when idle in production; this
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
 //! statuses, with the token rules), [`registry`] (the actors' lifecycle), [`sql`] (JSON ⇄
-//! SQLite), [`prom`] (the host's aggregated metrics). The CLI (`src/cli/serve.rs`) only parses
+//! SQLite), [`prom`] (the host's aggregated metrics), [`inspector`] (the HTML pages). The CLI (`src/cli/serve.rs`) only parses
 //! arguments and calls [`serve`].
 
+pub mod inspector;
 pub mod prom;
 pub mod registry;
 pub mod routes;
@@ -167,6 +168,7 @@ pub async fn serve(
         admin_token: Arc::new(config.admin_token),
         statement_timeout: config.statement_timeout,
         max_body: config.max_body,
+        sessions: Arc::new(inspector::Sessions::default()),
     };
     let idle = config.idle_sleep;
     let sleeper = {

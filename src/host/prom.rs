@@ -38,6 +38,20 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Each bucket's upper bound and its own (not cumulative) count, then the count of values
+    /// above the last bound (for the inspector's bar charts).
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        let per: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        let inside: u64 = per.iter().map(|(_, c)| c).sum();
+        let total = self.count.load(Ordering::Relaxed);
+        (per, total.saturating_sub(inside))
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
@@ -118,6 +132,15 @@ impl HostMetrics {
             .position(|k| *k == kind)
             .unwrap_or(ERROR_KINDS.len() - 1);
         self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Error responses counted so far, by kind (in [`ERROR_KINDS`] order).
+    pub fn errors_by_kind(&self) -> Vec<(&'static str, u64)> {
+        ERROR_KINDS
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The text exposition.
