@@ -156,6 +156,7 @@ fn sign_in_cookie_and_401() {
     let home = get_cookie(&s, "/", &cookie);
     assert_eq!(home.0, 200, "{}", home.2);
     assert!(home.2.contains("kvsqlite host") && home.2.contains("<svg"));
+    assert!(home.2.contains("KV round trips per second") && home.2.contains("id=\"errors\""));
     assert!(
         home.2.contains("/actors/alpha/inspector"),
         "the overview lists alpha"

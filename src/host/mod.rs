@@ -181,12 +181,23 @@ pub async fn serve(
             }
         })
     };
+    let sampler = {
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.sample_kv();
+                tokio::time::sleep(prom::KV_SAMPLE_EVERY).await;
+            }
+        })
+    };
     let app = routes::router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     sleeper.abort();
     let _ = sleeper.await;
+    sampler.abort();
+    let _ = sampler.await;
     registry.sleep_all().await;
     result
 }

@@ -305,6 +305,8 @@ pub struct Overview {
     pub query_hist: Vec<(String, u64)>,
     /// Error responses by kind.
     pub errors: Vec<(&'static str, u64)>,
+    /// KV round trips per second, oldest first: (seconds ago, rate).
+    pub kv_rates: Vec<(u64, f64)>,
 }
 
 fn actor_list(ids: &[String]) -> String {
@@ -340,7 +342,25 @@ pub fn overview(o: &Overview) -> String {
     );
     let _ = write!(
         b,
-        "<h2>Wake time (s)</h2>{}<h2>Statement latency (s)</h2>{}<h2>Errors by kind</h2><table id=\"errors\"><tbody>",
+        "<h2>KV round trips per second (last {} min, 5 s steps)</h2>{}<h2>Wake time (s)</h2>{}<h2>Statement latency (s)</h2>{}<h2>Errors by kind</h2><table id=\"errors\"><tbody>",
+        super::super::prom::KV_SAMPLES * 5 / 60,
+        if o.kv_rates.is_empty() {
+            "<p>No samples yet.</p>".to_string()
+        } else {
+            svg::bars(
+                "KV round trips per second",
+                &std::iter::repeat_n(
+                    (String::new(), 0),
+                    super::super::prom::KV_SAMPLES.saturating_sub(o.kv_rates.len()),
+                )
+                .chain(
+                    o.kv_rates
+                        .iter()
+                        .map(|(ago, r)| (format!("-{ago}s"), r.round() as u64)),
+                )
+                .collect::<Vec<_>>(),
+            )
+        },
         svg::bars("wake time", &o.wake_hist),
         svg::bars("statement latency", &o.query_hist)
     );

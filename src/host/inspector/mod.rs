@@ -224,6 +224,7 @@ async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Response {
         wake_hist: hist(&m.wake_seconds),
         query_hist: hist(&m.query_seconds),
         errors: m.errors_by_kind(),
+        kv_rates: m.kv_rates(),
     };
     html(StatusCode::OK, html::overview(&o))
 }

@@ -73,10 +73,12 @@ pub fn waterfall(phases: &[Phase], total_ms: f64) -> String {
 
 /// A vertical bar chart: one bar per `(label, count)`.
 pub fn bars(title: &str, data: &[(String, u64)]) -> String {
-    let (w, h, pad) = (520.0, 170.0, 30.0);
+    let (w, h, pad) = (1100.0, 170.0, 30.0);
     let max = data.iter().map(|d| d.1).max().unwrap_or(0).max(1) as f64;
     let n = data.len().max(1) as f64;
     let bw = (w - 2.0 * pad) / n;
+    // A label at most every 48 px.
+    let every = ((48.0 / bw).ceil() as usize).max(1);
     let mut out = String::new();
     let _ = write!(
         out,
@@ -89,15 +91,21 @@ pub fn bars(title: &str, data: &[(String, u64)]) -> String {
         let y = h - pad - bh;
         let _ = write!(
             out,
-            r##"<rect x="{:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="#3b75af"><title>{}: {count}</title></rect><text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle" fill="#555">{}</text>"##,
+            r##"<rect x="{:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="#3b75af"><title>{}: {count}</title></rect>"##,
             x + 1.0,
             (bw - 2.0).max(1.0),
             esc(label),
-            x + bw / 2.0,
-            h - pad + 12.0,
-            esc(label)
         );
-        if *count > 0 {
+        if i % every == 0 {
+            let _ = write!(
+                out,
+                r##"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle" fill="#555">{}</text>"##,
+                x + bw / 2.0,
+                h - pad + 12.0,
+                esc(label)
+            );
+        }
+        if *count > 0 && bw >= 14.0 {
             let _ = write!(
                 out,
                 r##"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle" fill="#222">{count}</text>"##,
