@@ -170,6 +170,11 @@ fn sign_in_cookie_and_401() {
     );
     assert_eq!(header(&a, "location"), Some("/"));
 
+    // The page never creates an actor.
+    let missing = get_cookie(&s, "/actors/nobody/inspector", &cookie);
+    assert_eq!(missing.0, 404, "{}", missing.2);
+    assert!(!get_cookie(&s, "/", &cookie).2.contains("/actors/nobody/"));
+
     // Bearer works on the pages.
     let (st, body) = s.get("/actors/alpha/inspector", Some(ADMIN));
     assert_eq!(st, 200, "{body}");

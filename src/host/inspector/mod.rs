@@ -298,8 +298,15 @@ async fn signin(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) 
     )
 }
 
-/// Collects the view on the actor's own queue (waking it).
+/// Collects the view on the actor's own queue (waking it). Like the JSON inspector routes,
+/// the page never creates an actor: an id the store never held is 404.
 async fn view(s: &AppState, id: &str, req: ViewRequest) -> Result<ActorView, HostError> {
+    if !s.registry.is_awake(id)
+        && s.registry.known_doc(id).await.is_none()
+        && stored_token(s, id).await?.is_none()
+    {
+        return Err(HostError::NotFound(format!("no actor {id:?} in the store")));
+    }
     let slot: Arc<Mutex<Option<ActorView>>> = Arc::new(Mutex::new(None));
     let out = slot.clone();
     let work: Work = Box::new(move |actor: &Actor| {
