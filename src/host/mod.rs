@@ -4,9 +4,10 @@
 //! Why it exists: actors are woken by requests and put to sleep when idle in production; this
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
 //! statuses, with the token rules), [`registry`] (the actors' lifecycle), [`sql`] (JSON ⇄
-//! SQLite), [`prom`] (the host's aggregated metrics). The CLI (`src/cli/serve.rs`) only parses
+//! SQLite), [`prom`] (the host's aggregated metrics), [`inspector`] (the HTML pages). The CLI (`src/cli/serve.rs`) only parses
 //! arguments and calls [`serve`].
 
+pub mod inspector;
 pub mod prom;
 pub mod registry;
 pub mod routes;
@@ -167,6 +168,7 @@ pub async fn serve(
         admin_token: Arc::new(config.admin_token),
         statement_timeout: config.statement_timeout,
         max_body: config.max_body,
+        sessions: Arc::new(inspector::Sessions::default()),
     };
     let idle = config.idle_sleep;
     let sleeper = {
@@ -179,12 +181,23 @@ pub async fn serve(
             }
         })
     };
+    let sampler = {
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                metrics.sample_kv();
+                tokio::time::sleep(prom::KV_SAMPLE_EVERY).await;
+            }
+        })
+    };
     let app = routes::router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     sleeper.abort();
     let _ = sleeper.await;
+    sampler.abort();
+    let _ = sampler.await;
     registry.sleep_all().await;
     result
 }

@@ -6,8 +6,10 @@
 //! bucket histograms and one gauge, updated by the registry and the routes, and renders them
 //! in the text format version 0.0.4.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -36,6 +38,20 @@ impl Histogram {
         }
         *self.sum.lock() += v;
         self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Each bucket's upper bound and its own (not cumulative) count, then the count of values
+    /// above the last bound (for the inspector's bar charts).
+    pub fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        let per: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .collect();
+        let inside: u64 = per.iter().map(|(_, c)| c).sum();
+        let total = self.count.load(Ordering::Relaxed);
+        (per, total.saturating_sub(inside))
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -91,7 +107,15 @@ pub struct HostMetrics {
     /// Statement duration in seconds (each statement of a batch counts once).
     pub query_seconds: Histogram,
     errors: Vec<AtomicU64>,
+    /// `(when, kv_round_trips)` samples for the inspector's rate chart, oldest first.
+    kv_samples: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// KV round-trip samples kept (one every [`KV_SAMPLE_EVERY`]: ten minutes).
+pub const KV_SAMPLES: usize = 120;
+
+/// How often the host samples its KV round-trip counter.
+pub const KV_SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
 impl Default for HostMetrics {
     fn default() -> Self {
@@ -106,6 +130,7 @@ impl Default for HostMetrics {
             wake_seconds: Histogram::new(SECONDS),
             query_seconds: Histogram::new(SECONDS),
             errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
+            kv_samples: Mutex::new(VecDeque::new()),
         }
     }
 }
@@ -118,6 +143,37 @@ impl HostMetrics {
             .position(|k| *k == kind)
             .unwrap_or(ERROR_KINDS.len() - 1);
         self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Samples the KV round-trip counter (the host calls this every [`KV_SAMPLE_EVERY`]).
+    pub fn sample_kv(&self) {
+        let mut q = self.kv_samples.lock();
+        q.push_back((Instant::now(), self.kv_round_trips.load(Ordering::Relaxed)));
+        while q.len() > KV_SAMPLES + 1 {
+            q.pop_front();
+        }
+    }
+
+    /// KV round trips per second between consecutive samples, oldest first: `(seconds before
+    /// now at the interval's end, rate)`.
+    pub fn kv_rates(&self) -> Vec<(u64, f64)> {
+        let q = self.kv_samples.lock();
+        q.iter()
+            .zip(q.iter().skip(1))
+            .map(|((t0, c0), (t1, c1))| {
+                let secs = t1.duration_since(*t0).as_secs_f64().max(0.001);
+                (t1.elapsed().as_secs(), c1.saturating_sub(*c0) as f64 / secs)
+            })
+            .collect()
+    }
+
+    /// Error responses counted so far, by kind (in [`ERROR_KINDS`] order).
+    pub fn errors_by_kind(&self) -> Vec<(&'static str, u64)> {
+        ERROR_KINDS
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, c)| (*k, c.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The text exposition.

@@ -398,6 +398,37 @@ impl Registry {
         }
     }
 
+    /// The ids of the actors awake here and of those asleep whose last document is kept,
+    /// each sorted (for the inspector's overview).
+    pub fn actor_ids(&self) -> (Vec<String>, Vec<String>) {
+        let mut awake: Vec<String> = self
+            .slots
+            .lock()
+            .values()
+            .filter(|s| s.awake.load(Ordering::Relaxed))
+            .map(|s| s.id.clone())
+            .collect();
+        awake.sort();
+        let mut asleep: Vec<String> = self
+            .docs
+            .lock()
+            .docs
+            .keys()
+            .filter(|id| awake.binary_search(id).is_err())
+            .cloned()
+            .collect();
+        asleep.sort();
+        (awake, asleep)
+    }
+
+    /// True when actor `id` is awake here.
+    pub fn is_awake(&self, id: &str) -> bool {
+        self.slots
+            .lock()
+            .get(id)
+            .is_some_and(|s| s.awake.load(Ordering::Relaxed))
+    }
+
     /// Actors awake now.
     pub fn awake_count(&self) -> u64 {
         self.metrics.actors_awake.load(Ordering::Relaxed)

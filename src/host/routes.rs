@@ -39,6 +39,8 @@ pub struct AppState {
     pub statement_timeout: Duration,
     /// Largest body in bytes.
     pub max_body: usize,
+    /// The inspector pages' sessions.
+    pub sessions: Arc<super::inspector::Sessions>,
 }
 
 /// The router with every route, the body limit and the JSON 404 fallback.
@@ -56,7 +58,7 @@ pub fn router(state: AppState) -> Router {
         let handler = move |s, id, h, b| actor_route(route, s, id, h, b);
         router = router.route(path, if is_post { post(handler) } else { get(handler) });
     }
-    router
+    super::inspector::routes(router)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -96,7 +98,7 @@ fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
 }
 
 /// The bearer token of a request, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -286,7 +288,7 @@ fn batch_work(
 }
 
 /// The actor's token as the store holds it: `None` when the store never held the actor.
-async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostError> {
+pub(crate) async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostError> {
     let store = s.registry.store().clone();
     let id = id.to_string();
     let got = tokio::task::spawn_blocking(move || store.get(&id, &[records::token_key()]))

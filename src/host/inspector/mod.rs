@@ -1,0 +1,445 @@
+//! The inspector as web pages: `GET /` (the host overview), `GET /actors/{id}/inspector` (one
+//! actor: wake waterfall, query log, latency, tables), `POST /actors/{id}/inspector/query`
+//! (the admin's read-only query) and `POST /signin` (a session cookie), served by
+//! `kvsqlite serve`.
+//!
+//! Why it exists: the JSON inspector is for machines; people profiling an actor would rather
+//! look. The pages are rendered on the server ([`html`], [`svg`]); all assets are compiled in.
+//!
+//! Access: the admin token, or the actor's inspector token for that actor's page only, given
+//! as `Authorization: Bearer` or exchanged at `POST /signin` for an HttpOnly, SameSite=Strict
+//! session cookie (random id, kept here). Without either, pages answer 401 with the sign-in
+//! form. The overview and the query box are admin only.
+
+pub mod data;
+pub mod escape;
+pub mod html;
+pub mod svg;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use parking_lot::Mutex;
+
+use super::registry::Work;
+use super::routes::{bearer, stored_token, AppState};
+use super::{check_actor_id, tokens_equal, HostError};
+use crate::actor::Actor;
+use data::{ActorView, ViewRequest};
+use escape::{esc, field, parse_form, url_encode};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "kvsqlite_session";
+
+/// How long a session lasts.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// Sessions kept at most (the oldest go first).
+const MAX_SESSIONS: usize = 10_000;
+
+/// What a request may see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Everything.
+    Admin,
+    /// One actor's page.
+    Actor(String),
+}
+
+/// Signed-in sessions: random id → access, kept in memory (a restart signs everyone out).
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, (Access, Instant)>>,
+}
+
+impl Sessions {
+    /// A new session for `access`: its id.
+    pub fn create(&self, access: Access) -> String {
+        let a = crate::actor::startup::random_bytes();
+        let b = crate::actor::startup::random_bytes();
+        let id: String = a
+            .iter()
+            .chain(b.iter())
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        let mut map = self.map.lock();
+        map.retain(|_, (_, t)| t.elapsed() < SESSION_TTL);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(id.clone(), (access, Instant::now()));
+        id
+    }
+
+    /// The access of session `id`, if it is live.
+    pub fn get(&self, id: &str) -> Option<Access> {
+        let map = self.map.lock();
+        // The lookup hashes the id; ids are 256 random bits, so guessing is the only attack.
+        map.get(id)
+            .filter(|(_, t)| t.elapsed() < SESSION_TTL)
+            .map(|(a, _)| a.clone())
+    }
+}
+
+/// Adds the inspector's routes.
+pub fn routes(router: Router<AppState>) -> Router<AppState> {
+    router
+        .route("/", get(overview))
+        .route("/open", get(open))
+        .route("/signin", post(signin))
+        .route("/actors/{id}/inspector", get(actor_get))
+        .route("/actors/{id}/inspector/query", post(actor_query))
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The 401 page: the sign-in form, which comes back to `next`.
+fn unauthorized(s: &AppState, next: &str, actor: &str, message: &str) -> Response {
+    s.metrics.error("unauthorized");
+    let mut r = html(StatusCode::UNAUTHORIZED, html::signin(next, actor, message));
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn error_page(s: &AppState, e: HostError) -> Response {
+    s.metrics.error(e.kind());
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    html(
+        status,
+        html::page(
+            "error",
+            &format!(
+                "<nav><a href=\"/\">host</a></nav><h1>Error {}</h1><p class=\"err\">{}</p>",
+                status.as_u16(),
+                esc(&e.message())
+            ),
+        ),
+    )
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// True when `token` is actor `id`'s inspector token (read from the store when the host has
+/// no document for it; nothing is woken).
+async fn is_actor_token(s: &AppState, id: &str, token: &str) -> Result<bool, HostError> {
+    if let Some((t, _)) = s.registry.known_doc(id).await {
+        return Ok(tokens_equal(token, &t));
+    }
+    Ok(match stored_token(s, id).await? {
+        Some(t) => tokens_equal(token, &t),
+        None => false,
+    })
+}
+
+/// The request's access from its bearer token or session cookie; `actor` is the page's actor
+/// (an actor token counts only there).
+async fn access(
+    s: &AppState,
+    headers: &HeaderMap,
+    actor: Option<&str>,
+) -> Result<Option<Access>, HostError> {
+    if let Some(t) = bearer(headers) {
+        if tokens_equal(t, &s.admin_token) {
+            return Ok(Some(Access::Admin));
+        }
+        if let Some(id) = actor {
+            if is_actor_token(s, id, t).await? {
+                return Ok(Some(Access::Actor(id.to_string())));
+            }
+        }
+        return Ok(None);
+    }
+    Ok(session_cookie(headers).and_then(|c| s.sessions.get(&c)))
+}
+
+fn allowed(a: &Option<Access>, actor: Option<&str>) -> bool {
+    match (a, actor) {
+        (Some(Access::Admin), _) => true,
+        (Some(Access::Actor(x)), Some(id)) => x == id,
+        _ => false,
+    }
+}
+
+/// `GET /`: the host overview (admin only).
+async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let a = match access(&s, &headers, None).await {
+        Ok(a) => a,
+        Err(e) => return error_page(&s, e),
+    };
+    if !allowed(&a, None) {
+        return unauthorized(&s, "/", "", "Sign in with the admin token to see the host.");
+    }
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &s.metrics;
+    let (awake, asleep) = s.registry.actor_ids();
+    let hist = |h: &super::prom::Histogram| {
+        let (per, over) = h.buckets();
+        let mut v: Vec<(String, u64)> =
+            per.into_iter().map(|(b, c)| (format!("≤{b}"), c)).collect();
+        v.push(("more".into(), over));
+        v
+    };
+    let o = html::Overview {
+        awake,
+        asleep,
+        wakes: m.wakes.load(Relaxed),
+        creations: m.creations.load(Relaxed),
+        sleeps: m.sleeps.load(Relaxed),
+        wake_failures: m.wake_failures.load(Relaxed),
+        kv_round_trips: m.kv_round_trips.load(Relaxed),
+        wake_hist: hist(&m.wake_seconds),
+        query_hist: hist(&m.query_seconds),
+        errors: m.errors_by_kind(),
+        kv_rates: m.kv_rates(),
+    };
+    html(StatusCode::OK, html::overview(&o))
+}
+
+/// `GET /open?id=…`: the search box; redirects to the actor's page.
+async fn open(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
+    let pairs = parse_form(q.as_deref().unwrap_or(""));
+    let id = field(&pairs, "id").unwrap_or("").trim().to_string();
+    if let Err(e) = check_actor_id(&id) {
+        return error_page(&s, e);
+    }
+    redirect(&format!("/actors/{}/inspector", url_encode(&id)), None)
+}
+
+fn redirect(to: &str, cookie: Option<String>) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        r.headers_mut().insert(header::SET_COOKIE, c);
+    }
+    r
+}
+
+/// `next` if it is a path on this host, else `None`.
+fn local_path(next: &str) -> Option<&str> {
+    (next.starts_with('/') && !next.starts_with("//") && !next.contains('\\'))
+        .then_some(next)
+        .filter(|n| n.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// `POST /signin` (form: `token`, optional `actor` and `next`): a session cookie and a
+/// redirect, or 401 with the form again.
+async fn signin(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let Ok(body) = body else {
+        return error_page(&s, HostError::BadRequest("cannot read the form".into()));
+    };
+    let pairs = parse_form(&String::from_utf8_lossy(&body));
+    let token = field(&pairs, "token").unwrap_or("").trim();
+    let actor = field(&pairs, "actor").unwrap_or("").trim();
+    let next = field(&pairs, "next").and_then(local_path);
+    let access = if !token.is_empty() && tokens_equal(token, &s.admin_token) {
+        Some(Access::Admin)
+    } else if !token.is_empty() && check_actor_id(actor).is_ok() {
+        match is_actor_token(&s, actor, token).await {
+            Ok(true) => Some(Access::Actor(actor.to_string())),
+            Ok(false) => None,
+            Err(e) => return error_page(&s, e),
+        }
+    } else {
+        None
+    };
+    let Some(access) = access else {
+        return unauthorized(
+            &s,
+            next.unwrap_or("/"),
+            actor,
+            "Wrong token (an actor token needs its actor id).",
+        );
+    };
+    let to = match (&access, next) {
+        (_, Some(n)) => n.to_string(),
+        (Access::Actor(id), None) => format!("/actors/{}/inspector", url_encode(id)),
+        (Access::Admin, None) => "/".to_string(),
+    };
+    let id = s.sessions.create(access);
+    redirect(
+        &to,
+        Some(format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")),
+    )
+}
+
+/// Collects the view on the actor's own queue (waking it). Like the JSON inspector routes,
+/// the page never creates an actor: an id the store never held is 404.
+async fn view(s: &AppState, id: &str, req: ViewRequest) -> Result<ActorView, HostError> {
+    if !s.registry.is_awake(id)
+        && s.registry.known_doc(id).await.is_none()
+        && stored_token(s, id).await?.is_none()
+    {
+        return Err(HostError::NotFound(format!("no actor {id:?} in the store")));
+    }
+    let slot: Arc<Mutex<Option<ActorView>>> = Arc::new(Mutex::new(None));
+    let out = slot.clone();
+    let work: Work = Box::new(move |actor: &Actor| {
+        *out.lock() = Some(data::collect(actor, &req));
+        Ok(serde_json::Value::Null)
+    });
+    s.registry.run(id, s.statement_timeout, work).await?;
+    let v = slot.lock().take();
+    v.ok_or_else(|| HostError::Internal("the inspector's work did not run".into()))
+}
+
+async fn checked(
+    s: &AppState,
+    id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<(String, Access), Response> {
+    let Ok(Path(id)) = id else {
+        return Err(error_page(
+            s,
+            HostError::BadRequest("invalid actor id".into()),
+        ));
+    };
+    if let Err(e) = check_actor_id(&id) {
+        return Err(error_page(s, e));
+    }
+    let page = format!("/actors/{}/inspector{}", url_encode(&id), query);
+    match access(s, headers, Some(&id)).await {
+        Ok(a) if allowed(&a, Some(&id)) => Ok((id, a.unwrap_or(Access::Admin))),
+        Ok(_) => Err(unauthorized(
+            s,
+            &page,
+            &id,
+            "Sign in with the admin token or this actor's inspector token.",
+        )),
+        Err(e) => Err(error_page(s, e)),
+    }
+}
+
+/// `GET /actors/{id}/inspector?q=&table=&offset=`: the actor page.
+async fn actor_get(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let raw = q.unwrap_or_default();
+    let suffix = if raw.is_empty() {
+        String::new()
+    } else {
+        format!("?{raw}")
+    };
+    let (id, a) = match checked(&s, id, &headers, &suffix).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // A poll from the page's script does not wake a sleeping actor.
+    if headers.contains_key("x-inspector-poll") && !s.registry.is_awake(&id) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let pairs = parse_form(&raw);
+    let req = ViewRequest {
+        table: field(&pairs, "table").map(String::from),
+        offset: field(&pairs, "offset")
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0)
+            .min(1_000_000_000),
+        query: None,
+    };
+    let filter = field(&pairs, "q").unwrap_or("").to_string();
+    match view(&s, &id, req).await {
+        Ok(v) => {
+            let p = html::ActorPage {
+                id: &id,
+                admin: a == Access::Admin,
+                filter: &filter,
+                query_sql: "",
+            };
+            html(StatusCode::OK, html::actor_page(&p, &v))
+        }
+        Err(e) => error_page(&s, e),
+    }
+}
+
+/// `POST /actors/{id}/inspector/query` (form: `sql`): the admin's read-only query, shown on
+/// the actor page; 400 when refused or failed.
+async fn actor_query(
+    State(s): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let (id, a) = match checked(&s, id, &headers, "").await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if a != Access::Admin {
+        return unauthorized(
+            &s,
+            &format!("/actors/{}/inspector", url_encode(&id)),
+            &id,
+            "The query box needs the admin token.",
+        );
+    }
+    let Ok(body) = body else {
+        return error_page(&s, HostError::BadRequest("cannot read the form".into()));
+    };
+    let pairs = parse_form(&String::from_utf8_lossy(&body));
+    let sql = field(&pairs, "sql").unwrap_or("").to_string();
+    if sql.trim().is_empty() {
+        return error_page(&s, HostError::BadRequest("the query is empty".into()));
+    }
+    let req = ViewRequest {
+        query: Some(sql.clone()),
+        ..Default::default()
+    };
+    match view(&s, &id, req).await {
+        Ok(v) => {
+            let status = match &v.query {
+                Some(Ok(_)) => StatusCode::OK,
+                _ => {
+                    s.metrics.error("sql");
+                    StatusCode::BAD_REQUEST
+                }
+            };
+            let p = html::ActorPage {
+                id: &id,
+                admin: true,
+                filter: "",
+                query_sql: &sql,
+            };
+            html(status, html::actor_page(&p, &v))
+        }
+        Err(e) => error_page(&s, e),
+    }
+}
