@@ -9,11 +9,13 @@
 //! - [`bench`]: benchmark workloads (`kvsqlite bench startup`) over the actor layer.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
 //! - [`bench`]: benchmark workloads behind `kvsqlite bench`.
+//! - [`interop`]: plain SQLite files in and out of actors (`kvsqlite import`/`export`).
 #![warn(missing_docs)]
 
 pub mod actor;
 pub mod bench;
 pub mod host;
+pub mod interop;
 pub mod kv;
 pub mod metrics;
 pub mod preload;
