@@ -131,7 +131,8 @@ pub struct ExportReport {
     pub page_size: u32,
     /// Pages written.
     pub pages: u64,
-    /// KV round trips of the export (the open and the reads of the copy).
+    /// KV round trips of the export: the existence check, the open and the reads of the copy
+    /// (from the VFS's counters of the database).
     pub kv_round_trips: u64,
 }
 
@@ -316,6 +317,10 @@ fn snapshot_copy(src: &Connection, dst: &mut Connection) -> Result<(), rusqlite:
 
 /// Loads the ordinary SQLite file at `path` into `actor`'s database in `store`.
 ///
+/// The actor must not be open in this process meanwhile: the import counts its round trips
+/// through a [`CountingStore`] wrapper, a different store handle, whose database state and
+/// locks the VFS does not share with connections opened on `store`.
+///
 /// The file is checked first (header, size, `quick_check`); an actor that has any key is
 /// refused unless [`ImportOptions::replace`], which deletes its keys (one round trip) after the
 /// checks pass. The copy is one write transaction; `PRAGMA integrity_check` runs after it.
@@ -404,10 +409,7 @@ pub fn export_file(
     if !force && path.exists() {
         return Err(InteropError::DestinationExists(path.to_path_buf()));
     }
-    let counting = CountingStore::wrap(store);
-    let shared = counting.shared();
-    let start = counting.snapshot();
-    if !actor_exists(&shared, actor)? {
+    if !actor_exists(&store, actor)? {
         return Err(InteropError::NoSuchActor(actor.to_string()));
     }
     let options = OpenOptions {
@@ -415,7 +417,11 @@ pub fn export_file(
         create: false,
         ..OpenOptions::default()
     };
-    let db = open_database(shared, actor, &options)?;
+    // The caller's store itself, not a counting wrapper: the VFS keys a database's shared state
+    // and its locks by the store handle, so only the same handle shares the locks of the
+    // connections writing the actor in this process (a wrapper would read around their locks
+    // and could copy a mix of two commits). Round trips come from the VFS's own counters.
+    let db = open_database(store, actor, &options)?;
     let file_name = path
         .file_name()
         .ok_or_else(|| InteropError::Io(format!("{}: not a file path", path.display())))?;
@@ -446,10 +452,12 @@ pub fn export_file(
             path.display()
         )));
     }
+    // The existence check's list, plus everything the database did.
+    let kv_round_trips = 1 + db.snapshot().kv_round_trips;
     drop(db);
     Ok(ExportReport {
         page_size,
         pages,
-        kv_round_trips: counting.snapshot().delta(&start).round_trips(),
+        kv_round_trips,
     })
 }
