@@ -8,7 +8,9 @@
 //! On an actor that write transaction is one KV write when it fits one write's limits, and
 //! otherwise staged writes made live by one commit record (see `docs/layout.md`).
 //!
-//! The source of an import is opened read-only and is never changed: a rollback-mode file, or
+//! The source of an import is opened read-only and is never changed (a rollback-mode file with a
+//! non-empty `-journal` beside it is refused: it may hold an unfinished transaction that only a
+//! recovery, which writes the file, can undo): a rollback-mode file, or
 //! a WAL-mode file without a `-wal` beside it, is opened `immutable`; a WAL-mode file with its
 //! `-wal` is opened `mode=ro` so the committed frames of the WAL are seen (SQLite may then
 //! create the `-shm` index beside it, as any reader does). A WAL-mode source is first copied to
@@ -201,6 +203,18 @@ fn open_source(path: &Path, wal: bool) -> Result<Connection, InteropError> {
     let mut wal_path = path.as_os_str().to_owned();
     wal_path.push("-wal");
     let has_wal = wal && Path::new(&wal_path).exists();
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    let journal_len = std::fs::metadata(Path::new(&journal)).map_or(0, |m| m.len());
+    if !wal && journal_len > 0 {
+        // An `immutable` open would ignore it, and a hot journal means the file alone may hold
+        // half a transaction; rolling it back would change the source.
+        return Err(InteropError::BadInput(format!(
+            "{}: has a rollback journal beside it (a transaction may be unfinished); open it \
+             once with sqlite3 to recover it, then import",
+            path.display()
+        )));
+    }
     let mode = if has_wal { "mode=ro" } else { "immutable=1" };
     let uri = format!("file:{}?{mode}", uri_path(path));
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -285,6 +285,17 @@ fn truncated_and_non_sqlite_inputs_are_errors_that_write_nothing() {
             assert!(err.to_string().contains(why), "{path:?}: {err}");
         }
     }
+    // A rollback-mode file with a (possibly hot) journal beside it.
+    let journalled = generated(dir.path(), "journalled.sqlite", 10);
+    std::fs::write(dir.path().join("journalled.sqlite-journal"), [1u8; 512]).unwrap();
+    let err = import_file(
+        store.clone(),
+        "fresh",
+        &journalled,
+        &ImportOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("rollback journal"), "{err}");
     // A first page whose tables point past the end: quick_check (or the open) refuses it.
     let err = import_file(store.clone(), "fresh", &short, &ImportOptions::default()).unwrap_err();
     assert!(matches!(err, InteropError::BadInput(_)), "{err:?}");
