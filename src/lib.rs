@@ -9,16 +9,21 @@
 //! - [`bench`]: benchmark workloads (`kvsqlite bench startup`) over the actor layer.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
 //! - [`bench`]: benchmark workloads behind `kvsqlite bench`.
+//! - `testkit` (feature `testkit`): the KV conformance suite for any `KvStore`.
+//! - [`interop`]: plain SQLite files in and out of actors (`kvsqlite import`/`export`).
 #![warn(missing_docs)]
 
 pub mod actor;
 pub mod bench;
 pub mod host;
+pub mod interop;
 pub mod kv;
 pub mod metrics;
 pub mod preload;
 pub mod rng;
 pub mod slt;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod vfs;
 
 /// The README's Rust examples, compiled and run as doctests by `cargo test` so that what the

@@ -9,6 +9,7 @@
 
 mod bench;
 mod bench_startup;
+mod interop;
 mod kv;
 mod run;
 mod serve;
@@ -135,6 +136,11 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve actors over HTTP (query, batch, inspector, Prometheus metrics).
     Serve(serve::ServeArgs),
+    /// Load an ordinary SQLite file into an actor (refuses an existing actor without --replace).
+    Import(interop::ImportArgs),
+    /// Write an actor's database to an ordinary SQLite file (refuses an existing file without
+    /// --force).
+    Export(interop::ExportArgs),
 }
 
 /// Logs `tracing` events on standard error, one line per event with its fields as `key=value`,
@@ -159,5 +165,7 @@ pub fn main() -> i32 {
         Command::Slt(args) => slt::run(&cli.global, args),
         Command::Bench(args) => bench::run(&cli.global, args),
         Command::Serve(args) => serve::run(&cli.global, args),
+        Command::Import(args) => interop::run_import(&cli.global, args),
+        Command::Export(args) => interop::run_export(&cli.global, args),
     }
 }
