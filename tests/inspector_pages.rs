@@ -247,6 +247,12 @@ fn waterfall_log_tables_query_and_escaping() {
         );
     }
     assert!(html.contains("class=\"waterfall\""));
+    // Each phase's own round trips: the wake's one read is check_persist_data's.
+    assert!(
+        html.contains("<tr><td>check_persist_data</td><td>internal</td>")
+            && html.contains("ms · 1 RT"),
+        "the waterfall does not show check_persist_data's round trip"
+    );
     // The query log shows the statements just run with their round trips.
     let log = &html[html.find("id=\"log\"").expect("the log")..];
     let row = log

@@ -65,6 +65,15 @@ pub struct PhaseTiming {
     pub name: &'static str,
     /// Milliseconds.
     pub ms: f64,
+    /// KV round trips made during the phase (a phase that contains others counts theirs too).
+    pub kv_round_trips: u64,
+}
+
+/// Where a phase began: its clock and the instance's round trips so far.
+#[derive(Clone, Copy)]
+struct Mark {
+    at: Instant,
+    round_trips: u64,
 }
 
 /// What a start cost.
@@ -167,10 +176,23 @@ struct Phases {
 }
 
 impl Phases {
-    fn record(&mut self, group: Group, name: &'static str, started: Instant) {
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::debug!(target: "kvsqlite::perf", actor = %self.actor, ms, "perf {}: {name}", group.name());
-        self.timings.push(PhaseTiming { group, name, ms });
+    fn mark(&self) -> Mark {
+        Mark {
+            at: Instant::now(),
+            round_trips: self.counting.snapshot().round_trips(),
+        }
+    }
+
+    fn record(&mut self, group: Group, name: &'static str, started: Mark) {
+        let ms = started.at.elapsed().as_secs_f64() * 1000.0;
+        let kv_round_trips = self.counting.snapshot().round_trips() - started.round_trips;
+        tracing::debug!(target: "kvsqlite::perf", actor = %self.actor, ms, kv_round_trips, "perf {}: {name}", group.name());
+        self.timings.push(PhaseTiming {
+            group,
+            name,
+            ms,
+            kv_round_trips,
+        });
     }
 
     fn reads(&self) -> u64 {
@@ -189,7 +211,7 @@ impl Phases {
         f: impl FnOnce() -> Result<T, ActorError>,
     ) -> Result<T, ActorError> {
         let before = self.reads();
-        let t = Instant::now();
+        let t = self.mark();
         let r = f();
         self.record(Group::Internal, name, t);
         let r = r?;
@@ -223,7 +245,7 @@ impl Phases {
         name: &'static str,
         f: impl FnOnce() -> Result<T, super::HookError>,
     ) -> Result<T, ActorError> {
-        let t = Instant::now();
+        let t = self.mark();
         let r = catch_unwind(AssertUnwindSafe(f));
         self.record(Group::User, name, t);
         match r {
@@ -462,7 +484,7 @@ pub(super) fn start(
     let mut state = wake.state.clone().unwrap_or_default();
 
     if is_new {
-        let t = Instant::now();
+        let t = ph.mark();
         let hooks = &config.hooks;
         if let Some(f) = &hooks.create_state {
             let mut s = Vec::new();
@@ -508,7 +530,7 @@ pub(super) fn start(
 
     if config.migrate {
         let before = ph.reads();
-        let t = Instant::now();
+        let t = ph.mark();
         let r = (|| {
             let pending = migrations::pending(&db, &config.migrations)?;
             let nothing = pending.is_empty();
@@ -562,7 +584,7 @@ pub(super) fn start(
     let flush_entries = counting.snapshot().total().keys_written - written_before;
 
     if let Some(f) = &config.hooks.on_before_actor_start {
-        let t = Instant::now();
+        let t = ph.mark();
         let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
         let r = ph.user("on_before_actor_start", || f(&mut ctx));
         ph.record(Group::Internal, "on_before_actor_start", t);

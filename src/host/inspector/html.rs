@@ -125,13 +125,14 @@ pub fn actor_page(p: &ActorPage<'_>, v: &ActorView) -> String {
             name: ph.name.to_string(),
             user: ph.group == Group::User,
             ms: ph.ms,
+            round_trips: ph.kv_round_trips,
         })
         .collect();
     let _ = write!(
         b,
         "<section id=\"wake\" data-live><h2>Last wake</h2><p class=\"facts\"><span id=\"wake-kind\">{}</span><span>total <b id=\"wake-total\">{:.3} ms</b></span><span>KV round trips <b id=\"wake-round-trips\">{}</b></span><span>preload {} entries, {} bytes</span><span>preload hits {} / misses {}</span></p>\
 <p class=\"legend\"><i style=\"background:#3b75af\"></i>internal <i style=\"background:#e07b39\"></i>user</p>{}\
-<table id=\"phases\"><thead><tr><th>phase</th><th>group</th><th>ms</th></tr></thead><tbody>",
+<table id=\"phases\"><thead><tr><th>phase</th><th>group</th><th>ms</th><th>KV round trips</th></tr></thead><tbody>",
         if s.is_new { "new actor (created)" } else { "existing actor" },
         s.total_ms,
         s.kv_round_trips,
@@ -144,10 +145,11 @@ pub fn actor_page(p: &ActorPage<'_>, v: &ActorView) -> String {
     for ph in &phases {
         let _ = write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{:.3}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
             esc(&ph.name),
             if ph.user { "user" } else { "internal" },
-            ph.ms
+            ph.ms,
+            ph.round_trips
         );
     }
     b.push_str("</tbody></table></section>");

@@ -15,6 +15,8 @@ pub struct Phase {
     pub user: bool,
     /// Milliseconds.
     pub ms: f64,
+    /// KV round trips the phase made.
+    pub round_trips: u64,
 }
 
 const WIDTH: f64 = 1100.0;
@@ -56,14 +58,16 @@ pub fn waterfall(phases: &[Phase], total_ms: f64) -> String {
         let name = esc(&p.name);
         let _ = write!(
             out,
-            r##"<g class="phase {class}" data-phase="{name}"><text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end" fill="#222">{name}</text><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{:.1}" fill="{colour}"><title>{name}: {:.3} ms ({class})</title></rect><text x="{:.1}" y="{:.1}" font-size="11" fill="#222">{:.3} ms</text></g>"##,
+            r##"<g class="phase {class}" data-phase="{name}"><text x="{:.1}" y="{:.1}" font-size="12" text-anchor="end" fill="#222">{name}</text><rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{:.1}" fill="{colour}"><title>{name}: {:.3} ms, {} KV round trip(s) ({class})</title></rect><text x="{:.1}" y="{:.1}" font-size="11" fill="#222">{:.3} ms · {} RT</text></g>"##,
             LABEL - 6.0,
             y + 14.0,
             ROW - 6.0,
             p.ms,
+            p.round_trips,
             x + w + 4.0,
             y + 14.0,
-            p.ms
+            p.ms,
+            p.round_trips
         );
         at += p.ms.max(0.0);
     }
@@ -129,10 +133,12 @@ mod tests {
                 name: "<b>x".into(),
                 user: true,
                 ms: 1.0,
+                round_trips: 1,
             }],
             1.0,
         );
         assert!(s.contains("&lt;b&gt;x") && !s.contains("<b>"));
+        assert!(s.contains("1.000 ms · 1 RT"));
         let s = bars("t<", &[("<i>".into(), 3)]);
         assert!(!s.contains("<i>"));
     }
