@@ -334,7 +334,7 @@ fn bad_options_are_refused() {
         String::from_utf8_lossy(&out.stderr),
         "kvsqlite bench actors: invalid store URL \"redb:x.redb?fsync=off\": unknown redb option \
          \"fsync=off\"; redb options: group_commit=on|off; accepted forms: memory:, redb:PATH, \
-         postgres://USER@HOST:PORT/DB\n"
+         postgres://USER@HOST:PORT/DB, redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...]\n"
     );
 }
 
