@@ -481,7 +481,9 @@ pub(super) fn start(
     let preload_bytes = preload.bytes() as u64;
     let is_new = wake.state.is_none();
     let prefixes = wake.prefixes;
-    let mut state = wake.state.clone().unwrap_or_default();
+    // A new actor's state comes from `create_state`; an existing one's from the wake batch,
+    // decoded in `load_state` below.
+    let mut state = Vec::new();
 
     if is_new {
         let t = ph.mark();
@@ -501,7 +503,12 @@ pub(super) fn start(
     let (instance, hold) = ph.internal("instantiate", true, || {
         Ok((random_bytes(), is_new && wake.db_absent))
     })?;
-    ph.internal("load_state", true, || Ok(()))?;
+    let mut state = ph.internal("load_state", true, || {
+        Ok(match &wake.state {
+            Some(stored) if !is_new => stored.clone(),
+            _ => std::mem::take(&mut state),
+        })
+    })?;
     let (token, token_new) = ph.internal("init_inspector_token", true, || {
         Ok(match wake.token.as_deref().map(std::str::from_utf8) {
             Some(Ok(t)) if !t.is_empty() => (t.to_string(), false),
