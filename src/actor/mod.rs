@@ -98,7 +98,7 @@ pub struct Hooks {
     pub create_vars: Option<VarsHook>,
     /// Runs at every start, after migrations.
     pub on_wake: Option<Hook>,
-    /// Runs last, once the creation is durable.
+    /// Runs last, before a new actor's creation is written (its failure writes nothing).
     pub on_before_actor_start: Option<Hook>,
 }
 

@@ -14,8 +14,8 @@
 //! | `setup_database_client` | internal | opening the database on the preload |
 //! | `db_migrate` | user | migrations (whenever configured) |
 //! | `create_vars`, `on_wake` | user | callbacks |
+//! | `on_before_actor_start` | internal | the last callback (before anything is written) |
 //! | `flush_writes` | internal | a new actor's one put (the write collector) |
-//! | `on_before_actor_start` | internal | the last callback |
 //!
 //! Each phase logs `perf internal: <phase>` or `perf user: <phase>` (target `kvsqlite::perf`,
 //! field `ms`). The internal phases after the wake read (and the migration check when nothing is
@@ -571,6 +571,14 @@ pub(super) fn start(
         ph.user("on_wake", || f(&mut ctx))?;
     }
 
+    if let Some(f) = &config.hooks.on_before_actor_start {
+        let t = ph.mark();
+        let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
+        let r = ph.user("on_before_actor_start", || f(&mut ctx));
+        ph.record(Group::Internal, "on_before_actor_start", t);
+        r?;
+    }
+
     let written_before = counting.snapshot().total().keys_written;
     let state_changed = !is_new && wake.state.as_deref() != Some(state.as_slice());
     ph.internal("flush_writes", false, || {
@@ -589,14 +597,6 @@ pub(super) fn start(
         Ok(())
     })?;
     let flush_entries = counting.snapshot().total().keys_written - written_before;
-
-    if let Some(f) = &config.hooks.on_before_actor_start {
-        let t = ph.mark();
-        let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
-        let r = ph.user("on_before_actor_start", || f(&mut ctx));
-        ph.record(Group::Internal, "on_before_actor_start", t);
-        r?;
-    }
 
     let d = db.snapshot() - db_before;
     let startup_pages = db.recent_reads();
