@@ -219,6 +219,24 @@ impl LatencyHistogram {
         self.hist.is_empty()
     }
 
+    /// The mean latency in microseconds (0.0 when empty), from the histogram's buckets.
+    pub fn mean_us(&self) -> f64 {
+        if self.hist.is_empty() {
+            0.0
+        } else {
+            self.hist.mean()
+        }
+    }
+
+    /// Adds every value of `other` to this histogram (both have the same bounds, so nothing
+    /// is lost beyond the histogram's own precision).
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for v in other.hist.iter_recorded() {
+            self.hist
+                .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        }
+    }
+
     /// The count, p50, p90, p99 and max (all 0 when empty). Quantiles are the histogram's
     /// `value_at_quantile`: the highest value equivalent to the recorded one at or above it.
     pub fn summary(&self) -> HistogramSummary {
@@ -352,5 +370,26 @@ mod tests {
                 ..HistogramSummary::default()
             }
         );
+    }
+
+    #[test]
+    fn latency_histogram_merge_and_mean() {
+        let (mut a, mut b) = (LatencyHistogram::new(), LatencyHistogram::new());
+        assert_eq!(a.mean_us(), 0.0);
+        for us in 1..=500 {
+            a.record(us);
+        }
+        for us in 501..=1000 {
+            b.record(us);
+        }
+        a.merge(&b);
+        let mut whole = LatencyHistogram::new();
+        for us in 1..=1000 {
+            whole.record(us);
+        }
+        assert_eq!(a.summary(), whole.summary());
+        assert_eq!(a.mean_us(), 500.5);
+        a.merge(&LatencyHistogram::new());
+        assert_eq!(a.len(), 1000);
     }
 }

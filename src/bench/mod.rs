@@ -5,12 +5,14 @@
 //!
 //! - [`actors`]: many actors committing small transactions at once (group commit's gain).
 //! - [`chart`]: SVG charts of the results (`--chart FILE`).
+//! - [`http`]: a bounded load against `kvsqlite serve` over loopback: wake and query latency.
 //! - [`scan`]: cold sequential scans and random lookups, with and without read-ahead.
 //! - [`speedtest`]: a speedtest1 script through kvsqlite and stock SQLite, side by side.
 //! - [`startup`]: an actor's wake against a new actor's creation and a naive wake without preload.
 
 pub mod actors;
 pub mod chart;
+pub mod http;
 pub mod scan;
 pub mod speedtest;
 pub mod startup;

@@ -13,14 +13,20 @@
 //! per second and latency percentiles; on redb with group commit on it runs the same again with
 //! group commit off and prints the ratio.
 //!
+//! `bench http` starts the host of `kvsqlite serve` in this process (or loads one at `--url`)
+//! and measures, over loopback HTTP, the wake latency of sleeping actors and the latency and
+//! rate of a bounded mixed load (the workload is `kvsqlite::bench::http`).
+//!
 //! Exit codes: 0 when the benchmark ran, 2 when it could not (store unreachable, an error
-//! while running; one line on standard error).
+//! while running; one line on standard error). `bench http` also exits 2 when any request
+//! failed (a status other than 2xx): its report is printed first, then one line with the
+//! count and the first failure.
 
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use kvsqlite::bench::actors::{self, ActorsConfig, ActorsReport, RunResult, StopAfter};
-use kvsqlite::bench::speedtest;
+use kvsqlite::bench::{http, speedtest};
 use kvsqlite::vfs::{open_database, OpenOptions};
 
 use std::io::{IsTerminal, Write};
@@ -65,6 +71,10 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A bounded load against `kvsqlite serve` over loopback HTTP: wake latency (the first
+    /// request to a sleeping actor) and query latency, requests per second (see
+    /// `kvsqlite::bench::http`).
+    Http(HttpArgs),
     /// Cold sequential scans and random point lookups, with and without read-ahead (see
     /// `kvsqlite::bench::scan`).
     Scan {
@@ -94,6 +104,44 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Arguments of `kvsqlite bench http`.
+#[derive(Args, Debug)]
+struct HttpArgs {
+    /// Actors, each woken once then loaded.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    actors: u64,
+    /// Clients sending at once, each on its own keep-alive connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1_024))]
+    concurrency: u64,
+    /// Load requests in all [default: 4000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "duration")]
+    requests: Option<u64>,
+    /// Seconds the load lasts (fractions allowed), instead of a number of requests.
+    #[arg(long, value_parser = parse_seconds)]
+    duration: Option<Duration>,
+    /// Percentage of load requests that write one row (the others read one).
+    #[arg(long = "write-percent", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100))]
+    write_percent: u32,
+    /// Rows of each actor's table.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    rows: u64,
+    /// The in-process host puts an actor to sleep after this many milliseconds without
+    /// requests.
+    #[arg(long = "idle-sleep-ms", value_name = "N", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000), conflicts_with = "url")]
+    idle_sleep_ms: u64,
+    /// Seed of the actors and keys each request picks.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Load a running `kvsqlite serve` at http://HOST:PORT instead of starting one (its admin
+    /// token from KVSQLITE_ADMIN_TOKEN; --kv and --rtt are then not used).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// Print one JSON object (fields in the README) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Parses `--duration SECS`: a finite number of seconds above 0 and at most one day.
@@ -148,6 +196,7 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             };
             super::finish("bench actors", bench_actors(global, &config, json))
         }
+        BenchCommand::Http(args) => super::finish("bench http", bench_http(global, args)),
         BenchCommand::Scan {
             pages,
             lookups,
@@ -169,6 +218,62 @@ fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Resul
         actors::bench_actors(config, &run, baseline.as_ref(), global.rtt, &progress)
     })?;
     print_report(json, report.to_json(), || actors_table(&report))
+}
+
+/// The server of `bench http --url URL`: `http://HOST:PORT` (a trailing `/` allowed) and the
+/// admin token from `KVSQLITE_ADMIN_TOKEN`.
+fn http_server(url: &str) -> Result<http::Server, String> {
+    let base = url.trim().trim_end_matches('/');
+    let authority = base.strip_prefix("http://").unwrap_or("");
+    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+        return Err(format!("--url must be http://HOST:PORT (got {url:?})"));
+    }
+    let token = std::env::var(super::serve::ADMIN_TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "--url needs the server's admin token in {}",
+                super::serve::ADMIN_TOKEN_ENV
+            )
+        })?;
+    Ok(http::Server::Url {
+        base: base.to_string(),
+        token,
+    })
+}
+
+fn bench_http(global: &GlobalArgs, args: HttpArgs) -> Result<i32, Stop> {
+    let config = http::HttpConfig {
+        actors: args.actors as usize,
+        concurrency: args.concurrency as usize,
+        stop: match args.duration {
+            Some(d) => http::LoadStop::Duration(d),
+            None => http::LoadStop::Requests(args.requests.unwrap_or(4_000)),
+        },
+        write_percent: args.write_percent,
+        rows: args.rows,
+        idle_sleep: Duration::from_millis(args.idle_sleep_ms),
+        seed: args.seed,
+    };
+    config.check()?;
+    let server = match &args.url {
+        Some(url) => http_server(url)?,
+        None => http::Server::InProcess(global.open_store()?),
+    };
+    let report = with_progress(|draw| {
+        let progress = |phase: &str, done: f64| draw((done * 100.0) as usize, 100, phase);
+        http::run(&config, server, global.rtt, &progress)
+    })?;
+    print_report(args.json, report.to_json(), || report.to_table())?;
+    match &report.first_error {
+        Some(first) if report.errors() > 0 => Err(Stop::Error(format!(
+            "{} requests failed; the first: {first}",
+            report.errors()
+        ))),
+        _ => Ok(0),
+    }
 }
 
 /// Runs `f` with a progress-bar drawer (drawing on standard error only when it is a

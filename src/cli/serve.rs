@@ -16,7 +16,7 @@ use kvsqlite::host::{self, HostConfig};
 use super::{GlobalArgs, Stop};
 
 /// The environment variable holding the admin token.
-const ADMIN_TOKEN_ENV: &str = "KVSQLITE_ADMIN_TOKEN";
+pub(super) const ADMIN_TOKEN_ENV: &str = "KVSQLITE_ADMIN_TOKEN";
 
 /// Arguments of `kvsqlite serve`.
 #[derive(Args, Debug)]

@@ -1,0 +1,1029 @@
+//! `kvsqlite bench http`: a bounded load against `kvsqlite serve` over loopback HTTP.
+//!
+//! Why it exists: the other benchmarks call the VFS directly; this one measures what a client
+//! of the host sees, the HTTP layer, the actor registry and its sleep and wake included. It
+//! measures two latencies apart: the **wake latency** (the first request to a sleeping actor,
+//! its wake plus its query) and the **query latency** (requests to awake actors).
+//!
+//! The run, in order:
+//!
+//! 1. **Host.** [`Server::InProcess`] starts the same host `kvsqlite serve` runs
+//!    ([`crate::host::serve`]) on `127.0.0.1:0` in this process, over the given store, with a
+//!    fresh admin token and a short idle sleep; [`Server::Url`] uses a running one.
+//! 2. **Setup** (not timed). Each of the `actors` actors gets, in one batch, a table
+//!    `kv(k INTEGER PRIMARY KEY, v TEXT)` of `rows` rows of 64 hex characters.
+//! 3. **Sleep** (not timed). The bench waits until the host's `kvsqlite_sleeps_total` has grown
+//!    by `actors` since before the setup: every actor went to sleep on the idle timeout.
+//! 4. **Wake.** `concurrency` clients send one point read to each actor: each is the first
+//!    request to a sleeping actor, so its latency is a wake plus a query.
+//! 5. **Load.** `concurrency` clients, each on its own keep-alive connection, send requests
+//!    back to back until `requests` in all were sent or `duration` passed. Each request goes to
+//!    an actor picked at random; `write_percent` of them are one-row writes
+//!    (`UPDATE kv SET v = ?1 WHERE k = ?2`, one commit: one KV write), the others point reads
+//!    (`SELECT v FROM kv WHERE k = ?1`), at a random key.
+//! 6. **Cleanup.** An in-process host is shut down (every actor sleeps), then the bench's
+//!    actors are deleted from the store. Over `--url` they are left in the server's store (the
+//!    host has no route that deletes an actor); their ids start with the reported prefix.
+//!
+//! Counts come from the host's own `/metrics` read between the phases: the wakes of the wake
+//! phase, their KV round trips (`kvsqlite_wake_kv_round_trips`), the wakes during the load (an
+//! actor that slept in the middle) and the KV round trips per load request. Any status other
+//! than 2xx (or a request that got no answer) is an error: counted, its latency not recorded,
+//! the first one kept with its status and body.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::actor::ActorConfig;
+use crate::host::{self, HostConfig};
+use crate::kv::SharedStore;
+use crate::metrics::LatencyHistogram;
+use crate::rng::Rng;
+
+/// How long the bench waits for the actors to fall asleep before it gives up.
+pub const SLEEP_WAIT: Duration = Duration::from_secs(120);
+
+/// How long one request may take before it counts as an error (no answer).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest part of an error body kept in [`HttpReport::first_error`].
+const ERROR_BODY_MAX: usize = 300;
+
+/// When the load phase stops.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LoadStop {
+    /// After this many requests in all.
+    Requests(u64),
+    /// After this much wall time (requests in flight finish and count).
+    Duration(Duration),
+}
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HttpConfig {
+    /// Actors (at least 1).
+    pub actors: usize,
+    /// Clients sending at once (at least 1), each on its own connection.
+    pub concurrency: usize,
+    /// When the load phase stops.
+    pub stop: LoadStop,
+    /// Percentage of load requests that write (0 to 100).
+    pub write_percent: u32,
+    /// Rows of each actor's table (at least 1).
+    pub rows: u64,
+    /// An in-process host puts an actor to sleep after this long without requests.
+    pub idle_sleep: Duration,
+    /// Seed of the actors and keys picked.
+    pub seed: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            actors: 32,
+            concurrency: 8,
+            stop: LoadStop::Requests(4_000),
+            write_percent: 20,
+            rows: 100,
+            idle_sleep: Duration::from_millis(1_000),
+            seed: 1,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Checks the configuration: a message naming the option when it is out of range.
+    pub fn check(&self) -> Result<(), String> {
+        if self.actors == 0 {
+            return Err("--actors must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if self.stop == LoadStop::Requests(0) {
+            return Err("--requests must be at least 1".into());
+        }
+        if self.write_percent > 100 {
+            return Err("--write-percent must be from 0 to 100".into());
+        }
+        if self.rows == 0 {
+            return Err("--rows must be at least 1".into());
+        }
+        if self.idle_sleep.is_zero() {
+            return Err("--idle-sleep-ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The host to load.
+pub enum Server {
+    /// Start the host in this process on `127.0.0.1:0`, over this store; the bench's actors
+    /// are deleted from it afterwards.
+    InProcess(SharedStore),
+    /// A running `kvsqlite serve`.
+    Url {
+        /// `http://HOST:PORT`, without a trailing slash.
+        base: String,
+        /// Its admin token.
+        token: String,
+    },
+}
+
+/// Latency percentiles in milliseconds, over the requests that succeeded.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Mean.
+    pub mean: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &LatencyHistogram) -> Self {
+        let s = h.summary();
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            mean: h.mean_us() / 1000.0,
+            p50: ms(s.p50),
+            p90: ms(s.p90),
+            p99: ms(s.p99),
+            max: ms(s.max),
+        }
+    }
+
+    fn to_json(self) -> Value {
+        json!({
+            "mean": round3(self.mean),
+            "p50": round3(self.p50),
+            "p90": round3(self.p90),
+            "p99": round3(self.p99),
+            "max": round3(self.max),
+        })
+    }
+}
+
+/// The wake phase: one request to each sleeping actor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WakePhase {
+    /// Requests sent (one per actor).
+    pub requests: u64,
+    /// Requests answered 2xx.
+    pub ok: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Wakes the host counted during the phase.
+    pub wakes: u64,
+    /// KV round trips per wake, from the host's `kvsqlite_wake_kv_round_trips` histogram
+    /// (the wake itself, not the query after it); `None` without a wake.
+    pub kv_round_trips_per_wake: Option<f64>,
+    /// Wall time of the phase, in seconds.
+    pub wall_s: f64,
+    /// Latency of each first request: wake plus query.
+    pub latency_ms: Latency,
+}
+
+/// The load phase: requests to awake actors.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadPhase {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests answered 2xx.
+    pub ok: u64,
+    /// Requests that failed.
+    pub errors: u64,
+    /// Reads sent (point `SELECT`s).
+    pub reads: u64,
+    /// Writes sent (one-row `UPDATE`s).
+    pub writes: u64,
+    /// Wall time from the first client's start to the last answer, in seconds.
+    pub wall_s: f64,
+    /// `requests / wall_s`.
+    pub requests_per_sec: f64,
+    /// Every successful request.
+    pub latency_ms: Latency,
+    /// Successful reads.
+    pub read_latency_ms: Latency,
+    /// Successful writes.
+    pub write_latency_ms: Latency,
+    /// Wakes the host counted during the phase (an actor that slept in the middle; 0 when
+    /// every request found its actor awake).
+    pub wakes: u64,
+    /// KV round trips the host counted during the phase, per request.
+    pub kv_round_trips_per_request: Option<f64>,
+}
+
+/// The whole benchmark.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpReport {
+    /// The configuration run.
+    pub config: HttpConfig,
+    /// The store's backend for an in-process host, `None` over `--url`.
+    pub backend: Option<&'static str>,
+    /// The URL loaded, `None` for an in-process host.
+    pub url: Option<String>,
+    /// The simulated round-trip time in milliseconds (0 without `--rtt`; `None` over `--url`).
+    pub rtt_ms: Option<f64>,
+    /// The common prefix of the bench's actor ids (`PREFIX-0` …).
+    pub actor_prefix: String,
+    /// The wake phase.
+    pub wake: WakePhase,
+    /// The load phase.
+    pub load: LoadPhase,
+    /// The first failed request: `phase: status: body` (status 0: no answer).
+    pub first_error: Option<String>,
+    /// Whether the bench's actors were deleted from the store afterwards.
+    pub actors_deleted: bool,
+}
+
+impl HttpReport {
+    /// Failed requests of both phases.
+    pub fn errors(&self) -> u64 {
+        self.wake.errors + self.load.errors
+    }
+
+    /// One JSON object; the field names are documented in the README ("bench http").
+    pub fn to_json(&self) -> Value {
+        let c = &self.config;
+        let (requests_target, duration_s) = match c.stop {
+            LoadStop::Requests(n) => (json!(n), Value::Null),
+            LoadStop::Duration(d) => (Value::Null, json!(round3(d.as_secs_f64()))),
+        };
+        let w = &self.wake;
+        let l = &self.load;
+        json!({
+            "backend": self.backend,
+            "url": self.url,
+            "rtt_ms": self.rtt_ms.map(round3),
+            "actors": c.actors,
+            "concurrency": c.concurrency,
+            "write_percent": c.write_percent,
+            "rows": c.rows,
+            "requests_target": requests_target,
+            "duration_s": duration_s,
+            "idle_sleep_ms": self.url.is_none().then(|| c.idle_sleep.as_millis() as u64),
+            "actor_prefix": self.actor_prefix,
+            "wake": {
+                "requests": w.requests,
+                "ok": w.ok,
+                "errors": w.errors,
+                "wakes": w.wakes,
+                "kv_round_trips_per_wake": w.kv_round_trips_per_wake.map(round3),
+                "wall_s": round6(w.wall_s),
+                "latency_ms": w.latency_ms.to_json(),
+            },
+            "load": {
+                "requests": l.requests,
+                "ok": l.ok,
+                "errors": l.errors,
+                "reads": l.reads,
+                "writes": l.writes,
+                "wall_s": round6(l.wall_s),
+                "requests_per_sec": round3(l.requests_per_sec),
+                "latency_ms": l.latency_ms.to_json(),
+                "read_latency_ms": l.read_latency_ms.to_json(),
+                "write_latency_ms": l.write_latency_ms.to_json(),
+                "wakes": l.wakes,
+                "kv_round_trips_per_request": l.kv_round_trips_per_request.map(round3),
+            },
+            "errors": self.errors(),
+            "first_error": self.first_error,
+            "actors_deleted": self.actors_deleted,
+        })
+    }
+
+    /// The readable form: a header line, one row per phase (and per kind of load request),
+    /// then the counts.
+    pub fn to_table(&self) -> String {
+        let c = &self.config;
+        let stop = match c.stop {
+            LoadStop::Requests(n) => format!("{n} requests"),
+            LoadStop::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
+        };
+        let host = match (&self.url, self.backend) {
+            (Some(u), _) => format!("server {u}"),
+            (None, b) => format!(
+                "in-process host, store {}, rtt {} ms",
+                b.unwrap_or("?"),
+                self.rtt_ms.unwrap_or(0.0)
+            ),
+        };
+        let mut s = format!(
+            "{} actors of {} rows, {} clients, {}% writes, {stop}, {host}\n\
+             phase\trequests\tok\terrors\twall_s\treq_per_sec\tmean_ms\tp50_ms\tp90_ms\tp99_ms\tmax_ms\n",
+            c.actors, c.rows, c.concurrency, c.write_percent
+        );
+        // A row: its requests, then (for a phase) its successes and errors and its wall time.
+        let row = |name: &str, requests: u64, phase: Option<(u64, u64, f64)>, l: &Latency| {
+            let dash = || "-".to_string();
+            let (ok, errors, wall, rate) = match phase {
+                Some((ok, errors, w)) => (
+                    ok.to_string(),
+                    errors.to_string(),
+                    format!("{w:.2}"),
+                    if w > 0.0 {
+                        format!("{:.0}", requests as f64 / w)
+                    } else {
+                        dash()
+                    },
+                ),
+                None => (dash(), dash(), dash(), dash()),
+            };
+            format!(
+                "{name}\t{requests}\t{ok}\t{errors}\t{wall}\t{rate}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\n",
+                l.mean, l.p50, l.p90, l.p99, l.max
+            )
+        };
+        let (w, l) = (&self.wake, &self.load);
+        s.push_str(&row(
+            "wake",
+            w.requests,
+            Some((w.ok, w.errors, w.wall_s)),
+            &w.latency_ms,
+        ));
+        s.push_str(&row(
+            "query",
+            l.requests,
+            Some((l.ok, l.errors, l.wall_s)),
+            &l.latency_ms,
+        ));
+        s.push_str(&row("read", l.reads, None, &l.read_latency_ms));
+        s.push_str(&row("write", l.writes, None, &l.write_latency_ms));
+        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+        s.push_str(&format!(
+            "wakes {}, KV round trips per wake {}; wakes during the load {}, KV round trips per load request {}\n",
+            w.wakes,
+            opt(w.kv_round_trips_per_wake),
+            l.wakes,
+            opt(l.kv_round_trips_per_request)
+        ));
+        s.push_str(&if self.actors_deleted {
+            format!("actors {}-* deleted\n", self.actor_prefix)
+        } else {
+            format!(
+                "actors {}-* left in the server's store (no route deletes an actor)\n",
+                self.actor_prefix
+            )
+        });
+        s
+    }
+}
+
+fn round3(v: f64) -> f64 {
+    if v.is_finite() {
+        (v * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
+}
+
+fn round6(v: f64) -> f64 {
+    if v.is_finite() {
+        (v * 1e6).round() / 1e6
+    } else {
+        0.0
+    }
+}
+
+/// The host `kvsqlite serve` runs, started in this process on `127.0.0.1:0`.
+struct InProcessHost {
+    runtime: tokio::runtime::Runtime,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    base: String,
+    token: String,
+}
+
+impl InProcessHost {
+    fn start(store: SharedStore, config: &HttpConfig) -> Result<Self, String> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .map_err(|e| format!("cannot listen on 127.0.0.1:0: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("cannot read the bound address: {e}"))?;
+        let token = host::generate_token();
+        let host_config = HostConfig {
+            store,
+            actor: ActorConfig::default(),
+            admin_token: token.clone(),
+            idle_sleep: config.idle_sleep,
+            max_awake: config.actors.max(1024),
+            max_body: 1 << 20,
+            statement_timeout: Duration::from_secs(30),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = runtime.spawn(host::serve(listener, host_config, async move {
+            let _ = rx.await;
+        }));
+        Ok(InProcessHost {
+            runtime,
+            shutdown: Some(tx),
+            task: Some(task),
+            base: format!("http://{addr}"),
+            token,
+        })
+    }
+
+    /// Stops accepting, lets requests in flight finish and puts every actor to sleep.
+    fn stop(&mut self) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => match self.runtime.block_on(task) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the in-process host failed: {e}")),
+                Err(e) => Err(format!("the in-process host's task failed: {e}")),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InProcessHost {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// An HTTP client on its own keep-alive connection.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .build()
+        .into()
+}
+
+/// What one request got: the status (0: no answer) and, for a failure, the body or the error.
+struct Answer {
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+fn post(agent: &ureq::Agent, url: &str, token: &str, body: &str) -> Answer {
+    let sent = agent
+        .post(url)
+        .header("Authorization", format!("Bearer {token}"))
+        .content_type("application/json")
+        .send(body);
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let text = match resp.into_body().read_to_string() {
+                Ok(t) => t,
+                Err(e) => {
+                    return Answer {
+                        status: 0,
+                        text: format!("reading the answer failed: {e}"),
+                    }
+                }
+            };
+            Answer { status, text }
+        }
+        Err(e) => Answer {
+            status: 0,
+            text: e.to_string(),
+        },
+    }
+}
+
+/// The host counters the bench reads between phases (from `GET /metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostCounters {
+    /// `kvsqlite_wakes_total`.
+    pub wakes: f64,
+    /// `kvsqlite_sleeps_total`.
+    pub sleeps: f64,
+    /// `kvsqlite_kv_round_trips_total`.
+    pub kv_round_trips: f64,
+    /// `kvsqlite_wake_kv_round_trips_sum`.
+    pub wake_round_trips_sum: f64,
+    /// `kvsqlite_wake_kv_round_trips_count`.
+    pub wake_round_trips_count: f64,
+}
+
+impl HostCounters {
+    /// Reads the counters from Prometheus text: an error naming the first one missing (or
+    /// whose value is not a number).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let find = |name: &str| -> Result<f64, String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .find_map(|l| {
+                    let (n, v) = l.split_once(' ')?;
+                    (n == name).then(|| v.trim().parse::<f64>().ok())
+                })
+                .flatten()
+                .ok_or_else(|| {
+                    format!("the server's /metrics has no numeric {name}: is it kvsqlite serve?")
+                })
+        };
+        Ok(HostCounters {
+            wakes: find("kvsqlite_wakes_total")?,
+            sleeps: find("kvsqlite_sleeps_total")?,
+            kv_round_trips: find("kvsqlite_kv_round_trips_total")?,
+            wake_round_trips_sum: find("kvsqlite_wake_kv_round_trips_sum")?,
+            wake_round_trips_count: find("kvsqlite_wake_kv_round_trips_count")?,
+        })
+    }
+}
+
+fn counters(agent: &ureq::Agent, base: &str) -> Result<HostCounters, String> {
+    let url = format!("{base}/metrics");
+    let resp = agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .into_body()
+        .read_to_string()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET {url}: status {status}"));
+    }
+    HostCounters::parse(&text)
+}
+
+fn delta(after: f64, before: f64) -> u64 {
+    (after - before).max(0.0).round() as u64
+}
+
+/// What the clients of one phase share.
+struct Tally {
+    /// Requests claimed so far (the next actor in the wake phase, the request count in the
+    /// load phase).
+    claimed: AtomicU64,
+    /// Requests answered (for the progress bar).
+    done: AtomicU64,
+    /// Set on a failure that stops the phase (none today: every failure is counted and the
+    /// phase goes on; kept for a client thread that panics).
+    abort: AtomicBool,
+    /// The first failed request, `phase: status: body`.
+    first_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            claimed: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            abort: AtomicBool::new(false),
+            first_error: parking_lot::Mutex::new(None),
+        }
+    }
+
+    fn failed(&self, phase: &str, path: &str, a: &Answer) {
+        let mut first = self.first_error.lock();
+        if first.is_none() {
+            let body: String = a.text.chars().take(ERROR_BODY_MAX).collect();
+            *first = Some(format!("{phase}: POST {path}: status {}: {body}", a.status));
+        }
+    }
+}
+
+/// What one client measured.
+#[derive(Default)]
+struct Measured {
+    ok: u64,
+    errors: u64,
+    reads: u64,
+    writes: u64,
+    reads_h: LatencyHistogram,
+    writes_h: LatencyHistogram,
+    start: Option<Instant>,
+    end: Option<Instant>,
+}
+
+impl Measured {
+    fn add(&mut self, o: Measured) {
+        self.ok += o.ok;
+        self.errors += o.errors;
+        self.reads += o.reads;
+        self.writes += o.writes;
+        self.reads_h.merge(&o.reads_h);
+        self.writes_h.merge(&o.writes_h);
+        self.start = match (self.start, o.start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.end = match (self.end, o.end) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn wall_s(&self) -> f64 {
+        match (self.start, self.end) {
+            (Some(s), Some(e)) => (e - s).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Runs `client(i)` on `n` threads while the calling thread reports progress
+/// (`progress(phase, fraction)`, about 20 times a second) from `fraction()`; merges what they
+/// measured.
+fn run_clients(
+    n: usize,
+    phase: &str,
+    tally: &Tally,
+    fraction: &(dyn Fn() -> f64 + Sync),
+    progress: &dyn Fn(&str, f64),
+    client: &(dyn Fn(usize) -> Measured + Sync),
+) -> Result<Measured, String> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n).map(|i| s.spawn(move || client(i))).collect();
+        while !handles.iter().all(|h| h.is_finished()) {
+            progress(phase, fraction().min(1.0));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut all = Measured::default();
+        for h in handles {
+            match h.join() {
+                Ok(m) => all.add(m),
+                Err(_) => {
+                    tally.abort.store(true, Ordering::SeqCst);
+                    return Err(format!("a client thread of the {phase} phase panicked"));
+                }
+            }
+        }
+        Ok(all)
+    })
+}
+
+fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("bench-http-{}-{nanos}", std::process::id())
+}
+
+/// A value of 64 hex characters from the generator.
+fn hex_value(rng: &mut Rng) -> String {
+    (0..4).map(|_| format!("{:016x}", rng.next_u64())).collect()
+}
+
+/// Runs the benchmark (see the module comment). `progress(phase, fraction)` is called while
+/// the `setup`, `sleep`, `wake` and `load` phases run. `rtt` is only reported.
+pub fn run(
+    config: &HttpConfig,
+    server: Server,
+    rtt: Option<Duration>,
+    progress: &dyn Fn(&str, f64),
+) -> Result<HttpReport, String> {
+    config.check()?;
+    let prefix = unique_prefix();
+    let (mut host, store, base, token, url) = match server {
+        Server::InProcess(store) => {
+            let h = InProcessHost::start(store.clone(), config)?;
+            let (base, token) = (h.base.clone(), h.token.clone());
+            (Some(h), Some(store), base, token, None)
+        }
+        Server::Url { base, token } => (None, None, base.clone(), token, Some(base)),
+    };
+    let measured = measure(config, &base, &token, &prefix, progress);
+    // Cleanup whatever happened: the host stops (every actor sleeps, its last write done),
+    // then the actors are deleted.
+    let stopped = host.as_mut().map_or(Ok(()), |h| h.stop());
+    drop(host);
+    let deleted = match &store {
+        Some(store) => (0..config.actors).try_for_each(|i| {
+            let id = format!("{prefix}-{i}");
+            store
+                .delete_range(&id, &[], None)
+                .map_err(|e| format!("deleting actor {id}: {e}"))
+        }),
+        None => Ok(()),
+    };
+    let (wake, load, first_error) = measured?;
+    stopped?;
+    deleted?;
+    Ok(HttpReport {
+        config: *config,
+        backend: store.as_ref().map(|s| s.backend()),
+        rtt_ms: match url {
+            None => Some(rtt.map_or(0.0, |d| d.as_secs_f64() * 1000.0)),
+            Some(_) => None,
+        },
+        url,
+        actor_prefix: prefix,
+        wake,
+        load,
+        first_error,
+        actors_deleted: store.is_some(),
+    })
+}
+
+type Phases = (WakePhase, LoadPhase, Option<String>);
+
+fn measure(
+    config: &HttpConfig,
+    base: &str,
+    token: &str,
+    prefix: &str,
+    progress: &dyn Fn(&str, f64),
+) -> Result<Phases, String> {
+    let admin = agent();
+    let actor_url = |i: u64, route: &str| format!("{base}/actors/{prefix}-{i}/{route}");
+    let actors = config.actors as u64;
+    let at_start = counters(&admin, base)?;
+
+    // Setup: each actor's table, in one batch; a failure here stops the bench.
+    let setup = Tally::new();
+    let setup_body = json!({"statements": [
+        {"sql": "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT NOT NULL)"},
+        {"sql": "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ?1) \
+                 INSERT INTO kv(k, v) SELECT k, lower(hex(randomblob(32))) FROM n",
+         "params": [config.rows]},
+    ]})
+    .to_string();
+    run_clients(
+        config.concurrency.min(config.actors),
+        "setup",
+        &setup,
+        &|| setup.done.load(Ordering::Relaxed) as f64 / actors as f64,
+        progress,
+        &|_| {
+            let agent = agent();
+            let mut m = Measured::default();
+            loop {
+                let i = setup.claimed.fetch_add(1, Ordering::SeqCst);
+                if i >= actors || setup.abort.load(Ordering::SeqCst) {
+                    break;
+                }
+                let a = post(&agent, &actor_url(i, "batch"), token, &setup_body);
+                if a.ok() {
+                    m.ok += 1;
+                } else {
+                    setup.failed("setup", &format!("/actors/{prefix}-{i}/batch"), &a);
+                    setup.abort.store(true, Ordering::SeqCst);
+                    m.errors += 1;
+                }
+                setup.done.fetch_add(1, Ordering::Relaxed);
+            }
+            m
+        },
+    )?;
+    if let Some(e) = setup.first_error.lock().take() {
+        return Err(format!("creating the bench's actors failed: {e}"));
+    }
+
+    // Sleep: wait until the host put every one of them to sleep.
+    let begun = Instant::now();
+    loop {
+        let now = counters(&admin, base)?;
+        let slept = delta(now.sleeps, at_start.sleeps);
+        progress("sleep", slept as f64 / actors as f64);
+        if slept >= actors {
+            break;
+        }
+        if begun.elapsed() > SLEEP_WAIT {
+            return Err(format!(
+                "only {slept} of the {actors} actors fell asleep within {} s (a server given \
+                 with --url must put idle actors to sleep sooner: --idle-sleep-ms)",
+                SLEEP_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Wake: the first request to each sleeping actor.
+    let before_wake = counters(&admin, base)?;
+    let wake = Tally::new();
+    let read_body = |rng: &mut Rng| {
+        json!({"sql": "SELECT v FROM kv WHERE k = ?1", "params": [1 + rng.below(config.rows)]})
+            .to_string()
+    };
+    let woke = run_clients(
+        config.concurrency.min(config.actors),
+        "wake",
+        &wake,
+        &|| wake.done.load(Ordering::Relaxed) as f64 / actors as f64,
+        progress,
+        &|c| {
+            let agent = agent();
+            let mut rng = Rng::new(config.seed ^ (0xA5A5 + c as u64));
+            let mut m = Measured {
+                start: Some(Instant::now()),
+                ..Measured::default()
+            };
+            loop {
+                let i = wake.claimed.fetch_add(1, Ordering::SeqCst);
+                if i >= actors {
+                    break;
+                }
+                let body = read_body(&mut rng);
+                let t0 = Instant::now();
+                let a = post(&agent, &actor_url(i, "query"), token, &body);
+                let end = Instant::now();
+                m.end = Some(end);
+                m.reads += 1;
+                if a.ok() {
+                    m.ok += 1;
+                    m.reads_h.record((end - t0).as_micros() as u64);
+                } else {
+                    m.errors += 1;
+                    wake.failed("wake", &format!("/actors/{prefix}-{i}/query"), &a);
+                }
+                wake.done.fetch_add(1, Ordering::Relaxed);
+            }
+            m
+        },
+    )?;
+    let after_wake = counters(&admin, base)?;
+    let wake_count = delta(
+        after_wake.wake_round_trips_count,
+        before_wake.wake_round_trips_count,
+    );
+    let wake_phase = WakePhase {
+        requests: woke.reads,
+        ok: woke.ok,
+        errors: woke.errors,
+        wakes: delta(after_wake.wakes, before_wake.wakes),
+        kv_round_trips_per_wake: (wake_count > 0).then(|| {
+            (after_wake.wake_round_trips_sum - before_wake.wake_round_trips_sum) / wake_count as f64
+        }),
+        wall_s: woke.wall_s(),
+        latency_ms: Latency::of(&woke.reads_h),
+    };
+
+    // Load: requests to awake actors, reads and writes mixed.
+    let load = Tally::new();
+    let begun = Instant::now();
+    let loaded = run_clients(
+        config.concurrency,
+        "load",
+        &load,
+        &|| match config.stop {
+            LoadStop::Requests(n) => load.done.load(Ordering::Relaxed) as f64 / n as f64,
+            LoadStop::Duration(d) => begun.elapsed().as_secs_f64() / d.as_secs_f64(),
+        },
+        progress,
+        &|c| {
+            let agent = agent();
+            let mut rng = Rng::new(config.seed.wrapping_mul(0x9E37_79B9) ^ c as u64);
+            let mut m = Measured {
+                start: Some(Instant::now()),
+                ..Measured::default()
+            };
+            loop {
+                let more = match config.stop {
+                    LoadStop::Requests(n) => load.claimed.fetch_add(1, Ordering::SeqCst) < n,
+                    LoadStop::Duration(d) => begun.elapsed() < d,
+                };
+                if !more {
+                    break;
+                }
+                let i = rng.below(actors);
+                let write = rng.below(100) < u64::from(config.write_percent);
+                let body = if write {
+                    json!({"sql": "UPDATE kv SET v = ?1 WHERE k = ?2",
+                           "params": [hex_value(&mut rng), 1 + rng.below(config.rows)]})
+                    .to_string()
+                } else {
+                    read_body(&mut rng)
+                };
+                let t0 = Instant::now();
+                let a = post(&agent, &actor_url(i, "query"), token, &body);
+                let end = Instant::now();
+                m.end = Some(end);
+                let us = (end - t0).as_micros() as u64;
+                if write {
+                    m.writes += 1;
+                } else {
+                    m.reads += 1;
+                }
+                if a.ok() {
+                    m.ok += 1;
+                    if write {
+                        m.writes_h.record(us);
+                    } else {
+                        m.reads_h.record(us);
+                    }
+                } else {
+                    m.errors += 1;
+                    load.failed("load", &format!("/actors/{prefix}-{i}/query"), &a);
+                }
+                load.done.fetch_add(1, Ordering::Relaxed);
+            }
+            m
+        },
+    )?;
+    let after_load = counters(&admin, base)?;
+    let requests = loaded.reads + loaded.writes;
+    let wall_s = loaded.wall_s();
+    let mut all = LatencyHistogram::new();
+    all.merge(&loaded.reads_h);
+    all.merge(&loaded.writes_h);
+    let load_phase = LoadPhase {
+        requests,
+        ok: loaded.ok,
+        errors: loaded.errors,
+        reads: loaded.reads,
+        writes: loaded.writes,
+        wall_s,
+        requests_per_sec: if wall_s > 0.0 {
+            requests as f64 / wall_s
+        } else {
+            0.0
+        },
+        latency_ms: Latency::of(&all),
+        read_latency_ms: Latency::of(&loaded.reads_h),
+        write_latency_ms: Latency::of(&loaded.writes_h),
+        wakes: delta(after_load.wakes, after_wake.wakes),
+        kv_round_trips_per_request: (requests > 0).then(|| {
+            (after_load.kv_round_trips - after_wake.kv_round_trips).max(0.0) / requests as f64
+        }),
+    };
+    let first_error = wake
+        .first_error
+        .lock()
+        .take()
+        .or_else(|| load.first_error.lock().take());
+    Ok((wake_phase, load_phase, first_error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_from_prometheus_text() {
+        let text = "# HELP kvsqlite_wakes_total x\n# TYPE kvsqlite_wakes_total counter\n\
+                    kvsqlite_wakes_total 7\nkvsqlite_sleeps_total 5\n\
+                    kvsqlite_kv_round_trips_total 40\n\
+                    kvsqlite_wake_kv_round_trips_bucket{le=\"1\"} 6\n\
+                    kvsqlite_wake_kv_round_trips_sum 9\nkvsqlite_wake_kv_round_trips_count 7\n";
+        assert_eq!(
+            HostCounters::parse(text),
+            Ok(HostCounters {
+                wakes: 7.0,
+                sleeps: 5.0,
+                kv_round_trips: 40.0,
+                wake_round_trips_sum: 9.0,
+                wake_round_trips_count: 7.0,
+            })
+        );
+        assert_eq!(
+            HostCounters::parse("kvsqlite_wakes_total x\n"),
+            Err(
+                "the server's /metrics has no numeric kvsqlite_wakes_total: is it kvsqlite serve?"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn config_checks_name_the_option() {
+        assert_eq!(HttpConfig::default().check(), Ok(()));
+        let bad = |c: HttpConfig| c.check().unwrap_err();
+        let d = HttpConfig::default();
+        assert_eq!(
+            bad(HttpConfig { actors: 0, ..d }),
+            "--actors must be at least 1"
+        );
+        assert_eq!(
+            bad(HttpConfig {
+                concurrency: 0,
+                ..d
+            }),
+            "--concurrency must be at least 1"
+        );
+        assert_eq!(
+            bad(HttpConfig {
+                stop: LoadStop::Requests(0),
+                ..d
+            }),
+            "--requests must be at least 1"
+        );
+        assert_eq!(
+            bad(HttpConfig {
+                write_percent: 101,
+                ..d
+            }),
+            "--write-percent must be from 0 to 100"
+        );
+    }
+}
