@@ -185,6 +185,8 @@ pub struct WakePhase {
     /// KV round trips per wake, from the host's `kvsqlite_wake_kv_round_trips` histogram
     /// (the wake itself, not the query after it); `None` without a wake.
     pub kv_round_trips_per_wake: Option<f64>,
+    /// KV round trips the host counted during the phase: the wakes and the queries after them.
+    pub kv_round_trips: u64,
     /// Wall time of the phase, in seconds.
     pub wall_s: f64,
     /// Latency of each first request: wake plus query.
@@ -219,6 +221,8 @@ pub struct LoadPhase {
     pub wakes: u64,
     /// KV round trips the host counted during the phase, per request.
     pub kv_round_trips_per_request: Option<f64>,
+    /// KV round trips the host counted during the phase (wakes during it included).
+    pub kv_round_trips: u64,
 }
 
 /// The whole benchmark.
@@ -277,6 +281,7 @@ impl HttpReport {
                 "errors": w.errors,
                 "wakes": w.wakes,
                 "kv_round_trips_per_wake": w.kv_round_trips_per_wake.map(round3),
+                "kv_round_trips": w.kv_round_trips,
                 "wall_s": round6(w.wall_s),
                 "latency_ms": w.latency_ms.to_json(),
             },
@@ -293,6 +298,7 @@ impl HttpReport {
                 "write_latency_ms": l.write_latency_ms.to_json(),
                 "wakes": l.wakes,
                 "kv_round_trips_per_request": l.kv_round_trips_per_request.map(round3),
+                "kv_round_trips": l.kv_round_trips,
             },
             "errors": self.errors(),
             "first_error": self.first_error,
@@ -753,7 +759,7 @@ fn measure(
     // Setup: each actor's table, in one batch; a failure here stops the bench.
     let setup = Tally::new();
     let setup_body = json!({"statements": [
-        {"sql": "CREATE TABLE kv(k INTEGER PRIMARY KEY, v TEXT NOT NULL)"},
+        {"sql": "CREATE TABLE IF NOT EXISTS kv(k INTEGER PRIMARY KEY, v TEXT NOT NULL)"},
         {"sql": "WITH RECURSIVE n(k) AS (SELECT 1 UNION ALL SELECT k + 1 FROM n WHERE k < ?1) \
                  INSERT INTO kv(k, v) SELECT k, lower(hex(randomblob(32))) FROM n",
          "params": [config.rows]},
@@ -862,6 +868,7 @@ fn measure(
         ok: woke.ok,
         errors: woke.errors,
         wakes: delta(after_wake.wakes, before_wake.wakes),
+        kv_round_trips: delta(after_wake.kv_round_trips, before_wake.kv_round_trips),
         kv_round_trips_per_wake: (wake_count > 0).then(|| {
             (after_wake.wake_round_trips_sum - before_wake.wake_round_trips_sum) / wake_count as f64
         }),
@@ -953,6 +960,7 @@ fn measure(
         read_latency_ms: Latency::of(&loaded.reads_h),
         write_latency_ms: Latency::of(&loaded.writes_h),
         wakes: delta(after_load.wakes, after_wake.wakes),
+        kv_round_trips: delta(after_load.kv_round_trips, after_wake.kv_round_trips),
         kv_round_trips_per_request: (requests > 0).then(|| {
             (after_load.kv_round_trips - after_wake.kv_round_trips).max(0.0) / requests as f64
         }),
