@@ -11,7 +11,8 @@
 //!    ([`crate::host::serve`]) on `127.0.0.1:0` in this process, over the given store, with a
 //!    fresh admin token and a short idle sleep; [`Server::Url`] uses a running one.
 //! 2. **Setup** (not timed). Each of the `actors` actors gets, in one batch, a table
-//!    `kv(k INTEGER PRIMARY KEY, v TEXT)` of `rows` rows of 64 hex characters.
+//!    `kv(k INTEGER PRIMARY KEY, v TEXT)` (`IF NOT EXISTS`: a server's migrations may create
+//!    it) of `rows` rows of 64 hex characters.
 //! 3. **Sleep** (not timed). The bench waits until the host's `kvsqlite_sleeps_total` has grown
 //!    by `actors` since before the setup: every actor went to sleep on the idle timeout.
 //! 4. **Wake.** `concurrency` clients send one point read to each actor: each is the first
@@ -30,17 +31,25 @@
 //! actor that slept in the middle) and the KV round trips per load request. Any status other
 //! than 2xx (or a request that got no answer) is an error: counted, its latency not recorded,
 //! the first one kept with its status and body.
+//!
+//! The submodules: `client` (the in-process host, the HTTP client, the `/metrics` counters)
+//! and `report` (the JSON and the table).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::actor::ActorConfig;
-use crate::host::{self, HostConfig};
 use crate::kv::SharedStore;
 use crate::metrics::LatencyHistogram;
 use crate::rng::Rng;
+
+mod client;
+mod report;
+
+pub use client::HostCounters;
+use client::{agent, counters, delta, post, Answer, InProcessHost};
+pub use report::{HttpReport, Latency, LoadPhase, WakePhase};
 
 /// How long the bench waits for the actors to fall asleep before it gives up.
 pub const SLEEP_WAIT: Duration = Duration::from_secs(120);
@@ -132,449 +141,6 @@ pub enum Server {
     },
 }
 
-/// Latency percentiles in milliseconds, over the requests that succeeded.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Latency {
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Slowest.
-    pub max: f64,
-}
-
-impl Latency {
-    fn of(h: &LatencyHistogram) -> Self {
-        let s = h.summary();
-        let ms = |us: u64| us as f64 / 1000.0;
-        Latency {
-            mean: h.mean_us() / 1000.0,
-            p50: ms(s.p50),
-            p90: ms(s.p90),
-            p99: ms(s.p99),
-            max: ms(s.max),
-        }
-    }
-
-    fn to_json(self) -> Value {
-        json!({
-            "mean": round3(self.mean),
-            "p50": round3(self.p50),
-            "p90": round3(self.p90),
-            "p99": round3(self.p99),
-            "max": round3(self.max),
-        })
-    }
-}
-
-/// The wake phase: one request to each sleeping actor.
-#[derive(Clone, Debug, PartialEq)]
-pub struct WakePhase {
-    /// Requests sent (one per actor).
-    pub requests: u64,
-    /// Requests answered 2xx.
-    pub ok: u64,
-    /// Requests that failed.
-    pub errors: u64,
-    /// Wakes the host counted during the phase.
-    pub wakes: u64,
-    /// KV round trips per wake, from the host's `kvsqlite_wake_kv_round_trips` histogram
-    /// (the wake itself, not the query after it); `None` without a wake.
-    pub kv_round_trips_per_wake: Option<f64>,
-    /// KV round trips the host counted during the phase: the wakes and the queries after them.
-    pub kv_round_trips: u64,
-    /// Wall time of the phase, in seconds.
-    pub wall_s: f64,
-    /// Latency of each first request: wake plus query.
-    pub latency_ms: Latency,
-}
-
-/// The load phase: requests to awake actors.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LoadPhase {
-    /// Requests sent.
-    pub requests: u64,
-    /// Requests answered 2xx.
-    pub ok: u64,
-    /// Requests that failed.
-    pub errors: u64,
-    /// Reads sent (point `SELECT`s).
-    pub reads: u64,
-    /// Writes sent (one-row `UPDATE`s).
-    pub writes: u64,
-    /// Wall time from the first client's start to the last answer, in seconds.
-    pub wall_s: f64,
-    /// `requests / wall_s`.
-    pub requests_per_sec: f64,
-    /// Every successful request.
-    pub latency_ms: Latency,
-    /// Successful reads.
-    pub read_latency_ms: Latency,
-    /// Successful writes.
-    pub write_latency_ms: Latency,
-    /// Wakes the host counted during the phase (an actor that slept in the middle; 0 when
-    /// every request found its actor awake).
-    pub wakes: u64,
-    /// KV round trips the host counted during the phase, per request.
-    pub kv_round_trips_per_request: Option<f64>,
-    /// KV round trips the host counted during the phase (wakes during it included).
-    pub kv_round_trips: u64,
-}
-
-/// The whole benchmark.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HttpReport {
-    /// The configuration run.
-    pub config: HttpConfig,
-    /// The store's backend for an in-process host, `None` over `--url`.
-    pub backend: Option<&'static str>,
-    /// The URL loaded, `None` for an in-process host.
-    pub url: Option<String>,
-    /// The simulated round-trip time in milliseconds (0 without `--rtt`; `None` over `--url`).
-    pub rtt_ms: Option<f64>,
-    /// The common prefix of the bench's actor ids (`PREFIX-0` …).
-    pub actor_prefix: String,
-    /// The wake phase.
-    pub wake: WakePhase,
-    /// The load phase.
-    pub load: LoadPhase,
-    /// The first failed request: `phase: status: body` (status 0: no answer).
-    pub first_error: Option<String>,
-    /// Whether the bench's actors were deleted from the store afterwards.
-    pub actors_deleted: bool,
-}
-
-impl HttpReport {
-    /// Failed requests of both phases.
-    pub fn errors(&self) -> u64 {
-        self.wake.errors + self.load.errors
-    }
-
-    /// One JSON object; the field names are documented in the README ("bench http").
-    pub fn to_json(&self) -> Value {
-        let c = &self.config;
-        let (requests_target, duration_s) = match c.stop {
-            LoadStop::Requests(n) => (json!(n), Value::Null),
-            LoadStop::Duration(d) => (Value::Null, json!(round3(d.as_secs_f64()))),
-        };
-        let w = &self.wake;
-        let l = &self.load;
-        json!({
-            "backend": self.backend,
-            "url": self.url,
-            "rtt_ms": self.rtt_ms.map(round3),
-            "actors": c.actors,
-            "concurrency": c.concurrency,
-            "write_percent": c.write_percent,
-            "rows": c.rows,
-            "requests_target": requests_target,
-            "duration_s": duration_s,
-            "idle_sleep_ms": self.url.is_none().then(|| c.idle_sleep.as_millis() as u64),
-            "actor_prefix": self.actor_prefix,
-            "wake": {
-                "requests": w.requests,
-                "ok": w.ok,
-                "errors": w.errors,
-                "wakes": w.wakes,
-                "kv_round_trips_per_wake": w.kv_round_trips_per_wake.map(round3),
-                "kv_round_trips": w.kv_round_trips,
-                "wall_s": round6(w.wall_s),
-                "latency_ms": w.latency_ms.to_json(),
-            },
-            "load": {
-                "requests": l.requests,
-                "ok": l.ok,
-                "errors": l.errors,
-                "reads": l.reads,
-                "writes": l.writes,
-                "wall_s": round6(l.wall_s),
-                "requests_per_sec": round3(l.requests_per_sec),
-                "latency_ms": l.latency_ms.to_json(),
-                "read_latency_ms": l.read_latency_ms.to_json(),
-                "write_latency_ms": l.write_latency_ms.to_json(),
-                "wakes": l.wakes,
-                "kv_round_trips_per_request": l.kv_round_trips_per_request.map(round3),
-                "kv_round_trips": l.kv_round_trips,
-            },
-            "errors": self.errors(),
-            "first_error": self.first_error,
-            "actors_deleted": self.actors_deleted,
-        })
-    }
-
-    /// The readable form: a header line, one row per phase (and per kind of load request),
-    /// then the counts.
-    pub fn to_table(&self) -> String {
-        let c = &self.config;
-        let stop = match c.stop {
-            LoadStop::Requests(n) => format!("{n} requests"),
-            LoadStop::Duration(d) => format!("{:.1} s", d.as_secs_f64()),
-        };
-        let host = match (&self.url, self.backend) {
-            (Some(u), _) => format!("server {u}"),
-            (None, b) => format!(
-                "in-process host, store {}, rtt {} ms",
-                b.unwrap_or("?"),
-                self.rtt_ms.unwrap_or(0.0)
-            ),
-        };
-        let mut s = format!(
-            "{} actors of {} rows, {} clients, {}% writes, {stop}, {host}\n\
-             phase\trequests\tok\terrors\twall_s\treq_per_sec\tmean_ms\tp50_ms\tp90_ms\tp99_ms\tmax_ms\n",
-            c.actors, c.rows, c.concurrency, c.write_percent
-        );
-        // A row: its requests, then (for a phase) its successes and errors and its wall time.
-        let row = |name: &str, requests: u64, phase: Option<(u64, u64, f64)>, l: &Latency| {
-            let dash = || "-".to_string();
-            let (ok, errors, wall, rate) = match phase {
-                Some((ok, errors, w)) => (
-                    ok.to_string(),
-                    errors.to_string(),
-                    format!("{w:.2}"),
-                    if w > 0.0 {
-                        format!("{:.0}", requests as f64 / w)
-                    } else {
-                        dash()
-                    },
-                ),
-                None => (dash(), dash(), dash(), dash()),
-            };
-            format!(
-                "{name}\t{requests}\t{ok}\t{errors}\t{wall}\t{rate}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\t{:.2}\n",
-                l.mean, l.p50, l.p90, l.p99, l.max
-            )
-        };
-        let (w, l) = (&self.wake, &self.load);
-        s.push_str(&row(
-            "wake",
-            w.requests,
-            Some((w.ok, w.errors, w.wall_s)),
-            &w.latency_ms,
-        ));
-        s.push_str(&row(
-            "query",
-            l.requests,
-            Some((l.ok, l.errors, l.wall_s)),
-            &l.latency_ms,
-        ));
-        s.push_str(&row("read", l.reads, None, &l.read_latency_ms));
-        s.push_str(&row("write", l.writes, None, &l.write_latency_ms));
-        let opt = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
-        s.push_str(&format!(
-            "wakes {}, KV round trips per wake {}; wakes during the load {}, KV round trips per load request {}\n",
-            w.wakes,
-            opt(w.kv_round_trips_per_wake),
-            l.wakes,
-            opt(l.kv_round_trips_per_request)
-        ));
-        s.push_str(&if self.actors_deleted {
-            format!("actors {}-* deleted\n", self.actor_prefix)
-        } else {
-            format!(
-                "actors {}-* left in the server's store (no route deletes an actor)\n",
-                self.actor_prefix
-            )
-        });
-        s
-    }
-}
-
-fn round3(v: f64) -> f64 {
-    if v.is_finite() {
-        (v * 1000.0).round() / 1000.0
-    } else {
-        0.0
-    }
-}
-
-fn round6(v: f64) -> f64 {
-    if v.is_finite() {
-        (v * 1e6).round() / 1e6
-    } else {
-        0.0
-    }
-}
-
-/// The host `kvsqlite serve` runs, started in this process on `127.0.0.1:0`.
-struct InProcessHost {
-    runtime: tokio::runtime::Runtime,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    base: String,
-    token: String,
-}
-
-impl InProcessHost {
-    fn start(store: SharedStore, config: &HttpConfig) -> Result<Self, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .map_err(|e| format!("cannot listen on 127.0.0.1:0: {e}"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        let token = host::generate_token();
-        let host_config = HostConfig {
-            store,
-            actor: ActorConfig::default(),
-            admin_token: token.clone(),
-            idle_sleep: config.idle_sleep,
-            max_awake: config.actors.max(1024),
-            max_body: 1 << 20,
-            statement_timeout: Duration::from_secs(30),
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = runtime.spawn(host::serve(listener, host_config, async move {
-            let _ = rx.await;
-        }));
-        Ok(InProcessHost {
-            runtime,
-            shutdown: Some(tx),
-            task: Some(task),
-            base: format!("http://{addr}"),
-            token,
-        })
-    }
-
-    /// Stops accepting, lets requests in flight finish and puts every actor to sleep.
-    fn stop(&mut self) -> Result<(), String> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        match self.task.take() {
-            Some(task) => match self.runtime.block_on(task) {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("the in-process host failed: {e}")),
-                Err(e) => Err(format!("the in-process host's task failed: {e}")),
-            },
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for InProcessHost {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-/// An HTTP client on its own keep-alive connection.
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        .build()
-        .into()
-}
-
-/// What one request got: the status (0: no answer) and, for a failure, the body or the error.
-struct Answer {
-    status: u16,
-    text: String,
-}
-
-impl Answer {
-    fn ok(&self) -> bool {
-        (200..300).contains(&self.status)
-    }
-}
-
-fn post(agent: &ureq::Agent, url: &str, token: &str, body: &str) -> Answer {
-    let sent = agent
-        .post(url)
-        .header("Authorization", format!("Bearer {token}"))
-        .content_type("application/json")
-        .send(body);
-    match sent {
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            let text = match resp.into_body().read_to_string() {
-                Ok(t) => t,
-                Err(e) => {
-                    return Answer {
-                        status: 0,
-                        text: format!("reading the answer failed: {e}"),
-                    }
-                }
-            };
-            Answer { status, text }
-        }
-        Err(e) => Answer {
-            status: 0,
-            text: e.to_string(),
-        },
-    }
-}
-
-/// The host counters the bench reads between phases (from `GET /metrics`).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct HostCounters {
-    /// `kvsqlite_wakes_total`.
-    pub wakes: f64,
-    /// `kvsqlite_sleeps_total`.
-    pub sleeps: f64,
-    /// `kvsqlite_kv_round_trips_total`.
-    pub kv_round_trips: f64,
-    /// `kvsqlite_wake_kv_round_trips_sum`.
-    pub wake_round_trips_sum: f64,
-    /// `kvsqlite_wake_kv_round_trips_count`.
-    pub wake_round_trips_count: f64,
-}
-
-impl HostCounters {
-    /// Reads the counters from Prometheus text: an error naming the first one missing (or
-    /// whose value is not a number).
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let find = |name: &str| -> Result<f64, String> {
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .find_map(|l| {
-                    let (n, v) = l.split_once(' ')?;
-                    (n == name).then(|| v.trim().parse::<f64>().ok())
-                })
-                .flatten()
-                .ok_or_else(|| {
-                    format!("the server's /metrics has no numeric {name}: is it kvsqlite serve?")
-                })
-        };
-        Ok(HostCounters {
-            wakes: find("kvsqlite_wakes_total")?,
-            sleeps: find("kvsqlite_sleeps_total")?,
-            kv_round_trips: find("kvsqlite_kv_round_trips_total")?,
-            wake_round_trips_sum: find("kvsqlite_wake_kv_round_trips_sum")?,
-            wake_round_trips_count: find("kvsqlite_wake_kv_round_trips_count")?,
-        })
-    }
-}
-
-fn counters(agent: &ureq::Agent, base: &str) -> Result<HostCounters, String> {
-    let url = format!("{base}/metrics");
-    let resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let status = resp.status().as_u16();
-    let text = resp
-        .into_body()
-        .read_to_string()
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if status != 200 {
-        return Err(format!("GET {url}: status {status}"));
-    }
-    HostCounters::parse(&text)
-}
-
-fn delta(after: f64, before: f64) -> u64 {
-    (after - before).max(0.0).round() as u64
-}
-
 /// What the clients of one phase share.
 struct Tally {
     /// Requests claimed so far (the next actor in the wake phase, the request count in the
@@ -582,8 +148,9 @@ struct Tally {
     claimed: AtomicU64,
     /// Requests answered (for the progress bar).
     done: AtomicU64,
-    /// Set on a failure that stops the phase (none today: every failure is counted and the
-    /// phase goes on; kept for a client thread that panics).
+    /// Set when the phase must stop early: a failed setup request (the bench cannot measure
+    /// without every actor), or a client thread that panicked. Failed wake and load requests
+    /// do not set it: they are counted and the phase goes on.
     abort: AtomicBool,
     /// The first failed request, `phase: status: body`.
     first_error: parking_lot::Mutex<Option<String>>,
