@@ -152,7 +152,7 @@ impl HttpReport {
             "rows": c.rows,
             "requests_target": requests_target,
             "duration_s": duration_s,
-            "idle_sleep_ms": self.url.is_none().then(|| c.idle_sleep.as_millis() as u64),
+            "idle_sleep_ms": self.url.is_none().then_some(c.idle_sleep.as_millis() as u64),
             "actor_prefix": self.actor_prefix,
             "wake": {
                 "requests": w.requests,
