@@ -45,6 +45,10 @@ enum BenchCommand {
     /// An actor's wake (one round trip) against a new actor's creation and a naive wake
     /// without preload (see `kvsqlite::bench::startup`).
     Startup(super::bench_startup::StartupArgs),
+    /// A 128-entry put and a 128-key read batch against the same keys one call per key, on
+    /// PostgreSQL through a TCP delay proxy that counts round trips on the wire (see
+    /// `kvsqlite::bench::pg_batch`).
+    PgBatch(super::bench_pg::PgBatchArgs),
     /// Many actors committing small transactions at once on one store: commits per second and
     /// latency percentiles, and on redb the same with group commit off (one fsync per write).
     Actors {
@@ -130,6 +134,7 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.command {
         BenchCommand::Commit { json } => super::finish("bench commit", commit(global, json)),
         BenchCommand::Startup(args) => super::bench_startup::run(global, args),
+        BenchCommand::PgBatch(args) => super::bench_pg::run(global, args),
         BenchCommand::Actors {
             actors,
             threads,
