@@ -92,6 +92,16 @@ pub fn line_chart_svg(spec: &ChartSpec, series: &[Series]) -> Result<String, Str
     Ok(svg)
 }
 
+/// A tick's label: whole numbers without decimals (`10`, not `10.0`), others with at most two.
+fn tick_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{v:.0}")
+    } else {
+        let s = format!("{v:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
 /// The body of [`line_chart_svg`] for one pair of axis types.
 fn draw<X, Y>(root: &Area, spec: &ChartSpec, series: &[Series], x: X, y: Y) -> Result<(), String>
 where
@@ -111,6 +121,8 @@ where
         .configure_mesh()
         .x_desc(spec.x_desc)
         .y_desc(spec.y_desc)
+        .x_label_formatter(&tick_label)
+        .y_label_formatter(&tick_label)
         .draw()
         .map_err(draw_error)?;
     for s in series {
@@ -309,6 +321,14 @@ mod tests {
             run: run(group, true),
             baseline: single.map(|s| run(s, false)),
         }
+    }
+
+    #[test]
+    fn ticks_are_labelled_without_useless_decimals() {
+        assert_eq!(tick_label(&10.0), "10");
+        assert_eq!(tick_label(&2.5), "2.5");
+        assert_eq!(tick_label(&0.126), "0.13");
+        assert_eq!(tick_label(&1000.0), "1000");
     }
 
     #[test]
