@@ -37,6 +37,8 @@ pub struct ChartSpec<'a> {
     pub x_log: bool,
     /// A logarithmic y axis (every y must then be above 0).
     pub y_log: bool,
+    /// Where the legend goes.
+    pub legend: SeriesLabelPosition,
 }
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
@@ -45,7 +47,7 @@ fn draw_error(e: DrawingAreaErrorKind<std::io::Error>) -> String {
     format!("drawing the chart: {e}")
 }
 
-/// Draws `series` as lines on one chart with a legend in the upper left, and returns the SVG
+/// Draws `series` as lines on one chart with a legend, and returns the SVG
 /// document (720 × 440). Linear axes start at 0 and reach 5% (x) and 10% (y) past the largest
 /// value; logarithmic axes span the values with some room on either side.
 ///
@@ -102,6 +104,20 @@ fn tick_label(v: &f64) -> String {
     }
 }
 
+/// A tick's label on a log axis: only 1, 2 and 5 times a power of ten are labelled (the other
+/// ticks crowd each other near the next power), as by [`tick_label`].
+fn log_tick_label(v: &f64) -> String {
+    let mantissa = v / 10f64.powf(v.log10().floor());
+    if [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .any(|m| (mantissa - m).abs() < 1e-6)
+    {
+        tick_label(v)
+    } else {
+        String::new()
+    }
+}
+
 /// The body of [`line_chart_svg`] for one pair of axis types.
 fn draw<X, Y>(root: &Area, spec: &ChartSpec, series: &[Series], x: X, y: Y) -> Result<(), String>
 where
@@ -121,8 +137,16 @@ where
         .configure_mesh()
         .x_desc(spec.x_desc)
         .y_desc(spec.y_desc)
-        .x_label_formatter(&tick_label)
-        .y_label_formatter(&tick_label)
+        .x_label_formatter(if spec.x_log {
+            &log_tick_label
+        } else {
+            &tick_label
+        })
+        .y_label_formatter(if spec.y_log {
+            &log_tick_label
+        } else {
+            &tick_label
+        })
         .draw()
         .map_err(draw_error)?;
     for s in series {
@@ -143,7 +167,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(spec.legend.clone())
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK.mix(0.3))
         .draw()
@@ -207,6 +231,7 @@ pub fn wake_vs_rtt_svg(points: &[SweepPoint]) -> Result<String, String> {
             y_desc: "wall time of the wake (ms)",
             x_log: false,
             y_log: false,
+            legend: SeriesLabelPosition::UpperLeft,
         },
         &series,
     )
@@ -261,6 +286,7 @@ pub fn commits_vs_actors_svg(reports: &[ActorsReport]) -> Result<String, String>
             y_desc: "commits per second",
             x_log: true,
             y_log: true,
+            legend: SeriesLabelPosition::LowerRight,
         },
         &series,
     )
@@ -329,6 +355,10 @@ mod tests {
         assert_eq!(tick_label(&2.5), "2.5");
         assert_eq!(tick_label(&0.126), "0.13");
         assert_eq!(tick_label(&1000.0), "1000");
+        assert_eq!(log_tick_label(&2000.0), "2000");
+        assert_eq!(log_tick_label(&50.0), "50");
+        assert_eq!(log_tick_label(&1.0), "1");
+        assert_eq!(log_tick_label(&7000.0), "");
     }
 
     #[test]
