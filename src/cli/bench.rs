@@ -11,7 +11,11 @@
 //! `bench actors` runs N actors (default 64), each its own database on one store, committing
 //! small transactions at once (the workload is `kvsqlite::bench::actors`), and prints commits
 //! per second and latency percentiles; on redb with group commit on it runs the same again with
-//! group commit off and prints the ratio.
+//! group commit off and prints the ratio. With `--sweep` it does that at every actor count of
+//! `--actors-list` and can chart commits per second against actors (`--chart FILE`).
+//!
+//! `bench pg-batch` (in `bench_pg.rs`) and `bench startup` (in `bench_startup.rs`) have modules
+//! of their own.
 //!
 //! Exit codes: 0 when the benchmark ran, 2 when it could not (store unreachable, an error
 //! while running; one line on standard error).
