@@ -1,7 +1,8 @@
 //! The VFS's command-line surface: `kvsqlite kv files`, `kvsqlite bench commit --json`, and
 //! `kvsqlite bench actors` with tiny sizes (its JSON parses and carries every documented field,
 //! the baseline exists exactly on redb with group commit on, the table prints, bad options are
-//! refused, the benchmark leaves no actor behind; no test asserts a time).
+//! refused, the benchmark leaves no actor behind; `--sweep` gives one such object per actor
+//! count and an SVG chart of both modes; no test asserts a time).
 
 #[path = "common/json.rs"]
 mod json;
@@ -336,6 +337,128 @@ fn bad_options_are_refused() {
          \"fsync=off\"; redb options: group_commit=on|off; accepted forms: memory:, redb:PATH, \
          postgres://USER@HOST:PORT/DB, redis://HOST:PORT, redis-cluster://HOST:PORT[,HOST:PORT...]\n"
     );
+}
+
+/// `--sweep` on redb: one point per count of `--actors-list`, each exactly the non-sweep object
+/// (one thread per actor, both modes, the baseline one transaction per commit); the chart is an
+/// SVG naming both series; the table has a row per count; nothing is left in the store.
+#[test]
+fn sweep_has_a_point_per_actor_count_and_draws_both_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let url = format!("redb:{}", path.display());
+    let chart = dir.path().join("commits.svg");
+    let chart_arg = chart.display().to_string();
+    let j = bench_json(
+        &url,
+        &[
+            "--sweep",
+            "--actors-list",
+            "1,3",
+            "--commits",
+            "6",
+            "--chart",
+            &chart_arg,
+        ],
+    );
+    assert_eq!(j.keys(), ["sweep"]);
+    let Json::Arr(points) = j.get("sweep") else {
+        panic!("{j:?}")
+    };
+    assert_eq!(points.len(), 2);
+    for (p, n) in points.iter().zip([1.0, 3.0]) {
+        assert_eq!(p.keys(), TOP);
+        assert_eq!(p.get("actors").num(), n);
+        assert_eq!(p.get("threads").num(), n);
+        assert_eq!(p.get("commits_target").num(), 6.0);
+        assert_eq!(check_run(p.get("run"), Json::Bool(true)), 6.0);
+        let base = p.get("baseline");
+        assert_eq!(check_run(base, Json::Bool(false)), 6.0);
+        assert_eq!(base.get("transactions").num(), 6.0);
+        assert!(p.get("speedup").num() > 0.0);
+    }
+    // One actor on one thread: every commit is alone in its transaction, group commit or not.
+    assert_eq!(points[0].get("run").get("transactions").num(), 6.0);
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("group commit"), "{svg}");
+    assert!(
+        svg.contains("one fsync per write (group_commit=off)"),
+        "{svg}"
+    );
+    assert_eq!(
+        stored_entries(&path),
+        0,
+        "the benchmark's actors are deleted"
+    );
+
+    let out = kvsqlite(&[
+        "--kv",
+        &url,
+        "bench",
+        "actors",
+        "--sweep",
+        "--actors-list",
+        "2",
+        "--commits",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(
+        lines[0],
+        "store redb, 100 B rows, rtt 0 ms, 2 commits per run, one thread per actor"
+    );
+    assert_eq!(
+        lines[1],
+        "actors\tgroup_commit_per_sec\tone_fsync_per_sec\tspeedup\tgroup_p50_ms\t\
+         one_fsync_p50_ms\twrites_per_fsync"
+    );
+    assert!(lines[2].starts_with("2\t"), "{text}");
+}
+
+/// `--sweep` needs both modes (redb with group commit on), and its options need `--sweep`.
+#[test]
+fn sweep_is_refused_without_both_modes_and_its_options_need_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let off = format!(
+        "redb:{}?group_commit=off",
+        dir.path().join("kv.redb").display()
+    );
+    for url in ["memory:", off.as_str()] {
+        let out = kvsqlite(&["--kv", url, "bench", "actors", "--sweep", "--commits", "2"]);
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "kvsqlite bench actors: --sweep compares group commit with one fsync per write: it \
+             needs a redb:PATH URL with group commit on\n"
+        );
+        assert!(out.stdout.is_empty());
+    }
+    for args in [
+        &["--chart", "x.svg"][..],
+        &["--actors-list", "1,2"],
+        &["--sweep", "--actors", "4"],
+        &["--sweep", "--threads", "2"],
+        &["--sweep", "--actors-list", "0"],
+        &["--sweep", "--actors-list", "x"],
+    ] {
+        let mut all = vec!["--kv", "memory:", "bench", "actors"];
+        all.extend_from_slice(args);
+        let out = kvsqlite(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error: "),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The test JSON parser itself: nested values parse exactly, malformed text is refused.

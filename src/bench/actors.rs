@@ -251,6 +251,49 @@ pub fn bench_actors(
     })
 }
 
+/// The actor counts of a sweep when none are given.
+pub const SWEEP_ACTORS: [usize; 5] = [1, 4, 16, 64, 256];
+
+/// Runs [`bench_actors`] at every actor count of `counts` (one writer thread per actor), each
+/// on `run` and then on `baseline`, for commits per second against actor count. `stop`,
+/// `row_bytes` and `rtt` are the same at every point. `progress` gets the mode's name prefixed
+/// with the actor count (`16 actors, group_commit`).
+///
+/// Errors: an empty list or a count of 0, and whatever [`bench_actors`] reports.
+pub fn sweep(
+    counts: &[usize],
+    stop: StopAfter,
+    row_bytes: usize,
+    run: &Target,
+    baseline: &Target,
+    rtt: Option<Duration>,
+    progress: &dyn Fn(&str, f64),
+) -> Result<Vec<ActorsReport>, String> {
+    if counts.is_empty() || counts.contains(&0) {
+        return Err("--actors-list needs actor counts of at least 1".into());
+    }
+    counts
+        .iter()
+        .map(|&n| {
+            let config = ActorsConfig {
+                actors: n,
+                threads: n,
+                stop,
+                row_bytes,
+            };
+            let labelled = |mode: &str, done: f64| progress(&format!("{n} actors, {mode}"), done);
+            bench_actors(&config, run, Some(baseline), rtt, &labelled)
+        })
+        .collect()
+}
+
+/// A sweep as one JSON object, `{"sweep": [point, ...]}`, each point the object
+/// [`ActorsReport::to_json`] prints for one count.
+pub fn sweep_json(reports: &[ActorsReport]) -> String {
+    let points: Vec<String> = reports.iter().map(ActorsReport::to_json).collect();
+    format!("{{\"sweep\":[{}]}}", points.join(","))
+}
+
 fn unique_tag() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

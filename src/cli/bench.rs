@@ -11,7 +11,11 @@
 //! `bench actors` runs N actors (default 64), each its own database on one store, committing
 //! small transactions at once (the workload is `kvsqlite::bench::actors`), and prints commits
 //! per second and latency percentiles; on redb with group commit on it runs the same again with
-//! group commit off and prints the ratio.
+//! group commit off and prints the ratio. With `--sweep` it does that at every actor count of
+//! `--actors-list` and can chart commits per second against actors (`--chart FILE`).
+//!
+//! `bench pg-batch` (in `bench_pg.rs`) and `bench startup` (in `bench_startup.rs`) have modules
+//! of their own.
 //!
 //! `bench http` starts the host of `kvsqlite serve` in this process (or loads one at `--url`)
 //! and measures, over loopback HTTP, the wake latency of sleeping actors and the latency and
@@ -51,6 +55,10 @@ enum BenchCommand {
     /// An actor's wake (one round trip) against a new actor's creation and a naive wake
     /// without preload (see `kvsqlite::bench::startup`).
     Startup(super::bench_startup::StartupArgs),
+    /// A 128-entry put and a 128-key read batch against the same keys one call per key, on
+    /// PostgreSQL through a TCP delay proxy that counts round trips on the wire (see
+    /// `kvsqlite::bench::pg_batch`).
+    PgBatch(super::bench_pg::PgBatchArgs),
     /// Many actors committing small transactions at once on one store: commits per second and
     /// latency percentiles, and on redb the same with group commit off (one fsync per write).
     Actors {
@@ -67,6 +75,18 @@ enum BenchCommand {
         /// Stop each run after this many commits in all, instead of after a duration.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         commits: Option<u64>,
+        /// Measure at every actor count of --actors-list (one thread per actor), each with
+        /// group commit and with one fsync per write (a redb URL with group commit on only).
+        #[arg(long, conflicts_with_all = ["actors", "threads"])]
+        sweep: bool,
+        /// The actor counts of --sweep, comma-separated [default: 1,4,16,64,256].
+        #[arg(long, value_name = "N,…", value_delimiter = ',', requires = "sweep",
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        actors_list: Vec<u64>,
+        /// With --sweep, also write an SVG chart of commits per second against actors to this
+        /// file.
+        #[arg(long, value_name = "FILE", requires = "sweep")]
+        chart: Option<std::path::PathBuf>,
         /// Print one JSON object (fields in the README) instead of a table.
         #[arg(long)]
         json: bool,
@@ -178,11 +198,15 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
     match args.command {
         BenchCommand::Commit { json } => super::finish("bench commit", commit(global, json)),
         BenchCommand::Startup(args) => super::bench_startup::run(global, args),
+        BenchCommand::PgBatch(args) => super::bench_pg::run(global, args),
         BenchCommand::Actors {
             actors,
             threads,
             duration,
             commits,
+            sweep,
+            actors_list,
+            chart,
             json,
         } => {
             let config = ActorsConfig {
@@ -194,7 +218,17 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
                 },
                 ..ActorsConfig::default()
             };
-            super::finish("bench actors", bench_actors(global, &config, json))
+            let outcome = if sweep {
+                let counts: Vec<usize> = if actors_list.is_empty() {
+                    actors::SWEEP_ACTORS.to_vec()
+                } else {
+                    actors_list.iter().map(|&n| n as usize).collect()
+                };
+                bench_actors_sweep(global, &config, &counts, chart.as_deref(), json)
+            } else {
+                bench_actors(global, &config, json)
+            };
+            super::finish("bench actors", outcome)
         }
         BenchCommand::Http(args) => super::finish("bench http", bench_http(global, args)),
         BenchCommand::Scan {
@@ -274,6 +308,79 @@ fn bench_http(global: &GlobalArgs, args: HttpArgs) -> Result<i32, Stop> {
         ))),
         _ => Ok(0),
     }
+}
+
+/// `bench actors --sweep`: the workload of `config` (its stop and row size) at every count of
+/// `counts`, on a redb URL with group commit on and on the same file with it off.
+fn bench_actors_sweep(
+    global: &GlobalArgs,
+    config: &ActorsConfig,
+    counts: &[usize],
+    chart: Option<&std::path::Path>,
+    json: bool,
+) -> Result<i32, Stop> {
+    let (run, baseline) =
+        actors::targets(&global.url(), kvsqlite::kv::KvLimits::default(), global.rtt)?;
+    let Some(baseline) = baseline else {
+        return Err(
+            "--sweep compares group commit with one fsync per write: it needs a redb:PATH URL \
+             with group commit on"
+                .to_string()
+                .into(),
+        );
+    };
+    let reports = with_progress(|draw| {
+        let progress = |mode: &str, done: f64| draw((done * 100.0) as usize, 100, mode);
+        actors::sweep(
+            counts,
+            config.stop,
+            config.row_bytes,
+            &run,
+            &baseline,
+            global.rtt,
+            &progress,
+        )
+    })?;
+    if let Some(path) = chart {
+        let svg = kvsqlite::bench::chart::commits_vs_actors_svg(&reports)?;
+        std::fs::write(path, svg).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    print_report(json, actors::sweep_json(&reports), || sweep_table(&reports))
+}
+
+/// The readable form of `bench actors --sweep`: one row per actor count.
+fn sweep_table(reports: &[ActorsReport]) -> String {
+    let mut s = String::new();
+    if let Some(first) = reports.first() {
+        let stop = match first.config.stop {
+            StopAfter::Duration(d) => format!("{:.1} s per run", d.as_secs_f64()),
+            StopAfter::Commits(n) => format!("{n} commits per run"),
+        };
+        s += &format!(
+            "store {}, {} B rows, rtt {} ms, {stop}, one thread per actor\n",
+            first.backend, first.config.row_bytes, first.rtt_ms
+        );
+    }
+    s += "actors\tgroup_commit_per_sec\tone_fsync_per_sec\tspeedup\tgroup_p50_ms\tone_fsync_p50_ms\twrites_per_fsync\n";
+    for r in reports {
+        let (b_rate, b_p50) = r.baseline.as_ref().map_or((f64::NAN, f64::NAN), |b| {
+            (b.commits_per_sec, b.latency_ms.p50)
+        });
+        s += &format!(
+            "{}\t{:.0}\t{:.0}\t{}\t{:.2}\t{:.2}\t{}\n",
+            r.config.actors,
+            r.run.commits_per_sec,
+            b_rate,
+            r.speedup()
+                .map_or_else(|| "-".to_string(), |x| format!("{x:.2}x")),
+            r.run.latency_ms.p50,
+            b_p50,
+            r.run
+                .writes_per_transaction
+                .map_or_else(|| "-".to_string(), |w| format!("{w:.1}"))
+        );
+    }
+    s
 }
 
 /// Runs `f` with a progress-bar drawer (drawing on standard error only when it is a

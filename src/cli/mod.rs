@@ -8,6 +8,7 @@
 //! standard error, `kvsqlite <command>: <what is wrong>`, never as a panic.
 
 mod bench;
+mod bench_pg;
 mod bench_startup;
 mod interop;
 mod kv;
