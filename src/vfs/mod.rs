@@ -35,6 +35,7 @@ pub mod file;
 pub mod hold;
 pub mod layout;
 pub mod stats;
+pub mod uri;
 
 use std::collections::HashMap;
 use std::ffi::c_int;
@@ -46,7 +47,7 @@ use parking_lot::Mutex;
 use crate::kv::{ActorKv, KvError, SharedStore};
 use crate::preload::Preload;
 pub use fence::FenceSpec;
-pub use ffi::{julian_day_ms_now, page_size_value, refused_pragma};
+pub use ffi::{julian_day_ms_now, page_size_value, refused_pragma, stats_json, STATS_PRAGMA};
 pub use file::VfsError;
 use file::{DbState, Op, StateOptions};
 use layout::FileKind;
@@ -583,15 +584,16 @@ pub fn batch_atomic_compiled() -> bool {
     unsafe { rusqlite::ffi::sqlite3_compileoption_used(c"ENABLE_BATCH_ATOMIC_WRITE".as_ptr()) == 1 }
 }
 
+/// What [`register`] warns (once per process) when the linked SQLite lacks batch-atomic writes.
+pub const JOURNAL_WARNING: &str = "kvsqlite: this SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE: every commit goes through a rollback journal (correct, but a one-page write transaction costs 3 KV round trips instead of 1 under PRAGMA synchronous=NORMAL, 4 under the default FULL)";
+
 /// Registers the VFS with SQLite (idempotent). Warns once (tracing) when SQLite lacks
 /// batch-atomic writes: every commit then journals, correct but slower.
 pub fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if !batch_atomic_compiled() {
-            tracing::warn!(
-                "SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE: every kvsqlite commit will use a rollback journal (correct, many more KV round trips)"
-            );
+            tracing::warn!("{JOURNAL_WARNING}");
         }
         let vfs = ffi::new_vfs();
         // SAFETY: the struct is leaked, so it outlives every use SQLite makes of it.
