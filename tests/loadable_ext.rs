@@ -267,3 +267,86 @@ fn misuse_is_refused_with_a_message() {
     let err = stderr(&shell(&script));
     assert!(err.contains("unknown scheme \"nosuch\""), "{err}");
 }
+
+/// The URI names the extension enables work through the bundled SQLite too (this process):
+/// stores are kept per URL, the journal resolves through the open main database, and one
+/// actor id is bound to one store at a time.
+#[test]
+fn uri_names_open_actors_on_the_store_their_kv_parameter_names() {
+    use rusqlite::{Connection, OpenFlags};
+    kvsqlite::vfs::register();
+    kvsqlite::vfs::uri::enable();
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI;
+    let open = |uri: &str| Connection::open_with_flags_and_vfs(uri, flags, "kvsqlite");
+    let stats = |c: &Connection| -> Value {
+        let s: String = c
+            .query_row("PRAGMA kvsqlite_stats", [], |r| r.get(0))
+            .unwrap();
+        serde_json::from_str(&s).unwrap()
+    };
+
+    let a = open("file:uri-1?kv=memory:").unwrap();
+    a.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let before = stats(&a);
+    a.execute("INSERT INTO t VALUES (2)", []).unwrap();
+    let after = stats(&a);
+    // Batch-atomic here: one put.
+    assert_eq!(delta(&after, &before, "kv_round_trips"), 1);
+    assert_eq!(delta(&after, &before, "atomic_commits"), 1);
+
+    // A second connection with the same URL shares the store (and the database).
+    let b = open("file:uri-1?kv=memory:").unwrap();
+    let n: i64 = b
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+    // A journalled transaction (bigger than the cache, so it spills) commits through the
+    // journal's plain name.
+    b.execute_batch(
+        "PRAGMA cache_size=2; PRAGMA cache_spill=1; BEGIN; \
+         WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<100) \
+         INSERT INTO t SELECT randomblob(2000) FROM c; COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(delta(&stats(&b), &after, "journal_fallbacks"), 1);
+    let n: i64 = a
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 102);
+
+    // The same actor id on another store while it is open here: refused.
+    let dir = tempfile::tempdir().unwrap();
+    let other = format!(
+        "file:uri-1?kv=redb:{}",
+        dir.path().join("kv.redb").display()
+    );
+    let e = open(&other).map(|_| ()).unwrap_err();
+    assert_eq!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::CannotOpen),
+        "{e}"
+    );
+    // Once closed, the id may be opened on another store (a new, empty database there).
+    drop((a, b));
+    let c = open(&other).unwrap();
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
+    // And the first store still holds the first database.
+    drop(c);
+    let a = open("file:uri-1?kv=memory:").unwrap();
+    let n: i64 = a
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 102);
+    // WAL is refused through URI names as through the library.
+    assert!(a
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0))
+        .unwrap_err()
+        .to_string()
+        .contains("kvsqlite refuses PRAGMA journal_mode=WAL"));
+}
