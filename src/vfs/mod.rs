@@ -4,8 +4,11 @@
 //! round-trip-minimal I/O. One VFS named [`VFS_NAME`] is registered once per process. Stores are
 //! registered in a process-wide table ([`register_store`]); a database path is
 //! `/<store-id>/<percent-encoded actor id>`, and SQLite's derived `…-journal` name maps to the
-//! same actor's journal file. Any other name (`-wal`, a super-journal, a foreign path) is refused
-//! with `SQLITE_CANTOPEN`. Temporary files SQLite asks for live in process memory.
+//! same actor's journal file. Once [`uri::enable`] was called (the loadable extension does), a
+//! plain name is an actor id on the store its `kv` URI parameter names
+//! (`file:ACTOR?vfs=kvsqlite&kv=URL`, see [`uri`]). Any other name (`-wal`, a super-journal, a
+//! foreign path) is refused with `SQLITE_CANTOPEN`. Temporary files SQLite asks for live in
+//! process memory. `PRAGMA kvsqlite_stats` returns a database's counters as JSON.
 //!
 //! This file holds the registry and the open API; the C callbacks SQLite calls are in `ffi.rs`,
 //! and each database's shared state and I/O in [`file`].
