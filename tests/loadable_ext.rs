@@ -183,6 +183,46 @@ fn without_batch_atomic_writes_every_commit_journals_at_a_counted_cost() {
         (d.kv_round_trips, d.atomic_commits, d.journal_fallbacks),
         (1, 1, 0)
     );
+
+    // Bigger transactions: an UPDATE of 50 and of 300 rows of 3,000-byte blobs (51 and 301
+    // pages). Journalled: the journal's and the database's pages each go in writes of up to 128
+    // entries, plus the journal's deletion (and under FULL its header's sync).
+    for (rows, full, normal, bundled) in [(50, 4, 3, 1), (300, 8, 7, 3)] {
+        let series =
+            format!("WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<{rows}) SELECT i FROM c");
+        let script = format!(
+            ".bail on\n{}CREATE TABLE t(x);\n\
+             INSERT INTO t SELECT randomblob(3000) FROM ({series});\n\
+             PRAGMA kvsqlite_stats;\nUPDATE t SET x = randomblob(3000);\nPRAGMA kvsqlite_stats;\n\
+             PRAGMA synchronous=NORMAL;\nUPDATE t SET x = randomblob(3000);\nPRAGMA kvsqlite_stats;\n",
+            load_and_open(&ext, "big", "memory:")
+        );
+        let out = shell(&script);
+        assert_ok(&out);
+        let s = stats_lines(&stdout(&out));
+        assert_eq!(
+            delta(&s[1], &s[0], "kv_round_trips"),
+            full,
+            "{rows} rows, FULL"
+        );
+        assert_eq!(
+            delta(&s[2], &s[1], "kv_round_trips"),
+            normal,
+            "{rows} rows, NORMAL"
+        );
+
+        let db =
+            open_database(Arc::new(MemoryStore::new()), "big", &OpenOptions::default()).unwrap();
+        db.execute_batch(&format!(
+            "CREATE TABLE t(x); INSERT INTO t SELECT randomblob(3000) FROM ({series});"
+        ))
+        .unwrap();
+        let before = db.snapshot();
+        db.execute("UPDATE t SET x = randomblob(3000)", []).unwrap();
+        let d = db.snapshot() - before;
+        assert_eq!(d.kv_round_trips, bundled, "{rows} rows, bundled");
+        assert_eq!(d.journal_fallbacks, 0);
+    }
 }
 
 #[test]
