@@ -11,16 +11,26 @@
 //! - [`bench`]: benchmark workloads behind `kvsqlite bench`.
 //! - `testkit` (feature `testkit`): the KV conformance suite for any `KvStore`.
 //! - [`interop`]: plain SQLite files in and out of actors (`kvsqlite import`/`export`).
+//!
+//! Features: `bundled` (default) compiles SQLite in; `full` (default) adds every layer above the
+//! VFS and the binary; `loadable_extension` (with neither) is the KV layer and the VFS calling
+//! SQLite through a host's API table, for the `ext/` crate (`sqlite3_kvsqlite_init`).
 #![warn(missing_docs)]
 
+#[cfg(feature = "full")]
 pub mod actor;
+#[cfg(feature = "full")]
 pub mod bench;
+#[cfg(feature = "full")]
 pub mod host;
+#[cfg(feature = "full")]
 pub mod interop;
 pub mod kv;
+#[cfg(feature = "full")]
 pub mod metrics;
 pub mod preload;
 pub mod rng;
+#[cfg(feature = "full")]
 pub mod slt;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -28,6 +38,6 @@ pub mod vfs;
 
 /// The README's Rust examples, compiled and run as doctests by `cargo test` so that what the
 /// README shows keeps working.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "full"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -5,7 +5,7 @@
 //! [`VfsError`] to SQLite result codes) apart from the open API in `mod.rs`, so the safe
 //! Rust surface and the C surface can each be read on their own.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use rusqlite::ffi;
 
 use super::file::{lock, DbState, Op, StateOptions, VfsError};
 use super::layout::{self, FileKind};
-use super::{db_state, parse_name, MOVED_ERROR_CODE};
+use super::{db_state, parse_name, uri, ParsedName, MOVED_ERROR_CODE};
 // ---------------------------------------------------------------------------------------------
 // FFI: the file object
 // ---------------------------------------------------------------------------------------------
@@ -33,6 +33,8 @@ enum Handle {
         id: u64,
         lock: i32,
         wrote: bool,
+        /// The plain (URI) name this handle binds to its store (see [`super::uri`]).
+        bound: Option<String>,
     },
     Mem {
         data: Vec<u8>,
@@ -123,6 +125,7 @@ unsafe extern "C" fn x_open(
             | ffi::SQLITE_OPEN_SUBJOURNAL
             | ffi::SQLITE_OPEN_TRANSIENT_DB
             | ffi::SQLITE_OPEN_DELETEONCLOSE;
+        let raw_name = name;
         let h = if name.is_null() || flags & temp != 0 {
             Handle::Mem { data: Vec::new() }
         } else {
@@ -130,11 +133,17 @@ unsafe extern "C" fn x_open(
                 tracing::warn!("kvsqlite VFS: file name is not UTF-8");
                 return ffi::SQLITE_CANTOPEN;
             };
-            let parsed = match parse_name(name) {
+            let (parsed, bound) = match open_name(name, raw_name, flags) {
                 Ok(p) => p,
                 Err(m) => {
                     tracing::warn!("kvsqlite VFS: cannot open {m}");
                     return ffi::SQLITE_CANTOPEN;
+                }
+            };
+            // Releases the binding of a plain name when the open fails below.
+            let unbind = |b: &Option<String>| {
+                if let Some(actor) = b {
+                    uri::unbind(actor);
                 }
             };
             let state = match db_state(
@@ -148,6 +157,7 @@ unsafe extern "C" fn x_open(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!("kvsqlite VFS: cannot open {name:?}: {e}");
+                    unbind(&bound);
                     return match e {
                         VfsError::Corrupt(_) => ffi::SQLITE_CORRUPT,
                         _ => ffi::SQLITE_CANTOPEN,
@@ -156,6 +166,7 @@ unsafe extern "C" fn x_open(
             };
             if !state.exists(parsed.file) {
                 if flags & ffi::SQLITE_OPEN_CREATE == 0 {
+                    unbind(&bound);
                     return ffi::SQLITE_CANTOPEN;
                 }
                 state.create(parsed.file);
@@ -167,6 +178,7 @@ unsafe extern "C" fn x_open(
                 id,
                 lock: lock::NONE,
                 wrote: false,
+                bound,
             }
         };
         (*f).handle = Box::into_raw(Box::new(h));
@@ -178,6 +190,56 @@ unsafe extern "C" fn x_open(
     })
 }
 
+/// Resolves the name of a file SQLite opens: a `/<store-id>/<actor>` path, or (once URI names
+/// are enabled) a plain actor id whose main database binds it to the store of its `kv` URI
+/// parameter. Returns the file and the plain name bound (to release at close).
+unsafe fn open_name(
+    name: &str,
+    raw: ffi::sqlite3_filename,
+    flags: c_int,
+) -> Result<(ParsedName, Option<String>), String> {
+    if !uri::is_plain(name) {
+        return parse_name(name).map(|p| (p, None));
+    }
+    if flags & ffi::SQLITE_OPEN_MAIN_DB != 0 {
+        // SAFETY: `raw` is the name SQLite passed to xOpen for a main database, which is what
+        // sqlite3_uri_parameter takes; the parameter name is a static C string.
+        let kv = ffi::sqlite3_uri_parameter(raw, c"kv".as_ptr());
+        let kv = (!kv.is_null())
+            .then(|| CStr::from_ptr(kv).to_str())
+            .transpose()
+            .map_err(|_| format!("{name:?}: the kv URI parameter is not UTF-8"))?;
+        let store = uri::bind_main(name, kv)?;
+        let parsed = ParsedName {
+            store,
+            actor: name.to_string(),
+            file: FileKind::Main,
+        };
+        return Ok((parsed, Some(name.to_string())));
+    }
+    if flags & ffi::SQLITE_OPEN_MAIN_JOURNAL != 0 {
+        return uri::resolve_bound(name)
+            .and_then(|p| match p.file {
+                FileKind::Journal => Ok(p),
+                _ => Err(format!("{name:?} is not a journal name")),
+            })
+            .map(|p| (p, None));
+    }
+    Err(format!(
+        "{name:?}: kvsqlite opens main databases and their rollback journals only (not WAL files or super-journals)"
+    ))
+}
+
+/// Resolves a name passed to `xAccess` or `xDelete` (no URI parameters there): a
+/// `/<store-id>/<actor>` path, or a plain name of an open database or its journal.
+fn file_name(name: &str) -> Result<ParsedName, String> {
+    if uri::is_plain(name) {
+        uri::resolve_bound(name)
+    } else {
+        parse_name(name)
+    }
+}
+
 unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
     guard("xClose", || {
         let f = file as *mut KvFile;
@@ -187,9 +249,16 @@ unsafe extern "C" fn x_close(file: *mut ffi::sqlite3_file) -> c_int {
         let h = Box::from_raw((*f).handle);
         (*f).handle = ptr::null_mut();
         if let Handle::Kv {
-            state, id, lock, ..
+            state,
+            id,
+            lock,
+            bound,
+            ..
         } = &*h
         {
+            if let Some(actor) = bound {
+                uri::unbind(actor);
+            }
             state.unlock(*id, *lock, lock::NONE);
             if let Err(e) = state.flush_all() {
                 error_code(&e, Op::Sync);
@@ -478,6 +547,40 @@ pub fn page_size_value(name: &str, value: Option<&str>) -> Option<u32> {
     layout::valid_chunk_size(n).then_some(n)
 }
 
+/// `s` as a NUL-terminated string allocated by `sqlite3_malloc` (SQLite frees it), or null when
+/// it holds a NUL or the allocation fails. (`sqlite3_mprintf` is variadic, and a loadable
+/// extension's bindings have no variadic functions.)
+unsafe fn sqlite_string(s: &str) -> *mut c_char {
+    if s.contains('\0') {
+        return ptr::null_mut();
+    }
+    let Ok(n) = c_int::try_from(s.len() + 1) else {
+        return ptr::null_mut();
+    };
+    let p = ffi::sqlite3_malloc(n) as *mut u8;
+    if !p.is_null() {
+        // SAFETY: `p` holds `s.len() + 1` bytes.
+        ptr::copy_nonoverlapping(s.as_ptr(), p, s.len());
+        *p.add(s.len()) = 0;
+    }
+    p as *mut c_char
+}
+
+/// `PRAGMA kvsqlite_stats`: returns the database's I/O counters ([`super::Snapshot`], shared
+/// by its connections in this process) as one JSON object, for programs that only speak SQL
+/// (the `sqlite3` shell with the loadable extension).
+pub const STATS_PRAGMA: &str = "kvsqlite_stats";
+
+/// The counters as a JSON object, `{"kv_round_trips":N,…}` in declaration order.
+pub fn stats_json(s: &super::Snapshot) -> String {
+    let fields: Vec<String> = s
+        .fields()
+        .into_iter()
+        .map(|(k, v)| format!("\"{k}\":{v}"))
+        .collect();
+    format!("{{{}}}", fields.join(","))
+}
+
 unsafe extern "C" fn x_file_control(
     file: *mut ffi::sqlite3_file,
     op: c_int,
@@ -520,15 +623,18 @@ unsafe extern "C" fn x_file_control(
                 let name = CStr::from_ptr(name).to_string_lossy().into_owned();
                 let value = (!value.is_null())
                     .then(|| CStr::from_ptr(value).to_string_lossy().into_owned());
+                if *kind == FileKind::Main && name.eq_ignore_ascii_case(STATS_PRAGMA) {
+                    // The database's counters as one JSON object: the pragma's one-row result.
+                    *az = sqlite_string(&stats_json(&state.stats().snapshot()));
+                    return ffi::SQLITE_OK;
+                }
                 let refusal = match (*kind, page_size_value(&name, value.as_deref())) {
                     (FileKind::Main, Some(ps)) => state.set_new_page_size(ps).err(),
                     _ => refused_pragma(&name, value.as_deref()),
                 };
                 match refusal {
                     Some(msg) => {
-                        if let Ok(c) = CString::new(msg) {
-                            *az = ffi::sqlite3_mprintf(c"%s".as_ptr(), c.as_ptr());
-                        }
+                        *az = sqlite_string(&msg);
                         ffi::SQLITE_ERROR
                     }
                     None => ffi::SQLITE_NOTFOUND,
@@ -573,7 +679,7 @@ unsafe extern "C" fn x_delete(
         let Ok(name) = CStr::from_ptr(name).to_str() else {
             return ffi::SQLITE_IOERR_DELETE;
         };
-        let Ok(p) = parse_name(name) else {
+        let Ok(p) = file_name(name) else {
             return ffi::SQLITE_IOERR_DELETE_NOENT;
         };
         let state = match db_state(
@@ -608,7 +714,7 @@ unsafe extern "C" fn x_access(
         let Ok(name) = CStr::from_ptr(name).to_str() else {
             return ffi::SQLITE_OK;
         };
-        let Ok(p) = parse_name(name) else {
+        let Ok(p) = file_name(name) else {
             return ffi::SQLITE_OK;
         };
         match db_state(

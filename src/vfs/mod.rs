@@ -4,8 +4,11 @@
 //! round-trip-minimal I/O. One VFS named [`VFS_NAME`] is registered once per process. Stores are
 //! registered in a process-wide table ([`register_store`]); a database path is
 //! `/<store-id>/<percent-encoded actor id>`, and SQLite's derived `…-journal` name maps to the
-//! same actor's journal file. Any other name (`-wal`, a super-journal, a foreign path) is refused
-//! with `SQLITE_CANTOPEN`. Temporary files SQLite asks for live in process memory.
+//! same actor's journal file. Once [`uri::enable`] was called (the loadable extension does), a
+//! plain name is an actor id on the store its `kv` URI parameter names
+//! (`file:ACTOR?vfs=kvsqlite&kv=URL`, see [`uri`]). Any other name (`-wal`, a super-journal, a
+//! foreign path) is refused with `SQLITE_CANTOPEN`. Temporary files SQLite asks for live in
+//! process memory. `PRAGMA kvsqlite_stats` returns a database's counters as JSON.
 //!
 //! This file holds the registry and the open API; the C callbacks SQLite calls are in `ffi.rs`,
 //! and each database's shared state and I/O in [`file`].
@@ -35,6 +38,7 @@ pub mod file;
 pub mod hold;
 pub mod layout;
 pub mod stats;
+pub mod uri;
 
 use std::collections::HashMap;
 use std::ffi::c_int;
@@ -46,7 +50,7 @@ use parking_lot::Mutex;
 use crate::kv::{ActorKv, KvError, SharedStore};
 use crate::preload::Preload;
 pub use fence::FenceSpec;
-pub use ffi::{julian_day_ms_now, page_size_value, refused_pragma};
+pub use ffi::{julian_day_ms_now, page_size_value, refused_pragma, stats_json, STATS_PRAGMA};
 pub use file::VfsError;
 use file::{DbState, Op, StateOptions};
 use layout::FileKind;
@@ -583,15 +587,16 @@ pub fn batch_atomic_compiled() -> bool {
     unsafe { rusqlite::ffi::sqlite3_compileoption_used(c"ENABLE_BATCH_ATOMIC_WRITE".as_ptr()) == 1 }
 }
 
+/// What [`register`] warns (once per process) when the linked SQLite lacks batch-atomic writes.
+pub const JOURNAL_WARNING: &str = "kvsqlite: this SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE: every commit goes through a rollback journal (correct, but a one-page write transaction costs 3 KV round trips instead of 1 under PRAGMA synchronous=NORMAL, 4 under the default FULL)";
+
 /// Registers the VFS with SQLite (idempotent). Warns once (tracing) when SQLite lacks
 /// batch-atomic writes: every commit then journals, correct but slower.
 pub fn register() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if !batch_atomic_compiled() {
-            tracing::warn!(
-                "SQLite was built without SQLITE_ENABLE_BATCH_ATOMIC_WRITE: every kvsqlite commit will use a rollback journal (correct, many more KV round trips)"
-            );
+            tracing::warn!("{JOURNAL_WARNING}");
         }
         let vfs = ffi::new_vfs();
         // SAFETY: the struct is leaked, so it outlives every use SQLite makes of it.
