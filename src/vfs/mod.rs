@@ -335,8 +335,10 @@ pub struct OpenOptions {
     pub create: bool,
     /// Offer SQLite batch-atomic writes (`SQLITE_IOCAP_BATCH_ATOMIC`), so a transaction
     /// commits with one KV put. Default `true`. `false` makes every write transaction go
-    /// through the rollback journal (correct, about 2N+2 round trips for N pages): a baseline
-    /// for benchmarks, not for production. Like the cache sizes, it is taken from the open that
+    /// through the rollback journal (correct; the VFS buffers the transaction's writes until
+    /// SQLite's sync, so a small one costs 3 round trips with `synchronous=NORMAL` and 4 with
+    /// `FULL`, and more pages than one put carries add their puts): a baseline for benchmarks,
+    /// not for production. Like the cache sizes, it is taken from the open that
     /// creates the database's shared state: a second connection of an open database shares it.
     pub batch_atomic: bool,
 }
