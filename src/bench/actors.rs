@@ -15,16 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-
+pub use crate::bench::latency::Latency;
 use crate::kv::latency::LatencyStore;
 use crate::kv::redb_store::{RedbOptions, RedbStore};
 use crate::kv::url::{open_store, StoreUrl};
 use crate::kv::{KvLimits, SharedStore};
+use crate::metrics::LatencyHistogram;
 use crate::vfs::{open_database, OpenOptions};
-
-/// Highest latency the histograms record, in microseconds (one hour); longer ones count as it.
-const MAX_LATENCY_US: u64 = 3_600_000_000;
 
 /// When a run stops.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,21 +97,6 @@ pub fn targets(
             Ok((Target { store, redb: None }, None))
         }
     }
-}
-
-/// Latency percentiles of one run, in milliseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Latency {
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Slowest commit.
-    pub max: f64,
 }
 
 /// One measured run.
@@ -371,7 +353,7 @@ fn run_once(
     phases.done.wait();
     let after = stats();
     phases.cleanup.wait();
-    let mut histogram = new_histogram()?;
+    let mut histogram = LatencyHistogram::new();
     let mut commits = 0u64;
     let mut failure = None;
     let mut span: Option<(Instant, Instant)> = None;
@@ -382,7 +364,7 @@ fn run_once(
         match outcome {
             Ok(w) => {
                 commits += w.commits;
-                histogram.add(&w.histogram).map_err(|e| e.to_string())?;
+                histogram.merge(&w.histogram);
                 span = Some(match span {
                     None => (w.start, w.end),
                     Some((s, e)) => (s.min(w.start), e.max(w.end)),
@@ -399,7 +381,6 @@ fn run_once(
     let transactions = before
         .zip(after)
         .map(|(b, a)| a.transactions.saturating_sub(b.transactions));
-    let ms = |us: u64| us as f64 / 1000.0;
     Ok(RunResult {
         group_commit: target.redb.as_ref().map(|s| s.options().group_commit),
         commits,
@@ -409,13 +390,7 @@ fn run_once(
         } else {
             0.0
         },
-        latency_ms: Latency {
-            mean: histogram.mean() / 1000.0,
-            p50: ms(histogram.value_at_quantile(0.5)),
-            p90: ms(histogram.value_at_quantile(0.9)),
-            p99: ms(histogram.value_at_quantile(0.99)),
-            max: ms(histogram.max()),
-        },
+        latency_ms: Latency::of(&histogram),
         transactions,
         writes_per_transaction: transactions
             .filter(|t| *t > 0)
@@ -446,14 +421,10 @@ impl Phases {
     }
 }
 
-fn new_histogram() -> Result<Histogram<u64>, String> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).map_err(|e| e.to_string())
-}
-
 /// What one writer thread measured.
 struct Written {
     commits: u64,
-    histogram: Histogram<u64>,
+    histogram: LatencyHistogram,
     /// When it started committing.
     start: Instant,
     /// When its last commit returned.
@@ -518,7 +489,7 @@ fn commit_loop(
     start: Instant,
     shared: &Shared,
 ) -> Result<Written, String> {
-    let mut histogram = new_histogram()?;
+    let mut histogram = LatencyHistogram::new();
     let mut commits = 0u64;
     let mut end = start;
     for db in dbs.iter().cycle() {
@@ -537,7 +508,7 @@ fn commit_loop(
             .and_then(|mut st| st.execute([config.row_bytes as i64]))
             .map_err(|e| format!("commit failed: {e}"))?;
         end = Instant::now();
-        histogram.saturating_record(((end - t0).as_micros() as u64).max(1));
+        histogram.record(((end - t0).as_micros() as u64).max(1));
         commits += 1;
     }
     Ok(Written {

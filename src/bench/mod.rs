@@ -5,6 +5,7 @@
 //!
 //! - [`actors`]: many actors committing small transactions at once (group commit's gain).
 //! - [`chart`]: SVG charts of the results (`--chart FILE`).
+//! - [`latency`]: latency percentiles in milliseconds, as the reports give them.
 //! - [`http`]: a bounded load against `kvsqlite serve` over loopback: wake and query latency.
 //! - [`delay_proxy`]: a loopback TCP proxy that delays traffic and counts round trips on the wire.
 //! - [`pg_batch`]: a batched put and read against one call per key, on PostgreSQL through the proxy.
@@ -16,6 +17,7 @@ pub mod actors;
 pub mod chart;
 pub mod delay_proxy;
 pub mod http;
+pub mod latency;
 pub mod pg_batch;
 pub mod scan;
 pub mod speedtest;

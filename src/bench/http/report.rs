@@ -7,47 +7,17 @@
 use serde_json::{json, Value};
 
 use super::{HttpConfig, LoadStop};
-use crate::metrics::LatencyHistogram;
+pub use crate::bench::latency::Latency;
 
-/// Latency percentiles in milliseconds, over the requests that succeeded.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Latency {
-    /// Mean.
-    pub mean: f64,
-    /// Median.
-    pub p50: f64,
-    /// 90th percentile.
-    pub p90: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Slowest.
-    pub max: f64,
-}
-
-impl Latency {
-    /// The percentiles of a histogram of microseconds, in milliseconds.
-    pub(super) fn of(h: &LatencyHistogram) -> Self {
-        let s = h.summary();
-        let ms = |us: u64| us as f64 / 1000.0;
-        Latency {
-            mean: h.mean_us() / 1000.0,
-            p50: ms(s.p50),
-            p90: ms(s.p90),
-            p99: ms(s.p99),
-            max: ms(s.max),
-        }
-    }
-
-    /// `{"mean", "p50", "p90", "p99", "max"}`, rounded to microseconds.
-    pub(super) fn to_json(self) -> Value {
-        json!({
-            "mean": round3(self.mean),
-            "p50": round3(self.p50),
-            "p90": round3(self.p90),
-            "p99": round3(self.p99),
-            "max": round3(self.max),
-        })
-    }
+/// `{"mean", "p50", "p90", "p99", "max"}` of a [`Latency`], rounded to microseconds.
+fn latency_json(l: &Latency) -> Value {
+    json!({
+        "mean": round3(l.mean),
+        "p50": round3(l.p50),
+        "p90": round3(l.p90),
+        "p99": round3(l.p99),
+        "max": round3(l.max),
+    })
 }
 
 /// The wake phase: one request to each sleeping actor.
@@ -162,7 +132,7 @@ impl HttpReport {
                 "kv_round_trips_per_wake": w.kv_round_trips_per_wake.map(round3),
                 "kv_round_trips": w.kv_round_trips,
                 "wall_s": round6(w.wall_s),
-                "latency_ms": w.latency_ms.to_json(),
+                "latency_ms": latency_json(&w.latency_ms),
             },
             "load": {
                 "requests": l.requests,
@@ -172,9 +142,9 @@ impl HttpReport {
                 "writes": l.writes,
                 "wall_s": round6(l.wall_s),
                 "requests_per_sec": round3(l.requests_per_sec),
-                "latency_ms": l.latency_ms.to_json(),
-                "read_latency_ms": l.read_latency_ms.to_json(),
-                "write_latency_ms": l.write_latency_ms.to_json(),
+                "latency_ms": latency_json(&l.latency_ms),
+                "read_latency_ms": latency_json(&l.read_latency_ms),
+                "write_latency_ms": latency_json(&l.write_latency_ms),
                 "wakes": l.wakes,
                 "kv_round_trips_per_request": l.kv_round_trips_per_request.map(round3),
                 "kv_round_trips": l.kv_round_trips,
