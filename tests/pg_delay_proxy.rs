@@ -237,7 +237,7 @@ fn bench_pg_batch_json_has_every_field_and_exact_turns() {
     assert_eq!(rows, 0, "{actor}");
 
     // The table names the same operations.
-    let out = cli::kvsqlite(&[
+    let text = cli::stdout_of(&[
         "--kv",
         &url,
         "bench",
@@ -247,12 +247,6 @@ fn bench_pg_batch_json_has_every_field_and_exact_turns() {
         "--runs",
         "1",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 7, "{text}");
     assert!(lines[1].starts_with("op "), "{text}");

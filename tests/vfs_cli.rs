@@ -4,10 +4,11 @@
 //! refused, the benchmark leaves no actor behind; `--sweep` gives one such object per actor
 //! count and an SVG chart of both modes; no test asserts a time).
 
+#[path = "common/cli.rs"]
+mod cli;
 #[path = "common/json.rs"]
 mod json;
 
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use kvsqlite::kv::redb_store::RedbStore;
@@ -16,13 +17,7 @@ use kvsqlite::vfs::{open_database, OpenOptions};
 
 use json::Json;
 
-fn kvsqlite(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
-        .args(args)
-        .env_remove("KVSQLITE_KV")
-        .output()
-        .unwrap()
-}
+use cli::kvsqlite;
 
 #[test]
 fn kv_files_decodes_the_layout() {
@@ -35,13 +30,7 @@ fn kv_files_decodes_the_layout() {
             .unwrap();
     }
     let url = format!("redb:{}", path.display());
-    let out = kvsqlite(&["--kv", &url, "kv", "files", "--actor", "files"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = cli::stdout_of(&["--kv", &url, "kv", "files", "--actor", "files"]);
     assert_eq!(
         text,
         "main     size 8192 bytes, chunk size 4096, 2 chunks (0 in stages), 2 chunk keys, 0 missing, 0 malformed, 0 past the end\n\
@@ -58,13 +47,7 @@ fn kv_files_decodes_the_layout() {
 
 #[test]
 fn bench_commit_prints_round_trips_as_json() {
-    let out = kvsqlite(&["--kv", "memory:", "bench", "commit", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = cli::stdout_of(&["--kv", "memory:", "bench", "commit", "--json"]);
     let text = text.trim();
     assert!(text.starts_with("[{") && text.ends_with("}]"), "{text}");
     let objects: Vec<&str> = text[2..text.len() - 2].split("},{").collect();
@@ -107,13 +90,7 @@ fn bench_commit_prints_round_trips_as_json() {
 fn bench_json(url: &str, args: &[&str]) -> Json {
     let mut all = vec!["--kv", url, "bench", "actors", "--json"];
     all.extend_from_slice(args);
-    let out = kvsqlite(&all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = cli::stdout_of(&all);
     assert_eq!(text.lines().count(), 1, "{text}");
     json::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -255,7 +232,7 @@ fn json_reports_duration_and_rtt() {
 fn table_has_a_row_per_mode_and_the_speedup() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("redb:{}", dir.path().join("kv.redb").display());
-    let out = kvsqlite(&[
+    let text = cli::stdout_of(&[
         "--kv",
         &url,
         "bench",
@@ -265,12 +242,6 @@ fn table_has_a_row_per_mode_and_the_speedup() {
         "--commits",
         "4",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
     assert_eq!(
@@ -392,7 +363,7 @@ fn sweep_has_a_point_per_actor_count_and_draws_both_series() {
         "the benchmark's actors are deleted"
     );
 
-    let out = kvsqlite(&[
+    let text = cli::stdout_of(&[
         "--kv",
         &url,
         "bench",
@@ -403,12 +374,6 @@ fn sweep_has_a_point_per_actor_count_and_draws_both_series() {
         "--commits",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     assert_eq!(

@@ -1,4 +1,6 @@
 //! Running the built `kvsqlite` binary from a test, and parsing a one-line JSON output.
+//! (Each test binary uses some of these.)
+#![allow(dead_code)]
 
 use std::process::{Command, Output};
 
@@ -13,15 +15,21 @@ pub fn kvsqlite(args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Runs `kvsqlite ARGS`, asserts success and one line of output, and parses it as JSON.
-pub fn json_of(args: &[&str]) -> Value {
+/// Runs `kvsqlite ARGS`, asserts it succeeded (showing its standard error if not), and returns
+/// its standard output.
+pub fn stdout_of(args: &[&str]) -> String {
     let out = kvsqlite(args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `kvsqlite ARGS`, asserts success and one line of output, and parses it as JSON.
+pub fn json_of(args: &[&str]) -> Value {
+    let text = stdout_of(args);
     assert_eq!(text.lines().count(), 1, "{text}");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
