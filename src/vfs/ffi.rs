@@ -594,6 +594,24 @@ unsafe extern "C" fn x_delete(
     })
 }
 
+thread_local! {
+    /// The last journal name `xAccess` resolved on this thread, and its database's state.
+    static ACCESS_CACHE: std::cell::RefCell<Option<(Box<str>, std::sync::Weak<DbState>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The live state cached for journal `name`, if any.
+fn access_cache_get(name: &str) -> Option<Arc<DbState>> {
+    ACCESS_CACHE.with(|c| match &*c.borrow() {
+        Some((n, w)) if **n == *name => w.upgrade(),
+        _ => None,
+    })
+}
+
+fn access_cache_put(name: &str, s: &Arc<DbState>) {
+    ACCESS_CACHE.with(|c| *c.borrow_mut() = Some((name.into(), Arc::downgrade(s))));
+}
+
 unsafe extern "C" fn x_access(
     _vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
@@ -608,6 +626,18 @@ unsafe extern "C" fn x_access(
         let Ok(name) = CStr::from_ptr(name).to_str() else {
             return ffi::SQLITE_OK;
         };
+        // SQLite asks for `-wal` (and the pager for no other name than these) at every
+        // transaction start: kvsqlite never has one, and answering it from the suffix spares
+        // building parse_name's error message each time.
+        if name.ends_with("-wal") || name.ends_with("-shm") {
+            return ffi::SQLITE_OK;
+        }
+        // The hot-journal check, also at every transaction start: a state this thread looked
+        // up by the same name and that is still alive is the one db_state would return.
+        if let Some(s) = access_cache_get(name) {
+            *out = s.exists(FileKind::Journal) as c_int;
+            return ffi::SQLITE_OK;
+        }
         let Ok(p) = parse_name(name) else {
             return ffi::SQLITE_OK;
         };
@@ -621,6 +651,9 @@ unsafe extern "C" fn x_access(
         ) {
             Ok(s) => {
                 *out = s.exists(p.file) as c_int;
+                if p.file == FileKind::Journal {
+                    access_cache_put(name, &s);
+                }
                 ffi::SQLITE_OK
             }
             Err(e) => {
