@@ -19,14 +19,19 @@
 //! statement's collapsed SQL is computed once per prepared statement and shared (`Arc<str>`);
 //! the record's wall-clock time is derived from the one monotonic clock read that ends the
 //! statement; the shared records, totals and histogram take one uncontended lock per statement.
+//! Clock reads are the largest share left, so the log reads none of its own on kvsqlite's VFS:
+//! SQLite reads the clock through the VFS right before a profiled statement's first step and
+//! right before its profile event, and the log takes those two reads
+//! ([`crate::vfs::last_clock_read`]); on another VFS it reads the wall clock itself.
 
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rusqlite::ffi;
@@ -48,7 +53,8 @@ pub struct QueryRecord {
     /// Its SQL, whitespace collapsed, cut to [`SQL_CHARS`] characters.
     pub sql: String,
     /// Microseconds from its first step to its end (SQLite's own profile timer counts whole
-    /// milliseconds, so the log measures with the monotonic clock).
+    /// milliseconds, so the log keeps the nanoseconds of the same clock reads; it is the wall
+    /// clock, so a step of the system clock during a statement can shorten it, down to 0).
     pub duration_us: u64,
     /// KV round trips its database made meanwhile.
     pub kv_round_trips: u64,
@@ -111,8 +117,7 @@ impl Counters {
 
 /// A record as kept: its SQL shared with the statement's cache entry.
 struct Rec {
-    /// When it ended (turned into wall-clock milliseconds only when read).
-    at: Instant,
+    at_unix_ms: u64,
     sql: Arc<str>,
     duration_us: u64,
     cost: Counters,
@@ -120,10 +125,9 @@ struct Rec {
 }
 
 impl Rec {
-    fn to_record(&self, base_unix_ms: u64, base: Instant) -> QueryRecord {
+    fn to_record(&self) -> QueryRecord {
         QueryRecord {
-            at_unix_ms: base_unix_ms
-                .saturating_add(self.at.saturating_duration_since(base).as_millis() as u64),
+            at_unix_ms: self.at_unix_ms,
             sql: self.sql.to_string(),
             duration_us: self.duration_us,
             kv_round_trips: self.cost.round_trips,
@@ -146,23 +150,17 @@ struct Shared {
 /// One actor's query log. Shared with the trace hook while installed.
 pub struct QueryLog {
     actor: String,
-    /// The wall clock and the monotonic clock at install: a record's time is the first plus
-    /// the monotonic time from the second to the statement's end (one clock read per
-    /// statement, not two).
-    base_unix_ms: u64,
-    base: Instant,
     inner: Mutex<Shared>,
 }
 
 impl QueryLog {
     /// The last records, oldest first (at most [`MAX_RECORDS`]).
     pub fn records(&self) -> Vec<QueryRecord> {
-        let inner = self.inner.lock();
-        let (ms, base) = (self.base_unix_ms, self.base);
-        inner
+        self.inner
+            .lock()
             .records
             .iter()
-            .map(|r| r.to_record(ms, base))
+            .map(Rec::to_record)
             .collect()
     }
 
@@ -221,12 +219,12 @@ pub fn collapse(sql: &str) -> String {
 }
 
 /// A running statement: its address, the counters at its first step, its rows so far, when
-/// it started.
+/// it started (nanoseconds since the Unix epoch).
 struct Active {
     stmt: usize,
     start: Counters,
     rows: u64,
-    at: Instant,
+    at_unix_nanos: u64,
 }
 
 /// Slots of the collapsed-SQL cache (direct-mapped by statement address).
@@ -247,12 +245,29 @@ struct CachedSql {
 struct HookState {
     log: Arc<QueryLog>,
     stats: Arc<Stats>,
+    /// The sequence number of the last VFS clock read taken (see [`HookState::now`]).
+    clock_seen: Cell<u64>,
     active: RefCell<Vec<Active>>,
     sql_cache: RefCell<Vec<Option<CachedSql>>>,
 }
 
 impl HookState {
+    /// Now, in nanoseconds since the Unix epoch: the clock read SQLite just made through
+    /// kvsqlite's VFS when there is one this hook has not taken yet, else a read of its own.
+    fn now(&self) -> u64 {
+        let (seq, nanos) = crate::vfs::last_clock_read();
+        if seq != 0 && seq != self.clock_seen.get() {
+            self.clock_seen.set(seq);
+            return nanos;
+        }
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
     fn start(&self, stmt: usize) {
+        let at_unix_nanos = self.now();
         let start = Counters::now(&self.stats);
         let mut active = self.active.borrow_mut();
         active.retain(|a| a.stmt != stmt);
@@ -260,7 +275,7 @@ impl HookState {
             stmt,
             start,
             rows: 0,
-            at: Instant::now(),
+            at_unix_nanos,
         });
     }
 
@@ -295,7 +310,7 @@ impl HookState {
     }
 
     fn finish(&self, stmt: usize, nanos: i64, raw: &[u8]) {
-        let now = Instant::now();
+        let now = self.now();
         let counters = Counters::now(&self.stats);
         let found = {
             let mut active = self.active.borrow_mut();
@@ -306,12 +321,12 @@ impl HookState {
             Some(a) => (
                 counters.since(a.start),
                 a.rows,
-                now.saturating_duration_since(a.at).as_micros() as u64,
+                now.saturating_sub(a.at_unix_nanos) / 1000,
             ),
             None => (Counters::default(), 0, (nanos.max(0) as u64) / 1000),
         };
         let rec = Rec {
-            at: now,
+            at_unix_ms: now / 1_000_000,
             sql: self.sql(stmt, raw),
             duration_us: us,
             cost,
@@ -353,16 +368,12 @@ pub fn install(
 ) -> (Arc<QueryLog>, QueryHook) {
     let log = Arc::new(QueryLog {
         actor: actor.to_string(),
-        base_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        base: Instant::now(),
         inner: Mutex::new(Shared::default()),
     });
     let state = Box::into_raw(Box::new(HookState {
         log: log.clone(),
         stats,
+        clock_seen: Cell::new(0),
         active: RefCell::new(Vec::new()),
         sql_cache: RefCell::new((0..SQL_CACHE_SLOTS).map(|_| None).collect()),
     }));
@@ -458,6 +469,39 @@ mod tests {
             at <= now_ms + 1 && at + 60_000 > now_ms,
             "{at} against {now_ms}"
         );
+        drop(hook);
+    }
+
+    #[test]
+    fn on_the_kvsqlite_vfs_records_take_sqlites_own_clock_reads() {
+        use crate::kv::SharedStore;
+        let store: SharedStore = Arc::new(crate::kv::memory::MemoryStore::new());
+        let db =
+            crate::vfs::open_database(store, "clock", &crate::vfs::OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1), (2), (3);")
+            .unwrap();
+        let (log, hook) = install(db.conn(), "clock", db.stats());
+        let unix_ns = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = unix_ns();
+        let (seq0, _) = crate::vfs::last_clock_read();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        let (seq1, last) = crate::vfs::last_clock_read();
+        let after = unix_ns();
+        assert_eq!(n, 3);
+        // SQLite read the clock through the VFS at the first step and for the profile event.
+        assert!(seq1 >= seq0 + 2, "{seq0} -> {seq1}");
+        assert!((before..=after).contains(&last));
+        let r = &log.records()[0];
+        assert_eq!((r.sql.as_str(), r.rows), ("SELECT count(*) FROM t", 1));
+        assert_eq!(r.at_unix_ms, last / 1_000_000);
+        assert!(r.duration_us <= (after - before) / 1000, "{r:?}");
         drop(hook);
     }
 }

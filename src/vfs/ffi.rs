@@ -754,12 +754,32 @@ unsafe extern "C" fn x_current_time(_vfs: *mut ffi::sqlite3_vfs, out: *mut f64) 
     })
 }
 
+thread_local! {
+    /// The last `xCurrentTimeInt64` read on this thread: a sequence number (bumped at every
+    /// read) and the time it read, in nanoseconds since the Unix epoch.
+    static CLOCK_READ: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The last clock read `xCurrentTimeInt64` made on this thread: `(sequence, unix_nanos)`, the
+/// sequence bumped at every read (0: none yet). SQLite reads the clock through the VFS right
+/// before a profiled statement's first step and right before its profile event, so the query
+/// log takes those two reads for the statement's duration instead of reading the clock twice
+/// more (a clock read is a sizeable part of a cached point query).
+pub fn last_clock_read() -> (u64, u64) {
+    CLOCK_READ.with(|c| c.get())
+}
+
 unsafe extern "C" fn x_current_time_int64(
     _vfs: *mut ffi::sqlite3_vfs,
     out: *mut ffi::sqlite3_int64,
 ) -> c_int {
     guard("xCurrentTimeInt64", || {
-        *out = julian_day_ms_now();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        CLOCK_READ.with(|c| c.set((c.get().0.wrapping_add(1).max(1), nanos)));
+        *out = (nanos / 1_000_000) as i64 + 210_866_760_000_000;
         ffi::SQLITE_OK
     })
 }
