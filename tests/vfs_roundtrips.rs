@@ -218,7 +218,7 @@ fn read_only_query_on_cached_pages_costs_nothing() {
 }
 
 #[test]
-fn cold_sequential_scan_of_100_pages_takes_exactly_three_gets() {
+fn cold_sequential_scan_of_100_pages_takes_exactly_two_gets() {
     let s = store();
     {
         let db = open_database(s.clone(), "scan", &OpenOptions::default()).unwrap();
@@ -241,7 +241,9 @@ fn cold_sequential_scan_of_100_pages_takes_exactly_three_gets() {
         .unwrap();
     assert_eq!(sum, 100 * 3900);
     let d = opened.stop(&db);
-    assert_eq!(d.kv_reads, 3, "{d:?}");
+    // The open fetched chunks 0-3; the first miss (chunk 4) continues that run, so its window
+    // grows to 32 (chunks 4-35), and the next miss (36) to 128: the rest of the table.
+    assert_eq!(d.kv_reads, 2, "{d:?}");
     assert_eq!(d.kv_writes, 0);
     assert!(d.readahead_used > 90, "{d:?}");
 }

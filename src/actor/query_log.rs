@@ -12,18 +12,32 @@
 //! Event: target `kvsqlite::query`, fields `actor`, `sql` (first [`SQL_CHARS`] characters,
 //! whitespace collapsed), `duration_us`, `kv_round_trips`, `kv_keys_read`, `kv_keys_written`,
 //! `preload_hits`, `cache_hits`, `rows`.
+//!
+//! Cost: the log is on every statement's path whatever the level, so its fixed cost is kept
+//! small. The state of running statements lives in the hook, touched only by SQLite's callbacks
+//! (which a connection makes one at a time), so the start and row events take no lock; a
+//! statement's collapsed SQL is computed once per prepared statement and shared (`Arc<str>`);
+//! the record's wall-clock time is derived from the one monotonic clock read that ends the
+//! statement; the shared records, totals and histogram take one uncontended lock per statement.
+//! Clock reads are the largest share left, so the log reads none of its own on kvsqlite's VFS:
+//! SQLite reads the clock through the VFS right before a profiled statement's first step and
+//! right before its profile event, and the log takes those two reads
+//! ([`crate::vfs::last_clock_read`]); on another VFS it reads the wall clock itself.
 
+use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::ffi::{c_int, c_uint, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rusqlite::ffi;
 
 use crate::metrics::{HistogramSummary, LatencyHistogram};
-use crate::vfs::{Snapshot, Stats};
+use crate::vfs::Stats;
 
 /// Statements whose records an actor keeps.
 pub const MAX_RECORDS: usize = 500;
@@ -39,7 +53,8 @@ pub struct QueryRecord {
     /// Its SQL, whitespace collapsed, cut to [`SQL_CHARS`] characters.
     pub sql: String,
     /// Microseconds from its first step to its end (SQLite's own profile timer counts whole
-    /// milliseconds, so the log measures with the monotonic clock).
+    /// milliseconds, so the log keeps the nanoseconds of the same clock reads; it is the wall
+    /// clock, so a step of the system clock during a statement can shorten it, down to 0).
     pub duration_us: u64,
     /// KV round trips its database made meanwhile.
     pub kv_round_trips: u64,
@@ -68,11 +83,66 @@ pub struct QueryTotals {
     pub kv_keys_written: u64,
 }
 
+/// The five counters a record reports, read without the rest of [`Stats`].
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    round_trips: u64,
+    keys_read: u64,
+    keys_written: u64,
+    preload_hits: u64,
+    cache_hits: u64,
+}
+
+impl Counters {
+    fn now(s: &Stats) -> Counters {
+        Counters {
+            round_trips: s.kv_round_trips.load(Ordering::Relaxed),
+            keys_read: s.keys_read.load(Ordering::Relaxed),
+            keys_written: s.keys_written.load(Ordering::Relaxed),
+            preload_hits: s.preload_hits.load(Ordering::Relaxed),
+            cache_hits: s.cache_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    fn since(self, start: Counters) -> Counters {
+        Counters {
+            round_trips: self.round_trips.wrapping_sub(start.round_trips),
+            keys_read: self.keys_read.wrapping_sub(start.keys_read),
+            keys_written: self.keys_written.wrapping_sub(start.keys_written),
+            preload_hits: self.preload_hits.wrapping_sub(start.preload_hits),
+            cache_hits: self.cache_hits.wrapping_sub(start.cache_hits),
+        }
+    }
+}
+
+/// A record as kept: its SQL shared with the statement's cache entry.
+struct Rec {
+    at_unix_ms: u64,
+    sql: Arc<str>,
+    duration_us: u64,
+    cost: Counters,
+    rows: u64,
+}
+
+impl Rec {
+    fn to_record(&self) -> QueryRecord {
+        QueryRecord {
+            at_unix_ms: self.at_unix_ms,
+            sql: self.sql.to_string(),
+            duration_us: self.duration_us,
+            kv_round_trips: self.cost.round_trips,
+            kv_keys_read: self.cost.keys_read,
+            kv_keys_written: self.cost.keys_written,
+            preload_hits: self.cost.preload_hits,
+            cache_hits: self.cost.cache_hits,
+            rows: self.rows,
+        }
+    }
+}
+
 #[derive(Default)]
-struct Inner {
-    /// Statements running: (statement address, counters at its start, rows so far, start).
-    active: Vec<(usize, Snapshot, u64, Instant)>,
-    records: VecDeque<QueryRecord>,
+struct Shared {
+    records: VecDeque<Rec>,
     hist: LatencyHistogram,
     totals: QueryTotals,
 }
@@ -80,14 +150,18 @@ struct Inner {
 /// One actor's query log. Shared with the trace hook while installed.
 pub struct QueryLog {
     actor: String,
-    stats: Arc<Stats>,
-    inner: Mutex<Inner>,
+    inner: Mutex<Shared>,
 }
 
 impl QueryLog {
     /// The last records, oldest first (at most [`MAX_RECORDS`]).
     pub fn records(&self) -> Vec<QueryRecord> {
-        self.inner.lock().records.iter().cloned().collect()
+        self.inner
+            .lock()
+            .records
+            .iter()
+            .map(Rec::to_record)
+            .collect()
     }
 
     /// Totals over every statement logged.
@@ -100,56 +174,17 @@ impl QueryLog {
         self.inner.lock().hist.summary()
     }
 
-    fn start(&self, stmt: usize) {
-        let snap = self.stats.snapshot();
-        let mut inner = self.inner.lock();
-        inner.active.retain(|(s, ..)| *s != stmt);
-        inner.active.push((stmt, snap, 0, Instant::now()));
-    }
-
-    fn row(&self, stmt: usize) {
-        let mut inner = self.inner.lock();
-        if let Some(a) = inner.active.iter_mut().find(|(s, ..)| *s == stmt) {
-            a.2 += 1;
-        }
-    }
-
-    fn finish(&self, stmt: usize, nanos: i64, sql: &str) {
-        let now = self.stats.snapshot();
-        let (d, rows, us) = {
-            let mut inner = self.inner.lock();
-            match inner.active.iter().position(|(s, ..)| *s == stmt) {
-                Some(i) => {
-                    let (_, start, rows, t) = inner.active.swap_remove(i);
-                    (now - start, rows, t.elapsed().as_micros() as u64)
-                }
-                None => (Snapshot::default(), 0, (nanos.max(0) as u64) / 1000),
-            }
-        };
-        let rec = QueryRecord {
-            at_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
-            sql: collapse(sql),
-            duration_us: us,
-            kv_round_trips: d.kv_round_trips,
-            kv_keys_read: d.keys_read,
-            kv_keys_written: d.keys_written,
-            preload_hits: d.preload_hits,
-            cache_hits: d.cache_hits,
-            rows,
-        };
+    fn publish(&self, rec: Rec) {
         tracing::debug!(
             target: "kvsqlite::query",
             actor = %self.actor,
             sql = %rec.sql,
             duration_us = rec.duration_us,
-            kv_round_trips = rec.kv_round_trips,
-            kv_keys_read = rec.kv_keys_read,
-            kv_keys_written = rec.kv_keys_written,
-            preload_hits = rec.preload_hits,
-            cache_hits = rec.cache_hits,
+            kv_round_trips = rec.cost.round_trips,
+            kv_keys_read = rec.cost.keys_read,
+            kv_keys_written = rec.cost.keys_written,
+            preload_hits = rec.cost.preload_hits,
+            cache_hits = rec.cost.cache_hits,
             rows = rec.rows,
             "query"
         );
@@ -157,9 +192,9 @@ impl QueryLog {
         inner.hist.record(rec.duration_us);
         let t = &mut inner.totals;
         t.sql_statements += 1;
-        t.kv_round_trips += rec.kv_round_trips;
-        t.kv_keys_read += rec.kv_keys_read;
-        t.kv_keys_written += rec.kv_keys_written;
+        t.kv_round_trips += rec.cost.round_trips;
+        t.kv_keys_read += rec.cost.keys_read;
+        t.kv_keys_written += rec.cost.keys_written;
         if inner.records.len() == MAX_RECORDS {
             inner.records.pop_front();
         }
@@ -183,24 +218,143 @@ pub fn collapse(sql: &str) -> String {
     out
 }
 
+/// A running statement: its address, the counters at its first step, its rows so far, when
+/// it started (nanoseconds since the Unix epoch).
+struct Active {
+    stmt: usize,
+    start: Counters,
+    rows: u64,
+    at_unix_nanos: u64,
+}
+
+/// Slots of the collapsed-SQL cache (direct-mapped by statement address).
+const SQL_CACHE_SLOTS: usize = 64;
+
+/// A cached collapsed SQL: the statement's address and raw text it was computed from (a
+/// finalized statement's address may be reused by another statement, so the text is
+/// compared, never trusted by address alone).
+struct CachedSql {
+    stmt: usize,
+    raw: Box<[u8]>,
+    collapsed: Arc<str>,
+}
+
+/// What the trace callback works with. Only SQLite's callbacks on the one connection touch
+/// `active` and `sql_cache`, and a connection calls back one call at a time, so they need no
+/// lock.
+struct HookState {
+    log: Arc<QueryLog>,
+    stats: Arc<Stats>,
+    /// The sequence number of the last VFS clock read taken (see [`HookState::now`]).
+    clock_seen: Cell<u64>,
+    active: RefCell<Vec<Active>>,
+    sql_cache: RefCell<Vec<Option<CachedSql>>>,
+}
+
+impl HookState {
+    /// Now, in nanoseconds since the Unix epoch: the clock read SQLite just made through
+    /// kvsqlite's VFS when there is one this hook has not taken yet, else a read of its own.
+    fn now(&self) -> u64 {
+        let (seq, nanos) = crate::vfs::last_clock_read();
+        if seq != 0 && seq != self.clock_seen.get() {
+            self.clock_seen.set(seq);
+            return nanos;
+        }
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+
+    fn start(&self, stmt: usize) {
+        let at_unix_nanos = self.now();
+        let start = Counters::now(&self.stats);
+        let mut active = self.active.borrow_mut();
+        active.retain(|a| a.stmt != stmt);
+        active.push(Active {
+            stmt,
+            start,
+            rows: 0,
+            at_unix_nanos,
+        });
+    }
+
+    fn row(&self, stmt: usize) {
+        if let Some(a) = self
+            .active
+            .borrow_mut()
+            .iter_mut()
+            .rev()
+            .find(|a| a.stmt == stmt)
+        {
+            a.rows += 1;
+        }
+    }
+
+    /// The statement's collapsed SQL, from the cache when its text is unchanged.
+    fn sql(&self, stmt: usize, raw: &[u8]) -> Arc<str> {
+        let slot = (stmt >> 4) % SQL_CACHE_SLOTS;
+        let mut cache = self.sql_cache.borrow_mut();
+        if let Some(c) = &cache[slot] {
+            if c.stmt == stmt && *c.raw == *raw {
+                return c.collapsed.clone();
+            }
+        }
+        let collapsed: Arc<str> = collapse(&String::from_utf8_lossy(raw)).into();
+        cache[slot] = Some(CachedSql {
+            stmt,
+            raw: raw.into(),
+            collapsed: collapsed.clone(),
+        });
+        collapsed
+    }
+
+    fn finish(&self, stmt: usize, nanos: i64, raw: &[u8]) {
+        let now = self.now();
+        let counters = Counters::now(&self.stats);
+        let found = {
+            let mut active = self.active.borrow_mut();
+            let i = active.iter().rposition(|a| a.stmt == stmt);
+            i.map(|i| active.swap_remove(i))
+        };
+        let (cost, rows, us) = match found {
+            Some(a) => (
+                counters.since(a.start),
+                a.rows,
+                now.saturating_sub(a.at_unix_nanos) / 1000,
+            ),
+            None => (Counters::default(), 0, (nanos.max(0) as u64) / 1000),
+        };
+        let rec = Rec {
+            at_unix_ms: now / 1_000_000,
+            sql: self.sql(stmt, raw),
+            duration_us: us,
+            cost,
+            rows,
+        };
+        self.log.publish(rec);
+    }
+}
+
 /// The installed hook: removes itself from the connection when dropped. Must be dropped before
 /// the connection is closed.
 pub struct QueryHook {
     db: *mut ffi::sqlite3,
-    log: *const QueryLog,
+    state: *mut HookState,
 }
 
 // SAFETY: the hook only touches the connection (which moves with it, owned by the same actor)
-// and a `QueryLog`, which is `Sync`.
+// and its `HookState`, whose cells only SQLite's callbacks on that connection use, one at a
+// time, whichever thread the connection is on; the rest of the state is `Sync`.
 unsafe impl Send for QueryHook {}
 
 impl Drop for QueryHook {
     fn drop(&mut self) {
         // SAFETY: `db` is the live connection the hook was installed on (the actor drops the hook
-        // first); after this call SQLite no longer calls back, so the `Arc` can be released.
+        // first); after this call SQLite no longer calls back, so the state can be released.
         unsafe {
             ffi::sqlite3_trace_v2(self.db, 0, None, std::ptr::null_mut());
-            drop(Arc::from_raw(self.log));
+            drop(Box::from_raw(self.state));
         }
     }
 }
@@ -214,19 +368,24 @@ pub fn install(
 ) -> (Arc<QueryLog>, QueryHook) {
     let log = Arc::new(QueryLog {
         actor: actor.to_string(),
-        stats,
-        inner: Mutex::new(Inner::default()),
+        inner: Mutex::new(Shared::default()),
     });
-    let raw = Arc::into_raw(log.clone());
+    let state = Box::into_raw(Box::new(HookState {
+        log: log.clone(),
+        stats,
+        clock_seen: Cell::new(0),
+        active: RefCell::new(Vec::new()),
+        sql_cache: RefCell::new((0..SQL_CACHE_SLOTS).map(|_| None).collect()),
+    }));
     let mask = ffi::SQLITE_TRACE_STMT | ffi::SQLITE_TRACE_ROW | ffi::SQLITE_TRACE_PROFILE;
-    // SAFETY: the handle is the live connection; `raw` stays valid until the hook's drop
-    // unregisters the callback and releases it.
+    // SAFETY: the handle is the live connection; `state` stays valid until the hook's drop
+    // unregisters the callback and frees it.
     let db = unsafe {
         let db = conn.handle();
-        ffi::sqlite3_trace_v2(db, mask, Some(trace), raw as *mut c_void);
+        ffi::sqlite3_trace_v2(db, mask, Some(trace), state as *mut c_void);
         db
     };
-    (log, QueryHook { db, log: raw })
+    (log, QueryHook { db, state })
 }
 
 unsafe extern "C" fn trace(
@@ -239,26 +398,26 @@ unsafe extern "C" fn trace(
         if ctx.is_null() || p.is_null() {
             return;
         }
-        let log = &*(ctx as *const QueryLog);
+        let state = &*(ctx as *const HookState);
         match mask {
             ffi::SQLITE_TRACE_STMT => {
                 // Trigger programs report as "-- TRIGGER name": part of the outer statement.
-                let text = x as *const std::ffi::c_char;
-                if !text.is_null() && CStr::from_ptr(text).to_bytes().starts_with(b"--") {
+                let text = x as *const u8;
+                if !text.is_null() && *text == b'-' && *text.add(1) == b'-' {
                     return;
                 }
-                log.start(p as usize);
+                state.start(p as usize);
             }
-            ffi::SQLITE_TRACE_ROW => log.row(p as usize),
+            ffi::SQLITE_TRACE_ROW => state.row(p as usize),
             ffi::SQLITE_TRACE_PROFILE => {
                 let nanos = if x.is_null() { 0 } else { *(x as *const i64) };
-                let sql = ffi::sqlite3_sql(p as *mut ffi::sqlite3_stmt);
-                let sql = if sql.is_null() {
-                    String::new()
+                let sql: *const c_char = ffi::sqlite3_sql(p as *mut ffi::sqlite3_stmt);
+                let raw = if sql.is_null() {
+                    &[][..]
                 } else {
-                    CStr::from_ptr(sql).to_string_lossy().into_owned()
+                    CStr::from_ptr(sql).to_bytes()
                 };
-                log.finish(p as usize, nanos, &sql);
+                state.finish(p as usize, nanos, raw);
             }
             _ => {}
         }
@@ -276,5 +435,73 @@ mod tests {
         let long = "x ".repeat(200);
         assert_eq!(collapse(&long).chars().count(), SQL_CHARS);
         assert_eq!(collapse(""), "");
+    }
+
+    #[test]
+    fn every_statement_reports_its_own_sql_even_at_a_reused_address() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1), (2);")
+            .unwrap();
+        let (log, hook) = install(&conn, "a", Arc::new(Stats::default()));
+        // Prepared and finalized one after the other: SQLite may well reuse the statement's
+        // (and its text's) memory, so the cached SQL must be checked against the text.
+        let sqls: Vec<String> = (0..40)
+            .map(|i| format!("SELECT  a + {}\n FROM t", i % 7))
+            .collect();
+        for sql in &sqls {
+            let mut st = conn.prepare(sql).unwrap();
+            assert_eq!(st.query_map([], |_| Ok(())).unwrap().count(), 2);
+        }
+        let got: Vec<(String, u64)> = log.records().into_iter().map(|r| (r.sql, r.rows)).collect();
+        let want: Vec<(String, u64)> = sqls
+            .iter()
+            .map(|s| (s.split_whitespace().collect::<Vec<_>>().join(" "), 2))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(log.totals().sql_statements, 40);
+        assert_eq!(log.latency().count, 40);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let at = log.records()[39].at_unix_ms;
+        assert!(
+            at <= now_ms + 1 && at + 60_000 > now_ms,
+            "{at} against {now_ms}"
+        );
+        drop(hook);
+    }
+
+    #[test]
+    fn on_the_kvsqlite_vfs_records_take_sqlites_own_clock_reads() {
+        use crate::kv::SharedStore;
+        let store: SharedStore = Arc::new(crate::kv::memory::MemoryStore::new());
+        let db =
+            crate::vfs::open_database(store, "clock", &crate::vfs::OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1), (2), (3);")
+            .unwrap();
+        let (log, hook) = install(db.conn(), "clock", db.stats());
+        let unix_ns = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = unix_ns();
+        let (seq0, _) = crate::vfs::last_clock_read();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        let (seq1, last) = crate::vfs::last_clock_read();
+        let after = unix_ns();
+        assert_eq!(n, 3);
+        // SQLite read the clock through the VFS at the first step and for the profile event.
+        assert!(seq1 >= seq0 + 2, "{seq0} -> {seq1}");
+        assert!((before..=after).contains(&last));
+        let r = &log.records()[0];
+        assert_eq!((r.sql.as_str(), r.rows), ("SELECT count(*) FROM t", 1));
+        assert_eq!(r.at_unix_ms, last / 1_000_000);
+        assert!(r.duration_us <= (after - before) / 1000, "{r:?}");
+        drop(hook);
     }
 }

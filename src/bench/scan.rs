@@ -272,5 +272,9 @@ mod tests {
         assert!(without.sequential.pages_read_ahead < 10, "{r:?}");
         assert!(with.sequential.pages_read_ahead > 90, "{r:?}");
         assert!(with.sequential.read_ahead_used > 0, "{r:?}");
+        // Random point lookups do not continue a run: read-ahead stays at one chunk for
+        // them, so it wastes little (the target is under 20%).
+        assert!(with.random.wasted_fraction() < 0.2, "{r:?}");
+        assert!(with.random.pages_read_ahead < 10, "{r:?}");
     }
 }

@@ -700,6 +700,24 @@ unsafe extern "C" fn x_delete(
     })
 }
 
+thread_local! {
+    /// The last journal name `xAccess` resolved on this thread, and its database's state.
+    static ACCESS_CACHE: std::cell::RefCell<Option<(Box<str>, std::sync::Weak<DbState>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The live state cached for journal `name`, if any.
+fn access_cache_get(name: &str) -> Option<Arc<DbState>> {
+    ACCESS_CACHE.with(|c| match &*c.borrow() {
+        Some((n, w)) if **n == *name => w.upgrade(),
+        _ => None,
+    })
+}
+
+fn access_cache_put(name: &str, s: &Arc<DbState>) {
+    ACCESS_CACHE.with(|c| *c.borrow_mut() = Some((name.into(), Arc::downgrade(s))));
+}
+
 unsafe extern "C" fn x_access(
     _vfs: *mut ffi::sqlite3_vfs,
     name: *const c_char,
@@ -714,6 +732,21 @@ unsafe extern "C" fn x_access(
         let Ok(name) = CStr::from_ptr(name).to_str() else {
             return ffi::SQLITE_OK;
         };
+        // SQLite asks for `-wal` (and the pager for no other name than these) at every
+        // transaction start: kvsqlite never has one, and answering it from the suffix spares
+        // building parse_name's error message each time.
+        if name.ends_with("-wal") || name.ends_with("-shm") {
+            return ffi::SQLITE_OK;
+        }
+        // The hot-journal check, also at every transaction start: a state this thread looked
+        // up by the same name and that is still alive is the one db_state would return. Only
+        // for names that carry their store: a plain actor name (the loadable extension's URI
+        // form) resolves through whichever store the actor is bound to now.
+        let cacheable = !uri::is_plain(name);
+        if let Some(s) = access_cache_get(name).filter(|_| cacheable) {
+            *out = s.exists(FileKind::Journal) as c_int;
+            return ffi::SQLITE_OK;
+        }
         let Ok(p) = file_name(name) else {
             return ffi::SQLITE_OK;
         };
@@ -727,6 +760,9 @@ unsafe extern "C" fn x_access(
         ) {
             Ok(s) => {
                 *out = s.exists(p.file) as c_int;
+                if cacheable && p.file == FileKind::Journal {
+                    access_cache_put(name, &s);
+                }
                 ffi::SQLITE_OK
             }
             Err(e) => {
@@ -827,12 +863,32 @@ unsafe extern "C" fn x_current_time(_vfs: *mut ffi::sqlite3_vfs, out: *mut f64) 
     })
 }
 
+thread_local! {
+    /// The last `xCurrentTimeInt64` read on this thread: a sequence number (bumped at every
+    /// read) and the time it read, in nanoseconds since the Unix epoch.
+    static CLOCK_READ: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The last clock read `xCurrentTimeInt64` made on this thread: `(sequence, unix_nanos)`, the
+/// sequence bumped at every read (0: none yet). SQLite reads the clock through the VFS right
+/// before a profiled statement's first step and right before its profile event, so the query
+/// log takes those two reads for the statement's duration instead of reading the clock twice
+/// more (a clock read is a sizeable part of a cached point query).
+pub fn last_clock_read() -> (u64, u64) {
+    CLOCK_READ.with(|c| c.get())
+}
+
 unsafe extern "C" fn x_current_time_int64(
     _vfs: *mut ffi::sqlite3_vfs,
     out: *mut ffi::sqlite3_int64,
 ) -> c_int {
     guard("xCurrentTimeInt64", || {
-        *out = julian_day_ms_now();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        CLOCK_READ.with(|c| c.set((c.get().0.wrapping_add(1).max(1), nanos)));
+        *out = (nanos / 1_000_000) as i64 + 210_866_760_000_000;
         ffi::SQLITE_OK
     })
 }

@@ -132,8 +132,12 @@ impl Default for StateOptions {
     }
 }
 
-/// Initial read-ahead window in chunks.
+/// Chunks the open fetches from the start of the file (with the metadata, in its one round
+/// trip); a miss right after them continues that run as a sequential read.
 pub const READ_AHEAD_START: u32 = 4;
+
+/// The smallest window of a sequential run's read-ahead (a miss right after the last fetch).
+pub const READ_AHEAD_SEQ_START: u32 = 8;
 
 struct FileState {
     /// Metadata as stored in the KV (or to be stored at the first flush).
@@ -146,8 +150,12 @@ struct FileState {
     size: u64,
     /// Chunks written and not yet flushed (non-atomic writes).
     pending: BTreeMap<u32, Vec<u8>>,
+    /// Read-ahead: the chunk right after the current sequential run's last fetch, and that
+    /// fetch's window.
     ra_next: u32,
     ra_window: u32,
+    /// Read-ahead: the chunk right after the last lone (one-chunk) miss.
+    ra_single: u32,
 }
 
 impl FileState {
@@ -160,6 +168,7 @@ impl FileState {
             pending: BTreeMap::new(),
             ra_next: u32::MAX,
             ra_window: READ_AHEAD_START,
+            ra_single: u32::MAX,
         }
     }
 
@@ -537,10 +546,14 @@ impl DbState {
         let mut cache = PageCache::new(opts.cache_pages);
         let count = main.meta.chunk_count();
         let mut used_prefetch = 0;
+        let mut main = main;
         for (i, v) in prefetched {
             if (i as u64) < count && !main.meta.overlay.contains_key(&i) && v.len() == main.cs() {
                 cache.insert((FileKind::Main, i), v, i != 0);
                 used_prefetch += (i != 0) as u64;
+                // A miss right after the chunks the open fetched continues their run.
+                main.ra_next = i + 1;
+                main.ra_window = READ_AHEAD_START;
             }
         }
         stats.add(&stats.readahead_prefetched, used_prefetch);
@@ -677,6 +690,7 @@ impl DbState {
         inner.virtual_counter = inner.virtual_counter.wrapping_add(1);
         inner.main.ra_next = u32::MAX;
         inner.main.ra_window = READ_AHEAD_START;
+        inner.main.ra_single = u32::MAX;
         let w = inner.cache.remove_from(FileKind::Main, 0);
         self.stats.add(&self.stats.readahead_wasted, w);
         Ok(true)

@@ -50,7 +50,9 @@ use parking_lot::Mutex;
 use crate::kv::{ActorKv, KvError, SharedStore};
 use crate::preload::Preload;
 pub use fence::FenceSpec;
-pub use ffi::{julian_day_ms_now, page_size_value, refused_pragma, stats_json, STATS_PRAGMA};
+pub use ffi::{
+    julian_day_ms_now, last_clock_read, page_size_value, refused_pragma, stats_json, STATS_PRAGMA,
+};
 pub use file::VfsError;
 use file::{DbState, Op, StateOptions};
 use layout::FileKind;

@@ -248,10 +248,13 @@ impl DbState {
         let Some((pages, before)) = inner.batch.take() else {
             return Ok(());
         };
-        let r = self.commit_pages(&mut inner, pages.clone());
+        let r = self.commit_pages(&mut inner, pages);
         if r.is_err() {
-            // Keep the bracket open so ROLLBACK_ATOMIC_WRITE restores the old size.
-            inner.batch = Some((pages, before));
+            // Keep the bracket open so ROLLBACK_ATOMIC_WRITE restores the old size. SQLite
+            // sends it right after a failed commit, and discards the pages, so they are not
+            // kept (no copy of the whole transaction on the way in); a read in between would
+            // see the file as it was before the transaction.
+            inner.batch = Some((BTreeMap::new(), before));
         }
         r
     }

@@ -5,7 +5,8 @@
 //! may cost in KV round trips without the write and commit code in the way.
 
 use super::{
-    chunk_index, empty_page1_with_counter, kv_err, DbState, Inner, Op, VfsError, READ_AHEAD_START,
+    chunk_index, empty_page1_with_counter, kv_err, DbState, Inner, Op, VfsError,
+    READ_AHEAD_SEQ_START,
 };
 use crate::kv::Key;
 use crate::preload::Lookup;
@@ -107,8 +108,8 @@ impl DbState {
         Ok(())
     }
 
-    /// Fetches chunk `idx` from the store together with a read-ahead window of the chunks after
-    /// it, caches them, and returns chunk `idx`.
+    /// Fetches chunk `idx` from the store, with a read-ahead window of the chunks after it when
+    /// the reads are sequential, caches them, and returns chunk `idx`.
     pub(super) fn fetch(
         &self,
         inner: &mut Inner,
@@ -134,13 +135,23 @@ impl DbState {
             FileKind::Journal => journal,
         };
         let count = f.meta.chunk_count();
+        // Adaptive, like Linux's readahead. A miss that continues the current sequential run
+        // (right after its last fetch) grows the window eightfold, up to `max`. A miss right
+        // after a lone miss starts a run (READ_AHEAD_SEQ_START chunks). Any other miss (a point
+        // lookup's interior or leaf page, anywhere in the file) fetches only its chunk, since
+        // nothing says which chunk comes next; it leaves the run in place with half its window,
+        // because a scan's run is broken now and then by a page out of file order (an interior
+        // page) and goes on right after it.
         let window = if idx == f.ra_next {
-            (f.ra_window.saturating_mul(8)).min(max)
+            f.ra_window
+                .saturating_mul(8)
+                .max(READ_AHEAD_SEQ_START)
+                .min(max)
+        } else if idx == f.ra_single {
+            READ_AHEAD_SEQ_START.min(max)
         } else {
-            READ_AHEAD_START.min(max)
+            1
         };
-        f.ra_window = window;
-        f.ra_next = idx.saturating_add(window);
         let cs = f.cs();
         let mut idxs = vec![idx];
         let mut j = idx;
@@ -163,7 +174,13 @@ impl DbState {
             idxs.push(j);
         }
         // The next miss continues the run if it comes right after the last chunk fetched.
-        f.ra_next = idxs.last().map_or(idx, |&l| l.saturating_add(1));
+        let next = idxs.last().map_or(idx, |&l| l.saturating_add(1));
+        if window > 1 {
+            (f.ra_next, f.ra_window) = (next, window);
+        } else {
+            f.ra_single = next;
+            f.ra_window /= 2;
+        }
         let keys: Vec<Key> = idxs.iter().map(|&i| f.meta.live_key(i)).collect();
         let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
         self.stats.add(&self.stats.cache_misses, 1);

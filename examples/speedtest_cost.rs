@@ -1,0 +1,69 @@
+//! A speedtest1 script replayed once on one target, for instruction counting: `kvsqlite` (an
+//! actor's database on the memory store, default options) or `mem` (stock SQLite in memory,
+//! the same pragmas as `bench speedtest`).
+//!
+//! `valgrind --tool=callgrind --toggle-collect='*speedtest_cost::replay*' \
+//!   target/release/examples/speedtest_cost {kvsqlite,mem} FILE.sql` counts only the replay (the
+//! preamble and the tests), so the two counts compare the VFS's cost with none, free of the
+//! machine's noise.
+
+use std::sync::Arc;
+
+use kvsqlite::bench::speedtest::parse_script;
+use kvsqlite::kv::memory::MemoryStore;
+use kvsqlite::kv::SharedStore;
+use kvsqlite::vfs::{open_database, OpenOptions};
+use rusqlite::fallible_iterator::FallibleIterator;
+use rusqlite::{Batch, Connection};
+
+/// As `bench speedtest` runs it: NUL-terminated, so SQLite does not copy the rest of the text
+/// at every statement.
+fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    let mut text = String::with_capacity(sql.len() + 1);
+    text.push_str(sql);
+    text.push('\0');
+    let mut batch = Batch::new(conn, &text);
+    while let Some(mut stmt) = batch.next()? {
+        let mut rows = stmt.raw_query();
+        while rows.next()?.is_some() {}
+    }
+    Ok(())
+}
+
+#[inline(never)]
+fn replay(conn: &Connection, script: &kvsqlite::bench::speedtest::Script) {
+    run_sql(conn, &script.preamble).expect("preamble");
+    for t in &script.tests {
+        run_sql(conn, &t.sql).unwrap_or_else(|e| panic!("test {}: {e}", t.id));
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let target = args.next().unwrap_or_else(|| "kvsqlite".into());
+    let file = args
+        .next()
+        .expect("usage: speedtest_cost kvsqlite|mem FILE.sql");
+    let text = std::fs::read_to_string(&file).expect("read the script");
+    let script = parse_script(&text).expect("parse the script");
+    let opts = OpenOptions::default();
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let db;
+    let mem;
+    let conn: &Connection = if target == "kvsqlite" {
+        db = open_database(store, "cost", &opts).expect("open");
+        &db
+    } else {
+        mem = Connection::open_in_memory().expect("open");
+        let spill_kib = (opts.max_atomic_bytes / 1024).clamp(1, i32::MAX as usize);
+        mem.execute_batch(&format!(
+            "PRAGMA journal_mode=memory; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_spill=-{spill_kib}; PRAGMA cache_size=-{};",
+            opts.sqlite_cache_kib.max(1)
+        ))
+        .expect("pragmas");
+        &mem
+    };
+    let t = std::time::Instant::now();
+    replay(conn, &script);
+    println!("{target}: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+}
