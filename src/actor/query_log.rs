@@ -17,8 +17,10 @@
 //! small. The state of running statements lives in the hook, touched only by SQLite's callbacks
 //! (which a connection makes one at a time), so the start and row events take no lock; a
 //! statement's collapsed SQL is computed once per prepared statement and shared (`Arc<str>`);
-//! the record's wall-clock time is derived from the one monotonic clock read that ends the
-//! statement; the shared records, totals and histogram take one uncontended lock per statement.
+//! the record's time and its duration come from two wall-clock reads (a step of the system
+//! clock while a statement runs skews that one duration, a step back reads as 0: the price of
+//! not reading a monotonic clock as well); the shared records, totals and histogram take one
+//! uncontended lock per statement.
 //! Clock reads are the largest share left, so the log reads none of its own on kvsqlite's VFS:
 //! SQLite reads the clock through the VFS right before a profiled statement's first step and
 //! right before its profile event, and the log takes those two reads
