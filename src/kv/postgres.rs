@@ -821,10 +821,18 @@ impl Pool {
         let mut client = self.config.connect(NoTls).map_err(unavailable)?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         // The backend pid lets tests find (and kill) this connection; it costs one exchange
-        // at connection time only.
-        let pid = client
-            .query_one("SELECT pg_backend_pid()", &[])
-            .and_then(|row| row.try_get::<_, i32>(0))
+        // at connection time only (`query_typed`: one flight, no named statement to prepare
+        // first and close afterwards, which cost two or three).
+        let rows = client
+            .query_typed("SELECT pg_backend_pid()", &[])
+            .map_err(unavailable)?;
+        let pid = rows
+            .first()
+            .ok_or_else(|| KvError::Unavailable {
+                backend: BACKEND,
+                message: format!("{}: pg_backend_pid() returned no row", self.target),
+            })?
+            .try_get::<_, i32>(0)
             .map_err(unavailable)?;
         Ok(Conn {
             client,
