@@ -9,26 +9,11 @@
 
 use std::sync::Arc;
 
-use kvsqlite::bench::speedtest::parse_script;
+use kvsqlite::bench::speedtest::{parse_script, run_sql};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::SharedStore;
 use kvsqlite::vfs::{open_database, OpenOptions};
-use rusqlite::fallible_iterator::FallibleIterator;
-use rusqlite::{Batch, Connection};
-
-/// As `bench speedtest` runs it: NUL-terminated, so SQLite does not copy the rest of the text
-/// at every statement.
-fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    let mut text = String::with_capacity(sql.len() + 1);
-    text.push_str(sql);
-    text.push('\0');
-    let mut batch = Batch::new(conn, &text);
-    while let Some(mut stmt) = batch.next()? {
-        let mut rows = stmt.raw_query();
-        while rows.next()?.is_some() {}
-    }
-    Ok(())
-}
+use rusqlite::Connection;
 
 #[inline(never)]
 fn replay(conn: &Connection, script: &kvsqlite::bench::speedtest::Script) {

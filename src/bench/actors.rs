@@ -385,11 +385,7 @@ fn run_once(
         group_commit: target.redb.as_ref().map(|s| s.options().group_commit),
         commits,
         wall_s,
-        commits_per_sec: if wall_s > 0.0 {
-            commits as f64 / wall_s
-        } else {
-            0.0
-        },
+        commits_per_sec: super::latency::per_sec(commits, wall_s),
         latency_ms: Latency::of(&histogram),
         transactions,
         writes_per_transaction: transactions

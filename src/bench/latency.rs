@@ -1,4 +1,4 @@
-//! Latency percentiles as the benchmarks report them: milliseconds from an HDR histogram of
+//! Latency percentiles and rates as the benchmarks report them: milliseconds from an HDR histogram of
 //! microseconds ([`LatencyHistogram`]).
 //!
 //! Why it exists: `bench actors` and `bench http` both report mean, p50, p90, p99 and max of
@@ -33,6 +33,15 @@ impl Latency {
             p99: ms(s.p99),
             max: ms(s.max),
         }
+    }
+}
+
+/// `count / wall_s`, or 0 when no time passed (a run that did nothing).
+pub fn per_sec(count: u64, wall_s: f64) -> f64 {
+    if wall_s > 0.0 {
+        count as f64 / wall_s
+    } else {
+        0.0
     }
 }
 

@@ -296,7 +296,7 @@ struct Replay {
 /// NUL-terminated, and a batch prepares each statement from the rest of the text, so a test of
 /// thousands of statements would copy the rest of its text thousands of times (quadratic, and
 /// most of a replay's time, the same for every target, diluting every ratio towards 1).
-fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+pub fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     let mut text = String::with_capacity(sql.len() + 1);
     text.push_str(sql);
     text.push('\0');

@@ -518,11 +518,7 @@ fn measure(
         reads: loaded.reads,
         writes: loaded.writes,
         wall_s,
-        requests_per_sec: if wall_s > 0.0 {
-            requests as f64 / wall_s
-        } else {
-            0.0
-        },
+        requests_per_sec: crate::bench::latency::per_sec(requests, wall_s),
         latency_ms: Latency::of(&all),
         read_latency_ms: Latency::of(&loaded.reads_h),
         write_latency_ms: Latency::of(&loaded.writes_h),
