@@ -14,57 +14,75 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 /// A histogram with fixed upper bounds (cumulative buckets are computed at render time).
+///
+/// One lock guards its counts, sum and total, so a render or [`Histogram::buckets`] concurrent
+/// with [`Histogram::observe`] always sees a consistent histogram (every cumulative bucket at
+/// most the next, `+Inf` equal to the count): reading per-bucket atomics one by one could see a
+/// value in its bucket but not yet in the total.
 pub struct Histogram {
     bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum: Mutex<f64>,
-    count: AtomicU64,
+    state: Mutex<HistogramState>,
+}
+
+/// What a [`Histogram`] has recorded.
+struct HistogramState {
+    /// Each bound's own (not cumulative) count.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
 }
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
-            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: Mutex::new(0.0),
-            count: AtomicU64::new(0),
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len()],
+                sum: 0.0,
+                count: 0,
+            }),
         }
     }
 
     /// Records one value.
     pub fn observe(&self, v: f64) {
-        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
-            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let bucket = self.bounds.iter().position(|b| v <= *b);
+        let mut st = self.state.lock();
+        if let Some(i) = bucket {
+            st.counts[i] += 1;
         }
-        *self.sum.lock() += v;
-        self.count.fetch_add(1, Ordering::Relaxed);
+        st.sum += v;
+        st.count += 1;
     }
 
     /// Each bucket's upper bound and its own (not cumulative) count, then the count of values
     /// above the last bound (for the inspector's bar charts).
     pub fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        let st = self.state.lock();
         let per: Vec<(f64, u64)> = self
             .bounds
             .iter()
-            .zip(&self.counts)
-            .map(|(b, c)| (*b, c.load(Ordering::Relaxed)))
+            .copied()
+            .zip(st.counts.iter().copied())
             .collect();
-        let inside: u64 = per.iter().map(|(_, c)| c).sum();
-        let total = self.count.load(Ordering::Relaxed);
-        (per, total.saturating_sub(inside))
+        let inside: u64 = st.counts.iter().sum();
+        (per, st.count.saturating_sub(inside))
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
+        let (counts, sum, count) = {
+            let st = self.state.lock();
+            (st.counts.clone(), st.sum, st.count)
+        };
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0u64;
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            cumulative += c.load(Ordering::Relaxed);
+        for (b, c) in self.bounds.iter().zip(&counts) {
+            cumulative += c;
             let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
         }
-        let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", *self.sum.lock());
+        let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -249,5 +267,67 @@ impl HostMetrics {
             "Wall time of one SQL statement in seconds.",
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `_bucket` values of one rendered histogram, `+Inf` last, and its `_count`.
+    fn parse(text: &str, name: &str) -> (Vec<u64>, u64) {
+        let value = |l: &str| l.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap();
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket")))
+            .map(value)
+            .collect();
+        let count = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}_count")))
+            .map(value)
+            .unwrap();
+        (buckets, count)
+    }
+
+    /// Consistent by construction (one lock); this checks the invariants Prometheus parsers
+    /// demand while writers observe. (The race it replaced, a value in its bucket but not yet
+    /// in the total, showed under `tests/serve_memory.rs`'s load and is too narrow to hit here
+    /// reliably.)
+    #[test]
+    fn renders_during_observes_are_consistent() {
+        let h = std::sync::Arc::new(Histogram::new(SECONDS));
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100_000u32 {
+                        // Values across every bucket and above the last bound.
+                        h.observe(f64::from((i * 7 + t) % 1_500) / 100.0);
+                    }
+                })
+            })
+            .collect();
+        let mut renders = 0;
+        // Render for as long as the writers run: a render between a value's bucket and the
+        // total being counted is what must not show.
+        while renders < 200 || !writers.iter().all(|w| w.is_finished()) {
+            let mut out = String::new();
+            h.render(&mut out, "x", "test");
+            let (buckets, count) = parse(&out, "x");
+            assert_eq!(buckets.len(), SECONDS.len() + 1);
+            assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{out}");
+            assert_eq!(buckets.last(), Some(&count), "{out}");
+            let (per, above) = h.buckets();
+            let inside: u64 = per.iter().map(|(_, c)| c).sum();
+            assert!(inside + above >= count);
+            renders += 1;
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "test");
+        assert_eq!(parse(&out, "x").1, 200_000);
     }
 }
