@@ -14,7 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rusqlite::ffi;
 
 use super::file::{lock, DbState, Op, StateOptions, VfsError};
-use super::layout::{self, FileKind};
+use super::layout::FileKind;
+use super::pragma::{page_size_value, refused_pragma};
 use super::{db_state, parse_name, uri, ParsedName, MOVED_ERROR_CODE};
 // ---------------------------------------------------------------------------------------------
 // FFI: the file object
@@ -461,92 +462,6 @@ unsafe extern "C" fn x_check_reserved_lock(file: *mut ffi::sqlite3_file, out: *m
     })
 }
 
-/// What kvsqlite says about a pragma before SQLite runs it: `Some(message)` refuses it.
-pub fn refused_pragma(name: &str, value: Option<&str>) -> Option<String> {
-    let value = value?.trim().trim_matches(|c| c == '\'' || c == '"');
-    let lname = name.to_ascii_lowercase();
-    if lname == "synchronous" {
-        let off = if value.starts_with(|c: char| c.is_ascii_digit()) {
-            value
-                .chars()
-                .take_while(|c| c.is_ascii_digit())
-                .collect::<String>()
-                .parse::<u64>()
-                .map(|n| n == 0)
-                .unwrap_or(false)
-        } else {
-            ["off", "no", "false"]
-                .iter()
-                .any(|w| value.eq_ignore_ascii_case(w))
-        };
-        if off {
-            return Some(
-                "kvsqlite refuses PRAGMA synchronous=OFF: it would drop the atomic commit and risk corruption; use NORMAL".into(),
-            );
-        }
-    }
-    if lname == "journal_mode" {
-        let v = value.to_ascii_lowercase();
-        if !matches!(v.as_str(), "delete" | "truncate" | "persist") {
-            return Some(format!(
-                "kvsqlite refuses PRAGMA journal_mode={value}: only the rollback modes DELETE, TRUNCATE and PERSIST keep commits atomic and crash-safe (WAL is not supported)"
-            ));
-        }
-    }
-    None
-}
-
-/// The page size a `PRAGMA page_size = value` sets, when SQLite would accept it: the value
-/// read as SQLite's `sqlite3Atoi` reads it (an optional sign then leading decimal digits, or
-/// `0x` and up to 8 hex digits; trailing text ignored, anything else 0), if that is a power of
-/// two in 512..=65536. Other values give `None`: SQLite ignores them, and so does the VFS.
-pub fn page_size_value(name: &str, value: Option<&str>) -> Option<u32> {
-    if !name.eq_ignore_ascii_case("page_size") {
-        return None;
-    }
-    let v = value?.as_bytes();
-    let n: u64 = match v {
-        [b'-', ..] => return None,
-        [b'0', b'x' | b'X', rest @ ..] if rest.first().is_some_and(|c| c.is_ascii_hexdigit()) => {
-            let digits: Vec<u8> = rest
-                .iter()
-                .copied()
-                .skip_while(|&c| c == b'0')
-                .take_while(|c| c.is_ascii_hexdigit())
-                .collect();
-            if digits.len() > 8 {
-                return None;
-            }
-            let text = std::str::from_utf8(&digits).ok()?;
-            if text.is_empty() {
-                0
-            } else {
-                u64::from_str_radix(text, 16).ok()?
-            }
-        }
-        _ => {
-            let rest = v.strip_prefix(b"+").unwrap_or(v);
-            let digits: Vec<u8> = rest
-                .iter()
-                .copied()
-                .skip_while(|&c| c == b'0')
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            if digits.len() > 10 {
-                return None;
-            }
-            let text = std::str::from_utf8(&digits).ok()?;
-            if text.is_empty() {
-                0
-            } else {
-                text.parse().ok()?
-            }
-        }
-    };
-    let n = u32::try_from(n).ok()?;
-    layout::valid_chunk_size(n).then_some(n)
-}
-
 /// `s` as a NUL-terminated string allocated by `sqlite3_malloc` (SQLite frees it), or null when
 /// it holds a NUL or the allocation fails. (`sqlite3_mprintf` is variadic, and a loadable
 /// extension's bindings have no variadic functions.)
@@ -928,43 +843,4 @@ pub(super) fn new_vfs() -> Box<ffi::sqlite3_vfs> {
         xGetSystemCall: None,
         xNextSystemCall: None,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::page_size_value;
-
-    #[test]
-    fn page_size_values_parse_as_sqlite_accepts_them() {
-        let v = |s: &str| page_size_value("page_size", Some(s));
-        assert_eq!(v("8192"), Some(8192));
-        assert_eq!(v("+512"), Some(512));
-        assert_eq!(v("065536"), Some(65536));
-        assert_eq!(v("0x400"), Some(1024));
-        assert_eq!(page_size_value("PAGE_SIZE", Some("2048")), Some(2048));
-        // As sqlite3Atoi: trailing text is ignored, leading space or a sign before 0x is not.
-        assert_eq!(v("8192abc"), Some(8192));
-        assert_eq!(v("8192.0"), Some(8192));
-        assert_eq!(v("0x2000zz"), Some(8192));
-        assert_eq!(v("0x000000002000"), Some(8192));
-        for bad in [
-            "",
-            "0",
-            "256",
-            "1000",
-            "131072",
-            "-1024",
-            "abc",
-            " 8192",
-            "+0x2000",
-            "0x",
-            "0x1G",
-            "99999999999",
-            "0x123456789",
-        ] {
-            assert_eq!(v(bad), None, "{bad:?}");
-        }
-        assert_eq!(page_size_value("page_size", None), None);
-        assert_eq!(page_size_value("cache_size", Some("8192")), None);
-    }
 }

@@ -37,6 +37,7 @@ mod ffi;
 pub mod file;
 pub mod hold;
 pub mod layout;
+mod pragma;
 pub mod stats;
 pub mod uri;
 
@@ -50,12 +51,11 @@ use parking_lot::Mutex;
 use crate::kv::{ActorKv, KvError, SharedStore};
 use crate::preload::Preload;
 pub use fence::FenceSpec;
-pub use ffi::{
-    julian_day_ms_now, last_clock_read, page_size_value, refused_pragma, stats_json, STATS_PRAGMA,
-};
+pub use ffi::{julian_day_ms_now, last_clock_read, stats_json, STATS_PRAGMA};
 pub use file::VfsError;
 use file::{DbState, Op, StateOptions};
 use layout::FileKind;
+pub use pragma::{page_size_value, refused_pragma, synchronous_is_off};
 pub use stats::{Snapshot, Stats};
 
 /// The name the VFS is registered under.
