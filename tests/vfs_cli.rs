@@ -84,6 +84,20 @@ fn bench_commit_prints_round_trips_as_json() {
         assert!(journal[i] >= rts[i], "{o}");
     }
     assert!(journal[0] > 1 && journal[6] > 1, "{text}");
+
+    // The table: the same fields, named as in the JSON, a line per transaction.
+    let table = cli::stdout_of(&["--kv", "memory:", "bench", "commit"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms\tjournal_kv_round_trips\tjournal_wall_ms"
+    );
+    assert_eq!(lines.len(), 8, "{table}");
+    let rows: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(rows, ["1", "10", "100", "1000", "10000", "2000", "1"]);
 }
 
 /// Runs `bench actors ARGS --json` on `url` and parses its output.

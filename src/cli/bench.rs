@@ -175,7 +175,7 @@ fn parse_seconds(arg: &str) -> Result<Duration, String> {
 }
 
 /// One measured transaction.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct CommitResult {
     /// Rows inserted.
     pub rows: u64,
@@ -486,31 +486,35 @@ fn actors_table(r: &ActorsReport) -> String {
 
 fn commit(global: &GlobalArgs, json: bool) -> Result<i32, Stop> {
     let results = bench_commit(global)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", to_json(&results)).map_err(output_error)?;
-    } else {
-        writeln!(
-            out,
-            "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms\tjournal_kv_round_trips\tjournal_wall_ms"
-        )
-        .map_err(output_error)?;
+    let table = || {
+        let names: Vec<&str> = commit_fields(&CommitResult::default())
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        let mut s = names.join("\t") + "\n";
         for r in &results {
-            writeln!(
-                out,
-                "{}\t{}\t{}\t{}\t{:.3}\t{}\t{:.3}",
-                r.rows,
-                r.row_bytes,
-                r.pages_written,
-                r.kv_round_trips,
-                r.wall_ms,
-                r.journal_kv_round_trips,
-                r.journal_wall_ms
-            )
-            .map_err(output_error)?;
+            let values: Vec<String> = commit_fields(r).into_iter().map(|(_, v)| v).collect();
+            s += &(values.join("\t") + "\n");
         }
-    }
-    Ok(0)
+        s
+    };
+    print_report(json, to_json(&results), table)
+}
+
+/// One row's fields, named as the JSON and the table's header name them, in their order.
+fn commit_fields(r: &CommitResult) -> [(&'static str, String); 7] {
+    [
+        ("rows", r.rows.to_string()),
+        ("row_bytes", r.row_bytes.to_string()),
+        ("pages_written", r.pages_written.to_string()),
+        ("kv_round_trips", r.kv_round_trips.to_string()),
+        ("wall_ms", format!("{:.3}", r.wall_ms)),
+        (
+            "journal_kv_round_trips",
+            r.journal_kv_round_trips.to_string(),
+        ),
+        ("journal_wall_ms", format!("{:.3}", r.journal_wall_ms)),
+    ]
 }
 
 /// Renders the results as a JSON array of objects.
@@ -518,16 +522,11 @@ pub fn to_json(results: &[CommitResult]) -> String {
     let items: Vec<String> = results
         .iter()
         .map(|r| {
-            format!(
-                "{{\"rows\":{},\"row_bytes\":{},\"pages_written\":{},\"kv_round_trips\":{},\"wall_ms\":{:.3},\"journal_kv_round_trips\":{},\"journal_wall_ms\":{:.3}}}",
-                r.rows,
-                r.row_bytes,
-                r.pages_written,
-                r.kv_round_trips,
-                r.wall_ms,
-                r.journal_kv_round_trips,
-                r.journal_wall_ms
-            )
+            let fields: Vec<String> = commit_fields(r)
+                .iter()
+                .map(|(name, v)| format!("\"{name}\":{v}"))
+                .collect();
+            format!("{{{}}}", fields.join(","))
         })
         .collect();
     format!("[{}]", items.join(","))
