@@ -280,30 +280,9 @@ fn inspector_in_headless_chromium() {
         return;
     };
     let s = Server::start("memory:", &[]);
-    s.sql(
-        "shop",
-        "CREATE TABLE items(n INTEGER, label TEXT)",
-        json!([]),
-    );
-    for i in 0..45 {
-        s.sql(
-            "shop",
-            "INSERT INTO items VALUES (?, ?)",
-            json!([i, format!("item-{i:02}")]),
-        );
-    }
-    s.sql(
-        "shop",
-        "INSERT INTO items VALUES (?, ?)",
-        json!([
-            999,
-            "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">"
-        ]),
-    );
-    s.sql(
-        "shop",
-        "SELECT '<script>window.pwned=3</script>' AS x, count(*) FROM items",
-        json!([]),
+    s.seed_shop(
+        "<script>window.pwned=1</script><img src=x onerror=\"window.pwned=2\">",
+        "<script>window.pwned=3</script>",
     );
     let phases = phase_names(&s, "shop");
     assert!(phases.len() >= 3, "{phases:?}");

@@ -212,27 +212,9 @@ fn sign_in_cookie_and_401() {
 fn waterfall_log_tables_query_and_escaping() {
     let s = Server::start("memory:", &[]);
     let cookie = sign_in(&s, ADMIN, "");
-    s.sql(
-        "shop",
-        "CREATE TABLE items(n INTEGER, label TEXT)",
-        json!([]),
-    );
-    for i in 0..45 {
-        s.sql(
-            "shop",
-            "INSERT INTO items VALUES (?, ?)",
-            json!([i, format!("item-{i:02}")]),
-        );
-    }
-    s.sql(
-        "shop",
-        "INSERT INTO items VALUES (?, ?)",
-        json!([999, "<script>window.pwned=1</script>"]),
-    );
-    s.sql(
-        "shop",
-        "SELECT '<script>alert(1)</script>' AS x, count(*) FROM items",
-        json!([]),
+    s.seed_shop(
+        "<script>window.pwned=1</script>",
+        "<script>alert(1)</script>",
     );
     let phases = phase_names(&s, "shop");
 

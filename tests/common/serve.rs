@@ -108,6 +108,31 @@ impl Server {
     }
 
     /// Runs one statement on `actor` as admin; panics unless it answers 200.
+    /// The inspector tests' actor `shop`: a table `items(n, label)` of 45 rows `item-00` …
+    /// `item-44`, one more row `999` labelled `hostile` (markup the pages must escape), and a
+    /// query whose column holds `hostile_query`.
+    pub fn seed_shop(&self, hostile: &str, hostile_query: &str) {
+        self.sql(
+            "shop",
+            "CREATE TABLE items(n INTEGER, label TEXT)",
+            serde_json::json!([]),
+        );
+        for i in 0..45 {
+            self.sql(
+                "shop",
+                "INSERT INTO items VALUES (?, ?)",
+                serde_json::json!([i, format!("item-{i:02}")]),
+            );
+        }
+        self.sql(
+            "shop",
+            "INSERT INTO items VALUES (?, ?)",
+            serde_json::json!([999, hostile]),
+        );
+        let sql = format!("SELECT '{hostile_query}' AS x, count(*) FROM items");
+        self.sql("shop", &sql, serde_json::json!([]));
+    }
+
     pub fn sql(&self, actor: &str, sql: &str, params: Value) -> Value {
         let body = serde_json::json!({ "sql": sql, "params": params }).to_string();
         let (status, text) = self.post(&format!("/actors/{actor}/query"), Some(&self.admin), &body);
