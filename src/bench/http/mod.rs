@@ -206,6 +206,27 @@ impl Measured {
         };
     }
 
+    /// Counts one request sent at `t0` and answered now by `a`: a read or a write, ok (its
+    /// latency recorded) or an error. Returns whether it was ok.
+    fn count(&mut self, write: bool, t0: Instant, a: &Answer) -> bool {
+        let end = Instant::now();
+        self.end = Some(end);
+        let (n, h) = if write {
+            (&mut self.writes, &mut self.writes_h)
+        } else {
+            (&mut self.reads, &mut self.reads_h)
+        };
+        *n += 1;
+        if a.ok() {
+            self.ok += 1;
+            h.record((end - t0).as_micros() as u64);
+            true
+        } else {
+            self.errors += 1;
+            false
+        }
+    }
+
     fn wall_s(&self) -> f64 {
         match (self.start, self.end) {
             (Some(s), Some(e)) => (e - s).as_secs_f64(),
@@ -410,14 +431,7 @@ fn measure(
                 let body = read_body(&mut rng);
                 let t0 = Instant::now();
                 let a = post(&agent, &actor_url(i, "query"), token, &body);
-                let end = Instant::now();
-                m.end = Some(end);
-                m.reads += 1;
-                if a.ok() {
-                    m.ok += 1;
-                    m.reads_h.record((end - t0).as_micros() as u64);
-                } else {
-                    m.errors += 1;
+                if !m.count(false, t0, &a) {
                     wake.failed("wake", &format!("/actors/{prefix}-{i}/query"), &a);
                 }
                 wake.done.fetch_add(1, Ordering::Relaxed);
@@ -481,23 +495,7 @@ fn measure(
                 };
                 let t0 = Instant::now();
                 let a = post(&agent, &actor_url(i, "query"), token, &body);
-                let end = Instant::now();
-                m.end = Some(end);
-                let us = (end - t0).as_micros() as u64;
-                if write {
-                    m.writes += 1;
-                } else {
-                    m.reads += 1;
-                }
-                if a.ok() {
-                    m.ok += 1;
-                    if write {
-                        m.writes_h.record(us);
-                    } else {
-                        m.reads_h.record(us);
-                    }
-                } else {
-                    m.errors += 1;
+                if !m.count(write, t0, &a) {
                     load.failed("load", &format!("/actors/{prefix}-{i}/query"), &a);
                 }
                 load.done.fetch_add(1, Ordering::Relaxed);
