@@ -316,6 +316,35 @@ fn run_in_shell(ext: &Path, kv: &str, actor: &str, text: &str) -> Outcome {
     o
 }
 
+/// The scripts of `sql/tests/` left out above, each for its reason there.
+const LEFT_OUT: &[&str] = &[
+    "sql/tests/alter_table.test",
+    "sql/tests/json.test",
+    "sql/tests/partial_index.test",
+    "sql/tests/restart.test",
+    "sql/tests/values.test",
+];
+
+/// A script added to `sql/tests/` is either run through the shell or left out with a reason:
+/// never skipped by omission.
+#[test]
+fn every_script_of_sql_tests_is_run_or_left_out_by_name() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found: Vec<String> = std::fs::read_dir(root.join("sql/tests"))
+        .unwrap()
+        .map(|e| format!("sql/tests/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|p| p.ends_with(".test"))
+        .collect();
+    found.sort();
+    let mut listed: Vec<String> = SCRIPTS
+        .iter()
+        .chain(LEFT_OUT)
+        .map(|s| s.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(found, listed);
+}
+
 #[test]
 fn scripts_through_the_shell_loaded_vfs_give_the_results_of_kvsqlite_slt() {
     let Some(ext) = extension() else { return };
