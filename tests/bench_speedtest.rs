@@ -5,6 +5,8 @@
 
 #[path = "common/cli.rs"]
 mod cli;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::path::Path;
 
@@ -171,10 +173,10 @@ fn corpus_script_replays_to_the_same_database() {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/speedtest1/main_size10.sql");
     if !path.exists() {
-        eprintln!(
-            "SKIPPED: {} is absent (the corpus is not here)",
+        skip::skip(&format!(
+            "{} is absent (the corpus is not here)",
             path.display()
-        );
+        ));
         return;
     }
     let v = run_json("memory:", &path, "1");

@@ -9,6 +9,8 @@
 
 #[path = "common/serve.rs"]
 mod serve;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -273,10 +275,7 @@ fn inspector_in_headless_chromium() {
     let driver = find_program(&["chromedriver"]);
     let (Some(chromium), Some(driver)) = (chromium, driver) else {
         let msg = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("CI=true and {msg}");
-        }
-        eprintln!("SKIPPED: {msg}");
+        skip::skip(msg);
         return;
     };
     let s = Server::start("memory:", &[]);

@@ -7,6 +7,8 @@
 mod pg;
 #[path = "common/serve.rs"]
 mod serve;
+#[path = "common/skip.rs"]
+mod skip;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -94,7 +96,7 @@ fn store_going_away_is_503_and_the_actor_recovers() {
     let store = match pg::connect(PostgresOptions::default()) {
         Ok(store) => store,
         Err(why) => {
-            println!("skipped: postgres unavailable: {why}");
+            skip::skip(&format!("postgres unavailable: {why}"));
             return;
         }
     };

@@ -107,7 +107,6 @@ impl Server {
         get(&self.agent, &self.base, path, token)
     }
 
-    /// Runs one statement on `actor` as admin; panics unless it answers 200.
     /// The inspector tests' actor `shop`: a table `items(n, label)` of 45 rows `item-00` …
     /// `item-44`, one more row `999` labelled `hostile` (markup the pages must escape), and a
     /// query whose column holds `hostile_query`.
@@ -133,6 +132,7 @@ impl Server {
         self.sql("shop", &sql, serde_json::json!([]));
     }
 
+    /// Runs one statement on `actor` as admin; panics unless it answers 200.
     pub fn sql(&self, actor: &str, sql: &str, params: Value) -> Value {
         let body = serde_json::json!({ "sql": sql, "params": params }).to_string();
         let (status, text) = self.post(&format!("/actors/{actor}/query"), Some(&self.admin), &body);

@@ -3,21 +3,13 @@
 //!
 //! The line is written straight to the process's standard error, not with `println!` or
 //! `eprintln!`: the test harness captures those and shows them only for failing tests, so a
-//! skipped test would pass silently. `cargo test` shows this line in its output.
+//! skipped test would pass silently. `cargo test` shows this line in its output. The rule is
+//! the test kit's own ([`kvsqlite::testkit::skip`]), which users' store tests follow too.
 #![allow(dead_code)]
 
-use std::io::Write;
+pub use kvsqlite::testkit::skip;
 
 /// True when `CI=true`: a missing fixture must then fail the test.
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Fails the test under `CI=true` (`CI=true and WHY`); otherwise prints `SKIPPED: WHY` where
-/// `cargo test` shows it, and returns.
-pub fn skip(why: &str) {
-    if under_ci() {
-        panic!("CI=true and {why}");
-    }
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
