@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use kvsqlite::bench::speedtest::{parse_script, run_sql};
+use kvsqlite::bench::speedtest::{parse_script, run_sql, stock_pragmas};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::SharedStore;
 use kvsqlite::vfs::{open_database, OpenOptions};
@@ -40,12 +40,7 @@ fn main() {
         &db
     } else {
         mem = Connection::open_in_memory().expect("open");
-        let spill_kib = (opts.max_atomic_bytes / 1024).clamp(1, i32::MAX as usize);
-        mem.execute_batch(&format!(
-            "PRAGMA journal_mode=memory; PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA cache_spill=-{spill_kib}; PRAGMA cache_size=-{};",
-            opts.sqlite_cache_kib.max(1)
-        ))
-        .expect("pragmas");
+        stock_pragmas(&mem, &opts, "memory").expect("pragmas");
         &mem
     };
     let t = std::time::Instant::now();

@@ -308,8 +308,9 @@ pub fn run_sql(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The pragmas kvsqlite sets on its connections, for a stock connection.
-fn stock_pragmas(conn: &Connection, opts: &OpenOptions, journal: &str) -> Result<(), String> {
+/// The pragmas kvsqlite sets on its connections, for a stock connection in `journal` mode
+/// (the replay's stock targets, and the instruction-count example).
+pub fn stock_pragmas(conn: &Connection, opts: &OpenOptions, journal: &str) -> Result<(), String> {
     let spill_kib = (opts.max_atomic_bytes / 1024).clamp(1, i32::MAX as usize);
     let mode: String = conn
         .query_row(&format!("PRAGMA journal_mode={journal}"), [], |r| r.get(0))
