@@ -168,3 +168,50 @@ fn faults_sqlite_cannot_retry_fail_the_statement_and_lose_nothing() {
         );
     }
 }
+
+/// A write whose reply was lost (applied in the store, an error to SQLite) leaves the VFS unsure
+/// of its state: it reloads the metadata, and must stop serving pages from a preload taken
+/// before that write, or it would mix the old pages with the new metadata.
+#[test]
+fn a_lost_reply_drops_the_preload_so_reads_follow_the_store() {
+    use kvsqlite::kv::KvStore;
+    use kvsqlite::preload::Preload;
+    use kvsqlite::vfs::layout;
+
+    let m: SharedStore = Arc::new(MemoryStore::new());
+    {
+        let db = open_database(m.clone(), "lost", &OpenOptions::default()).unwrap();
+        db.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO t WITH RECURSIVE s(value) AS (SELECT 1 UNION ALL SELECT value + 1 FROM s WHERE value < 300)
+             SELECT value, 'old' FROM s;",
+        )
+        .unwrap();
+    }
+    let ops = layout::preload_reads(1 << 20);
+    let preload = Preload::from_reads(&ops, &m.batch_read("lost", &ops).unwrap());
+    // The preloaded open makes no call: the UPDATE's commit is call 1, applied, its reply lost;
+    // SQLite then retries through the rollback journal (call 2 reloads the metadata), and that
+    // journal's first write, call 3, fails: the statement fails, the update stays in the store.
+    let faults = FaultStore::wrap(m.clone(), FaultPlan::none().lose_reply(1).fail_call(3));
+    let opts = OpenOptions {
+        preload: Some(preload),
+        cache_pages: 0,
+        ..OpenOptions::default()
+    };
+    let a = open_database(faults.shared(), "lost", &opts).unwrap();
+    let e = a
+        .execute_batch("UPDATE t SET v = 'new' WHERE id % 2 = 0")
+        .unwrap_err();
+    assert_io_error(&e, "the lost reply, then a failed retry");
+    let count = |c: &rusqlite::Connection, v: &str| -> i64 {
+        c.query_row("SELECT count(*) FROM t WHERE v = ?1", [v], |r| r.get(0))
+            .unwrap()
+    };
+    // SQLite put the old pages back (its rollback writes them again after the failed retry), so
+    // the store holds the table as before; the connection must read exactly that.
+    let fresh = open_database(m.clone(), "lost", &OpenOptions::default()).unwrap();
+    assert_eq!((count(&fresh, "new"), count(&fresh, "old")), (0, 300));
+    assert_eq!((count(&a, "new"), count(&a, "old")), (0, 300));
+    assert_integrity(&a);
+}

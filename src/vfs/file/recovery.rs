@@ -70,6 +70,9 @@ impl DbState {
         }
         let w = inner.cache.clear();
         self.stats.add(&self.stats.readahead_wasted, w);
+        // The preload was read before the write whose outcome is unknown: if that write landed,
+        // its pages are newer than the preload's. From here on pages come from the store.
+        inner.preload = None;
         inner.needs_reload = false;
         Ok(())
     }
