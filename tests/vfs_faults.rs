@@ -174,7 +174,6 @@ fn faults_sqlite_cannot_retry_fail_the_statement_and_lose_nothing() {
 /// before that write, or it would mix the old pages with the new metadata.
 #[test]
 fn a_lost_reply_drops_the_preload_so_reads_follow_the_store() {
-    use kvsqlite::kv::KvStore;
     use kvsqlite::preload::Preload;
     use kvsqlite::vfs::layout;
 

@@ -29,6 +29,13 @@ use rusqlite::ffi;
 
 type Routines = ffi::sqlite3_api_routines;
 
+// `table_len` knows the API table up to SQLite 3.44's entries: bindings newer than 3.45 (whose
+// table may have grown) need its list extended first.
+const _: () = assert!(
+    ffi::SQLITE_VERSION_NUMBER < 3_046_000,
+    "extend table_len for the newer bindings"
+);
+
 /// The oldest host SQLite the extension loads into.
 const MIN_VERSION: c_int = 3_031_000;
 

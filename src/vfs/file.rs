@@ -253,7 +253,11 @@ struct Inner {
 #[derive(Debug, Default)]
 struct ReadLog {
     clock: u64,
-    pages: std::collections::HashMap<u32, u64>,
+    pages: std::collections::HashMap<
+        u32,
+        u64,
+        std::hash::BuildHasherDefault<super::cache::ChunkHasher>,
+    >,
 }
 
 /// Most chunks a [`ReadLog`] remembers; past it the least recent half is forgotten.

@@ -50,6 +50,11 @@ struct Table {
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(Table::default()));
 
+/// Held while a store is opened for a URL the table does not know yet, so two first opens of
+/// one URL open it once (a second open of one redb file in a process is refused). `TABLE`
+/// itself stays free meanwhile for names already bound.
+static OPENING: Mutex<()> = Mutex::new(());
+
 /// True when `name` is a plain (URI) name rather than a `/<store-id>/<actor>` path.
 pub(super) fn is_plain(name: &str) -> bool {
     enabled() && !name.starts_with('/')
@@ -60,26 +65,25 @@ pub(super) fn is_plain(name: &str) -> bool {
 pub(super) fn bind_main(actor: &str, kv: Option<&str>) -> Result<u64, String> {
     crate::kv::check_actor_id(actor).map_err(|e| format!("{actor:?}: {e}"))?;
     let url = crate::kv::url::resolve_url(kv.filter(|u| !u.is_empty()));
-    let id = {
-        let known = TABLE.lock().stores.get(&url).map(|(_, id)| *id);
-        match known {
-            Some(id) => id,
-            None => {
-                // Opened outside the lock: a remote store's connect can take a while.
-                let store = crate::kv::url::open_store(&url, KvLimits::default(), None)
-                    .map_err(|e| format!("cannot open the store {url:?}: {e}"))?;
-                let mut t = TABLE.lock();
-                match t.stores.get(&url) {
-                    Some((_, id)) => *id,
-                    None => {
-                        let id = super::register_store(&store).0;
-                        t.stores.insert(url.clone(), (store, id));
-                        id
-                    }
-                }
-            }
-        }
-    };
+    let known = |url: &str| TABLE.lock().stores.get(url).map(|(_, id)| *id);
+    if let Some(id) = known(&url) {
+        return bind(actor, id, &url);
+    }
+    // Opened outside TABLE's lock (a remote store's connect can take a while), under OPENING's:
+    // a thread that waited there finds the store the first one opened.
+    let _opening = OPENING.lock();
+    if let Some(id) = known(&url) {
+        return bind(actor, id, &url);
+    }
+    let store = crate::kv::url::open_store(&url, KvLimits::default(), None)
+        .map_err(|e| format!("cannot open the store {url:?}: {e}"))?;
+    let id = super::register_store(&store).0;
+    TABLE.lock().stores.insert(url.clone(), (store, id));
+    bind(actor, id, &url)
+}
+
+/// Binds `actor` to the store `id` (of `url`), refusing a second store for one actor id.
+fn bind(actor: &str, id: u64, url: &str) -> Result<u64, String> {
     let mut t = TABLE.lock();
     let entry = t.bound.entry(actor.to_string()).or_insert((id, 0));
     if entry.0 != id {

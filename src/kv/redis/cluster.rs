@@ -377,7 +377,7 @@ impl Router {
                     // written, so the call can go again.
                     match code.as_str() {
                         "NOSCRIPT" if !use_eval => {
-                            pool.lock().push(conn);
+                            self.keep(&pool, conn);
                             use_eval = true;
                             last_problem = format!("{node}: NOSCRIPT");
                             continue;
