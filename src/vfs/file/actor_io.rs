@@ -75,8 +75,8 @@ impl DbState {
             if extra.is_empty() {
                 return Ok(());
             }
-            let batch = WriteBatch::puts(extra);
-            self.kv_write(&batch)
+            let mut batch = WriteBatch::puts(extra);
+            self.kv_write(&mut batch)
                 .map_err(|e| self.kv_failed(Op::Write, e))?;
             self.apply_to_preload(&mut inner, &batch);
             return Ok(());
@@ -227,12 +227,12 @@ impl DbState {
         }
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
-        let batch = WriteBatch {
+        let mut batch = WriteBatch {
             puts: entries,
             deletes,
             preconditions: Vec::new(),
         };
-        if let Err(e) = self.kv_write(&batch) {
+        if let Err(e) = self.kv_write(&mut batch) {
             inner.needs_reload = true;
             return Err(self.kv_failed(Op::Write, e));
         }

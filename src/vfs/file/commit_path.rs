@@ -167,7 +167,7 @@ impl DbState {
         garbage.extend_from_slice(new_garbage);
         let last = batches.len() - 1;
         let taken = commit::piggyback_deletes(&mut batches[last], &garbage, &limits);
-        for b in &batches {
+        for b in &mut batches {
             if let Err(e) = self.kv_write(b) {
                 inner.needs_reload = true;
                 self.note_main_written(inner);
@@ -370,7 +370,7 @@ impl DbState {
             let mut batches =
                 commit::pack(stage_puts, Vec::new(), &limits).map_err(VfsError::TooBig)?;
             batches.retain(|b| !b.is_empty());
-            for b in &batches {
+            for b in &mut batches {
                 if let Err(e) = self.kv_write(b) {
                     // Nothing references this stage: its pages are garbage.
                     inner

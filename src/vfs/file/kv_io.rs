@@ -30,7 +30,18 @@ impl DbState {
         Ok(r)
     }
 
-    pub(super) fn kv_write(&self, batch: &WriteBatch) -> Result<(), KvError> {
+    /// Writes `batch`, with the fence's precondition and record added while it is sent (to the
+    /// batch itself, not a copy of it: every actor database is fenced, so this is every
+    /// commit) and taken off again before returning, whatever the outcome.
+    pub(super) fn kv_write(&self, batch: &mut WriteBatch) -> Result<(), KvError> {
+        let (puts, preconditions) = (batch.puts.len(), batch.preconditions.len());
+        let out = self.kv_write_fenced(batch);
+        batch.puts.truncate(puts);
+        batch.preconditions.truncate(preconditions);
+        out
+    }
+
+    fn kv_write_fenced(&self, batch: &mut WriteBatch) -> Result<(), KvError> {
         if let Some(h) = self.held.lock().as_mut() {
             h.apply(batch);
             return Ok(());
@@ -65,17 +76,16 @@ impl DbState {
         if fence.is_empty() && moving.is_none() {
             return self.kv.write(batch);
         }
-        let mut fenced = batch.clone();
-        fenced.preconditions.extend(fence.iter().cloned());
+        batch.preconditions.extend(fence.iter().cloned());
         drop(fence);
         let Some(m) = moving.as_mut() else {
-            return self.kv.write(&fenced);
+            return self.kv.write(batch);
         };
         if self.moved.load(Ordering::SeqCst) {
             return Err(KvError::Conflict { key: m.key.clone() });
         }
-        let next = m.guard(&mut fenced);
-        match self.kv.write(&fenced) {
+        let next = m.guard(batch);
+        match self.kv.write(batch) {
             Ok(()) => {
                 m.advance(next);
                 Ok(())
@@ -140,14 +150,14 @@ impl DbState {
             if batch.deletes.len() + 1 > limits.max_write_entries
                 || bytes + k.len() > limits.max_write_bytes
             {
-                self.kv_write(&std::mem::take(&mut batch))?;
+                self.kv_write(&mut std::mem::take(&mut batch))?;
                 bytes = 0;
             }
             bytes += k.len();
             batch.deletes.push(k);
         }
         if !batch.deletes.is_empty() {
-            self.kv_write(&batch)?;
+            self.kv_write(&mut batch)?;
         }
         Ok(())
     }
