@@ -6,9 +6,9 @@
 //! - [`vfs`]: the SQLite VFS over the KV layer; [`preload`]: the preload map it reads first.
 //! - [`actor`]: the actor shim over a database: one-round-trip wake, creation in one put,
 //!   fencing, migrations, startup timings, the per-query log; [`metrics`]: its JSON document.
-//! - [`bench`]: benchmark workloads (`kvsqlite bench startup`) over the actor layer.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
-//! - [`bench`]: benchmark workloads behind `kvsqlite bench`.
+//! - [`bench`]: benchmark workloads behind `kvsqlite bench` (startup, commit, scan, speedtest,
+//!   actors, http, pg-batch).
 //! - `testkit` (feature `testkit`): the KV conformance suite for any `KvStore`.
 //! - [`interop`]: plain SQLite files in and out of actors (`kvsqlite import`/`export`).
 //!

@@ -46,8 +46,10 @@ pub struct HookCtx<'a> {
     pub actor_id: &'a str,
     /// True when this start creates the actor.
     pub is_new: bool,
-    /// The persisted state; a hook may change it (saved with the creation, or by the next commit
-    /// or sleep of an existing actor).
+    /// The persisted state; a hook may change it. A change is saved before the start returns:
+    /// with the creation's one write for a new actor; for an existing actor by one more write
+    /// at the end of the wake (so a wake whose hooks change the state costs 2 round trips, not
+    /// 1).
     pub state: &'a mut Vec<u8>,
     /// The actor's database, once it is open (`None` in `create_state` and `on_create`).
     pub db: Option<&'a Database>,
