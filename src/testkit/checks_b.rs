@@ -409,6 +409,13 @@ pub fn actors_are_isolated(fx: Fixture) {
             ],
         )
         .unwrap();
+    match &r[0] {
+        ReadResult::List(page) => {
+            assert_eq!(page.entries, list_all(s.as_ref(), &ids[2]));
+            assert_eq!(page.entries.len(), 3);
+        }
+        other => panic!("a list answered as {other:?}"),
+    }
     assert_eq!(r[1], ReadResult::Get(vec![Some(vec![2])]));
 }
 

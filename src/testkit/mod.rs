@@ -159,12 +159,26 @@ macro_rules! kv_conformance_tests {
             mixed_batch_read,
             one_round_trip_per_call,
             $($extra,)*
-        ]);
+        ], [$($extra),*]);
     };
-    (@each $backend:ident, $fixture:path, [$($test:ident),* $(,)?]) => {
+    (@each $backend:ident, $fixture:path, [$($test:ident),* $(,)?], [$($extra:ident),*]) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
+
+            /// The list above is kept by hand beside `testkit::CHECKS`: the two must name the
+            /// same checks in the same order (then the extras), or the macro and
+            /// `run_conformance` would run different suites.
+            #[test]
+            fn the_list_is_testkit_checks() {
+                let listed: &[&str] = &[$(stringify!($test)),*];
+                let expected: Vec<&str> = $crate::testkit::CHECKS
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .chain([$(stringify!($extra)),*])
+                    .collect();
+                assert_eq!(listed, expected.as_slice());
+            }
             $(
                 #[test]
                 fn $test() {
