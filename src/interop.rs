@@ -106,7 +106,9 @@ impl From<rusqlite::Error> for InteropError {
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
     /// Delete every key of an existing actor before importing (otherwise an existing actor is
-    /// refused).
+    /// refused). The delete is its own write, before the copy: an import that fails after it
+    /// (the store unreachable, an integrity check that finds a problem) leaves the actor's old
+    /// data gone.
     pub replace: bool,
 }
 
@@ -119,8 +121,8 @@ pub struct ImportReport {
     pub pages: u64,
     /// True when the source was in WAL mode.
     pub source_wal: bool,
-    /// KV round trips of the whole import: the existence check, the delete of `--replace`,
-    /// the open, the copy and the integrity check.
+    /// KV round trips of the whole import: the existence check (or, with `replace`, the
+    /// delete instead), the open, the copy and the integrity check.
     pub kv_round_trips: u64,
     /// KV round trips of the copy alone (the backup step's write transaction).
     pub copy_round_trips: u64,
@@ -133,8 +135,8 @@ pub struct ExportReport {
     pub page_size: u32,
     /// Pages written.
     pub pages: u64,
-    /// KV round trips of the export: the existence check, the open and the reads of the copy
-    /// (from the VFS's counters of the database).
+    /// KV round trips of the export: the open (which also tells a missing actor) and the reads
+    /// of the copy (from the VFS's counters of the database).
     pub kv_round_trips: u64,
 }
 
@@ -379,11 +381,11 @@ pub fn import_file(
     let counting = CountingStore::wrap(store);
     let shared = counting.shared();
     let start = counting.snapshot();
-    if actor_exists(&shared, actor)? {
-        if !opts.replace {
-            return Err(InteropError::ActorExists(actor.to_string()));
-        }
+    if opts.replace {
+        // Whatever the actor held goes, in one call (no list first to see whether it exists).
         shared.delete_range(actor, &[], None)?;
+    } else if actor_exists(&shared, actor)? {
+        return Err(InteropError::ActorExists(actor.to_string()));
     }
     let options = OpenOptions {
         page_size,
@@ -423,9 +425,6 @@ pub fn export_file(
     if !force && path.exists() {
         return Err(InteropError::DestinationExists(path.to_path_buf()));
     }
-    if !actor_exists(&store, actor)? {
-        return Err(InteropError::NoSuchActor(actor.to_string()));
-    }
     let options = OpenOptions {
         read_only: true,
         create: false,
@@ -435,7 +434,12 @@ pub fn export_file(
     // and its locks by the store handle, so only the same handle shares the locks of the
     // connections writing the actor in this process (a wrapper would read around their locks
     // and could copy a mix of two commits). Round trips come from the VFS's own counters.
-    let db = open_database(store, actor, &options)?;
+    // An actor without a database (none at all, or state only) is `NoSuchActor`, told by the
+    // open's own read: no separate existence check.
+    let db = open_database(store, actor, &options).map_err(|e| match e {
+        OpenError::NotFound { .. } => InteropError::NoSuchActor(actor.to_string()),
+        e => e.into(),
+    })?;
     let file_name = path
         .file_name()
         .ok_or_else(|| InteropError::Io(format!("{}: not a file path", path.display())))?;
@@ -466,8 +470,8 @@ pub fn export_file(
             path.display()
         )));
     }
-    // The existence check's list, plus everything the database did.
-    let kv_round_trips = 1 + db.snapshot().kv_round_trips;
+    // Everything the database did, its open included.
+    let kv_round_trips = db.snapshot().kv_round_trips;
     drop(db);
     Ok(ExportReport {
         page_size,
