@@ -146,13 +146,19 @@ pub enum MigrationError {
     },
 }
 
-/// `statement` on one line: whitespace collapsed, at most 120 characters.
+/// `statement` on one line as the query log shows it (whitespace collapsed, at most
+/// [`super::query_log::SQL_CHARS`] characters), with `…` when it was cut.
 fn one_line(statement: &str) -> String {
-    let collapsed = statement.split_whitespace().collect::<Vec<_>>().join(" ");
-    match collapsed.char_indices().nth(120) {
-        Some((cut, _)) => format!("{}…", &collapsed[..cut]),
-        None => collapsed,
+    let mut line = super::query_log::collapse(statement);
+    let full = statement
+        .split_whitespace()
+        .map(|w| w.chars().count() + 1)
+        .sum::<usize>()
+        .saturating_sub(1);
+    if full > line.chars().count() {
+        line.push('…');
     }
+    line
 }
 
 impl fmt::Display for MigrationError {
