@@ -344,8 +344,10 @@ pub fn random_bytes() -> [u8; 16] {
     b
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A fresh token: 32 lowercase hex digits of [`random_bytes`] (actor tokens, the host's admin
+/// token; two of them make an inspector session id).
+pub fn random_token() -> String {
+    random_bytes().iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What the wake batch answered, beyond the preload.
@@ -512,7 +514,7 @@ pub(super) fn start(
     let (token, token_new) = ph.internal("init_inspector_token", true, || {
         Ok(match wake.token.as_deref().map(std::str::from_utf8) {
             Some(Ok(t)) if !t.is_empty() => (t.to_string(), false),
-            _ => (hex(&random_bytes()), true),
+            _ => (random_token(), true),
         })
     })?;
 

@@ -140,10 +140,7 @@ pub fn tokens_equal(a: &str, b: &str) -> bool {
 
 /// A fresh admin token: 32 hex digits from the same random source as actor tokens.
 pub fn generate_token() -> String {
-    crate::actor::startup::random_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::actor::startup::random_token()
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, lets requests in

@@ -63,13 +63,7 @@ pub struct Sessions {
 impl Sessions {
     /// A new session for `access`: its id.
     pub fn create(&self, access: Access) -> String {
-        let a = crate::actor::startup::random_bytes();
-        let b = crate::actor::startup::random_bytes();
-        let id: String = a
-            .iter()
-            .chain(b.iter())
-            .map(|x| format!("{x:02x}"))
-            .collect();
+        let id = crate::actor::startup::random_token() + &crate::actor::startup::random_token();
         let mut map = self.map.lock();
         map.retain(|_, (_, t)| t.elapsed() < SESSION_TTL);
         if map.len() >= MAX_SESSIONS {
