@@ -337,7 +337,7 @@ fn missing_redis_server_skips_or_fails_under_ci() {
     assert!(!ok, "{text}");
     assert!(
         text.contains(
-            "CI=true and redis-server is missing: /nonexistent/redis-server is not installed"
+            "CI=true and redis-cluster unavailable: /nonexistent/redis-server is not installed"
         ),
         "{text}"
     );
