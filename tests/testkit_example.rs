@@ -53,5 +53,15 @@ fn a_store_that_ignores_preconditions_fails_the_kit() {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         preconditions_met_and_unmet(Fixture::new(store, "careless"));
     }));
-    assert!(outcome.is_err(), "a store ignoring preconditions passed");
+    let payload = outcome.expect_err("a store ignoring preconditions passed");
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    // It failed where it must: at the first unmet precondition it let through.
+    assert!(
+        message.contains(kvsqlite::testkit::UNMET_WRITTEN),
+        "{message}"
+    );
 }

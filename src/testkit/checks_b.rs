@@ -13,6 +13,10 @@ use crate::rng::Rng;
 
 use super::*;
 
+/// The panic message of [`preconditions_met_and_unmet`] when a store wrote a batch whose
+/// precondition does not hold.
+pub const UNMET_WRITTEN: &str = "the store wrote a batch whose precondition does not hold";
+
 /// Preconditions: met → written; unmet → `Conflict` naming the key, nothing written.
 pub fn preconditions_met_and_unmet(fx: Fixture) {
     let s = &fx.store;
@@ -41,7 +45,7 @@ pub fn preconditions_met_and_unmet(fx: Fixture) {
             entries(&[("gen", "3"), ("q", "x")]),
             vec![Precondition::equals(k("gen"), k("1"))],
         )
-        .unwrap_err();
+        .expect_err(UNMET_WRITTEN);
     assert!(is_conflict_on(&err, b"gen"), "{err:?}");
     // Present where absence was required.
     let err = s
@@ -50,7 +54,7 @@ pub fn preconditions_met_and_unmet(fx: Fixture) {
             entries(&[("q", "x")]),
             vec![Precondition::absent(k("p"))],
         )
-        .unwrap_err();
+        .expect_err(UNMET_WRITTEN);
     assert!(is_conflict_on(&err, b"p"), "{err:?}");
     // Absent where a value was required.
     let err = s
@@ -59,7 +63,7 @@ pub fn preconditions_met_and_unmet(fx: Fixture) {
             entries(&[("q", "x")]),
             vec![Precondition::equals(k("missing"), k("1"))],
         )
-        .unwrap_err();
+        .expect_err(UNMET_WRITTEN);
     assert!(is_conflict_on(&err, b"missing"), "{err:?}");
     // Several preconditions: the unmet one is named, even when others hold.
     let err = s
@@ -75,7 +79,7 @@ pub fn preconditions_met_and_unmet(fx: Fixture) {
                 ],
             },
         )
-        .unwrap_err();
+        .expect_err(UNMET_WRITTEN);
     assert!(is_conflict_on(&err, b"p"), "{err:?}");
     // Preconditions see only this actor's keys.
     let err = s
@@ -84,7 +88,7 @@ pub fn preconditions_met_and_unmet(fx: Fixture) {
             entries(&[("q", "x")]),
             vec![Precondition::equals(k("gen"), k("2"))],
         )
-        .unwrap_err();
+        .expect_err(UNMET_WRITTEN);
     assert!(is_conflict_on(&err, b"gen"), "{err:?}");
     assert!(list_all(s.as_ref(), &fx.actor("b")).is_empty());
     assert_eq!(
@@ -109,7 +113,7 @@ pub fn preconditions_met_and_unmet(fx: Fixture) {
                 ..Default::default()
             },
         )
-        .unwrap_err();
+        .expect_err(UNMET_WRITTEN);
     assert!(is_conflict_on(&err, b"gen"));
     // A precondition on a key the same write deletes is checked against the old value.
     s.write(
