@@ -9,7 +9,9 @@
 pub fn rerun_test(name: &str, env: (&str, &str), ci: Option<&str>) -> (bool, String) {
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--exact", name, "--nocapture", "--test-threads=1"])
+    // Without --nocapture: a skip must be visible through the harness's capture, as in a
+    // plain `cargo test` (a `println!` would not be, and the caller's check would catch it).
+    cmd.args(["--exact", name, "--test-threads=1"])
         .env(env.0, env.1);
     match ci {
         Some(v) => cmd.env("CI", v),
