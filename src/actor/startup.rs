@@ -317,37 +317,30 @@ fn check_config(config: &ActorConfig) -> Result<(), ActorError> {
     Ok(())
 }
 
-/// 16 bytes from the OS's random source (`/dev/urandom`), or, where that cannot be read, from
-/// the standard library's per-process random hash keys mixed with the time and a counter.
-pub fn random_bytes() -> [u8; 16] {
-    use std::io::Read;
+/// 16 bytes from the OS's random source (the `getrandom` crate). Fails closed: when the
+/// source cannot be read the caller gets the error, never a weaker substitute.
+pub fn random_bytes() -> Result<[u8; 16], RandomError> {
     let mut b = [0u8; 16];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        if f.read_exact(&mut b).is_ok() {
-            return b;
-        }
-    }
-    use std::hash::{BuildHasher, Hasher};
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    for half in 0..2u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u128(t);
-        h.write_u64(half);
-        b[half as usize * 8..][..8].copy_from_slice(&h.finish().to_be_bytes());
-    }
-    b
+    getrandom::fill(&mut b).map_err(|e| RandomError(e.to_string()))?;
+    Ok(b)
 }
 
+/// The OS's random source could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RandomError(pub String);
+
+impl std::fmt::Display for RandomError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the OS's random source failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for RandomError {}
+
 /// A fresh token: 32 lowercase hex digits of [`random_bytes`] (actor tokens, the host's admin
-/// token; two of them make an inspector session id).
-pub fn random_token() -> String {
-    random_bytes().iter().map(|x| format!("{x:02x}")).collect()
+/// token; two of them make an inspector session id). Fails when the random source does.
+pub fn random_token() -> Result<String, RandomError> {
+    Ok(random_bytes()?.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 /// What the wake batch answered, beyond the preload.
@@ -503,7 +496,7 @@ pub(super) fn start(
     }
 
     let (instance, hold) = ph.internal("instantiate", true, || {
-        Ok((random_bytes(), is_new && wake.db_absent))
+        Ok((random_bytes().map_err(|e| ActorError::InvalidConfig(e.to_string()))?, is_new && wake.db_absent))
     })?;
     let mut state = ph.internal("load_state", true, || {
         Ok(match &wake.state {
@@ -514,7 +507,10 @@ pub(super) fn start(
     let (token, token_new) = ph.internal("init_inspector_token", true, || {
         Ok(match wake.token.as_deref().map(std::str::from_utf8) {
             Some(Ok(t)) if !t.is_empty() => (t.to_string(), false),
-            _ => (random_token(), true),
+            _ => (
+                random_token().map_err(|e| ActorError::InvalidConfig(e.to_string()))?,
+                true,
+            ),
         })
     })?;
 

@@ -41,6 +41,35 @@ pub struct ServeArgs {
     #[arg(long = "statement-timeout-ms", value_name = "N", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     statement_timeout_ms: u64,
+    /// The connection and timing limits of the HTTP side.
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// The connection limits of `kvsqlite serve` (see `kvsqlite::host::conn`).
+#[derive(Args, Debug)]
+struct ConnArgs {
+    /// A request's headers must arrive within this many milliseconds of the host waiting for
+    /// them (also while a kept-alive connection waits for its next request).
+    #[arg(long = "header-timeout-ms", value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+    /// A request's body must arrive within this many milliseconds (408).
+    #[arg(long = "body-timeout-ms", value_name = "N", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
+    /// Close a connection with no request in progress and no byte received for this long.
+    #[arg(long = "idle-timeout-ms", value_name = "N", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_ms: u64,
+    /// Most connections open at once; past it a new one is answered 503 and closed.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_connections: u64,
+    /// At SIGINT/SIGTERM, connections still open after this many milliseconds are dropped
+    /// (their statements interrupted); then every actor sleeps and the process exits 0.
+    #[arg(long = "shutdown-deadline-ms", value_name = "N", default_value_t = 10_000)]
+    shutdown_deadline_ms: u64,
 }
 
 /// Runs `kvsqlite serve`.
@@ -60,8 +89,15 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
     // blocks when it closes, which a runtime thread must not do.
     let store_keep = store.clone();
     let (admin_token, generated) = match std::env::var(ADMIN_TOKEN_ENV) {
-        Ok(t) if !t.trim().is_empty() => (t.trim().to_string(), false),
-        _ => (host::generate_token(), true),
+        Ok(t) if !t.trim().is_empty() => {
+            let t = t.trim().to_string();
+            host::check_admin_token(&t).map_err(|e| format!("{ADMIN_TOKEN_ENV}: {e}"))?;
+            (t, false)
+        }
+        _ => (
+            host::generate_token().map_err(|e| format!("cannot make an admin token: {e}"))?,
+            true,
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,6 +126,13 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
             max_awake: usize::try_from(args.max_awake).unwrap_or(usize::MAX),
             max_body: args.max_body,
             statement_timeout: Duration::from_millis(args.statement_timeout_ms),
+            body_timeout: Duration::from_millis(args.conn.body_timeout_ms),
+            limits: host::conn::ConnLimits {
+                header_timeout: Duration::from_millis(args.conn.header_timeout_ms),
+                idle_timeout: Duration::from_millis(args.conn.idle_timeout_ms),
+                max_connections: usize::try_from(args.conn.max_connections).unwrap_or(usize::MAX),
+                shutdown_deadline: Duration::from_millis(args.conn.shutdown_deadline_ms),
+            },
         };
         host::serve(listener, config, shutdown_signal())
             .await

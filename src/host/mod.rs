@@ -3,10 +3,13 @@
 //!
 //! Why it exists: actors are woken by requests and put to sleep when idle in production; this
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
-//! statuses, with the token rules), [`registry`] (the actors' lifecycle), [`sql`] (JSON ⇄
-//! SQLite), [`prom`] (the host's aggregated metrics), [`inspector`] (the HTML pages). The CLI (`src/cli/serve.rs`) only parses
-//! arguments and calls [`serve`].
+//! statuses), [`auth`] (who a request is, from its headers alone), [`conn`] (the accept loop:
+//! timeouts, connection cap, shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
+//! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`inspector`] (the HTML pages).
+//! The CLI (`src/cli/serve.rs`) only parses arguments and calls [`serve`].
 
+pub mod auth;
+pub mod conn;
 pub mod inspector;
 pub mod prom;
 pub mod registry;
@@ -31,6 +34,8 @@ pub enum HostError {
     Sql(String),
     /// Missing or wrong token (401).
     Unauthorized,
+    /// A cookie-authenticated form posted from another origin or without its CSRF token (403).
+    Forbidden(String),
     /// No such route or actor (404).
     NotFound(String),
     /// The statement ran past the timeout and was interrupted (408).
@@ -49,6 +54,7 @@ impl HostError {
         match self {
             HostError::BadRequest(_) | HostError::Sql(_) => 400,
             HostError::Unauthorized => 401,
+            HostError::Forbidden(_) => 403,
             HostError::NotFound(_) => 404,
             HostError::Timeout(_) => 408,
             HostError::TooLarge(_) => 413,
@@ -63,6 +69,7 @@ impl HostError {
             HostError::BadRequest(_) => "bad_request",
             HostError::Sql(_) => "sql",
             HostError::Unauthorized => "unauthorized",
+            HostError::Forbidden(_) => "forbidden",
             HostError::NotFound(_) => "not_found",
             HostError::Timeout(_) => "timeout",
             HostError::TooLarge(_) => "too_large",
@@ -78,6 +85,7 @@ impl HostError {
                 "missing or wrong token: send Authorization: Bearer <token>".into()
             }
             HostError::BadRequest(m)
+            | HostError::Forbidden(m)
             | HostError::Sql(m)
             | HostError::NotFound(m)
             | HostError::Timeout(m)
@@ -102,15 +110,41 @@ pub struct HostConfig {
     pub max_awake: usize,
     /// Largest request body in bytes.
     pub max_body: usize,
-    /// A statement (or a batch) running longer is interrupted.
+    /// A statement (or a batch) running longer is interrupted; a request waiting longer for
+    /// its actor (behind others) is answered 503.
     pub statement_timeout: Duration,
+    /// A request body must arrive within this (408).
+    pub body_timeout: Duration,
+    /// Header and idle timeouts, the connection cap and the shutdown deadline.
+    pub limits: conn::ConnLimits,
+}
+
+/// Shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Checks an admin token given by the operator: at least [`MIN_ADMIN_TOKEN`] bytes.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.len() < MIN_ADMIN_TOKEN {
+        return Err(format!(
+            "the admin token is {} bytes; it must be at least {MIN_ADMIN_TOKEN} (unset \
+             KVSQLITE_ADMIN_TOKEN to get a random one)",
+            token.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Longest actor id, in bytes.
 pub const MAX_ACTOR_ID: usize = 128;
 
-/// Checks an actor id: 1 to 128 bytes of `A-Z a-z 0-9 . _ ~ -` (URL-safe without escaping).
+/// Checks an actor id: 1 to 128 bytes of `A-Z a-z 0-9 . _ ~ -` (URL-safe without escaping),
+/// and neither `.` nor `..` (path segments that clients and proxies rewrite).
 pub fn check_actor_id(id: &str) -> Result<(), HostError> {
+    if id == "." || id == ".." {
+        return Err(HostError::BadRequest(format!(
+            "invalid actor id: {id:?} is a path segment, not a name"
+        )));
+    }
     if id.is_empty() || id.len() > MAX_ACTOR_ID {
         return Err(HostError::BadRequest(format!(
             "invalid actor id: it must be 1 to {MAX_ACTOR_ID} bytes (it is {})",
@@ -138,13 +172,15 @@ pub fn tokens_equal(a: &str, b: &str) -> bool {
         == 0
 }
 
-/// A fresh admin token: 32 hex digits from the same random source as actor tokens.
-pub fn generate_token() -> String {
+/// A fresh admin token: 32 hex digits from the same random source as actor tokens (an error
+/// when the OS's random source cannot be read).
+pub fn generate_token() -> Result<String, crate::actor::startup::RandomError> {
     crate::actor::startup::random_token()
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, lets requests in
-/// flight finish, puts every actor to sleep and returns. The caller should keep a handle on the
+/// flight finish (until the shutdown deadline: what still runs then is dropped and its
+/// statements interrupted), puts every actor to sleep and returns. The caller should keep a handle on the
 /// store and drop it outside the runtime (a blocking backend such as PostgreSQL's must not be
 /// closed on a runtime thread).
 pub async fn serve(
@@ -153,19 +189,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
-    let registry = Arc::new(registry::Registry::new(
-        config.store.clone(),
-        config.actor,
-        config.max_awake,
-        metrics.clone(),
-    ));
+    let registry = Arc::new(
+        registry::Registry::new(
+            config.store.clone(),
+            config.actor,
+            config.max_awake,
+            metrics.clone(),
+        )
+        .with_lock_wait(config.statement_timeout),
+    );
     let state = routes::AppState {
         registry: registry.clone(),
         metrics,
         admin_token: Arc::new(config.admin_token),
         statement_timeout: config.statement_timeout,
         max_body: config.max_body,
+        body_timeout: config.body_timeout,
         sessions: Arc::new(inspector::Sessions::default()),
+        tokens: Arc::new(auth::TokenMemory::default()),
     };
     let idle = config.idle_sleep;
     let sleeper = {
@@ -188,15 +229,18 @@ pub async fn serve(
         })
     };
     let app = routes::router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let drained = conn::run(listener, app, config.limits, shutdown).await;
     sleeper.abort();
     let _ = sleeper.await;
     sampler.abort();
     let _ = sampler.await;
+    if !drained {
+        // Whatever still runs on an actor (a request dropped at the deadline) is stopped, so
+        // that every actor can be put to sleep now.
+        registry.interrupt_all();
+    }
     registry.sleep_all().await;
-    result
+    Ok(())
 }
 
 #[cfg(test)]
@@ -208,6 +252,11 @@ mod tests {
         assert!(check_actor_id("a-b_c.d~9").is_ok());
         assert!(check_actor_id("").is_err());
         assert!(check_actor_id("a/b").is_err());
+        assert!(check_actor_id(".").is_err());
+        assert!(check_actor_id("..").is_err());
+        assert!(check_actor_id("...").is_ok());
+        assert!(check_admin_token("0123456789abcde").is_err());
+        assert!(check_admin_token("0123456789abcdef").is_ok());
         assert!(check_actor_id(&"x".repeat(129)).is_err());
         assert!(check_actor_id(&"x".repeat(128)).is_ok());
         assert!(tokens_equal("abc", "abc"));

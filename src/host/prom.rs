@@ -96,6 +96,7 @@ const ROUND_TRIPS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
 pub const ERROR_KINDS: &[&str] = &[
     "bad_request",
     "unauthorized",
+    "forbidden",
     "not_found",
     "too_large",
     "sql",

@@ -60,6 +60,10 @@ struct Slot {
     /// Milliseconds since the registry started, at the last request's end.
     last_used: AtomicU64,
     awake: AtomicBool,
+    /// The actor's inspector token once woken here: read by token checks without the lock.
+    token: Mutex<Option<String>>,
+    /// The actor's interrupt handle while awake: the shutdown deadline stops what still runs.
+    interrupt: Mutex<Option<InterruptHandle>>,
 }
 
 /// The last metrics document of sleeping actors (and their inspector tokens), bounded.
@@ -104,6 +108,8 @@ pub struct Registry {
     docs: Mutex<DocCache>,
     metrics: Arc<HostMetrics>,
     started: Instant,
+    /// Longest wait for an actor's lock (behind other requests) before a 503.
+    lock_wait: Duration,
 }
 
 impl Registry {
@@ -124,7 +130,15 @@ impl Registry {
             docs: Mutex::new(DocCache::default()),
             metrics,
             started: Instant::now(),
+            lock_wait: RESERVE_WAIT,
         }
+    }
+
+    /// The same registry with waits for an actor's lock bounded by `wait` (the host uses its
+    /// statement timeout): a request still waiting then is answered 503 with a retry hint.
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     /// The store the actors live in.
@@ -146,18 +160,25 @@ impl Registry {
                     state: Arc::new(tokio::sync::Mutex::new(SlotState::Asleep)),
                     last_used: AtomicU64::new(self.now_ms()),
                     awake: AtomicBool::new(false),
+                    token: Mutex::new(None),
+                    interrupt: Mutex::new(None),
                 })
             })
             .clone()
     }
 
-    /// Locks the live slot of `id` (creating it), retrying past retired ones.
-    async fn lock(&self, id: &str) -> (Arc<Slot>, OwnedMutexGuard<SlotState>) {
+    /// Locks the live slot of `id` (creating it), retrying past retired ones; 503 once the
+    /// lock wait has passed.
+    async fn lock(&self, id: &str) -> Result<(Arc<Slot>, OwnedMutexGuard<SlotState>), HostError> {
+        let deadline = tokio::time::Instant::now() + self.lock_wait;
         loop {
             let slot = self.slot(id);
-            let guard = slot.state.clone().lock_owned().await;
+            let Ok(guard) = tokio::time::timeout_at(deadline, slot.state.clone().lock_owned()).await
+            else {
+                return Err(busy(self.lock_wait));
+            };
             if !matches!(*guard, SlotState::Retired) {
-                return (slot, guard);
+                return Ok((slot, guard));
             }
         }
     }
@@ -170,7 +191,7 @@ impl Registry {
         timeout: Duration,
         work: Work,
     ) -> Result<serde_json::Value, HostError> {
-        let (slot, guard) = self.lock(id).await;
+        let (slot, guard) = self.lock(id).await?;
         let (tx, rx) = oneshot::channel::<InterruptHandle>();
         let me = self.clone();
         let mut task = tokio::task::spawn_blocking(move || me.run_locked(&slot, guard, tx, work));
@@ -251,6 +272,8 @@ impl Registry {
                 let rt = actor.kv_round_trips();
                 m.kv_round_trips.fetch_add(rt, Ordering::Relaxed);
                 slot.awake.store(true, Ordering::Relaxed);
+                *slot.token.lock() = Some(actor.inspector_token().to_string());
+                *slot.interrupt.lock() = Some(actor.db().get_interrupt_handle());
                 *state = SlotState::Awake(Box::new(Awake {
                     actor,
                     round_trips_seen: rt,
@@ -334,6 +357,7 @@ impl Registry {
                 tracing::warn!(actor = %slot.id, "actor sleep failed: {e}");
             }
             slot.awake.store(false, Ordering::Relaxed);
+            *slot.interrupt.lock() = None;
             self.metrics.actors_awake.fetch_sub(1, Ordering::Relaxed);
             self.metrics.sleeps.fetch_add(1, Ordering::Relaxed);
         }
@@ -349,20 +373,47 @@ impl Registry {
     }
 
     /// The inspector's view of an actor that is awake here or whose last document is kept:
-    /// `(token, document)`, without waking anything. `None` when the host has neither.
-    pub async fn known_doc(&self, id: &str) -> Option<(String, MetricsDoc)> {
+    /// `(token, document)`, without waking anything. `None` when the host has neither; 503
+    /// when the actor stays busy past the lock wait.
+    pub async fn known_doc(&self, id: &str) -> Result<Option<(String, MetricsDoc)>, HostError> {
         let slot = self.slots.lock().get(id).cloned();
         if let Some(slot) = slot {
-            let guard = slot.state.lock().await;
+            let guard = tokio::time::timeout(self.lock_wait, slot.state.lock())
+                .await
+                .map_err(|_| busy(self.lock_wait))?;
             if let SlotState::Awake(a) = &*guard {
-                return Some((a.actor.inspector_token().to_string(), a.actor.metrics()));
+                return Ok(Some((
+                    a.actor.inspector_token().to_string(),
+                    a.actor.metrics(),
+                )));
             }
         }
-        self.docs
+        Ok(self
+            .docs
             .lock()
             .docs
             .get(id)
-            .map(|(t, d, _)| (t.clone(), d.clone()))
+            .map(|(t, d, _)| (t.clone(), d.clone())))
+    }
+
+    /// The inspector token of an actor that is awake (or waking) here or whose last document is
+    /// kept, read without waiting on the actor's lock. `None` when the host knows neither.
+    pub fn known_token(&self, id: &str) -> Option<String> {
+        let slot = self.slots.lock().get(id).cloned();
+        if let Some(t) = slot.and_then(|s| s.token.lock().clone()) {
+            return Some(t);
+        }
+        self.docs.lock().docs.get(id).map(|(t, _, _)| t.clone())
+    }
+
+    /// Interrupts every statement running on an awake actor (the shutdown deadline).
+    pub fn interrupt_all(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().values().cloned().collect();
+        for slot in slots {
+            if let Some(h) = slot.interrupt.lock().as_ref() {
+                h.interrupt();
+            }
+        }
     }
 
     /// Puts actors idle for longer than `idle` to sleep (those busy are left for later).
@@ -435,6 +486,24 @@ impl Registry {
     }
 }
 
+/// The 503 of a request that waited for an actor's lock past `wait`.
+fn busy(wait: Duration) -> HostError {
+    HostError::Unavailable(format!(
+        "the actor stayed busy for {} ms (requests ahead of this one); retry",
+        wait.as_millis()
+    ))
+}
+
+/// The 503 of a store failure: the client learns only that the store is unavailable, the
+/// log gets the details (store URLs and paths are not the client's business).
+pub fn store_unavailable(detail: impl std::fmt::Display) -> HostError {
+    tracing::warn!("store unavailable: {detail}");
+    HostError::Unavailable(STORE_UNAVAILABLE.into())
+}
+
+/// The body message of every store failure (503).
+pub const STORE_UNAVAILABLE: &str = "store unavailable";
+
 /// True for store errors that mean "the store is not answering" (503).
 pub fn kv_unavailable(e: &KvError) -> bool {
     matches!(
@@ -449,12 +518,12 @@ pub fn kv_unavailable(e: &KvError) -> bool {
 fn wake_error(e: ActorError) -> HostError {
     match e {
         ActorError::InvalidActor(e) => HostError::BadRequest(e.to_string()),
-        ActorError::Kv(k) if kv_unavailable(&k) => HostError::Unavailable(k.to_string()),
+        ActorError::Kv(k) if kv_unavailable(&k) => store_unavailable(k),
         e @ (ActorError::Moved | ActorError::AlreadyRunning { .. }) => {
             HostError::Unavailable(format!("{e}; retry"))
         }
         e @ (ActorError::Open(_) | ActorError::Vfs(_) | ActorError::Sqlite(_)) => {
-            HostError::Unavailable(format!("cannot wake the actor: {e}"))
+            store_unavailable(format!("cannot wake the actor: {e}"))
         }
         e => HostError::Internal(format!("cannot wake the actor: {e}")),
     }

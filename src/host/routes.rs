@@ -5,23 +5,26 @@
 //! README, "Serving actors over HTTP"); keeping them apart from the lifecycle makes each rule
 //! (who may call what, which status for which failure) visible in one place.
 //!
-//! Order of checks on actor routes: the token (401), the actor id (400), the body (413, 400),
-//! then the work (400 SQL error, 408 timeout, 503 store down).
+//! Order of checks on actor routes: the token (401), the actor id (400), the body (413, 408,
+//! 400), then the work (400 SQL error, 408 timeout, 503 store down or actor busy). The token
+//! is checked from the headers alone ([`super::auth`]): a request without a valid one never
+//! has its body read and never waits on an actor.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
+use super::auth::{bearer, Lookup, TokenMemory};
 use super::prom::HostMetrics;
-use super::registry::{kv_unavailable, Registry, Work};
+use super::registry::{kv_unavailable, store_unavailable, Registry, Work};
 use super::sql::{self, StatementRequest};
 use super::{check_actor_id, tokens_equal, HostError};
 use crate::actor::{is_moved_error, records, Actor};
@@ -39,13 +42,17 @@ pub struct AppState {
     pub statement_timeout: Duration,
     /// Largest body in bytes.
     pub max_body: usize,
+    /// A body must arrive within this (408).
+    pub body_timeout: Duration,
     /// The inspector pages' sessions.
     pub sessions: Arc<super::inspector::Sessions>,
+    /// Actor tokens read from the store, and ids it did not hold.
+    pub tokens: Arc<TokenMemory>,
 }
 
-/// The router with every route, the body limit and the JSON 404 fallback.
+/// The router with every route, the JSON 404 fallback and the security headers on every
+/// answer.
 pub fn router(state: AppState) -> Router {
-    let limit = state.max_body;
     let mut router = Router::new()
         .route("/metrics", get(prometheus))
         .route("/healthz", get(healthz));
@@ -60,14 +67,40 @@ pub fn router(state: AppState) -> Router {
     }
     super::inspector::routes(router)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 
+/// The Content-Security-Policy of every answer: the inspector's script and style come from
+/// this host only (no inline script), nothing may frame a page.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Adds the headers every answer carries (CSP, `nosniff`, `no-referrer`).
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+/// A JSON answer; never cached (answers carry tokens and actor data).
 fn json_response(status: StatusCode, v: &Value) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "application/json")],
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
         v.to_string(),
     )
         .into_response()
@@ -81,13 +114,26 @@ fn error_response(metrics: &HostMetrics, e: HostError) -> Response {
     metrics.error(e.kind());
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json_response(status, &json!({ "error": e.message() }));
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-    }
+    add_error_headers(&mut resp, status);
     resp
+}
+
+/// `WWW-Authenticate` on a 401, `Retry-After` on a 503, `Connection: close` on a 408 (the
+/// rest of a slow body is not waited for).
+pub(crate) fn add_error_headers(resp: &mut Response, status: StatusCode) {
+    let h = resp.headers_mut();
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE => {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        _ => {}
+    }
 }
 
 fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
@@ -95,16 +141,6 @@ fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
         Ok(v) => ok_json(v),
         Err(e) => error_response(metrics, e),
     }
-}
-
-/// The bearer token of a request, if any.
-pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
@@ -121,14 +157,50 @@ fn actor_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError
     Ok(id)
 }
 
-fn read_body(body: Result<Bytes, BytesRejection>, max: usize) -> Result<Value, HostError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            HostError::TooLarge(format!("the body is over the limit of {max} bytes"))
-        } else {
-            HostError::BadRequest(format!("cannot read the body: {e}"))
+/// Reads a body of at most `s.max_body` bytes that must arrive within `s.body_timeout`: 413
+/// (before reading anything when `Content-Length` already says so), 408, or the bytes. Called
+/// only once the request's token is known to be valid.
+pub(crate) async fn read_body(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Bytes, HostError> {
+    let max = s.max_body;
+    let too_large = || HostError::TooLarge(format!("the body is over the limit of {max} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    let collect = async {
+        let mut body = std::pin::pin!(body);
+        let mut out = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame =
+                frame.map_err(|e| HostError::BadRequest(format!("cannot read the body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                if out.len() + data.len() > max {
+                    return Err(too_large());
+                }
+                out.extend_from_slice(&data);
+            }
         }
-    })?;
+        Ok(Bytes::from(out))
+    };
+    match tokio::time::timeout(s.body_timeout, collect).await {
+        Ok(r) => r,
+        Err(_) => Err(HostError::Timeout(format!(
+            "the body did not arrive within the body timeout of {} ms",
+            s.body_timeout.as_millis()
+        ))),
+    }
+}
+
+/// [`read_body`] as JSON.
+async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, HostError> {
+    let bytes = read_body(s, headers, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| HostError::BadRequest(format!("the body is not valid JSON: {e}")))
 }
@@ -145,7 +217,7 @@ fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
             "actor moved: another instance wrote since this one woke; retry".into(),
         )
     } else if sql::is_io_error(e) {
-        HostError::Unavailable(format!("the store failed: {}", sql::error_text(e)))
+        store_unavailable(format!("the store failed: {}", sql::error_text(e)))
     } else {
         HostError::Sql(sql::error_text(e))
     }
@@ -183,7 +255,7 @@ async fn actor_route(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let r = match route {
         ActorRoute::Query | ActorRoute::Batch => sql_route(route, &s, id, &headers, body).await,
@@ -199,11 +271,11 @@ async fn sql_route(
     s: &AppState,
     id: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Value, HostError> {
     require_admin(s, headers)?;
     let id = actor_id(id)?;
-    let body = read_body(body, s.max_body)?;
+    let body = read_json(s, headers, body).await?;
     let (metrics, timeout) = (s.metrics.clone(), s.statement_timeout);
     let work = if matches!(route, ActorRoute::Batch) {
         batch_work(
@@ -287,8 +359,9 @@ fn batch_work(
     })
 }
 
-/// The actor's token as the store holds it: `None` when the store never held the actor.
-pub(crate) async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostError> {
+/// The actor's token as the store holds it: `None` when the store never held the actor. Use
+/// [`actor_token`], which reads the store only when nothing else knows the token.
+async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostError> {
     let store = s.registry.store().clone();
     let id = id.to_string();
     let got = tokio::task::spawn_blocking(move || store.get(&id, &[records::token_key()]))
@@ -300,12 +373,30 @@ pub(crate) async fn stored_token(s: &AppState, id: &str) -> Result<Option<String
             .next()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())),
-        Err(e) if kv_unavailable(&e) => Err(HostError::Unavailable(e.to_string())),
-        Err(e) => Err(HostError::Internal(e.to_string())),
+        Err(e) if kv_unavailable(&e) => Err(store_unavailable(e)),
+        Err(e) => Err(HostError::Internal(format!("cannot read the actor's token: {e}"))),
     }
 }
 
-/// The metrics document: the admin token or the actor's own.
+/// Actor `id`'s inspector token, or that the store does not hold the actor: from the actor's
+/// slot or last document (no lock), else from the host's memory, else from the store (once).
+pub(crate) async fn actor_token(s: &AppState, id: &str) -> Result<Lookup, HostError> {
+    let known = s.registry.known_token(id);
+    s.tokens
+        .lookup(id, known, || stored_token(s, id))
+        .await
+}
+
+/// True when `token` is actor `id`'s token (see [`actor_token`]).
+pub(crate) async fn is_actor_token(s: &AppState, id: &str, token: &str) -> Result<bool, HostError> {
+    Ok(match actor_token(s, id).await? {
+        Lookup::Token(t) => tokens_equal(token, &t),
+        Lookup::Absent => false,
+    })
+}
+
+/// The metrics document: the admin token or the actor's own (checked before anything waits on
+/// the actor).
 async fn inspector_metrics(
     s: &AppState,
     id: Result<Path<String>, PathRejection>,
@@ -314,21 +405,19 @@ async fn inspector_metrics(
     let token = bearer(headers).ok_or(HostError::Unauthorized)?;
     let id = actor_id(id)?;
     let admin = tokens_equal(token, &s.admin_token);
-    if let Some((actor_token, doc)) = s.registry.known_doc(&id).await {
-        if admin || tokens_equal(token, &actor_token) {
-            return Ok(doc.to_json());
+    let lookup = actor_token(s, &id).await?;
+    match &lookup {
+        Lookup::Token(t) if admin || tokens_equal(token, t) => {}
+        Lookup::Absent if admin => {
+            return Err(HostError::NotFound(format!("no actor {id:?} in the store")))
         }
-        return Err(HostError::Unauthorized);
+        _ => return Err(HostError::Unauthorized),
     }
-    match stored_token(s, &id).await? {
-        None if admin => Err(HostError::NotFound(format!("no actor {id:?} in the store"))),
-        None => Err(HostError::Unauthorized),
-        Some(t) if admin || tokens_equal(token, &t) => {
-            let work: Work = Box::new(|actor: &Actor| Ok(actor.metrics().to_json()));
-            s.registry.run(&id, s.statement_timeout, work).await
-        }
-        Some(_) => Err(HostError::Unauthorized),
+    if let Some((_, doc)) = s.registry.known_doc(&id).await? {
+        return Ok(doc.to_json());
     }
+    let work: Work = Box::new(|actor: &Actor| Ok(actor.metrics().to_json()));
+    s.registry.run(&id, s.statement_timeout, work).await
 }
 
 /// The actor's inspector token (admin only), read from the store for a sleeping actor.
@@ -339,13 +428,10 @@ async fn inspector_token(
 ) -> Result<Value, HostError> {
     require_admin(s, headers)?;
     let id = actor_id(id)?;
-    let token = match s.registry.known_doc(&id).await {
-        Some((t, _)) => t,
-        None => stored_token(s, &id)
-            .await?
-            .ok_or_else(|| HostError::NotFound(format!("no actor {id:?} in the store")))?,
-    };
-    Ok(json!({ "token": token }))
+    match actor_token(s, &id).await? {
+        Lookup::Token(token) => Ok(json!({ "token": token })),
+        Lookup::Absent => Err(HostError::NotFound(format!("no actor {id:?} in the store"))),
+    }
 }
 
 async fn prometheus(State(s): State<AppState>) -> Response {

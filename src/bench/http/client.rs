@@ -36,7 +36,8 @@ impl InProcessHost {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        let token = host::generate_token();
+        let token =
+            host::generate_token().map_err(|e| format!("cannot make an admin token: {e}"))?;
         let host_config = HostConfig {
             store,
             actor: ActorConfig::default(),
@@ -45,6 +46,11 @@ impl InProcessHost {
             max_awake: config.actors.max(1024),
             max_body: 1 << 20,
             statement_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            limits: host::conn::ConnLimits {
+                max_connections: 4096,
+                ..Default::default()
+            },
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = runtime.spawn(host::serve(listener, host_config, async move {

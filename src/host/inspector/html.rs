@@ -1,9 +1,11 @@
 //! The inspector's HTML: the sign-in form, the host overview and the actor page, rendered on
-//! the server with inline CSS, inline SVG and one small inline script (polling and the log
-//! filter); every page reads fully without the script.
+//! the server with inline SVG, one style sheet ([`CSS`]) and one small script ([`SCRIPT`]:
+//! polling and the log filter), both served by the host itself so that the pages' CSP allows
+//! no inline script or style; every page reads fully without the script.
 //!
 //! Why it exists: people profiling an actor look rather than read JSON. Every value shown
-//! goes through [`esc`]; nothing is embedded in inline JSON.
+//! goes through [`esc`]; nothing is embedded in inline JSON. Every form that posts carries
+//! the session's CSRF token.
 
 use std::fmt::Write as _;
 
@@ -17,18 +19,19 @@ pub const SLOW_US: u64 = 10_000;
 /// A statement with at least this many KV round trips is marked KV-heavy.
 pub const KV_HEAVY: u64 = 3;
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1240px;padding:12px 20px;color:#222}\
+/// The pages' style sheet (`GET /assets/inspector.css`).
+pub const CSS: &str = "body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1240px;padding:12px 20px;color:#222}\
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ccc}\
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}\
 td.sql,pre{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-all;max-width:560px}\
 tr.slow td{background:#fde2e2}tr.kv td{background:#fff3cd}tr.slow.kv td{background:#f8c9a0}\
 .badge{font-size:11px;padding:0 4px;border-radius:3px;color:#fff}.b-slow{background:#c0392b}.b-kv{background:#b9770e}\
 .facts span{display:inline-block;margin-right:18px}.err{color:#b00;font-weight:bold}\
-.legend i{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}\
-nav a{margin-right:14px}textarea{width:100%;font-family:monospace}";
+.legend i{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}.legend i.int{background:#3b75af}.legend i.user{background:#e07b39}\
+nav a{margin-right:14px}nav form{display:inline}textarea{width:100%;font-family:monospace}";
 
-const SCRIPT: &str = r#"<script>
-(function(){
+/// The pages' script (`GET /assets/inspector.js`).
+pub const SCRIPT: &str = r#"(function(){
   function filter(){var f=document.getElementById('filter');if(!f)return;var v=f.value.toLowerCase();
     document.querySelectorAll('#log tbody tr').forEach(function(r){
       r.style.display=(r.getAttribute('data-sql')||'').indexOf(v)<0?'none':'';});}
@@ -43,26 +46,44 @@ const SCRIPT: &str = r#"<script>
       .catch(function(){});
   },5000);
 })();
-</script>"#;
+"#;
 
 /// A whole page around `body`.
 pub fn page(title: &str, body: &str) -> String {
     format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{}</title><style>{CSS}</style></head><body>{body}{SCRIPT}</body></html>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{}</title><link rel=\"stylesheet\" href=\"/assets/inspector.css\"><script src=\"/assets/inspector.js\" defer></script></head><body>{body}</body></html>",
         esc(title)
     )
 }
 
-/// The sign-in form (the 401 page): `next` is where to go after, `message` why it is shown.
-pub fn signin(next: &str, actor: &str, message: &str) -> String {
+/// The hidden CSRF field of a form.
+fn csrf_field(csrf: &str) -> String {
+    format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf))
+}
+
+/// The sign-out button of a signed-in page (a form: sign-out is a POST with the CSRF token).
+fn signout_form(csrf: Option<&str>) -> String {
+    match csrf {
+        Some(c) => format!(
+            "<form method=\"post\" action=\"/signout\">{}<button type=\"submit\" id=\"signout\">sign out</button></form>",
+            csrf_field(c)
+        ),
+        None => String::new(),
+    }
+}
+
+/// The sign-in form (the 401 page): `next` is where to go after, `message` why it is shown,
+/// `csrf` the token of the sign-in cookie sent with it.
+pub fn signin(next: &str, actor: &str, message: &str, csrf: &str) -> String {
     let body = format!(
         "<h1>kvsqlite inspector: sign in</h1><p class=\"err\" id=\"signin-message\">{}</p>\
 <form method=\"post\" action=\"/signin\"><p><label>Token (admin, or the actor's inspector token) <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"off\" size=\"40\"></label></p>\
 <p><label>Actor (for an actor token) <input type=\"text\" name=\"actor\" id=\"actor\" value=\"{}\"></label></p>\
-<input type=\"hidden\" name=\"next\" value=\"{}\"><button type=\"submit\" id=\"signin\">Sign in</button></form>",
+<input type=\"hidden\" name=\"next\" value=\"{}\">{}<button type=\"submit\" id=\"signin\">Sign in</button></form>",
         esc(message),
         esc(actor),
-        esc(next)
+        esc(next),
+        csrf_field(csrf)
     );
     page("Sign in", &body)
 }
@@ -105,6 +126,8 @@ pub struct ActorPage<'a> {
     pub filter: &'a str,
     /// The SQL of the query box, to show again.
     pub query_sql: &'a str,
+    /// The session's CSRF token (signed in with a cookie), for the forms that post.
+    pub csrf: Option<&'a str>,
 }
 
 /// The actor page.
@@ -115,7 +138,8 @@ pub fn actor_page(p: &ActorPage<'_>, v: &ActorView) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<nav><a href=\"/\">host</a><a href=\"{base}\">refresh</a></nav><h1>Actor <code id=\"actor-id\">{id}</code></h1>"
+        "<nav><a href=\"/\">host</a><a href=\"{base}\">refresh</a>{}</nav><h1>Actor <code id=\"actor-id\">{id}</code></h1>",
+        signout_form(p.csrf)
     );
     // The waterfall.
     let phases: Vec<Phase> = s
@@ -131,7 +155,7 @@ pub fn actor_page(p: &ActorPage<'_>, v: &ActorView) -> String {
     let _ = write!(
         b,
         "<section id=\"wake\" data-live><h2>Last wake</h2><p class=\"facts\"><span id=\"wake-kind\">{}</span><span>total <b id=\"wake-total\">{:.3} ms</b></span><span>KV round trips <b id=\"wake-round-trips\">{}</b></span><span>preload {} entries, {} bytes</span><span>preload hits {} / misses {}</span></p>\
-<p class=\"legend\"><i style=\"background:#3b75af\"></i>internal <i style=\"background:#e07b39\"></i>user</p>{}\
+<p class=\"legend\"><i class=\"int\"></i>internal <i class=\"user\"></i>user</p>{}\
 <table id=\"phases\"><thead><tr><th>phase</th><th>group</th><th>ms</th><th>KV round trips</th></tr></thead><tbody>",
         if s.is_new { "new actor (created)" } else { "existing actor" },
         s.total_ms,
@@ -265,7 +289,8 @@ pub fn actor_page(p: &ActorPage<'_>, v: &ActorView) -> String {
     if p.admin {
         let _ = write!(
             b,
-            "<h2 id=\"query\">Read-only query</h2><form method=\"post\" action=\"{base}/query#query\"><textarea name=\"sql\" id=\"sql\" rows=\"3\">{}</textarea><br><button type=\"submit\" id=\"run\">Run (read-only)</button></form>",
+            "<h2 id=\"query\">Read-only query</h2><form method=\"post\" action=\"{base}/query#query\">{}<textarea name=\"sql\" id=\"sql\" rows=\"3\">{}</textarea><br><button type=\"submit\" id=\"run\">Run (read-only)</button></form>",
+            p.csrf.map(csrf_field).unwrap_or_default(),
             esc(p.query_sql)
         );
         match &v.query {
@@ -328,9 +353,10 @@ fn actor_list(ids: &[String]) -> String {
     out
 }
 
-/// The host overview.
-pub fn overview(o: &Overview) -> String {
-    let mut b = String::from("<h1>kvsqlite host</h1><form method=\"get\" action=\"/open\"><label>Open actor <input type=\"text\" name=\"id\" id=\"open-id\"></label> <button type=\"submit\">open</button></form>");
+/// The host overview; `csrf` as for [`ActorPage::csrf`].
+pub fn overview(o: &Overview, csrf: Option<&str>) -> String {
+    let mut b = format!("<nav>{}</nav>", signout_form(csrf));
+    b.push_str("<h1>kvsqlite host</h1><form method=\"get\" action=\"/open\"><label>Open actor <input type=\"text\" name=\"id\" id=\"open-id\"></label> <button type=\"submit\">open</button></form>");
     let _ = write!(
         b,
         "<section id=\"counts\" data-live><p class=\"facts\"><span>awake <b id=\"awake\">{}</b></span><span>asleep (known here) <b>{}</b></span><span>wakes <b>{}</b></span><span>creations <b>{}</b></span><span>sleeps <b>{}</b></span><span>failed wakes <b>{}</b></span><span>KV round trips <b>{}</b></span></p>",

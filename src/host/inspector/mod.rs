@@ -1,7 +1,7 @@
 //! The inspector as web pages: `GET /` (the host overview), `GET /actors/{id}/inspector` (one
 //! actor: wake waterfall, query log, latency, tables), `POST /actors/{id}/inspector/query`
-//! (the admin's read-only query) and `POST /signin` (a session cookie), served by
-//! `kvsqlite serve`.
+//! (the admin's read-only query), `POST /signin` (a session cookie), `POST /signout` and the
+//! pages' script and style sheet under `/assets/`, served by `kvsqlite serve`.
 //!
 //! Why it exists: the JSON inspector is for machines; people profiling an actor would rather
 //! look. The pages are rendered on the server ([`html`], [`svg`]); all assets are compiled in.
@@ -9,8 +9,11 @@
 //! Access: the admin token, or the actor's inspector token for that actor's page only, given
 //! as `Authorization: Bearer` or exchanged at `POST /signin` for an HttpOnly, SameSite=Strict
 //! session cookie (random id, kept here). Without either, pages answer 401 with the sign-in
-//! form. The overview and the query box are admin only.
+//! form. The overview and the query box are admin only. Every form POST that a cookie
+//! authenticates (or, for sign-in, that a cookie could make on a victim's behalf) must come
+//! from this origin and carry its CSRF token ([`csrf`]).
 
+pub mod csrf;
 pub mod data;
 pub mod escape;
 pub mod html;
@@ -20,8 +23,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -29,8 +32,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use parking_lot::Mutex;
 
+use super::auth::{bearer, Lookup};
 use super::registry::Work;
-use super::routes::{bearer, stored_token, AppState};
+use super::routes::{actor_token, add_error_headers, is_actor_token, read_body, AppState};
 use super::{check_actor_id, tokens_equal, HostError};
 use crate::actor::Actor;
 use data::{ActorView, ViewRequest};
@@ -54,38 +58,66 @@ pub enum Access {
     Actor(String),
 }
 
-/// Signed-in sessions: random id → access, kept in memory (a restart signs everyone out).
+/// A signed-in session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// What it may see.
+    pub access: Access,
+    /// The token its forms must post back.
+    pub csrf: String,
+    created: Instant,
+}
+
+/// Signed-in sessions: random id → access and CSRF token, kept in memory (a restart signs
+/// everyone out).
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, (Access, Instant)>>,
+    map: Mutex<HashMap<String, Session>>,
 }
 
 impl Sessions {
-    /// A new session for `access`: its id.
-    pub fn create(&self, access: Access) -> String {
-        let id = crate::actor::startup::random_token() + &crate::actor::startup::random_token();
+    /// A new session for `access`: its id (an error when the OS's random source fails).
+    pub fn create(&self, access: Access) -> Result<String, HostError> {
+        let random = || {
+            crate::actor::startup::random_token()
+                .map_err(|e| HostError::Internal(format!("cannot create a session: {e}")))
+        };
+        let id = random()? + &random()?;
+        let csrf = random()? + &random()?;
         let mut map = self.map.lock();
-        map.retain(|_, (_, t)| t.elapsed() < SESSION_TTL);
+        map.retain(|_, s| s.created.elapsed() < SESSION_TTL);
         if map.len() >= MAX_SESSIONS {
             if let Some(oldest) = map
                 .iter()
-                .min_by_key(|(_, (_, t))| *t)
+                .min_by_key(|(_, s)| s.created)
                 .map(|(k, _)| k.clone())
             {
                 map.remove(&oldest);
             }
         }
-        map.insert(id.clone(), (access, Instant::now()));
-        id
+        map.insert(
+            id.clone(),
+            Session {
+                access,
+                csrf,
+                created: Instant::now(),
+            },
+        );
+        Ok(id)
     }
 
-    /// The access of session `id`, if it is live.
-    pub fn get(&self, id: &str) -> Option<Access> {
+    /// Session `id`, if it is live.
+    pub fn get(&self, id: &str) -> Option<Session> {
         let map = self.map.lock();
         // The lookup hashes the id; ids are 256 random bits, so guessing is the only attack.
         map.get(id)
-            .filter(|(_, t)| t.elapsed() < SESSION_TTL)
-            .map(|(a, _)| a.clone())
+            .filter(|s| s.created.elapsed() < SESSION_TTL)
+            .cloned()
+    }
+
+    /// Ends session `id` (sign-out).
+    pub fn remove(&self, id: &str) {
+        self.map.lock().remove(id);
     }
 }
 
@@ -95,6 +127,9 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/", get(overview))
         .route("/open", get(open))
         .route("/signin", post(signin))
+        .route("/signout", post(signout))
+        .route("/assets/inspector.js", get(script))
+        .route("/assets/inspector.css", get(style))
         .route("/actors/{id}/inspector", get(actor_get))
         .route("/actors/{id}/inspector/query", post(actor_query))
 }
@@ -111,10 +146,46 @@ fn html(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `GET /assets/inspector.js`: the pages' script.
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", html::SCRIPT)
+}
+
+/// `GET /assets/inspector.css`: the pages' style sheet.
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", html::CSS)
+}
+
+/// The sign-in form with `status` (401, or 403 for a refused sign-in): a fresh sign-in CSRF
+/// token, in the form and in its cookie.
+fn signin_page(s: &AppState, status: StatusCode, next: &str, actor: &str, message: &str) -> Response {
+    let csrf = match csrf::new_token() {
+        Ok(t) => t,
+        Err(e) => return error_page(s, e),
+    };
+    let mut r = html(status, html::signin(next, actor, message, &csrf));
+    if let Ok(v) = HeaderValue::from_str(&csrf::signin_cookie(&csrf)) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
 /// The 401 page: the sign-in form, which comes back to `next`.
 fn unauthorized(s: &AppState, next: &str, actor: &str, message: &str) -> Response {
     s.metrics.error("unauthorized");
-    let mut r = html(StatusCode::UNAUTHORIZED, html::signin(next, actor, message));
+    let mut r = signin_page(s, StatusCode::UNAUTHORIZED, next, actor, message);
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     r
@@ -123,7 +194,7 @@ fn unauthorized(s: &AppState, next: &str, actor: &str, message: &str) -> Respons
 fn error_page(s: &AppState, e: HostError) -> Response {
     s.metrics.error(e.kind());
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    html(
+    let mut r = html(
         status,
         html::page(
             "error",
@@ -133,7 +204,9 @@ fn error_page(s: &AppState, e: HostError) -> Response {
                 esc(&e.message())
             ),
         ),
-    )
+    );
+    add_error_headers(&mut r, status);
+    r
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
@@ -147,41 +220,31 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
-/// True when `token` is actor `id`'s inspector token (read from the store when the host has
-/// no document for it; nothing is woken).
-async fn is_actor_token(s: &AppState, id: &str, token: &str) -> Result<bool, HostError> {
-    if let Some((t, _)) = s.registry.known_doc(id).await {
-        return Ok(tokens_equal(token, &t));
-    }
-    Ok(match stored_token(s, id).await? {
-        Some(t) => tokens_equal(token, &t),
-        None => false,
-    })
-}
-
 /// The request's access from its bearer token or session cookie; `actor` is the page's actor
 /// (an actor token counts only there).
 async fn access(
     s: &AppState,
     headers: &HeaderMap,
     actor: Option<&str>,
-) -> Result<Option<Access>, HostError> {
+) -> Result<Option<(Access, Option<Session>)>, HostError> {
     if let Some(t) = bearer(headers) {
         if tokens_equal(t, &s.admin_token) {
-            return Ok(Some(Access::Admin));
+            return Ok(Some((Access::Admin, None)));
         }
         if let Some(id) = actor {
             if is_actor_token(s, id, t).await? {
-                return Ok(Some(Access::Actor(id.to_string())));
+                return Ok(Some((Access::Actor(id.to_string()), None)));
             }
         }
         return Ok(None);
     }
-    Ok(session_cookie(headers).and_then(|c| s.sessions.get(&c)))
+    Ok(session_cookie(headers)
+        .and_then(|c| s.sessions.get(&c))
+        .map(|sess| (sess.access.clone(), Some(sess))))
 }
 
-fn allowed(a: &Option<Access>, actor: Option<&str>) -> bool {
-    match (a, actor) {
+fn allowed(a: &Option<(Access, Option<Session>)>, actor: Option<&str>) -> bool {
+    match (a.as_ref().map(|(a, _)| a), actor) {
         (Some(Access::Admin), _) => true,
         (Some(Access::Actor(x)), Some(id)) => x == id,
         _ => false,
@@ -220,7 +283,8 @@ async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Response {
         errors: m.errors_by_kind(),
         kv_rates: m.kv_rates(),
     };
-    html(StatusCode::OK, html::overview(&o))
+    let csrf = a.and_then(|(_, sess)| sess).map(|sess| sess.csrf);
+    html(StatusCode::OK, html::overview(&o, csrf.as_deref()))
 }
 
 /// `GET /open?id=…`: the search box; redirects to the actor's page.
@@ -251,16 +315,34 @@ fn local_path(next: &str) -> Option<&str> {
         .filter(|n| n.bytes().all(|b| b.is_ascii_graphic()))
 }
 
-/// `POST /signin` (form: `token`, optional `actor` and `next`): a session cookie and a
-/// redirect, or 401 with the form again.
-async fn signin(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let Ok(body) = body else {
-        return error_page(&s, HostError::BadRequest("cannot read the form".into()));
+/// `POST /signin` (form: `token`, optional `actor` and `next`, and `csrf`, the token of the
+/// sign-in cookie): from this origin only; a session cookie and a redirect, or 401 with the
+/// form again (403 when the origin or the CSRF token is wrong).
+async fn signin(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    if let Err(e) = csrf::check_origin(&headers) {
+        s.metrics.error(e.kind());
+        return signin_page(&s, StatusCode::FORBIDDEN, "/", "", &e.message());
+    }
+    let body = match read_body(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(e) => return error_page(&s, e),
     };
     let pairs = parse_form(&String::from_utf8_lossy(&body));
     let token = field(&pairs, "token").unwrap_or("").trim();
     let actor = field(&pairs, "actor").unwrap_or("").trim();
     let next = field(&pairs, "next").and_then(local_path);
+    let posted = field(&pairs, "csrf").unwrap_or("");
+    if !csrf::signin_cookie_matches(&headers, posted) {
+        let e = csrf::missing_token();
+        s.metrics.error(e.kind());
+        return signin_page(
+            &s,
+            StatusCode::FORBIDDEN,
+            next.unwrap_or("/"),
+            actor,
+            &e.message(),
+        );
+    }
     let access = if !token.is_empty() && tokens_equal(token, &s.admin_token) {
         Some(Access::Admin)
     } else if !token.is_empty() && check_actor_id(actor).is_ok() {
@@ -285,20 +367,58 @@ async fn signin(State(s): State<AppState>, body: Result<Bytes, BytesRejection>) 
         (Access::Actor(id), None) => format!("/actors/{}/inspector", url_encode(id)),
         (Access::Admin, None) => "/".to_string(),
     };
-    let id = s.sessions.create(access);
+    let id = match s.sessions.create(access) {
+        Ok(id) => id,
+        Err(e) => return error_page(&s, e),
+    };
     redirect(
         &to,
         Some(format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict")),
     )
 }
 
+/// `POST /signout` (form: `csrf`): ends the session and clears its cookie; a 303 to `/`. From
+/// this origin with the session's CSRF token only (403 otherwise); without a session it
+/// only clears the cookie.
+async fn signout(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let sid = session_cookie(&headers);
+    if let Some(sess) = sid.as_deref().and_then(|c| s.sessions.get(c)) {
+        if let Err(e) = check_form_post(&s, &headers, body, &sess).await {
+            return error_page(&s, e);
+        }
+    }
+    if let Some(c) = sid {
+        s.sessions.remove(&c);
+    }
+    redirect(
+        "/",
+        Some(format!(
+            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        )),
+    )
+}
+
+/// A cookie-authenticated form POST: from this origin and with the session's CSRF token (403
+/// otherwise); then its form fields.
+async fn check_form_post(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    sess: &Session,
+) -> Result<Vec<(String, String)>, HostError> {
+    csrf::check_origin(headers)?;
+    let body = read_body(s, headers, body).await?;
+    let pairs = parse_form(&String::from_utf8_lossy(&body));
+    if !csrf::token_matches(field(&pairs, "csrf").unwrap_or(""), &sess.csrf) {
+        return Err(csrf::missing_token());
+    }
+    Ok(pairs)
+}
+
 /// Collects the view on the actor's own queue (waking it). Like the JSON inspector routes,
 /// the page never creates an actor: an id the store never held is 404.
 async fn view(s: &AppState, id: &str, req: ViewRequest) -> Result<ActorView, HostError> {
-    if !s.registry.is_awake(id)
-        && s.registry.known_doc(id).await.is_none()
-        && stored_token(s, id).await?.is_none()
-    {
+    if actor_token(s, id).await? == Lookup::Absent {
         return Err(HostError::NotFound(format!("no actor {id:?} in the store")));
     }
     let slot: Arc<Mutex<Option<ActorView>>> = Arc::new(Mutex::new(None));
@@ -317,7 +437,7 @@ async fn checked(
     id: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
     query: &str,
-) -> Result<(String, Access), Response> {
+) -> Result<(String, Access, Option<Session>), Response> {
     let Ok(Path(id)) = id else {
         return Err(error_page(
             s,
@@ -329,7 +449,7 @@ async fn checked(
     }
     let page = format!("/actors/{}/inspector{}", url_encode(&id), query);
     match access(s, headers, Some(&id)).await {
-        Ok(a) if allowed(&a, Some(&id)) => Ok((id, a.unwrap_or(Access::Admin))),
+        Ok(Some((a, sess))) if allowed(&Some((a.clone(), None)), Some(&id)) => Ok((id, a, sess)),
         Ok(_) => Err(unauthorized(
             s,
             &page,
@@ -353,7 +473,7 @@ async fn actor_get(
     } else {
         format!("?{raw}")
     };
-    let (id, a) = match checked(&s, id, &headers, &suffix).await {
+    let (id, a, sess) = match checked(&s, id, &headers, &suffix).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -378,6 +498,7 @@ async fn actor_get(
                 admin: a == Access::Admin,
                 filter: &filter,
                 query_sql: "",
+                csrf: sess.as_ref().map(|x| x.csrf.as_str()),
             };
             html(StatusCode::OK, html::actor_page(&p, &v))
         }
@@ -391,9 +512,9 @@ async fn actor_query(
     State(s): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let (id, a) = match checked(&s, id, &headers, "").await {
+    let (id, a, sess) = match checked(&s, id, &headers, "").await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -405,10 +526,17 @@ async fn actor_query(
             "The query box needs the admin token.",
         );
     }
-    let Ok(body) = body else {
-        return error_page(&s, HostError::BadRequest("cannot read the form".into()));
+    let pairs = match &sess {
+        // Signed in with a cookie: same origin and the session's CSRF token.
+        Some(sess) => match check_form_post(&s, &headers, body, sess).await {
+            Ok(p) => p,
+            Err(e) => return error_page(&s, e),
+        },
+        None => match read_body(&s, &headers, body).await {
+            Ok(b) => parse_form(&String::from_utf8_lossy(&b)),
+            Err(e) => return error_page(&s, e),
+        },
     };
-    let pairs = parse_form(&String::from_utf8_lossy(&body));
     let sql = field(&pairs, "sql").unwrap_or("").to_string();
     if sql.trim().is_empty() {
         return error_page(&s, HostError::BadRequest("the query is empty".into()));
@@ -431,6 +559,7 @@ async fn actor_query(
                 admin: true,
                 filter: "",
                 query_sql: &sql,
+                csrf: sess.as_ref().map(|x| x.csrf.as_str()),
             };
             html(status, html::actor_page(&p, &v))
         }
