@@ -53,9 +53,11 @@ fn get_cookie(s: &Server, path: &str, cookie: &str) -> Answer {
     )
 }
 
+/// POSTs a form as a browser on the host's own page would (with `Origin`).
 fn post_form(s: &Server, path: &str, cookie: Option<&str>, form: &str) -> Answer {
     let mut req = client()
         .post(format!("{}{path}", s.base))
+        .header("Origin", &s.base)
         .header("Content-Type", "application/x-www-form-urlencoded");
     if let Some(c) = cookie {
         req = req.header("Cookie", c);
@@ -75,14 +77,46 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-/// Signs in with `token` (and `actor`): the `name=value` cookie.
-fn sign_in(s: &Server, token: &str, actor: &str) -> String {
-    let a = post_form(
+/// The value of the hidden `csrf` field of a page's form.
+fn form_csrf(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("a csrf field in the page");
+    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
+    rest[..rest.find('"').expect("end of the value")].to_string()
+}
+
+/// POSTs the sign-in form `form` as a browser that was shown the form would: with the form's
+/// CSRF token and its cookie.
+fn signin_post(s: &Server, form: &str) -> Answer {
+    let page = answer(client().get(format!("{}/", s.base)).call());
+    assert_eq!(page.0, 401);
+    let set = header(&page, "set-cookie").expect("the sign-in cookie");
+    let cookie = set.split(';').next().unwrap_or_default().trim().to_string();
+    let csrf = form_csrf(&page.2);
+    post_form(
         s,
         "/signin",
-        None,
-        &format!("token={}&actor={}", enc(token), enc(actor)),
-    );
+        Some(&cookie),
+        &format!("{form}&csrf={}", enc(&csrf)),
+    )
+}
+
+/// The admin's query box on `actor`'s page, signed in with `cookie`.
+fn query_box(s: &Server, actor: &str, cookie: &str, sql: &str) -> Answer {
+    let page = get_cookie(s, &format!("/actors/{actor}/inspector"), cookie);
+    let csrf = form_csrf(&page.2);
+    post_form(
+        s,
+        &format!("/actors/{actor}/inspector/query"),
+        Some(cookie),
+        &format!("csrf={}&sql={}", enc(&csrf), enc(sql)),
+    )
+}
+
+/// Signs in with `token` (and `actor`): the `name=value` cookie.
+fn sign_in(s: &Server, token: &str, actor: &str) -> String {
+    let a = signin_post(s, &format!("token={}&actor={}", enc(token), enc(actor)));
     assert_eq!(a.0, 303, "sign-in answered {}: {}", a.0, a.2);
     let set = header(&a, "set-cookie").expect("Set-Cookie").to_string();
     set.split(';').next().unwrap_or_default().trim().to_string()
@@ -125,19 +159,15 @@ fn sign_in_cookie_and_401() {
             .unwrap_or("")
             .starts_with("text/html"));
     }
-    // A wrong token: 401 and no cookie; a bogus cookie: 401.
-    let a = post_form(&s, "/signin", None, "token=wrong&actor=alpha");
+    // A wrong token: 401 and no session cookie (only a fresh sign-in form's); a bogus
+    // cookie: 401.
+    let a = signin_post(&s, "token=wrong&actor=alpha");
     assert_eq!(a.0, 401);
-    assert!(header(&a, "set-cookie").is_none());
+    assert!(header(&a, "set-cookie").is_some_and(|c| c.starts_with("kvsqlite_signin=")));
     assert_eq!(get_cookie(&s, "/", "kvsqlite_session=00ff").0, 401);
 
     // The admin token: a 303 with an HttpOnly, SameSite=Strict cookie (not Secure on HTTP).
-    let a = post_form(
-        &s,
-        "/signin",
-        None,
-        &format!("token={}&next=%2F", enc(ADMIN)),
-    );
+    let a = signin_post(&s, &format!("token={}&next=%2F", enc(ADMIN)));
     assert_eq!(a.0, 303, "{}", a.2);
     assert_eq!(header(&a, "location"), Some("/"));
     let set = header(&a, "set-cookie").expect("Set-Cookie");
@@ -162,12 +192,7 @@ fn sign_in_cookie_and_401() {
         "the overview lists alpha"
     );
     // An open redirect is refused: `next` must be a local path.
-    let a = post_form(
-        &s,
-        "/signin",
-        None,
-        &format!("token={}&next=%2F%2Fevil.example", enc(ADMIN)),
-    );
+    let a = signin_post(&s, &format!("token={}&next=%2F%2Fevil.example", enc(ADMIN)));
     assert_eq!(header(&a, "location"), Some("/"));
 
     // The page never creates an actor.
@@ -282,12 +307,7 @@ fn waterfall_log_tables_query_and_escaping() {
     assert!(!bad.2.contains("id=\"table-rows\""));
 
     // A read-only query works; a write is refused and changes nothing.
-    let q = post_form(
-        &s,
-        "/actors/shop/inspector/query",
-        Some(&cookie),
-        "sql=SELECT+count(*)+AS+total+FROM+items",
-    );
+    let q = query_box(&s, "shop", &cookie, "SELECT count(*) AS total FROM items");
     assert_eq!(q.0, 200, "{}", q.2);
     assert!(q.2.contains("<th>total</th>") && q.2.contains("<td>46</td>"));
     for write in [
@@ -296,12 +316,7 @@ fn waterfall_log_tables_query_and_escaping() {
         "ATTACH 'x.db' AS x",
         "BEGIN",
     ] {
-        let q = post_form(
-            &s,
-            "/actors/shop/inspector/query",
-            Some(&cookie),
-            &format!("sql={}", enc(write)),
-        );
+        let q = query_box(&s, "shop", &cookie, write);
         assert_eq!(q.0, 400, "{write}: {}", q.2);
         assert!(
             q.2.contains("id=\"query-error\"") && q.2.contains("refused"),
@@ -311,17 +326,13 @@ fn waterfall_log_tables_query_and_escaping() {
     let out = s.sql("shop", "SELECT count(*) FROM items", json!([]));
     assert_eq!(out["rows"], json!([[46]]));
     // A query returning markup shows it as text.
-    let q = post_form(
-        &s,
-        "/actors/shop/inspector/query",
-        Some(&cookie),
-        &format!("sql={}", enc("SELECT label FROM items WHERE n = 999")),
-    );
+    let q = query_box(&s, "shop", &cookie, "SELECT label FROM items WHERE n = 999");
     assert!(q
         .2
         .contains("<td>&lt;script&gt;window.pwned=1&lt;/script&gt;</td>"));
-    // The only <script> on any page is the inspector's own.
+    // The only script on any page is the inspector's own, from this host (no inline script).
     for body in [html, &p3, &q.2] {
-        assert_eq!(body.matches("<script>").count(), 1);
+        assert_eq!(body.matches("<script").count(), 1);
+        assert!(body.contains("<script src=\"/assets/inspector.js\" defer></script>"));
     }
 }

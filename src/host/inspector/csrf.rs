@@ -4,8 +4,10 @@
 //! host (`localhost:8080` is the same *site* as `localhost:7420`), so a page there could post
 //! the query box or sign a victim in. Every cookie-authenticated POST (and the sign-in, which
 //! a forged form could make with the attacker's token) must therefore (1) come from this
-//! origin — `Sec-Fetch-Site: same-origin` when the browser sends it, and an `Origin` equal to
-//! `http://` + `Host` when it sends that; a POST with neither is refused — and (2) carry the
+//! origin — `Sec-Fetch-Site: same-origin` when the browser sends it (it decides alone: under
+//! the pages' `Referrer-Policy: no-referrer` a browser sends `Origin: null` even for its own
+//! forms), else an `Origin` equal to `http://` + `Host`; a POST with neither is refused — and
+//! (2) carry the
 //! CSRF token of its session in a form field `csrf` (for the sign-in: the token of the short
 //! `kvsqlite_signin` cookie set with the form).
 
@@ -54,6 +56,7 @@ pub fn check_origin(headers: &HeaderMap) -> Result<(), HostError> {
                 "a form post from another origin is refused (Sec-Fetch-Site: {site})"
             )));
         }
+        return Ok(());
     }
     if let Some(origin) = origin {
         let same = host.is_some_and(|h| origin == format!("http://{h}"));
@@ -104,10 +107,17 @@ mod tests {
         assert!(check_origin(&headers(&[host, ("origin", "http://127.0.0.1:8080")])).is_err());
         assert!(check_origin(&headers(&[host, ("origin", "null")])).is_err());
         assert!(check_origin(&headers(&[host, ("sec-fetch-site", "same-site")])).is_err());
+        // A browser's own form under no-referrer: Origin null, Sec-Fetch-Site same-origin.
         assert!(check_origin(&headers(&[
             host,
             ("sec-fetch-site", "same-origin"),
-            ("origin", "http://evil:7420")
+            ("origin", "null")
+        ]))
+        .is_ok());
+        assert!(check_origin(&headers(&[
+            host,
+            ("sec-fetch-site", "cross-site"),
+            ("origin", "http://127.0.0.1:7420")
         ]))
         .is_err());
     }
