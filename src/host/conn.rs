@@ -12,7 +12,7 @@
 //!   `idle_timeout` is closed (checked on the connection's reads, see [`Guarded`]).
 //! - **Body timeout**: enforced where the body is read (`routes::read_body`), 408.
 //! - **Connection cap**: past `max_connections` open connections a new one is *refused*: it is
-//!   accepted, answered `503` (`{"error": "too many connections"}`, `Retry-After: 1`,
+//!   accepted, answered `503` (`{"error":"too many connections"}`, `Retry-After: 1`,
 //!   `Connection: close`) and closed, so a flood of idle sockets cannot queue real clients
 //!   behind it in the kernel's backlog and every refused client learns why at once.
 //! - **Shutdown**: when `shutdown` resolves the listener is closed (new connections are refused
@@ -64,7 +64,7 @@ impl Default for ConnLimits {
 }
 
 /// The answer to a connection over the cap (written raw: no request was read).
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 33\r\n\r\n{\"error\": \"too many connections\"}";
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 32\r\n\r\n{\"error\":\"too many connections\"}";
 
 /// What a connection and its service share: requests in progress (the idle timeout does not
 /// run while one is).

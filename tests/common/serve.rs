@@ -159,6 +159,27 @@ impl Server {
         (status, err)
     }
 
+    /// Sends SIGTERM without waiting.
+    pub fn send_term(&self) {
+        signal(self.pid(), "-TERM");
+    }
+
+    /// The exit status if the process has ended.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits (at most 60 s) for the exit: the status and what the process wrote to stderr.
+    pub fn wait_exit(mut self) -> (ExitStatus, String) {
+        let status = wait_bounded(&mut self.child, Duration::from_secs(60));
+        let err = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        (status, err)
+    }
+
     /// Sends SIGKILL and reaps the process.
     pub fn kill9(mut self) {
         signal(self.pid(), "-KILL");
