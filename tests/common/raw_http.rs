@@ -64,6 +64,11 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: Option<
 /// Reads one answer (head, then a body of `Content-Length` bytes); `None` when the connection
 /// closed (or failed) before a whole head arrived.
 pub fn read_answer(s: &mut TcpStream) -> Option<Answer> {
+    read_answer_to(s, "GET")
+}
+
+/// [`read_answer`] for a request of `method` (the answer to `HEAD` has no body).
+pub fn read_answer_to(s: &mut TcpStream, method: &str) -> Option<Answer> {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
@@ -87,11 +92,15 @@ pub fn read_answer(s: &mut TcpStream) -> Option<Answer> {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let len = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .and_then(|(_, v)| v.parse::<usize>().ok())
-        .unwrap_or(0);
+    let len = if method == "HEAD" {
+        0
+    } else {
+        headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).ok()?;
     Some(Answer {
