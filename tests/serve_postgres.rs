@@ -134,9 +134,12 @@ fn store_going_away_is_503_and_the_actor_recovers() {
         r#"{"sql": "INSERT INTO t VALUES ('during the cut')"}"#,
     );
     assert_eq!(st, 503, "{text}");
+    // Only "store unavailable": the store's URL and errors go to the host's log alone.
+    assert_eq!(text, r#"{"error":"store unavailable"}"#);
     // The actor was put to sleep; waking it needs the store too: 503 again.
     let (st, text) = s.post(&q, Some(ADMIN), r#"{"sql": "SELECT x FROM t"}"#);
     assert_eq!(st, 503, "{text}");
+    assert_eq!(text, r#"{"error":"store unavailable"}"#);
     assert_eq!(s.get("/healthz", None).0, 200);
     let m = s.metrics();
     assert!(m["kvsqlite_errors_total{kind=\"unavailable\"}"] >= 2.0);
@@ -165,4 +168,6 @@ fn store_going_away_is_503_and_the_actor_recovers() {
     assert_eq!(out["rows"], json!([[2]]));
     let (status, stderr) = s.terminate();
     assert!(status.success(), "exit {status:?}: {stderr}");
+    // The details are in the log.
+    assert!(stderr.contains("store unavailable: "), "{stderr}");
 }

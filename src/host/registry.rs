@@ -497,7 +497,8 @@ fn busy(wait: Duration) -> HostError {
 /// The 503 of a store failure: the client learns only that the store is unavailable, the
 /// log gets the details (store URLs and paths are not the client's business).
 pub fn store_unavailable(detail: impl std::fmt::Display) -> HostError {
-    tracing::warn!("store unavailable: {detail}");
+    // At error level: the default log filter shows it (the client sees none of it).
+    tracing::error!("store unavailable: {detail}");
     HostError::Unavailable(STORE_UNAVAILABLE.into())
 }
 
