@@ -38,16 +38,7 @@ fn actor_id(r: &mut Rng) -> String {
         pick(
             r,
             &[
-                ".",
-                "..",
-                "%2E%2E",
-                "a%2Fb",
-                "%00",
-                "%C3%BC",
-                "a%20b",
-                "~-_.",
-                "%ff",
-                "x%",
+                ".", "..", "%2E%2E", "a%2Fb", "%00", "%C3%BC", "a%20b", "~-_.", "%ff", "x%",
             ],
         )
         .to_string()
@@ -78,7 +69,11 @@ fn expr(r: &mut Rng, depth: u32) -> String {
             pick(r, &["abs", "length", "upper", "typeof", "hex", "coalesce"]),
             expr(r, depth + 1)
         ),
-        2 => format!("CAST({} AS {})", expr(r, depth + 1), pick(r, &["TEXT", "INTEGER", "BLOB", "REAL"])),
+        2 => format!(
+            "CAST({} AS {})",
+            expr(r, depth + 1),
+            pick(r, &["TEXT", "INTEGER", "BLOB", "REAL"])
+        ),
         3 => format!("(SELECT count(*) FROM t{})", r.below(3)),
         _ => format!("randomblob({})", r.below(64)),
     }
@@ -204,9 +199,28 @@ fn random_request(r: &mut Rng) -> (String, Vec<u8>) {
         10 => format!("/actors/{id}/inspector/query"),
         11 => pick(r, &["/signin", "/signout"]).to_string(),
         12 => format!("/open?id={id}"),
-        13 => format!("/actors/{id}/inspector?q={}&table=t0&offset={}", r.below(9), r.below(50)),
-        14 => pick(r, &["/assets/inspector.js", "/assets/inspector.css", "/assets/x"]).to_string(),
-        _ => pick(r, &["/actors", "/actors/f1", "/x/../y", "/%ff", "//", "/actors/f1/query/x"]).to_string(),
+        13 => format!(
+            "/actors/{id}/inspector?q={}&table=t0&offset={}",
+            r.below(9),
+            r.below(50)
+        ),
+        14 => pick(
+            r,
+            &["/assets/inspector.js", "/assets/inspector.css", "/assets/x"],
+        )
+        .to_string(),
+        _ => pick(
+            r,
+            &[
+                "/actors",
+                "/actors/f1",
+                "/x/../y",
+                "/%ff",
+                "//",
+                "/actors/f1/query/x",
+            ],
+        )
+        .to_string(),
     };
     // Mostly the route's own method, sometimes any.
     let natural = if path.ends_with("/query")
@@ -221,33 +235,63 @@ fn random_request(r: &mut Rng) -> (String, Vec<u8>) {
     let method = if r.chance(0.85) {
         natural.to_string()
     } else {
-        pick(r, &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]).to_string()
+        pick(
+            r,
+            &["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"],
+        )
+        .to_string()
     };
     let mut headers: Vec<(String, String)> = Vec::new();
     match r.below(7) {
         0 => {}
         1..=3 => headers.push(("Authorization".into(), format!("Bearer {ADMIN}"))),
-        4 => headers.push(("Authorization".into(), "Bearer wrong-token-0123456789".into())),
-        5 => headers.push(("Authorization".into(), pick(r, &["Basic eA==", "Bearer ", "bearer", "Bearer a b"]).to_string())),
-        _ => headers.push(("Cookie".into(), format!("kvsqlite_session={}; kvsqlite_signin=x", r.below(1 << 30)))),
+        4 => headers.push((
+            "Authorization".into(),
+            "Bearer wrong-token-0123456789".into(),
+        )),
+        5 => headers.push((
+            "Authorization".into(),
+            pick(r, &["Basic eA==", "Bearer ", "bearer", "Bearer a b"]).to_string(),
+        )),
+        _ => headers.push((
+            "Cookie".into(),
+            format!("kvsqlite_session={}; kvsqlite_signin=x", r.below(1 << 30)),
+        )),
     }
     if r.chance(0.3) {
-        headers.push(("Origin".into(), pick(r, &["http://localhost", "null", "http://evil"]).to_string()));
+        headers.push((
+            "Origin".into(),
+            pick(r, &["http://localhost", "null", "http://evil"]).to_string(),
+        ));
     }
     if r.chance(0.2) {
-        headers.push(("Sec-Fetch-Site".into(), pick(r, &["same-origin", "cross-site", "none"]).to_string()));
+        headers.push((
+            "Sec-Fetch-Site".into(),
+            pick(r, &["same-origin", "cross-site", "none"]).to_string(),
+        ));
     }
     if r.chance(0.5) {
         headers.push((
             "Content-Type".into(),
-            pick(r, &["application/json", "application/x-www-form-urlencoded", "text/plain"]).to_string(),
+            pick(
+                r,
+                &[
+                    "application/json",
+                    "application/x-www-form-urlencoded",
+                    "text/plain",
+                ],
+            )
+            .to_string(),
         ));
     }
     if r.chance(0.1) {
         headers.push(("X-Inspector-Poll".into(), "1".into()));
     }
     if r.chance(0.1) {
-        headers.push((format!("X-Junk-{}", r.below(100)), format!("v{}", r.below(100))));
+        headers.push((
+            format!("X-Junk-{}", r.below(100)),
+            format!("v{}", r.below(100)),
+        ));
     }
     let body = if method == "HEAD" || method == "GET" && r.chance(0.8) {
         None

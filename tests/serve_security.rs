@@ -18,7 +18,8 @@ use serve::{Server, ADMIN};
 const UNAUTHORIZED: &str = "missing or wrong token: send Authorization: Bearer <token>";
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 /// Runs until interrupted (the statement timeout).
-const FOREVER: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+const FOREVER: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
 
 fn bearer(t: &str) -> String {
     format!("Bearer {t}")
@@ -118,18 +119,34 @@ fn a_wrong_token_never_waits_on_the_actor() {
     std::thread::sleep(Duration::from_millis(500));
     let wrong = bearer("wrong-token-of-some-length");
     for (method, path, body) in [
-        ("POST", "/actors/a/query", Some(&br#"{"sql": "SELECT 1"}"#[..])),
-        ("POST", "/actors/a/batch", Some(&br#"{"statements": []}"#[..])),
+        (
+            "POST",
+            "/actors/a/query",
+            Some(&br#"{"sql": "SELECT 1"}"#[..]),
+        ),
+        (
+            "POST",
+            "/actors/a/batch",
+            Some(&br#"{"statements": []}"#[..]),
+        ),
         ("GET", "/actors/a/inspector/metrics", None),
         ("GET", "/actors/a/inspector/token", None),
     ] {
-        let a = send(&s, &request(method, path, &[("Authorization", &wrong)], body));
+        let a = send(
+            &s,
+            &request(method, path, &[("Authorization", &wrong)], body),
+        );
         assert_eq!(a.status, 401, "{path}: {a:?}");
         assert_eq!(json_of(&a), json!({ "error": UNAUTHORIZED }), "{path}");
     }
     let page = send(
         &s,
-        &request("GET", "/actors/a/inspector", &[("Authorization", &wrong)], None),
+        &request(
+            "GET",
+            "/actors/a/inspector",
+            &[("Authorization", &wrong)],
+            None,
+        ),
     );
     assert_eq!(page.status, 401);
     // Every 401 came while the statement still held the actor.
@@ -286,6 +303,9 @@ fn page_error(html: &str) -> &str {
     &html[from..from + html[from..].find("</p>").expect("</p>")]
 }
 
+/// A refused post: its headers, its form, the message shown.
+type Refusal<'a> = (Vec<(&'a str, &'a str)>, String, &'a str);
+
 #[test]
 fn cookie_posts_need_this_origin_and_the_csrf_token() {
     let s = Server::start("memory:", &[]);
@@ -302,7 +322,7 @@ fn cookie_posts_need_this_origin_and_the_csrf_token() {
     let csrf = csrf_of(&page.body);
     let q = "/actors/a/inspector/query";
     let form_ok = format!("csrf={csrf}&sql=SELECT+1+AS+one");
-    let refused: Vec<(Vec<(&str, &str)>, String, &str)> = vec![
+    let refused: Vec<Refusal> = vec![
         (
             vec![("Cookie", &session)],
             form_ok.clone(),
@@ -344,7 +364,10 @@ fn cookie_posts_need_this_origin_and_the_csrf_token() {
         assert_eq!(page_error(&a.body), message);
     }
     // This origin and the token: the query runs.
-    for h in [("Origin", origin_ok.as_str()), ("Sec-Fetch-Site", "same-origin")] {
+    for h in [
+        ("Origin", origin_ok.as_str()),
+        ("Sec-Fetch-Site", "same-origin"),
+    ] {
         let a = b.post(q, &[("Cookie", &session), h], &form_ok);
         assert_eq!(a.status, 200, "{a:?}");
         assert!(a.body.contains("<th>one</th>") && a.body.contains("<td>1</td>"));
@@ -359,7 +382,10 @@ fn cookie_posts_need_this_origin_and_the_csrf_token() {
     let (cookie, token) = b.signin_form();
     for (headers, form) in [
         (
-            vec![("Origin", "http://localhost:8080"), ("Cookie", cookie.as_str())],
+            vec![
+                ("Origin", "http://localhost:8080"),
+                ("Cookie", cookie.as_str()),
+            ],
             format!("token={ADMIN}&csrf={token}"),
         ),
         (
@@ -441,7 +467,11 @@ fn every_answer_carries_the_security_headers() {
         let a = send(&s, &request(method, path, &headers, None));
         assert_eq!(a.status, status, "{path}: {a:?}");
         assert_eq!(a.header("content-security-policy"), Some(CSP), "{path}");
-        assert_eq!(a.header("x-content-type-options"), Some("nosniff"), "{path}");
+        assert_eq!(
+            a.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
         assert_eq!(a.header("referrer-policy"), Some("no-referrer"), "{path}");
         assert_eq!(a.header("cache-control"), Some("no-store"), "{path}");
     }
@@ -458,7 +488,12 @@ fn every_answer_carries_the_security_headers() {
     assert_eq!(a.header("cache-control"), Some("no-store"));
     let page = send(
         &s,
-        &request("GET", "/actors/a/inspector", &[("Authorization", &admin)], None),
+        &request(
+            "GET",
+            "/actors/a/inspector",
+            &[("Authorization", &admin)],
+            None,
+        ),
     );
     assert!(!page.body.contains("<script>") && !page.body.contains("<style>"));
     assert!(!page.body.contains(" style="));

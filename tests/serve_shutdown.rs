@@ -149,9 +149,17 @@ fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_puts_every_actor_
     for a in actors {
         let got = kv_get(&kv, a, &["0x0168696e7473", "0x0166656e6365"]);
         assert_eq!(got.len(), 2, "{a}: {got:?}");
-        let hints = got[0].as_ref().unwrap_or_else(|| panic!("{a}: no hints record"));
-        let fence = got[1].as_ref().unwrap_or_else(|| panic!("{a}: no fence record"));
-        assert_eq!(&hints_fence(hints), fence, "{a}: a commit after the sleep record");
+        let hints = got[0]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{a}: no hints record"));
+        let fence = got[1]
+            .as_ref()
+            .unwrap_or_else(|| panic!("{a}: no fence record"));
+        assert_eq!(
+            &hints_fence(hints),
+            fence,
+            "{a}: a commit after the sleep record"
+        );
     }
 
     // The committed rows are there, the one in flight included.

@@ -98,7 +98,11 @@ fn hanging_clients_do_not_block_others_and_are_closed_after_their_timeout() {
     // Each hanging connection is closed by the host (without an answer), none is left open.
     for (what, conns) in [("partial head", &mut partial), ("silent", &mut silent)] {
         for c in conns.iter_mut() {
-            assert_eq!(wait_closed(c, 1 << 16), Closed::Closed(Vec::new()), "{what}");
+            assert_eq!(
+                wait_closed(c, 1 << 16),
+                Closed::Closed(Vec::new()),
+                "{what}"
+            );
         }
     }
     // The kept-alive connection, now idle, too.

@@ -496,7 +496,10 @@ pub(super) fn start(
     }
 
     let (instance, hold) = ph.internal("instantiate", true, || {
-        Ok((random_bytes().map_err(|e| ActorError::InvalidConfig(e.to_string()))?, is_new && wake.db_absent))
+        Ok((
+            random_bytes().map_err(|e| ActorError::InvalidConfig(e.to_string()))?,
+            is_new && wake.db_absent,
+        ))
     })?;
     let mut state = ph.internal("load_state", true, || {
         Ok(match &wake.state {

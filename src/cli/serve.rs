@@ -68,7 +68,11 @@ struct ConnArgs {
     max_connections: u64,
     /// At SIGINT/SIGTERM, connections still open after this many milliseconds are dropped
     /// (their statements interrupted); then every actor sleeps and the process exits 0.
-    #[arg(long = "shutdown-deadline-ms", value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        long = "shutdown-deadline-ms",
+        value_name = "N",
+        default_value_t = 10_000
+    )]
     shutdown_deadline_ms: u64,
 }
 

@@ -177,9 +177,15 @@ mod tests {
         run(async {
             // Wrong tokens, again and again: one store read.
             for _ in 0..5 {
-                assert!(!mem.check("a", "wrong", None, || read(Some("right"))).await.unwrap());
+                assert!(!mem
+                    .check("a", "wrong", None, || read(Some("right")))
+                    .await
+                    .unwrap());
             }
-            assert!(mem.check("a", "right", None, || read(Some("right"))).await.unwrap());
+            assert!(mem
+                .check("a", "right", None, || read(Some("right")))
+                .await
+                .unwrap());
             assert_eq!(reads.load(Ordering::SeqCst), 1);
             // An id the store does not hold: one read while remembered.
             for _ in 0..5 {

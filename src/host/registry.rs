@@ -173,7 +173,8 @@ impl Registry {
         let deadline = tokio::time::Instant::now() + self.lock_wait;
         loop {
             let slot = self.slot(id);
-            let Ok(guard) = tokio::time::timeout_at(deadline, slot.state.clone().lock_owned()).await
+            let Ok(guard) =
+                tokio::time::timeout_at(deadline, slot.state.clone().lock_owned()).await
             else {
                 return Err(busy(self.lock_wait));
             };

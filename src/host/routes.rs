@@ -374,7 +374,9 @@ async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostErro
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())),
         Err(e) if kv_unavailable(&e) => Err(store_unavailable(e)),
-        Err(e) => Err(HostError::Internal(format!("cannot read the actor's token: {e}"))),
+        Err(e) => Err(HostError::Internal(format!(
+            "cannot read the actor's token: {e}"
+        ))),
     }
 }
 
@@ -382,9 +384,7 @@ async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostErro
 /// slot or last document (no lock), else from the host's memory, else from the store (once).
 pub(crate) async fn actor_token(s: &AppState, id: &str) -> Result<Lookup, HostError> {
     let known = s.registry.known_token(id);
-    s.tokens
-        .lookup(id, known, || stored_token(s, id))
-        .await
+    s.tokens.lookup(id, known, || stored_token(s, id)).await
 }
 
 /// True when `token` is actor `id`'s token (see [`actor_token`]).

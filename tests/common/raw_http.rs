@@ -82,12 +82,7 @@ pub fn read_answer_to(s: &mut TcpStream, method: &str) -> Option<Answer> {
     }
     let head = String::from_utf8_lossy(&buf).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()?
-        .split(' ')
-        .nth(1)?
-        .parse::<u16>()
-        .ok()?;
+    let status = lines.next()?.split(' ').nth(1)?.parse::<u16>().ok()?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))

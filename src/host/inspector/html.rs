@@ -58,7 +58,10 @@ pub fn page(title: &str, body: &str) -> String {
 
 /// The hidden CSRF field of a form.
 fn csrf_field(csrf: &str) -> String {
-    format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(csrf))
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(csrf)
+    )
 }
 
 /// The sign-out button of a signed-in page (a form: sign-out is a POST with the CSRF token).

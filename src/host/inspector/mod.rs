@@ -170,7 +170,13 @@ async fn style() -> Response {
 
 /// The sign-in form with `status` (401, or 403 for a refused sign-in): a fresh sign-in CSRF
 /// token, in the form and in its cookie.
-fn signin_page(s: &AppState, status: StatusCode, next: &str, actor: &str, message: &str) -> Response {
+fn signin_page(
+    s: &AppState,
+    status: StatusCode,
+    next: &str,
+    actor: &str,
+    message: &str,
+) -> Response {
     let csrf = match csrf::new_token() {
         Ok(t) => t,
         Err(e) => return error_page(s, e),
