@@ -387,9 +387,26 @@ impl Measured {
     }
 }
 
-/// Collects the fields of `kvsqlite::query` events.
+/// Collects the fields of `kvsqlite::query` events of actor `q`.
 #[derive(Clone, Default)]
 struct Events(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+
+/// The binary's one global subscriber, collecting actor `q`'s query events (a thread-local
+/// default can miss events when other tests' threads register the same callsites first).
+fn events() -> Events {
+    use tracing_subscriber::layer::SubscriberExt;
+    static EVENTS: std::sync::OnceLock<Events> = std::sync::OnceLock::new();
+    EVENTS
+        .get_or_init(|| {
+            let events = Events::default();
+            let subscriber = tracing_subscriber::registry()
+                .with(events.clone())
+                .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+            events
+        })
+        .clone()
+}
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
     fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
@@ -407,7 +424,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
         }
         let mut v = V(Vec::new());
         e.record(&mut v);
-        self.0.lock().unwrap().push(v.0);
+        if v.0.iter().any(|(k, val)| k == "actor" && val == "q") {
+            self.0.lock().unwrap().push(v.0);
+        }
     }
 }
 
@@ -434,13 +453,8 @@ const PRELOADED: &str = "SELECT v AS preloaded FROM t WHERE id = 1";
 
 #[test]
 fn every_field_of_every_query_record_equals_what_was_measured_around_its_statement() {
-    use tracing_subscriber::layer::SubscriberExt;
     let (mem, counting, store) = counted();
-    let events = Events::default();
-    let subscriber = tracing_subscriber::registry()
-        .with(events.clone())
-        .with(tracing_subscriber::filter::LevelFilter::DEBUG);
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let events = events();
 
     // Creation: the migrations' statements are held, so they cost nothing; the start's one
     // write is the collector's, not a statement's.

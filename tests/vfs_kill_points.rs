@@ -392,7 +392,11 @@ fn kill_points(url: &str, actor: &str) {
 
     // 2. The next open's recovery, killed before its delete of the stage is sent.
     let mut w = Writer::spawn(actor, url);
-    w.run_until(|ev, _| is_call(ev, "delete_range"));
+    let ev = w.run_until(|ev, _| is_call(ev, "delete_range") || *ev == Event::Opened);
+    assert!(
+        is_call(&ev, "delete_range"),
+        "2: the open recovered nothing: {ev:?}"
+    );
     let (acked, opened) = w.kill();
     assert!(acked.is_empty() && !opened, "2: killed inside the open");
     assert_eq!(
@@ -404,12 +408,16 @@ fn kill_points(url: &str, actor: &str) {
     // 3. Recovery again, killed once the store answered the delete.
     let mut w = Writer::spawn(actor, url);
     let mut deleting = false;
-    w.run_until(|ev, _| {
+    let ev = w.run_until(|ev, _| {
         if is_call(ev, "delete_range") {
             deleting = true;
         }
-        deleting && matches!(ev, Event::Answered(_, true))
+        *ev == Event::Opened || deleting && matches!(ev, Event::Answered(_, true))
     });
+    assert!(
+        deleting && ev != Event::Opened,
+        "3: the open recovered nothing"
+    );
     let (acked, opened) = w.kill();
     assert!(acked.is_empty() && !opened, "3: killed inside the open");
     assert_eq!(
