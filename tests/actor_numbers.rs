@@ -389,7 +389,10 @@ impl Measured {
 
 /// Collects the fields of `kvsqlite::query` events of actor `q`.
 #[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Vec<(String, String)>>>>);
+struct Events(Arc<Mutex<Vec<Fields>>>);
+
+/// One event's fields as `(name, value)`.
+type Fields = Vec<(String, String)>;
 
 /// The binary's one global subscriber, collecting actor `q`'s query events (a thread-local
 /// default can miss events when other tests' threads register the same callsites first).

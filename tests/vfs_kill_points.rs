@@ -49,7 +49,7 @@ const SCHEMA: &str =
 /// The rows of transaction `n`: even ones are one small row (one put), odd ones 400 rows of
 /// 3,000 random bytes (about 400 pages: a staged commit of several puts).
 fn txn_rows(n: u64) -> Vec<Vec<u8>> {
-    let mut rng = Rng::new(0x4B1_77 ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut rng = Rng::new(0x4B17 ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let (rows, len) = if n % 2 == 0 { (1, 100) } else { (400, 3000) };
     (0..rows).map(|_| rng.bytes(len)).collect()
 }
