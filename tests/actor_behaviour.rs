@@ -127,47 +127,6 @@ fn an_existing_actor_keeps_the_migrations_before_the_failing_one() {
 }
 
 #[test]
-fn edited_gapped_and_duplicate_migrations_refuse_the_start_and_change_nothing() {
-    let (mem, store) = mem();
-    Actor::start(store.clone(), "a", &cfg(base()))
-        .unwrap()
-        .sleep()
-        .unwrap();
-    let before = mem.dump();
-    let mut edited = base();
-    edited[0] = m(
-        "0001_t.sql",
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, extra);",
-    );
-    match start_err(&store, "a", &cfg(edited)) {
-        ActorError::Migration(MigrationError::Edited { file, .. }) => {
-            assert_eq!(file, "0001_t.sql")
-        }
-        e => panic!("unexpected {e:?}"),
-    }
-    let mut gap = base();
-    gap.push(m("0004_x.sql", "SELECT 1;"));
-    assert!(matches!(
-        start_err(&store, "a", &cfg(gap)),
-        ActorError::Migration(MigrationError::Gap { missing: 3, .. })
-    ));
-    let mut dup = base();
-    dup.push(m("0002_again.sql", "SELECT 1;"));
-    assert!(matches!(
-        start_err(&store, "a", &cfg(dup)),
-        ActorError::Migration(MigrationError::Duplicate { number: 2, .. })
-    ));
-    // Only the fence record may move (a refused start wrote nothing else); the database and
-    // the state are as they were.
-    let strip = |d: Vec<(String, Vec<u8>, Vec<u8>)>| {
-        d.into_iter()
-            .filter(|(_, k, _)| k.as_slice() != b"\x01fence")
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(strip(mem.dump()), strip(before));
-}
-
-#[test]
 fn a_failing_or_panicking_hook_refuses_a_new_actor_and_writes_nothing() {
     type Setter = fn(&mut Hooks);
     let setters: Vec<(&str, Setter)> = vec![

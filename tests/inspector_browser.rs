@@ -1,7 +1,9 @@
 //! The inspector pages in headless Chromium, driven over chromedriver's W3C WebDriver HTTP
 //! API with `ureq` and `serde_json`: sign in, the waterfall's phases, the query log's round
 //! trips, table paging, the read-only query box (a write refused), and markup in values and
-//! SQL shown as text without running. Screenshots are written under `target/` (the paths are
+//! SQL shown as text without running; markup in a table name, a column name and `?q=` shown as
+//! text, the log filter as one types, and one refresh by the page's script (no reload).
+//! Screenshots are written under `target/` (the paths are
 //! printed).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Without them the
@@ -390,4 +392,122 @@ fn inspector_in_headless_chromium() {
     b.go(&format!("{}/", s.base));
     assert!(b.text(&b.find("h1")).contains("kvsqlite host"));
     b.screenshot("host");
+}
+
+impl Browser {
+    /// True when `el` is displayed (WebDriver's own visibility rule).
+    fn displayed(&self, el: &str) -> bool {
+        self.call("GET", &self.s(&format!("/element/{el}/displayed")), None) == json!(true)
+    }
+
+    /// The SQL cells of the query log's rows that are displayed.
+    fn shown_log(&self) -> Vec<String> {
+        self.find_all("#log tbody tr")
+            .iter()
+            .filter(|r| self.displayed(r))
+            .map(|r| self.text(&self.find_in(r, "td.sql")))
+            .collect()
+    }
+}
+
+/// Markup in a table name, a column name and `?q=`, shown as text and never run; the log
+/// filter as one types; and one refresh of the page's script (a statement run after the page
+/// loaded appears in its log without a reload, and the filter still applies to it).
+#[test]
+fn inspector_filter_refresh_and_markup_in_names_in_headless_chromium() {
+    let chromium = find_program(&["chromium", "chromium-browser"]);
+    let driver = find_program(&["chromedriver"]);
+    let (Some(chromium), Some(driver)) = (chromium, driver) else {
+        let msg = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)";
+        skip::skip(msg);
+        return;
+    };
+    let table = "<b>t</b><img src=x onerror=\"window.pwned=4\">";
+    let column = "<i>c</i><script>window.pwned=5</script>";
+    let s = Server::start("memory:", &[]);
+    let quoted = |n: &str| format!("\"{}\"", n.replace('"', "\"\""));
+    s.sql(
+        "names",
+        &format!("CREATE TABLE {}({} TEXT)", quoted(table), quoted(column)),
+        json!([]),
+    );
+    s.sql(
+        "names",
+        &format!("INSERT INTO {} VALUES ('apple')", quoted(table)),
+        json!([]),
+    );
+    s.sql("names", "SELECT 'banana' AS fruit", json!([]));
+
+    let b = Browser::start(&chromium, &driver);
+    b.go(&format!("{}/actors/names/inspector", s.base));
+    b.clear_and_type(&b.find("#token"), ADMIN);
+    b.click_and_load(&b.find("#signin"));
+    assert_eq!(b.text(&b.find("#actor-id")), "names");
+
+    // The names as text, in the tables list.
+    let tables = b.text(&b.find("#tables"));
+    assert!(tables.contains(table), "table name as text: {tables}");
+    assert!(tables.contains(column), "column name as text: {tables}");
+
+    // The filter, as one types: only matching rows stay displayed.
+    let all = b.shown_log();
+    assert!(all.iter().any(|q| q.contains("'apple'")), "{all:?}");
+    assert!(all.iter().any(|q| q.contains("'banana'")), "{all:?}");
+    b.clear_and_type(&b.find("#filter"), "BANANA");
+    assert_eq!(b.shown_log(), ["SELECT 'banana' AS fruit"]);
+
+    // One refresh: a statement run now appears in the page without a reload, filtered too.
+    b.script("window.__kvsqliteSamePage = true;");
+    s.sql("names", "SELECT 'banana split' AS dessert", json!([]));
+    s.sql("names", "SELECT 'cherry' AS fruit", json!([]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !b
+        .shown_log()
+        .contains(&"SELECT 'banana split' AS dessert".to_string())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the page's refresh never showed the new statement: {:?}",
+            b.shown_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        b.script("return window.__kvsqliteSamePage === true;"),
+        json!(true),
+        "refreshed without a reload"
+    );
+    assert_eq!(
+        b.shown_log(),
+        [
+            "SELECT 'banana split' AS dessert",
+            "SELECT 'banana' AS fruit"
+        ]
+    );
+    let cherry = b
+        .find_all("#log tbody tr")
+        .into_iter()
+        .find(|r| b.attr(r, "data-sql").contains("cherry"))
+        .expect("the refresh brought the cherry row");
+    assert!(!b.displayed(&cherry), "the new non-matching row is hidden");
+
+    // Markup in `?q=`: the filter box holds it as its value, and the log is filtered by it.
+    let q = "<script>window.pwned=6</script>\"><img src=x onerror=\"window.pwned=7\">";
+    let enc: String = q
+        .bytes()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                (c as char).to_string()
+            } else {
+                format!("%{c:02X}")
+            }
+        })
+        .collect();
+    b.go(&format!("{}/actors/names/inspector?q={enc}", s.base));
+    let filter = b.find("#filter");
+    assert_eq!(b.attr(&filter, "value"), q);
+    assert!(b.shown_log().is_empty(), "{:?}", b.shown_log());
+    b.screenshot("actor-markup-names");
+
+    assert_eq!(b.script("return typeof window.pwned;"), json!("undefined"));
 }

@@ -3,7 +3,10 @@
 //! Chinook (from `../shared/corpus/chinook/`, skipped when absent, a failure under `CI=true`)
 //! goes in and out with every row intact; a generated file of about 4 MB costs exactly the
 //! round trips the README states; an export while another connection writes is a consistent
-//! snapshot; truncated and non-SQLite inputs are clear errors that leave the store unchanged.
+//! snapshot; truncated and non-SQLite inputs are clear errors that leave the store unchanged;
+//! a file with indexes, triggers, a view, a `WITHOUT ROWID` table, an 8 KiB page size,
+//! `user_version` and `application_id` comes back with its schema, pragmas, `integrity_check`
+//! and a content hash over every table equal (in the actor and after export).
 
 #[path = "common/skip.rs"]
 mod skip;
@@ -361,4 +364,124 @@ fn the_cli_imports_exports_and_refuses_what_it_must() {
     let exported = Connection::open(dir.path().join("out.sqlite")).unwrap();
     let original = Connection::open(&good).unwrap();
     assert_eq!(all_rows(&original), all_rows(&exported));
+}
+
+/// What a database is beyond its rows: every schema entry (tables, indexes, triggers, views,
+/// with their SQL and root pages), `user_version`, `application_id`, `page_size`,
+/// `integrity_check`, and a content hash over every row of every table (MD5 of a canonical
+/// text: table name, then each row in rowid or full-row order, values tagged by type).
+#[derive(Debug, PartialEq)]
+struct Shape {
+    schema: Vec<(String, String, String, i64, Option<String>)>,
+    user_version: i64,
+    application_id: i64,
+    page_size: i64,
+    integrity: String,
+    content: String,
+}
+
+fn shape(conn: &Connection) -> Shape {
+    let mut stmt = conn
+        .prepare(
+            "SELECT type, name, tbl_name, rootpage, sql FROM sqlite_schema ORDER BY type, name",
+        )
+        .unwrap();
+    let schema: Vec<(String, String, String, i64, Option<String>)> = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let pragma = |p: &str| -> i64 {
+        conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    let mut text = String::new();
+    for (_, name, _, _, _) in schema.iter().filter(|s| s.0 == "table") {
+        text.push_str(&format!("table {name:?}\n"));
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{name}\"")).unwrap();
+        let n = stmt.column_count();
+        let mut rows: Vec<String> = stmt
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| format!("{:?}", r.get::<_, Value>(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(","))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        for r in rows {
+            text.push_str(&r);
+            text.push('\n');
+        }
+    }
+    Shape {
+        schema,
+        user_version: pragma("user_version"),
+        application_id: pragma("application_id"),
+        page_size: pragma("page_size"),
+        integrity: integrity(conn),
+        content: kvsqlite::slt::md5::md5_hex(text.as_bytes()),
+    }
+}
+
+#[test]
+fn import_then_export_keeps_the_schema_pragmas_and_a_hash_of_every_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("rich.sqlite");
+    {
+        let conn = Connection::open(&source).unwrap();
+        conn.execute_batch(
+            "PRAGMA page_size = 8192;
+             PRAGMA user_version = 4242;
+             PRAGMA application_id = 1801812339;
+             CREATE TABLE author(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, born REAL);
+             CREATE TABLE book(id INTEGER PRIMARY KEY, author INTEGER REFERENCES author(id),
+                               title TEXT COLLATE NOCASE, cover BLOB, pages INTEGER CHECK (pages > 0));
+             CREATE TABLE tag(book INTEGER, tag TEXT, PRIMARY KEY (book, tag)) WITHOUT ROWID;
+             CREATE TABLE audit(at INTEGER, what TEXT);
+             CREATE INDEX book_title ON book(title);
+             CREATE INDEX book_author_pages ON book(author, pages DESC) WHERE pages > 10;
+             CREATE TRIGGER book_added AFTER INSERT ON book BEGIN
+               INSERT INTO audit VALUES (new.id, 'added ' || new.title);
+             END;
+             CREATE VIEW long_books AS SELECT title, pages FROM book WHERE pages > 300;
+             INSERT INTO author(name, born) VALUES ('Ann', 1901.5), ('Bo', NULL), ('Cy', -3.25);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 700)
+             INSERT INTO book(author, title, cover, pages)
+               SELECT i % 3 + 1, printf('Title %04d', i), randomblob(i % 50), i FROM s;
+             INSERT INTO tag SELECT id, 'even' FROM book WHERE id % 2 = 0;
+             INSERT INTO tag SELECT id, 'ten' FROM book WHERE id % 10 = 0;",
+        )
+        .unwrap();
+    }
+    let original = shape(
+        &Connection::open_with_flags(&source, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap(),
+    );
+    assert_eq!(
+        (
+            original.page_size,
+            original.user_version,
+            original.application_id
+        ),
+        (8192, 4242, 1801812339)
+    );
+    // 4 tables, the UNIQUE constraint's automatic index, 2 indexes, a trigger, a view.
+    assert_eq!(original.schema.len(), 9, "{:?}", original.schema);
+
+    let store = memory();
+    let report = import_file(store.clone(), "rich", &source, &ImportOptions::default()).unwrap();
+    assert_eq!(report.page_size, 8192);
+    // The actor's database, read through the VFS, is the source.
+    let db = open_database(store.clone(), "rich", &OpenOptions::default()).unwrap();
+    assert_eq!(shape(&db), original);
+    drop(db);
+
+    let out = dir.path().join("out.sqlite");
+    export_file(store, "rich", &out, false).unwrap();
+    let exported = Connection::open(&out).unwrap();
+    assert_eq!(shape(&exported), original);
 }

@@ -209,6 +209,7 @@ fn kill_rounds(url: &str, backend: Backend, tag: &str, actor_prefix: &str, seed:
     let mut last_ack: Option<u64> = None;
     let mut actor = String::new();
     let mut kills_before_first_ack = 0;
+    let mut planned_before_first_ack = 0;
     let mut in_flight_landed = 0;
     for round in 0..ROUNDS {
         if round % ROUNDS_PER_ACTOR == 0 {
@@ -216,6 +217,7 @@ fn kill_rounds(url: &str, backend: Backend, tag: &str, actor_prefix: &str, seed:
             last_ack = None;
         }
         let acks = rng.below(4) as usize;
+        planned_before_first_ack += (acks == 0) as u32;
         let delay = Duration::from_millis(rng.below(60));
         let app = format!("kill9_{}_{round}", std::process::id());
         let child_url = match backend {
@@ -231,6 +233,11 @@ fn kill_rounds(url: &str, backend: Backend, tag: &str, actor_prefix: &str, seed:
         }
         let what = format!("{tag} round {round} ({acks} acks + {delay:?})");
         kills_before_first_ack += acked.is_empty() as u32;
+        // A round that waits for acknowledgements is killed only after them.
+        assert!(
+            acks == 0 || acked.len() >= acks,
+            "{what}: killed before its acks"
+        );
         if !acked.is_empty() {
             let next = last_ack.map_or(0, |a| a + 1);
             // The child went on from the last one stored.
@@ -274,6 +281,17 @@ fn kill_rounds(url: &str, backend: Backend, tag: &str, actor_prefix: &str, seed:
     eprintln!(
         "{tag}: {ROUNDS} kills, {kills_before_first_ack} before a round's first ack, \
          in-flight transaction landed {in_flight_landed} times"
+    );
+    // The seeded plan kills some children before their first acknowledgement (during their
+    // start, open and recovery), and only those rounds can end without one. Whether a random
+    // kill lands inside a commit is up to timing: `vfs_kill_points` stops the child there.
+    assert!(
+        planned_before_first_ack > 0,
+        "{tag}: the plan never kills before a first ack"
+    );
+    assert!(
+        kills_before_first_ack <= planned_before_first_ack,
+        "{tag}: {kills_before_first_ack} rounds without an ack, {planned_before_first_ack} planned"
     );
 }
 

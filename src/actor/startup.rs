@@ -38,6 +38,102 @@ use crate::preload::{Lookup, Preload};
 use crate::vfs::layout::{self, FileKind, Meta};
 use crate::vfs::{open_database, Database, FenceSpec};
 
+/// When a startup gauge is in an actor's metrics document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaugeWhen {
+    /// After every start.
+    Always,
+    /// After a start that created the actor.
+    New,
+    /// After a start with migrations configured (`ActorConfig::migrate`).
+    Migrate,
+    /// After a start with this hook set (`ActorConfig::hooks`), a new actor or not.
+    Hook(&'static str),
+    /// After a start with this hook set that created the actor.
+    NewHook(&'static str),
+}
+
+impl GaugeWhen {
+    /// The condition in words, as the README's table of startup gauges shows it.
+    pub fn describe(self) -> String {
+        match self {
+            GaugeWhen::Always => "always".into(),
+            GaugeWhen::New => "new actor".into(),
+            GaugeWhen::Migrate => "migrations configured".into(),
+            GaugeWhen::Hook(h) => format!("hook `{h}` set"),
+            GaugeWhen::NewHook(h) => format!("new actor, hook `{h}` set"),
+        }
+    }
+
+    /// True when a start with these properties has the gauge.
+    pub fn holds(self, is_new: bool, migrate: bool, hooks: &[&str]) -> bool {
+        match self {
+            GaugeWhen::Always => true,
+            GaugeWhen::New => is_new,
+            GaugeWhen::Migrate => migrate,
+            GaugeWhen::Hook(h) => hooks.contains(&h),
+            GaugeWhen::NewHook(h) => is_new && hooks.contains(&h),
+        }
+    }
+}
+
+/// Every startup gauge of [`crate::actor::Actor::metrics`], with when it is there: the one list
+/// the code, the README's table (section "Actors") and the tests share
+/// (`tests/actor_numbers.rs` keeps the README equal to it and the documents equal to it).
+pub const STARTUP_GAUGES: &[(&str, GaugeWhen)] = &[
+    ("startup_internal_check_persist_data_ms", GaugeWhen::Always),
+    ("startup_internal_preload_kv_ms", GaugeWhen::Always),
+    (
+        "startup_user_create_state_ms",
+        GaugeWhen::NewHook("create_state"),
+    ),
+    ("startup_user_on_create_ms", GaugeWhen::NewHook("on_create")),
+    ("startup_internal_init_new_actor_ms", GaugeWhen::New),
+    ("startup_internal_instantiate_ms", GaugeWhen::Always),
+    ("startup_internal_load_state_ms", GaugeWhen::Always),
+    (
+        "startup_internal_init_inspector_token_ms",
+        GaugeWhen::Always,
+    ),
+    (
+        "startup_internal_setup_database_client_ms",
+        GaugeWhen::Always,
+    ),
+    ("startup_user_db_migrate_ms", GaugeWhen::Migrate),
+    (
+        "startup_user_create_vars_ms",
+        GaugeWhen::Hook("create_vars"),
+    ),
+    ("startup_user_on_wake_ms", GaugeWhen::Hook("on_wake")),
+    (
+        "startup_user_on_before_actor_start_ms",
+        GaugeWhen::Hook("on_before_actor_start"),
+    ),
+    (
+        "startup_internal_on_before_actor_start_ms",
+        GaugeWhen::Hook("on_before_actor_start"),
+    ),
+    ("startup_internal_flush_writes_ms", GaugeWhen::Always),
+    ("startup_total_ms", GaugeWhen::Always),
+    ("startup_kv_round_trips", GaugeWhen::Always),
+    ("startup_is_new", GaugeWhen::Always),
+    ("preload_kv_entries", GaugeWhen::Always),
+    ("preload_kv_bytes", GaugeWhen::Always),
+    ("startup_preload_hits", GaugeWhen::Always),
+    ("startup_preload_misses", GaugeWhen::Always),
+    ("flush_writes_entries", GaugeWhen::Always),
+    ("startup_prefetch_round_trips", GaugeWhen::Always),
+];
+
+/// The names of [`STARTUP_GAUGES`] a start with these properties has, in the list's order.
+pub fn startup_gauge_names(is_new: bool, migrate: bool, hooks: &[&str]) -> Vec<&'static str> {
+    STARTUP_GAUGES
+        .iter()
+        .filter(|(_, w)| w.holds(is_new, migrate, hooks))
+        .map(|(n, _)| *n)
+        .collect()
+}
+
 /// Whose time a phase measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Group {
@@ -108,8 +204,13 @@ impl StartupReport {
     /// Adds the startup gauges to a metrics document.
     pub fn fill(&self, doc: &mut MetricsDoc) {
         for p in &self.phases {
+            let name = format!("startup_{}_{}_ms", p.group.name(), p.name);
+            debug_assert!(
+                STARTUP_GAUGES.iter().any(|(n, _)| *n == name),
+                "{name} is missing from STARTUP_GAUGES"
+            );
             doc.gauge_f64(
-                &format!("startup_{}_{}_ms", p.group.name(), p.name),
+                &name,
                 &format!(
                     "milliseconds of the {} startup phase {}",
                     p.group.name(),
@@ -161,6 +262,7 @@ impl StartupReport {
             ),
         ];
         for (name, help, v) in ints {
+            debug_assert!(STARTUP_GAUGES.iter().any(|(n, _)| *n == name));
             doc.gauge_int(name, help, v as i64);
         }
     }
@@ -534,7 +636,6 @@ pub(super) fn start(
         let (log, hook) = query_log::install(&db, actor_id, db.stats());
         Ok((db, log, hook))
     })?;
-    let db_before = db.snapshot();
 
     if config.migrate {
         let before = ph.reads();
@@ -599,7 +700,9 @@ pub(super) fn start(
     })?;
     let flush_entries = counting.snapshot().total().keys_written - written_before;
 
-    let d = db.snapshot() - db_before;
+    // The database's counters are its own since the open (a fenced open never shares an open
+    // database's state), so they count the open's page reads too.
+    let d = db.snapshot();
     let startup_pages = db.recent_reads();
     db.release_preload();
     db.track_reads(true);

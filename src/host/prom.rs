@@ -119,6 +119,8 @@ pub struct HostMetrics {
     pub kv_round_trips: AtomicU64,
     /// Actors awake now (including one being woken).
     pub actors_awake: AtomicU64,
+    /// The most actors ever awake at once since the host started (never above `--max-awake`).
+    pub actors_awake_peak: AtomicU64,
     /// KV round trips per wake.
     pub wake_round_trips: Histogram,
     /// Wake duration in seconds.
@@ -145,6 +147,7 @@ impl Default for HostMetrics {
             wake_failures: AtomicU64::new(0),
             kv_round_trips: AtomicU64::new(0),
             actors_awake: AtomicU64::new(0),
+            actors_awake_peak: AtomicU64::new(0),
             wake_round_trips: Histogram::new(ROUND_TRIPS),
             wake_seconds: Histogram::new(SECONDS),
             query_seconds: Histogram::new(SECONDS),
@@ -251,6 +254,16 @@ impl HostMetrics {
             out,
             "kvsqlite_actors_awake {}",
             self.actors_awake.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP kvsqlite_actors_awake_peak The most actors awake at once since the host started."
+        );
+        let _ = writeln!(out, "# TYPE kvsqlite_actors_awake_peak gauge");
+        let _ = writeln!(
+            out,
+            "kvsqlite_actors_awake_peak {}",
+            self.actors_awake_peak.load(Ordering::Relaxed)
         );
         self.wake_round_trips.render(
             &mut out,

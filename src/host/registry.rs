@@ -301,6 +301,10 @@ impl Registry {
                     .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
+                    // Every rise of the count passes here, so the peak misses none.
+                    self.metrics
+                        .actors_awake_peak
+                        .fetch_max(cur + 1, Ordering::AcqRel);
                     return Ok(());
                 }
                 continue;

@@ -84,7 +84,13 @@ impl DbState {
         if self.moved.load(Ordering::SeqCst) {
             return Err(KvError::Conflict { key: m.key.clone() });
         }
+        let added = batch.puts.len();
         let next = m.guard(batch);
+        // The fence record rides in the same write: it is written too.
+        for (k, v) in &batch.puts[added.min(batch.puts.len())..] {
+            s.add(&s.keys_written, 1);
+            s.add(&s.bytes_written, (k.len() + v.len()) as u64);
+        }
         match self.kv.write(batch) {
             Ok(()) => {
                 m.advance(next);

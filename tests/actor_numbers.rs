@@ -1,0 +1,636 @@
+//! Every number the actor layer names, checked against what was measured around it:
+//!
+//! - the startup gauges: the README's table is `actor::startup::STARTUP_GAUGES`, a new actor's
+//!   and a wake's documents hold exactly the names it gives them, and every count equals what a
+//!   `CountingStore` around the actor's store and `Database::snapshot()` measured over the start;
+//!   an over-budget wake is counted alone on the outer store (1 round trip) and its background
+//!   prefetch alone (1), the prefetch held back by a gate until the wake was counted;
+//! - the query log: each statement of a scripted session (a preloaded read in a hook, a
+//!   migration, a cold read, the same read cached, an autocommit write, an explicit
+//!   transaction) has a record and a `tracing` event whose every field equals the deltas measured
+//!   around it (`duration_us` bounded by the measured wall interval, never timed);
+//! - refused starts (edited, gapped, duplicate migrations): the whole store, fence included, is
+//!   byte-equal before and after, and the counting store saw no write.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use kvsqlite::actor::startup::{startup_gauge_names, STARTUP_GAUGES};
+use kvsqlite::actor::{records, Actor, ActorConfig, ActorError, Migration, MigrationError};
+use kvsqlite::actor::{QueryRecord, StartupReport};
+use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
+use kvsqlite::kv::memory::MemoryStore;
+use kvsqlite::kv::{
+    Key, KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult, SharedStore, Value,
+    WriteBatch,
+};
+use kvsqlite::vfs::stats::Snapshot;
+use serde_json::Value as Json;
+
+fn m(name: &str, sql: &str) -> Migration {
+    Migration::new(name, sql).unwrap()
+}
+
+fn base() -> Vec<Migration> {
+    vec![
+        m("0001_t.sql", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);"),
+        m(
+            "0002_seed.sql",
+            "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200) SELECT printf('v%03d', i) FROM s;",
+        ),
+    ]
+}
+
+fn cfg(list: Vec<Migration>) -> ActorConfig {
+    let mut c = ActorConfig::default().with_migrations(list);
+    c.strict = true;
+    c
+}
+
+fn counted() -> (Arc<MemoryStore>, Arc<CountingStore>, SharedStore) {
+    let mem = Arc::new(MemoryStore::new());
+    let counting = CountingStore::wrap(mem.clone());
+    let shared = counting.shared();
+    (mem, counting, shared)
+}
+
+/// The integer value of gauge or counter `name` in a metrics document.
+fn int(doc: &Json, name: &str) -> u64 {
+    doc[name]["value"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} is not an integer in {doc}"))
+}
+
+/// The names of the document's gauges.
+fn gauges(doc: &Json) -> BTreeSet<String> {
+    doc.as_object()
+        .expect("an object")
+        .iter()
+        .filter(|(_, v)| v["type"] == "gauge")
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+fn set(names: Vec<&str>) -> BTreeSet<String> {
+    names.into_iter().map(String::from).collect()
+}
+
+/// The dump's keys of the database's main file (`0x08 0x00 …`): what a wake under the preload
+/// budget lists. `(entries, bytes of keys and values)`.
+fn main_file(mem: &MemoryStore, actor: &str) -> (u64, u64) {
+    let main: Vec<_> = mem
+        .dump()
+        .into_iter()
+        .filter(|(a, k, _)| a == actor && k.starts_with(&[0x08, 0x00]))
+        .collect();
+    let bytes = main
+        .iter()
+        .map(|(_, k, v)| (k.len() + v.len()) as u64)
+        .sum();
+    (main.len() as u64, bytes)
+}
+
+fn value_len(mem: &MemoryStore, actor: &str, key: &[u8]) -> u64 {
+    mem.dump()
+        .into_iter()
+        .find(|(a, k, _)| a == actor && k.as_slice() == key)
+        .map_or(0, |(_, _, v)| v.len() as u64)
+}
+
+#[test]
+fn the_readme_table_of_startup_gauges_is_the_code_list() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let begin = readme
+        .find("<!-- startup-gauges: begin -->")
+        .expect("the begin marker");
+    let end = readme
+        .find("<!-- startup-gauges: end -->")
+        .expect("the end marker");
+    let rows: Vec<(String, String)> = readme[begin..end]
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split(" | ").map(str::trim).collect();
+            assert_eq!(cells.len(), 2, "row {l:?}");
+            (cells[0].trim_matches('`').to_string(), cells[1].to_string())
+        })
+        .collect();
+    let code: Vec<(String, String)> = STARTUP_GAUGES
+        .iter()
+        .map(|(n, w)| (n.to_string(), w.describe()))
+        .collect();
+    assert_eq!(rows, code);
+}
+
+/// Checks a start's document against the list and its counts against what was measured.
+/// `d`: the outer counting store's delta over the start (before any prefetch).
+fn check_counts(a: &Actor, d: &KvCounters, migrate: bool) -> Json {
+    let r: &StartupReport = a.startup();
+    let doc = a.metrics().to_json();
+    assert_eq!(
+        gauges(&doc),
+        set(startup_gauge_names(r.is_new, migrate, &[])),
+        "is_new {}",
+        r.is_new
+    );
+    assert_eq!(int(&doc, "startup_is_new"), r.is_new as u64);
+    assert_eq!(int(&doc, "startup_kv_round_trips"), d.round_trips());
+    assert_eq!(int(&doc, "startup_kv_round_trips"), a.kv_round_trips());
+    assert_eq!(d.op(OpKind::BatchRead).calls, 1, "{d:?}");
+    // The start made no read past its wake batch: no page went to the store.
+    assert_eq!(d.op(OpKind::Get).calls + d.op(OpKind::List).calls, 0);
+    let db: Snapshot = a.db().snapshot();
+    assert_eq!(int(&doc, "startup_preload_hits"), db.preload_hits);
+    assert_eq!(int(&doc, "startup_preload_misses"), db.cache_misses);
+    assert_eq!(db.cache_misses, 0);
+    assert_eq!(
+        int(&doc, "flush_writes_entries"),
+        d.op(OpKind::Write).keys_written
+    );
+    doc
+}
+
+#[test]
+fn a_new_actor_and_a_wake_have_exactly_the_listed_gauges_and_counts_equal_to_the_measured_ones() {
+    let (mem, counting, store) = counted();
+    let c = cfg(base());
+
+    // A new actor: one read that finds nothing, then one write of every key it has.
+    let before = counting.snapshot();
+    let a = Actor::start(store.clone(), "n", &c).unwrap();
+    let d = counting.snapshot().delta(&before);
+    let doc = check_counts(&a, &d, true);
+    assert_eq!(int(&doc, "startup_kv_round_trips"), 2);
+    let read = d.op(OpKind::BatchRead);
+    assert_eq!(
+        (
+            int(&doc, "preload_kv_entries"),
+            int(&doc, "preload_kv_bytes")
+        ),
+        (0, 0)
+    );
+    assert_eq!(read.bytes_in, 0, "an empty store answers nothing");
+    // Every key the store holds now came from the one write.
+    assert_eq!(int(&doc, "flush_writes_entries"), mem.dump().len() as u64);
+    assert_eq!(d.op(OpKind::Write).calls, 1);
+    a.sleep().unwrap();
+
+    // A wake: one read; the preload is the database's main file as the store holds it.
+    let (entries, bytes) = main_file(&mem, "n");
+    assert!(entries > 3, "{entries}");
+    let copies = mem
+        .dump()
+        .iter()
+        .filter(|(_, k, _)| k.starts_with(b"\x01sp"))
+        .count();
+    assert_eq!(copies, 0, "a database under the budget needs no copies");
+    let actor_values: u64 = [
+        records::state_key(),
+        records::token_key(),
+        records::fence_key(),
+        records::hints_key(),
+    ]
+    .iter()
+    .map(|k| value_len(&mem, "n", k))
+    .sum();
+    let meta = kvsqlite::vfs::layout::meta_key(kvsqlite::vfs::layout::FileKind::Main);
+    let meta_len = value_len(&mem, "n", &meta);
+    let before = counting.snapshot();
+    let mut a = Actor::start(store.clone(), "n", &c).unwrap();
+    let d = counting.snapshot().delta(&before);
+    let doc = check_counts(&a, &d, true);
+    assert_eq!(int(&doc, "startup_kv_round_trips"), 1);
+    assert_eq!(int(&doc, "preload_kv_entries"), entries);
+    assert_eq!(int(&doc, "preload_kv_bytes"), bytes);
+    let read = d.op(OpKind::BatchRead);
+    // Keys asked by its gets (4 actor records, 2 metadata keys) plus the entries its lists
+    // returned (the main file; no stage, no copies).
+    assert_eq!(read.keys_read, 6 + entries, "{read:?}");
+    // Bytes received: the found records' values, the main metadata's value (asked by name and
+    // listed), and the listing.
+    assert_eq!(read.bytes_in, actor_values + meta_len + bytes, "{read:?}");
+    // The migration check read the migrations table from the preload.
+    assert!(int(&doc, "startup_preload_hits") > 0);
+    assert_eq!(int(&doc, "flush_writes_entries"), 0);
+    a.wait_prefetch();
+    let after = counting.snapshot().delta(&before);
+    assert_eq!(
+        after.round_trips(),
+        1 + int(&a.metrics().to_json(), "startup_prefetch_round_trips")
+    );
+    a.sleep().unwrap();
+}
+
+/// A store that holds every `get` until opened (bounded: 60 s), so a test can count a wake
+/// before its background prefetch runs.
+struct Gate {
+    inner: SharedStore,
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.cv.notify_all();
+    }
+}
+
+impl KvStore for Gate {
+    fn backend(&self) -> &'static str {
+        "gate"
+    }
+    fn limits(&self) -> &KvLimits {
+        self.inner.limits()
+    }
+    fn get(&self, actor: &str, keys: &[Key]) -> Result<Vec<Option<Value>>, KvError> {
+        let open = self.open.lock().unwrap();
+        let _open = self
+            .cv
+            .wait_timeout_while(open, Duration::from_secs(60), |o| !*o)
+            .unwrap();
+        drop(_open);
+        self.inner.get(actor, keys)
+    }
+    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
+        self.inner.list(actor, req)
+    }
+    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+        self.inner.write(actor, batch)
+    }
+    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
+        self.inner.delete_range(actor, start, end)
+    }
+    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+        self.inner.batch_read(actor, ops)
+    }
+}
+
+#[test]
+fn an_over_budget_wake_is_one_round_trip_on_the_outer_store_and_its_prefetch_one_more() {
+    let (_mem, counting, counted_store) = counted();
+    let gate = Arc::new(Gate {
+        inner: counted_store,
+        open: Mutex::new(true),
+        cv: Condvar::new(),
+    });
+    let store: SharedStore = gate.clone();
+    let mut c = cfg(base());
+    c.preload_budget = 64 << 10;
+    let a = Actor::start(store.clone(), "big", &c).unwrap();
+    a.db()
+        .execute_batch(
+            "CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB);
+             INSERT INTO blobs(b) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT randomblob(3000) FROM s;",
+        )
+        .unwrap();
+    a.sleep().unwrap();
+    // Read the last rows (past the budget) so the sleep saves them as hints.
+    let a = Actor::start(store.clone(), "big", &c).unwrap();
+    let tail: i64 = a
+        .db()
+        .query_row("SELECT sum(length(b)) FROM blobs WHERE id > 90", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(tail, 30_000);
+    a.sleep().unwrap();
+
+    gate.set(false);
+    let before = counting.snapshot();
+    let mut a = Actor::start(store.clone(), "big", &c).unwrap();
+    let wake = counting.snapshot().delta(&before);
+    assert_eq!(
+        (wake.round_trips(), wake.op(OpKind::BatchRead).calls),
+        (1, 1),
+        "the wake alone: {wake:?}"
+    );
+    assert_eq!(a.startup().kv_round_trips, 1);
+    let mid = counting.snapshot();
+    gate.set(true);
+    assert!(a.wait_prefetch() >= 10, "the hinted pages were fetched");
+    let prefetch = counting.snapshot().delta(&mid);
+    assert_eq!(
+        (prefetch.round_trips(), prefetch.op(OpKind::Get).calls),
+        (1, 1),
+        "the prefetch alone: {prefetch:?}"
+    );
+    assert_eq!(
+        int(&a.metrics().to_json(), "startup_prefetch_round_trips"),
+        1
+    );
+    a.sleep().unwrap();
+}
+
+/// What was measured around one statement.
+#[derive(Debug)]
+struct Measured {
+    round_trips: u64,
+    keys_read: u64,
+    keys_written: u64,
+    preload_hits: u64,
+    cache_hits: u64,
+    rows: u64,
+    wall_us: u64,
+}
+
+impl Measured {
+    fn around(
+        counting: &CountingStore,
+        db: &kvsqlite::vfs::Database,
+        f: impl FnOnce() -> u64,
+    ) -> Measured {
+        let (c0, s0, t0) = (counting.snapshot(), db.snapshot(), Instant::now());
+        let rows = f();
+        let wall_us = t0.elapsed().as_micros() as u64 + 1;
+        let (c, s) = (counting.snapshot().delta(&c0), db.snapshot() - s0);
+        // The database's own counters agree with the store's.
+        assert_eq!(
+            (s.kv_round_trips, s.keys_read, s.keys_written),
+            (c.round_trips(), c.total().keys_read, c.total().keys_written)
+        );
+        Measured {
+            round_trips: c.round_trips(),
+            keys_read: c.total().keys_read,
+            keys_written: c.total().keys_written,
+            preload_hits: s.preload_hits,
+            cache_hits: s.cache_hits,
+            rows,
+            wall_us,
+        }
+    }
+
+    fn check(&self, r: &QueryRecord) {
+        assert_eq!(
+            (
+                r.kv_round_trips,
+                r.kv_keys_read,
+                r.kv_keys_written,
+                r.preload_hits,
+                r.cache_hits,
+                r.rows
+            ),
+            (
+                self.round_trips,
+                self.keys_read,
+                self.keys_written,
+                self.preload_hits,
+                self.cache_hits,
+                self.rows
+            ),
+            "{r:?} measured {self:?}"
+        );
+        assert!(r.duration_us <= self.wall_us, "{r:?} measured {self:?}");
+    }
+}
+
+/// Collects the fields of `kvsqlite::query` events of actor `q`.
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<Fields>>>);
+
+/// One event's fields as `(name, value)`.
+type Fields = Vec<(String, String)>;
+
+/// The binary's one global subscriber, collecting actor `q`'s query events (a thread-local
+/// default can miss events when other tests' threads register the same callsites first).
+fn events() -> Events {
+    use tracing_subscriber::layer::SubscriberExt;
+    static EVENTS: std::sync::OnceLock<Events> = std::sync::OnceLock::new();
+    EVENTS
+        .get_or_init(|| {
+            let events = Events::default();
+            let subscriber = tracing_subscriber::registry()
+                .with(events.clone())
+                .with(tracing_subscriber::filter::LevelFilter::DEBUG);
+            tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+            events
+        })
+        .clone()
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if e.metadata().target() != "kvsqlite::query" {
+            return;
+        }
+        struct V(Vec<(String, String)>);
+        impl tracing::field::Visit for V {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push((f.name().to_string(), format!("{v:?}")));
+            }
+            fn record_u64(&mut self, f: &tracing::field::Field, v: u64) {
+                self.0.push((f.name().to_string(), v.to_string()));
+            }
+        }
+        let mut v = V(Vec::new());
+        e.record(&mut v);
+        if v.0.iter().any(|(k, val)| k == "actor" && val == "q") {
+            self.0.lock().unwrap().push(v.0);
+        }
+    }
+}
+
+/// A record as its event shows it.
+fn as_event(r: &QueryRecord, actor: &str) -> Vec<(String, String)> {
+    [
+        ("message", "query".to_string()),
+        ("actor", actor.to_string()),
+        ("sql", r.sql.clone()),
+        ("duration_us", r.duration_us.to_string()),
+        ("kv_round_trips", r.kv_round_trips.to_string()),
+        ("kv_keys_read", r.kv_keys_read.to_string()),
+        ("kv_keys_written", r.kv_keys_written.to_string()),
+        ("preload_hits", r.preload_hits.to_string()),
+        ("cache_hits", r.cache_hits.to_string()),
+        ("rows", r.rows.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+const PRELOADED: &str = "SELECT v AS preloaded FROM t WHERE id = 1";
+
+#[test]
+fn every_field_of_every_query_record_equals_what_was_measured_around_its_statement() {
+    let (mem, counting, store) = counted();
+    let events = events();
+
+    // Creation: the migrations' statements are held, so they cost nothing; the start's one
+    // write is the collector's, not a statement's.
+    let mut c = cfg(base());
+    c.hints = false;
+    c.preload_budget = 16 << 10;
+    let a = Actor::start(store.clone(), "q", &c).unwrap();
+    let recs = a.query_log().records();
+    assert!(recs.iter().any(|r| r.sql.starts_with("INSERT INTO t(v)")));
+    let sum = |recs: &[QueryRecord], f: fn(&QueryRecord) -> u64| recs.iter().map(f).sum::<u64>();
+    assert_eq!(sum(&recs, |r| r.kv_round_trips), 0);
+    assert_eq!(sum(&recs, |r| r.kv_keys_written), 0);
+    assert!(sum(&recs, |r| r.preload_hits) <= a.startup().preload_hits);
+    a.db()
+        .execute(
+            "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) SELECT hex(randomblob(200)) FROM s",
+            [],
+        )
+        .unwrap();
+    a.sleep().unwrap();
+
+    // A wake that applies a migration, with a hook that reads preloaded pages.
+    let mut list = base();
+    list.push(m(
+        "0003_more.sql",
+        "CREATE TABLE u(x); INSERT INTO u VALUES (1), (2);",
+    ));
+    let mut c = cfg(list);
+    c.hints = false;
+    c.preload_budget = 64 << 10;
+    let hook_measure: Arc<Mutex<Option<Measured>>> = Arc::default();
+    {
+        let (counting, hook_measure) = (counting.clone(), hook_measure.clone());
+        c.hooks.on_wake = Some(Box::new(move |ctx| {
+            let db = ctx.db.expect("the database is open in on_wake");
+            let m = Measured::around(&counting, db, || {
+                let v: String = db.query_row(PRELOADED, [], |r| r.get(0)).unwrap();
+                assert_eq!(v, "v001");
+                1
+            });
+            *hook_measure.lock().unwrap() = Some(m);
+            Ok(())
+        }));
+    }
+    events.0.lock().unwrap().clear();
+    let before = counting.snapshot();
+    let a = Actor::start(store.clone(), "q", &c).unwrap();
+    let d = counting.snapshot().delta(&before);
+    let start_recs = a.query_log().records();
+    // The migration's statements are logged, and the start's statements together cost exactly
+    // what the start cost past its wake batch.
+    assert!(
+        start_recs
+            .iter()
+            .any(|r| r.sql.starts_with("CREATE TABLE u")),
+        "{start_recs:?}"
+    );
+    let reads = d.op(OpKind::Get) + d.op(OpKind::List);
+    assert_eq!(sum(&start_recs, |r| r.kv_round_trips), d.round_trips() - 1);
+    assert_eq!(
+        d.op(OpKind::Write).calls,
+        1,
+        "the migration's commit: {d:?}"
+    );
+    assert_eq!(sum(&start_recs, |r| r.kv_keys_read), reads.keys_read);
+    assert_eq!(
+        sum(&start_recs, |r| r.kv_keys_written),
+        d.op(OpKind::Write).keys_written
+    );
+    // Page reads while SQLite prepares a statement (loading the schema) belong to no
+    // statement, so the statements' hits are at most the start's.
+    assert!(sum(&start_recs, |r| r.preload_hits) <= a.startup().preload_hits);
+    assert!(sum(&start_recs, |r| r.cache_hits) <= a.db().snapshot().cache_hits);
+    // The preloaded read in the hook.
+    let hooked = start_recs
+        .iter()
+        .find(|r| r.sql == PRELOADED)
+        .expect("the hook's statement is logged");
+    let hm = hook_measure.lock().unwrap().take().expect("the hook ran");
+    hm.check(hooked);
+    assert!(hm.preload_hits > 0 && hm.round_trips == 0, "{hm:?}");
+
+    // After the start: one statement at a time.
+    let db = a.db();
+    let one = |sql: &str, rows: bool| -> (QueryRecord, Measured) {
+        let n = a.query_log().records().len();
+        let m = Measured::around(&counting, db, || {
+            if rows {
+                let mut stmt = db.prepare(sql).unwrap();
+                let mut r = stmt.query([]).unwrap();
+                let mut k = 0;
+                while r.next().unwrap().is_some() {
+                    k += 1;
+                }
+                k
+            } else {
+                db.execute(sql, []).unwrap();
+                0
+            }
+        });
+        let recs = a.query_log().records();
+        assert_eq!(recs.len(), n + 1, "one record per statement: {sql}");
+        let r = recs.last().unwrap().clone();
+        assert_eq!(r.sql, sql);
+        m.check(&r);
+        (r, m)
+    };
+    // Cold: rows past the 64 KiB preload (about 30 pages in all), never read by this instance.
+    let cold = "SELECT id, v FROM t WHERE id > 450";
+    let (r, _) = one(cold, true);
+    assert!(
+        r.kv_round_trips >= 1 && r.kv_keys_read >= 1 && r.rows == 50,
+        "{r:?}"
+    );
+    // The same read again: the VFS cache, no round trip.
+    let (r, _) = one(cold, true);
+    assert_eq!((r.kv_round_trips, r.kv_keys_read, r.rows), (0, 0, 50));
+    assert!(r.cache_hits >= 1, "{r:?}");
+    // Autocommit write: its commit's one put.
+    let (r, _) = one("INSERT INTO t(v) VALUES ('auto')", false);
+    assert!(r.kv_round_trips == 1 && r.kv_keys_written >= 2, "{r:?}");
+    // An explicit transaction: only COMMIT writes.
+    let (r, _) = one("BEGIN", false);
+    assert_eq!((r.kv_round_trips, r.kv_keys_written), (0, 0));
+    let (r, _) = one("INSERT INTO t(v) VALUES ('in-tx')", false);
+    assert_eq!((r.kv_round_trips, r.kv_keys_written), (0, 0));
+    let (r, _) = one("COMMIT", false);
+    assert!(r.kv_round_trips == 1 && r.kv_keys_written >= 2, "{r:?}");
+
+    // Every event equals its record, in order.
+    let recs = a.query_log().records();
+    let ev = events.0.lock().unwrap().clone();
+    let want: Vec<_> = recs.iter().map(|r| as_event(r, "q")).collect();
+    assert_eq!(ev, want);
+    a.sleep().unwrap();
+    let _ = mem;
+}
+
+#[test]
+fn refused_starts_leave_every_byte_of_the_store_and_write_nothing() {
+    let (mem, counting, store) = counted();
+    Actor::start(store.clone(), "a", &cfg(base()))
+        .unwrap()
+        .sleep()
+        .unwrap();
+    let before = mem.dump();
+    assert!(before.iter().any(|(_, k, _)| k.as_slice() == b"\x01fence"));
+    let mut edited = base();
+    edited[0] = m(
+        "0001_t.sql",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, extra);",
+    );
+    let mut gap = base();
+    gap.push(m("0004_x.sql", "SELECT 1;"));
+    let mut dup = base();
+    dup.push(m("0002_again.sql", "SELECT 1;"));
+    for (what, list) in [("edited", edited), ("gap", gap), ("duplicate", dup)] {
+        let c0 = counting.snapshot();
+        let e = match Actor::start(store.clone(), "a", &cfg(list)) {
+            Ok(_) => panic!("{what}: the start must fail"),
+            Err(e) => e,
+        };
+        match (what, &e) {
+            ("edited", ActorError::Migration(MigrationError::Edited { file, .. })) => {
+                assert_eq!(file, "0001_t.sql")
+            }
+            ("gap", ActorError::Migration(MigrationError::Gap { missing: 3, .. })) => {}
+            ("duplicate", ActorError::Migration(MigrationError::Duplicate { number: 2, .. })) => {}
+            _ => panic!("{what}: unexpected {e:?}"),
+        }
+        let d = counting.snapshot().delta(&c0);
+        let w = d.op(OpKind::Write) + d.op(OpKind::DeleteRange);
+        assert_eq!((w.calls, w.keys_written), (0, 0), "{what}: {d:?}");
+        assert_eq!(mem.dump(), before, "{what}: the store changed");
+    }
+}
