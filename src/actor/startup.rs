@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    migrations, query_log, records, records::Hints, Actor, ActorConfig, ActorError, HookCtx,
+    guard, migrations, query_log, records, records::Hints, Actor, ActorConfig, ActorError, HookCtx,
     Prefetch, PrefixData, RunningEntry,
 };
 use crate::kv::counting::{CountingStore, OpKind};
@@ -529,11 +529,12 @@ pub(super) fn start(
         read: wake.fence.clone(),
         instance,
     });
-    let (db, log, hook) = ph.internal("setup_database_client", true, || {
+    let (db, log, hook, guard) = ph.internal("setup_database_client", true, || {
         let db = open_database(shared.clone(), actor_id, &open).map_err(ActorError::Open)?;
         db.track_reads(true);
         let (log, hook) = query_log::install(&db, actor_id, db.stats());
-        Ok((db, log, hook))
+        let guard = guard::install(&db, &config.guard);
+        Ok((db, log, hook, guard))
     })?;
     let db_before = db.snapshot();
 
@@ -625,6 +626,7 @@ pub(super) fn start(
     );
     Ok(Actor {
         hook: Some(hook),
+        guard: Some(guard),
         db: Some(db),
         id: actor_id.to_string(),
         state,

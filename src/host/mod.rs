@@ -104,7 +104,24 @@ pub struct HostConfig {
     pub max_body: usize,
     /// A statement (or a batch) running longer is interrupted.
     pub statement_timeout: Duration,
+    /// Most bytes of rows in one answer; also every actor connection's `SQLITE_LIMIT_LENGTH`
+    /// (the largest value or row). See [`DEFAULT_MAX_RESULT_BYTES`].
+    pub max_result_bytes: usize,
+    /// SQLite's hard heap limit for the whole process, in bytes (0: none). See
+    /// [`DEFAULT_SQLITE_HEAP_LIMIT`].
+    pub sqlite_heap_limit: u64,
 }
+
+/// The default of `--max-result-bytes`: 8 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 8 << 20;
+
+/// The smallest `--max-result-bytes`: 64 KiB (it is also the largest value or row a connection
+/// reads, and the schema must stay readable).
+pub const MIN_MAX_RESULT_BYTES: usize = 64 << 10;
+
+/// The default of `--sqlite-heap-limit`: 1 GiB for SQLite's own memory (page caches, sorts,
+/// temporary tables, which the host keeps in memory) across every awake actor.
+pub const DEFAULT_SQLITE_HEAP_LIMIT: u64 = 1 << 30;
 
 /// Longest actor id, in bytes.
 pub const MAX_ACTOR_ID: usize = 128;
@@ -153,9 +170,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
+    let mut actor = config.actor;
+    actor.guard = crate::actor::guard::GuardConfig::host(config.max_result_bytes);
+    crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
     let registry = Arc::new(registry::Registry::new(
         config.store.clone(),
-        config.actor,
+        actor,
         config.max_awake,
         metrics.clone(),
     ));
@@ -165,6 +185,7 @@ pub async fn serve(
         admin_token: Arc::new(config.admin_token),
         statement_timeout: config.statement_timeout,
         max_body: config.max_body,
+        max_result_bytes: config.max_result_bytes,
         sessions: Arc::new(inspector::Sessions::default()),
     };
     let idle = config.idle_sleep;

@@ -45,6 +45,8 @@ impl InProcessHost {
             max_awake: config.actors.max(1024),
             max_body: 1 << 20,
             statement_timeout: Duration::from_secs(30),
+            max_result_bytes: host::DEFAULT_MAX_RESULT_BYTES,
+            sqlite_heap_limit: host::DEFAULT_SQLITE_HEAP_LIMIT,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = runtime.spawn(host::serve(listener, host_config, async move {
