@@ -117,6 +117,9 @@ pub enum Mode {
     Remote = 1,
     /// The inspector's query box: reads only.
     ReadOnly = 2,
+    /// Only transaction control compiles (what [`SqlGuard::transaction_control`] prepares in):
+    /// nothing else can take effect at compile time, as a `PRAGMA` setting does.
+    Probe = 3,
 }
 
 impl Mode {
@@ -124,6 +127,7 @@ impl Mode {
         match v {
             1 => Mode::Remote,
             2 => Mode::ReadOnly,
+            3 => Mode::Probe,
             _ => Mode::Trusted,
         }
     }
@@ -251,6 +255,14 @@ impl SqlGuard {
             guard: self,
             previous,
         }
+    }
+
+    /// [`transaction_control`] of `sql` on the guarded connection `db`, prepared in
+    /// [`Mode::Probe`]: a statement that is not transaction control does not even compile, so
+    /// none of it (a `PRAGMA` setting applies when it compiles) can take effect.
+    pub fn transaction_control(&self, db: &Connection, sql: &str) -> Option<TxControl> {
+        let _probe = self.scope(Mode::Probe);
+        transaction_control(db, sql)
     }
 
     /// `SQLITE_LIMIT_LENGTH` of the connection when the guard set one.
@@ -401,6 +413,10 @@ impl Drop for RawStmt {
 /// `BEGIN EXCLUSIVE TRANSACTION`, `ROLLBACK TRANSACTION TO x`) cannot hide it. `None` for
 /// every other statement, and for SQL that does not compile (the real run reports that).
 ///
+/// The statement is compiled, and a `PRAGMA` that sets something does so when it compiles: on
+/// a connection whose SQL comes from elsewhere use [`SqlGuard::transaction_control`], which
+/// compiles nothing else. Here, for SQL that runs right after anyway (migrations).
+///
 /// How: the statement is prepared (never run). A transaction statement has no result columns;
 /// only such a statement is switched to its `EXPLAIN` program (`sqlite3_stmt_explain`), whose
 /// `AutoCommit` or `Savepoint` instruction says which it is. Nothing of the statement executes
@@ -492,15 +508,22 @@ fn action_name(code: c_int) -> &'static str {
 
 /// The decision for one authorizer call: `Ok(())` to allow, `Err(why)` to refuse.
 fn decide(mode: Mode, code: c_int, arg1: Option<&str>, arg2: Option<&str>) -> Result<(), String> {
+    if mode == Mode::Probe {
+        return match code {
+            ffi::SQLITE_TRANSACTION | ffi::SQLITE_SAVEPOINT => Ok(()),
+            _ => Err("only transaction control compiles in a probe".into()),
+        };
+    }
     match code {
-        ffi::SQLITE_ATTACH => {
-            if mode == Mode::Trusted && arg1 == Some("") {
-                // VACUUM's own private, temporary database (nothing a name can reach).
-                Ok(())
-            } else {
-                Err("ATTACH is refused: SQL cannot open another file or database".into())
-            }
-        }
+        ffi::SQLITE_ATTACH => match (mode, arg1) {
+            // VACUUM's own private, temporary database (nothing a name can reach).
+            (Mode::Trusted, Some("")) => Ok(()),
+            (_, Some("")) => Err(
+                "ATTACH is refused here, even of a temporary database (which VACUUM attaches)"
+                    .into(),
+            ),
+            _ => Err("ATTACH is refused: SQL cannot open another file or database".into()),
+        },
         ffi::SQLITE_DETACH => Err("DETACH is refused".into()),
         ffi::SQLITE_PRAGMA => pragma(mode, arg1.unwrap_or(""), arg2),
         ffi::SQLITE_SELECT | ffi::SQLITE_READ | ffi::SQLITE_FUNCTION | ffi::SQLITE_RECURSIVE => {
@@ -524,6 +547,7 @@ fn pragma(mode: Mode, name: &str, value: Option<&str>) -> Result<(), String> {
     }
     let allowed = match mode {
         Mode::Trusted => true,
+        Mode::Probe => false,
         Mode::Remote => {
             is(REPORT_PRAGMAS) || is(SETTABLE_PRAGMAS) || (value.is_none() && is(READABLE_PRAGMAS))
         }
@@ -721,6 +745,23 @@ mod tests {
             refused(&c, &g, "PRAGMA optimize"),
             "not authorized: PRAGMA optimize is refused: the query box runs reads only"
         );
+    }
+
+    #[test]
+    fn the_guarded_detector_compiles_nothing_else() {
+        let (c, g) = conn(&GuardConfig::default());
+        // Compiling `PRAGMA query_only=1` sets it: the guarded probe does not compile it.
+        assert_eq!(g.transaction_control(&c, "PRAGMA query_only=1"), None);
+        c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1)")
+            .unwrap();
+        assert_eq!(
+            g.transaction_control(&c, "/**/ ROLLBACK TO a"),
+            Some(TxControl::RollbackTo)
+        );
+        assert_eq!(g.mode(), Mode::Trusted);
+        // The unguarded one compiles it, and compiling is enough.
+        assert_eq!(transaction_control(&c, "PRAGMA query_only=1"), None);
+        assert!(c.execute_batch("INSERT INTO t VALUES (2)").is_err());
     }
 
     #[test]

@@ -550,6 +550,21 @@ pub(super) fn start(
             Ok::<bool, migrations::MigrationError>(nothing)
         })();
         ph.record(Group::User, "db_migrate", t);
+        let r = r.map_err(|e| match e {
+            // A refusal of the guard says what was refused.
+            migrations::MigrationError::Failed {
+                file,
+                line,
+                statement,
+                source,
+            } => migrations::MigrationError::Failed {
+                file,
+                line,
+                statement,
+                source: guard.explain(source),
+            },
+            e => e,
+        });
         let nothing = r.map_err(|e| match e {
             migrations::MigrationError::Sqlite { source, .. }
             | migrations::MigrationError::Failed { source, .. }

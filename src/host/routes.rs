@@ -24,7 +24,7 @@ use super::prom::HostMetrics;
 use super::registry::{kv_unavailable, Registry, Work};
 use super::sql::{self, StatementRequest};
 use super::{check_actor_id, tokens_equal, HostError};
-use crate::actor::guard::{self, Mode};
+use crate::actor::guard::Mode;
 use crate::actor::{is_moved_error, records, Actor};
 
 /// What every handler shares.
@@ -275,7 +275,7 @@ fn batch_work(
         let db = actor.db();
         if let Some(i) = statements
             .iter()
-            .position(|st| guard::transaction_control(db, &st.sql).is_some())
+            .position(|st| actor.sql_guard().transaction_control(db, &st.sql).is_some())
         {
             return Err(HostError::BadRequest(format!(
                 "statements[{i}] controls the transaction; a batch is one transaction already (nothing ran)"
