@@ -765,6 +765,27 @@ mod tests {
     }
 
     #[test]
+    fn an_actor_is_guarded_and_its_query_log_skips_the_probe() {
+        let store: crate::kv::SharedStore =
+            std::sync::Arc::new(crate::kv::memory::MemoryStore::new());
+        let actor = super::super::Actor::start(store, "a", &Default::default()).unwrap();
+        let db = actor.db();
+        db.execute_batch("CREATE TABLE t(x)").unwrap();
+        let before = actor.query_log().records().len();
+        let g = actor.sql_guard();
+        assert_eq!(g.transaction_control(db, "COMMIT"), Some(TxControl::Commit));
+        assert_eq!(transaction_control(db, "INSERT INTO t VALUES (1)"), None);
+        assert_eq!(actor.query_log().records().len(), before, "nothing logged");
+        let e = db.execute_batch("ATTACH 'x.db' AS x").unwrap_err();
+        assert_eq!(
+            g.explain(e).to_string(),
+            "not authorized: ATTACH is refused: SQL cannot open another file or database"
+        );
+        // The library's default: a trusted connection may VACUUM.
+        db.execute_batch("VACUUM").unwrap();
+    }
+
+    #[test]
     fn one_detector_of_transaction_control() {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch("CREATE TABLE t(x)").unwrap();
