@@ -673,7 +673,7 @@ mod tests {
             let name = if sql.contains("pragma_hard") {
                 "hard_heap_limit"
             } else {
-                sql.split(|c: char| c == ' ' || c == '=').nth(1).unwrap()
+                sql.split([' ', '=']).nth(1).unwrap()
             };
             assert_eq!(
                 refused(&c, &g, sql),
