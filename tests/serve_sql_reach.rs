@@ -76,14 +76,19 @@ fn attach_is_refused_by_sqlite_however_it_is_sent_and_no_file_appears() {
     s.sql("a1", "CREATE TABLE w(n INTEGER)", json!([]));
     s.sql("other", "CREATE TABLE secret(v)", json!([]));
     s.sql("other", "INSERT INTO secret VALUES ('hidden')", json!([]));
+    // The other actor's database path, as the allowed `database_list` pragma reports a1's.
+    let list = s.sql("a1", "PRAGMA database_list", json!([]));
+    let main = list["rows"][0][2].as_str().unwrap_or_default().to_string();
+    let other = format!("{}other", main.trim_end_matches("a1"));
+    assert!(other.starts_with('/') && other.ends_with("/other"), "{list}");
 
     for sql in [
         format!("ATTACH 'file:{xs}?vfs=unix' AS p"),
         format!("/**/ATTACH 'file:{xs}?vfs=unix' AS p"),
         format!("-- a comment\n  attach database '{xs}' as p"),
         format!("ATTACH ('file:' || '{xs}') AS p"),
-        "ATTACH '/1/other' AS o".to_string(),
-        "ATTACH 'file:/1/other?vfs=kvsqlite' AS o".to_string(),
+        format!("ATTACH '{other}' AS o"),
+        format!("ATTACH 'file:{other}?vfs=kvsqlite' AS o"),
         format!("VACUUM INTO '{xs}'"),
         "DETACH main".to_string(),
         format!("SELECT load_extension('{xs}')"),
@@ -127,7 +132,7 @@ fn attach_is_refused_by_sqlite_however_it_is_sent_and_no_file_appears() {
     for sql in [
         format!("ATTACH '{xs}' AS p"),
         format!("/**/ATTACH '{xs}' AS p"),
-        "ATTACH '/1/other' AS o".to_string(),
+        format!("ATTACH '{other}' AS o"),
     ] {
         let (st, page) = query_box(&s, &sql);
         assert_eq!(st, 400, "{sql}: {page}");
