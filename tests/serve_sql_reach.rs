@@ -80,7 +80,10 @@ fn attach_is_refused_by_sqlite_however_it_is_sent_and_no_file_appears() {
     let list = s.sql("a1", "PRAGMA database_list", json!([]));
     let main = list["rows"][0][2].as_str().unwrap_or_default().to_string();
     let other = format!("{}other", main.trim_end_matches("a1"));
-    assert!(other.starts_with('/') && other.ends_with("/other"), "{list}");
+    assert!(
+        other.starts_with('/') && other.ends_with("/other"),
+        "{list}"
+    );
 
     for sql in [
         format!("ATTACH 'file:{xs}?vfs=unix' AS p"),

@@ -11,7 +11,8 @@
 //!
 //! Modules: [`records`] (the actor's keys), [`startup`] (the start sequence and its timings),
 //! [`migrations`], [`statements`] (SQL split as SQLite does), [`query_log`] (one event per
-//! statement), [`guard`] (what SQL may reach: the authorizer and limits on every connection). Layering: this module uses the VFS and the KV layer, never the other way round.
+//! statement), [`guard`] (what SQL may reach: the authorizer and limits on every connection).
+//! Layering: this module uses the VFS and the KV layer, never the other way round.
 
 pub mod guard;
 pub mod migrations;

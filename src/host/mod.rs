@@ -105,7 +105,8 @@ pub struct HostConfig {
     /// A statement (or a batch) running longer is interrupted.
     pub statement_timeout: Duration,
     /// Most bytes of rows in one answer; also every actor connection's `SQLITE_LIMIT_LENGTH`
-    /// (the largest value or row). See [`DEFAULT_MAX_RESULT_BYTES`].
+    /// (the largest value or row; at least [`MIN_MAX_RESULT_BYTES`]). See
+    /// [`DEFAULT_MAX_RESULT_BYTES`].
     pub max_result_bytes: usize,
     /// SQLite's hard heap limit for the whole process, in bytes (0: none). See
     /// [`DEFAULT_SQLITE_HEAP_LIMIT`].
@@ -171,7 +172,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
     let mut actor = config.actor;
-    actor.guard = crate::actor::guard::GuardConfig::host(config.max_result_bytes);
+    actor.guard =
+        crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
     crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
     let registry = Arc::new(registry::Registry::new(
         config.store.clone(),

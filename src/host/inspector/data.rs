@@ -168,7 +168,9 @@ pub const QUERY_ROWS: usize = 200;
 /// at compile time anything but `SELECT`, reading tables, functions, recursive CTEs and the
 /// reporting pragmas, so nothing runs that could write or leave a setting behind on the actor
 /// (`PRAGMA query_only=1`, `writable_schema`, `ATTACH`, however it is spelled). Transaction
-/// control is named as such ([`SqlGuard::transaction_control`](crate::actor::guard::SqlGuard::transaction_control)). At most [`QUERY_ROWS`] rows.
+/// control is named as such (the one detector,
+/// [`SqlGuard::transaction_control`](crate::actor::guard::SqlGuard::transaction_control)).
+/// At most [`QUERY_ROWS`] rows.
 pub fn read_only_query(actor: &Actor, sql: &str) -> Result<Grid, String> {
     let db = actor.db();
     if actor.sql_guard().transaction_control(db, sql).is_some() {
