@@ -410,6 +410,16 @@ fn answers_values_and_heap_are_bounded() {
 }
 
 #[test]
+fn a_result_bound_under_64_kib_is_refused_at_start() {
+    let out = cli::kvsqlite(&["--kv", "memory:", "serve", "--max-result-bytes", "65535"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: invalid value '65535' for '--max-result-bytes <BYTES>': at least 65536 bytes (the schema must stay readable)\n\nFor more information, try '--help'.\n"
+    );
+}
+
+#[test]
 fn a_huge_zeroblob_is_refused_without_the_host_allocating_it() {
     let s = Server::start("memory:", &[]);
     assert_eq!(
