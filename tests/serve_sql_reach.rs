@@ -232,6 +232,9 @@ fn pragmas_over_http_come_from_the_allow_list_and_leave_the_actor_writable() {
         s.sql("a1", "PRAGMA integrity_check", json!([]))["rows"],
         json!([["ok"]])
     );
+    let stats = s.sql("a1", "PRAGMA kvsqlite_stats", json!([]));
+    let stats = stats["rows"][0][0].as_str().unwrap_or_default().to_string();
+    assert!(parse(&stats).is_object(), "{stats}");
     assert_writable(&s, 1);
 }
 

@@ -56,6 +56,8 @@ pub const REPORT_PRAGMAS: &[&str] = &[
     "index_list",
     "index_xinfo",
     "integrity_check",
+    // kvsqlite's own: the database's I/O counters as JSON.
+    "kvsqlite_stats",
     "module_list",
     "page_count",
     "pragma_list",
