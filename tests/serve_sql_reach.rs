@@ -211,6 +211,24 @@ fn pragmas_over_http_come_from_the_allow_list_and_leave_the_actor_writable() {
     ] {
         assert_eq!(query(&s, &sql), (400, error(&msg)), "{sql}");
     }
+    // Inside a batch too: the batch's check for transaction control compiles nothing else (a
+    // PRAGMA takes effect when it is compiled), so the refused setting never applies.
+    let batch = json!({"statements": [
+        {"sql": "INSERT INTO w VALUES (100)"},
+        {"sql": "PRAGMA query_only=1"},
+    ]});
+    let (st, text) = s.post("/actors/a1/batch", Some(ADMIN), &batch.to_string());
+    assert_eq!(
+        (st, parse(&text)),
+        (
+            400,
+            error("statements[1]: not authorized: PRAGMA query_only can only be read over HTTP (a setting would outlive the request) (the batch was rolled back)")
+        )
+    );
+    assert_eq!(
+        s.sql("a1", "SELECT count(*) FROM w", json!([]))["rows"],
+        json!([[0]])
+    );
     // What the allow-list lets through.
     assert_eq!(
         s.sql("a1", "PRAGMA user_version = 5", json!([]))["changes"],
