@@ -92,7 +92,8 @@ impl HostError {
 pub struct HostConfig {
     /// The store every actor lives in.
     pub store: SharedStore,
-    /// How actors start (migrations).
+    /// How actors start (migrations). Its `guard` is replaced by the host's
+    /// ([`crate::actor::guard::GuardConfig::host`]).
     pub actor: ActorConfig,
     /// The admin token.
     pub admin_token: String,
