@@ -346,6 +346,8 @@ fn a_migration_may_not_end_its_own_transaction() {
         "CREATE TABLE a(x);\n  end transaction;",
         "CREATE TABLE a(x);\n/* c */ ROLLBACK;",
         "CREATE TABLE a(x);\nBEGIN;",
+        "CREATE TABLE a(x);\nbegin /* inner */ exclusive;",
+        "CREATE TABLE a(x);\n/**/COMMIT;",
     ] {
         let conn = Connection::open_in_memory().unwrap();
         let err = migrate(&conn, &[m("0001_tx.sql", sql)]).unwrap_err();
@@ -356,6 +358,23 @@ fn a_migration_may_not_end_its_own_transaction() {
         assert!(err.to_string().contains("own transaction"), "{err}");
         assert_eq!(schema(&conn), vec![], "{sql}");
     }
+}
+
+#[test]
+fn savepoints_nest_inside_a_migration() {
+    let conn = Connection::open_in_memory().unwrap();
+    let sql = "CREATE TABLE a(x);\nSAVEPOINT s;\nINSERT INTO a VALUES (1);\nROLLBACK TO s;\nINSERT INTO a VALUES (2);\nRELEASE s;";
+    migrate(&conn, &[m("0001_sp.sql", sql)]).unwrap();
+    let rows: Vec<i64> = conn
+        .prepare("SELECT x FROM a")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [2]);
+    assert!(conn.is_autocommit());
+    assert_eq!(records(&conn).len(), 1);
 }
 
 #[test]

@@ -394,17 +394,6 @@ pub fn pending(conn: &Connection, list: &[Migration]) -> Result<Vec<usize>, Migr
     Ok((0..list.len()).filter(|&i| !applied[i]).collect())
 }
 
-/// Whether `sql` (a statement from [`statements::split`], so it starts with its first keyword)
-/// would end or start a transaction, which would break the migration's own.
-fn is_transaction_control(sql: &str) -> bool {
-    let keyword: String = sql
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    matches!(keyword.as_str(), "BEGIN" | "COMMIT" | "END" | "ROLLBACK")
-}
-
 /// The error a migration statement gets when it would end the migration's transaction.
 fn transaction_control_error() -> rusqlite::Error {
     rusqlite::Error::SqliteFailure(
@@ -422,8 +411,10 @@ fn transaction_control_error() -> rusqlite::Error {
 /// [`statements::split`]); insert `(number, name, checksum)`; `COMMIT`. On any failure after
 /// `BEGIN` it rolls back, so the migration leaves nothing behind (neither its changes nor the
 /// table). A statement that fails is [`MigrationError::Failed`] with its line and text; a
-/// statement that would begin or end a transaction (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`) fails
-/// that way before it runs. Fails without touching anything when `conn` is already inside a
+/// statement that would begin or end a transaction (`BEGIN`, `COMMIT`, `END`, `ROLLBACK`, as
+/// SQLite compiles it: see [`super::guard::transaction_control`]) fails that way before it runs;
+/// savepoints (`SAVEPOINT`, `RELEASE`, `ROLLBACK TO`) nest inside the migration's transaction
+/// and are allowed. Fails without touching anything when `conn` is already inside a
 /// transaction (the `BEGIN` fails). It does not check whether `m` was applied before: a second
 /// apply fails (on a statement or on the record's primary key) and is rolled back.
 pub fn apply(conn: &Connection, m: &Migration) -> Result<(), MigrationError> {
@@ -448,7 +439,8 @@ fn apply_in_transaction(conn: &Connection, m: &Migration) -> Result<(), Migratio
     conn.execute_batch(CREATE_TABLE)
         .map_err(sqlite("creating the migrations table"))?;
     for s in statements::split(&m.sql) {
-        let result = if is_transaction_control(&s.sql) {
+        let control = super::guard::transaction_control(conn, &s.sql);
+        let result = if control.is_some_and(|c| c.starts_or_ends()) {
             Err(transaction_control_error())
         } else {
             statements::execute_one(conn, &s.sql).map(|_| ())

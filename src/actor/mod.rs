@@ -11,8 +11,10 @@
 //!
 //! Modules: [`records`] (the actor's keys), [`startup`] (the start sequence and its timings),
 //! [`migrations`], [`statements`] (SQL split as SQLite does), [`query_log`] (one event per
-//! statement). Layering: this module uses the VFS and the KV layer, never the other way round.
+//! statement), [`guard`] (what SQL may reach: the authorizer and limits on every connection).
+//! Layering: this module uses the VFS and the KV layer, never the other way round.
 
+pub mod guard;
 pub mod migrations;
 pub mod query_log;
 pub mod records;
@@ -149,6 +151,9 @@ pub struct ActorConfig {
     pub max_hint_pages: usize,
     /// Database tuning (preload, fence and hold are set by the actor layer).
     pub open: crate::vfs::OpenOptions,
+    /// The connection's SQL guard (see [`guard`]): the library's default refuses `ATTACH`,
+    /// `DETACH` and the process-wide pragmas; the host adds its limits.
+    pub guard: guard::GuardConfig,
 }
 
 impl Default for ActorConfig {
@@ -163,6 +168,7 @@ impl Default for ActorConfig {
             hints: true,
             max_hint_pages: 256,
             open: crate::vfs::OpenOptions::default(),
+            guard: guard::GuardConfig::default(),
         }
     }
 }
@@ -316,8 +322,10 @@ struct Prefetch {
 /// A running actor. [`Actor::sleep`] (or drop) ends it cleanly: it saves the hot-page hints and
 /// any state change not yet written, in one fenced write.
 pub struct Actor {
-    // Field order is drop order: the query hook goes before the database it is installed on.
+    // Field order is drop order: the query hook and the SQL guard go before the database they
+    // are installed on.
     hook: Option<query_log::QueryHook>,
+    guard: Option<guard::SqlGuard>,
     db: Option<Database>,
     id: String,
     state: Vec<u8>,
@@ -362,6 +370,14 @@ impl Actor {
         self.db
             .as_ref()
             .expect("the database lives until the actor ends")
+    }
+
+    /// The SQL guard of the actor's database: switch its [`guard::Mode`] around SQL that comes
+    /// from elsewhere (`actor.sql_guard().scope(Mode::Remote)`), and explain its refusals.
+    pub fn sql_guard(&self) -> &guard::SqlGuard {
+        self.guard
+            .as_ref()
+            .expect("the guard lives until the actor ends")
     }
 
     /// The persisted state.
@@ -471,6 +487,7 @@ impl Actor {
         }
         let result = self.save_at_sleep();
         self.hook = None;
+        self.guard = None;
         self.db = None;
         result
     }

@@ -397,7 +397,7 @@ unsafe extern "C" fn trace(
     x: *mut c_void,
 ) -> c_int {
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        if ctx.is_null() || p.is_null() {
+        if ctx.is_null() || p.is_null() || super::guard::probing() {
             return;
         }
         let state = &*(ctx as *const HookState);

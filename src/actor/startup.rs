@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{
-    migrations, query_log, records, records::Hints, Actor, ActorConfig, ActorError, HookCtx,
+    guard, migrations, query_log, records, records::Hints, Actor, ActorConfig, ActorError, HookCtx,
     Prefetch, PrefixData, RunningEntry,
 };
 use crate::kv::counting::{CountingStore, OpKind};
@@ -630,11 +630,12 @@ pub(super) fn start(
         read: wake.fence.clone(),
         instance,
     });
-    let (db, log, hook) = ph.internal("setup_database_client", true, || {
+    let (db, log, hook, guard) = ph.internal("setup_database_client", true, || {
         let db = open_database(shared.clone(), actor_id, &open).map_err(ActorError::Open)?;
         db.track_reads(true);
         let (log, hook) = query_log::install(&db, actor_id, db.stats());
-        Ok((db, log, hook))
+        let guard = guard::install(&db, &config.guard);
+        Ok((db, log, hook, guard))
     })?;
 
     if config.migrate {
@@ -649,6 +650,21 @@ pub(super) fn start(
             Ok::<bool, migrations::MigrationError>(nothing)
         })();
         ph.record(Group::User, "db_migrate", t);
+        let r = r.map_err(|e| match e {
+            // A refusal of the guard says what was refused.
+            migrations::MigrationError::Failed {
+                file,
+                line,
+                statement,
+                source,
+            } => migrations::MigrationError::Failed {
+                file,
+                line,
+                statement,
+                source: guard.explain(source),
+            },
+            e => e,
+        });
         let nothing = r.map_err(|e| match e {
             migrations::MigrationError::Sqlite { source, .. }
             | migrations::MigrationError::Failed { source, .. }
@@ -727,6 +743,7 @@ pub(super) fn start(
     );
     Ok(Actor {
         hook: Some(hook),
+        guard: Some(guard),
         db: Some(db),
         id: actor_id.to_string(),
         state,

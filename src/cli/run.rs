@@ -151,7 +151,7 @@ fn execute(actor: &Actor, files: &[SqlFile], json: bool) -> Result<i32, Stop> {
                 Ok(r) => r,
                 Err(e) => {
                     out.flush().map_err(output_error)?;
-                    let msg = error_text(&e);
+                    let msg = error_text(&actor.sql_guard().explain(e));
                     let rolled = rollback_open(db);
                     eprintln!("{}:{}: {msg}{rolled}", file.name, st.line);
                     return Ok(1);

@@ -41,6 +41,17 @@ pub struct ServeArgs {
     #[arg(long = "statement-timeout-ms", value_name = "N", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     statement_timeout_ms: u64,
+    /// Most bytes of rows in one answer, as JSON (larger: 413); also the largest value or row
+    /// SQLite makes or reads (SQLITE_LIMIT_LENGTH). At least 65536.
+    #[arg(long = "max-result-bytes", value_name = "BYTES",
+          default_value_t = host::DEFAULT_MAX_RESULT_BYTES,
+          value_parser = parse_max_result_bytes)]
+    max_result_bytes: usize,
+    /// SQLite's heap limit for the whole process, in bytes (0: none): a statement that needs
+    /// more fails with an error instead of the process running out of memory.
+    #[arg(long = "sqlite-heap-limit", value_name = "BYTES",
+          default_value_t = host::DEFAULT_SQLITE_HEAP_LIMIT)]
+    sqlite_heap_limit: u64,
     /// The connection and timing limits of the HTTP side.
     #[command(flatten)]
     conn: ConnArgs,
@@ -74,6 +85,17 @@ struct ConnArgs {
         default_value_t = 10_000
     )]
     shutdown_deadline_ms: u64,
+}
+
+fn parse_max_result_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if n < host::MIN_MAX_RESULT_BYTES {
+        return Err(format!(
+            "at least {} bytes (the schema must stay readable)",
+            host::MIN_MAX_RESULT_BYTES
+        ));
+    }
+    Ok(n)
 }
 
 /// Runs `kvsqlite serve`.
@@ -137,6 +159,8 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
                 max_connections: usize::try_from(args.conn.max_connections).unwrap_or(usize::MAX),
                 shutdown_deadline: Duration::from_millis(args.conn.shutdown_deadline_ms),
             },
+            max_result_bytes: args.max_result_bytes,
+            sqlite_heap_limit: args.sqlite_heap_limit,
         };
         host::serve(listener, config, shutdown_signal())
             .await

@@ -100,7 +100,8 @@ impl HostError {
 pub struct HostConfig {
     /// The store every actor lives in.
     pub store: SharedStore,
-    /// How actors start (migrations).
+    /// How actors start (migrations). Its `guard` is replaced by the host's
+    /// ([`crate::actor::guard::GuardConfig::host`]).
     pub actor: ActorConfig,
     /// The admin token.
     pub admin_token: String,
@@ -117,6 +118,13 @@ pub struct HostConfig {
     pub body_timeout: Duration,
     /// Header and idle timeouts, the connection cap and the shutdown deadline.
     pub limits: conn::ConnLimits,
+    /// Most bytes of rows in one answer; also every actor connection's `SQLITE_LIMIT_LENGTH`
+    /// (the largest value or row; at least [`MIN_MAX_RESULT_BYTES`]). See
+    /// [`DEFAULT_MAX_RESULT_BYTES`].
+    pub max_result_bytes: usize,
+    /// SQLite's hard heap limit for the whole process, in bytes (0: none). See
+    /// [`DEFAULT_SQLITE_HEAP_LIMIT`].
+    pub sqlite_heap_limit: u64,
 }
 
 /// Shortest admin token accepted, in bytes.
@@ -133,6 +141,17 @@ pub fn check_admin_token(token: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The default of `--max-result-bytes`: 8 MiB.
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 8 << 20;
+
+/// The smallest `--max-result-bytes`: 64 KiB (it is also the largest value or row a connection
+/// reads, and the schema must stay readable).
+pub const MIN_MAX_RESULT_BYTES: usize = 64 << 10;
+
+/// The default of `--sqlite-heap-limit`: 1 GiB for SQLite's own memory (page caches, sorts,
+/// temporary tables, which the host keeps in memory) across every awake actor.
+pub const DEFAULT_SQLITE_HEAP_LIMIT: u64 = 1 << 30;
 
 /// Longest actor id, in bytes.
 pub const MAX_ACTOR_ID: usize = 128;
@@ -189,14 +208,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
+    let mut actor = config.actor;
+    actor.guard =
+        crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
+    crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
     let registry = Arc::new(
-        registry::Registry::new(
-            config.store.clone(),
-            config.actor,
-            config.max_awake,
-            metrics.clone(),
-        )
-        .with_lock_wait(config.statement_timeout),
+        registry::Registry::new(config.store.clone(), actor, config.max_awake, metrics.clone())
+            .with_lock_wait(config.statement_timeout),
     );
     let state = routes::AppState {
         registry: registry.clone(),
@@ -205,6 +223,7 @@ pub async fn serve(
         statement_timeout: config.statement_timeout,
         max_body: config.max_body,
         body_timeout: config.body_timeout,
+        max_result_bytes: config.max_result_bytes,
         sessions: Arc::new(inspector::Sessions::default()),
         tokens: Arc::new(auth::TokenMemory::default()),
     };

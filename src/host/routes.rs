@@ -6,9 +6,9 @@
 //! (who may call what, which status for which failure) visible in one place.
 //!
 //! Order of checks on actor routes: the token (401), the actor id (400), the body (413, 408,
-//! 400), then the work (400 SQL error, 408 timeout, 503 store down or actor busy). The token
-//! is checked from the headers alone ([`super::auth`]): a request without a valid one never
-//! has its body read and never waits on an actor.
+//! 400), then the work (400 SQL error, 408 timeout, 413 answer too big, 503 store down or actor
+//! busy). The token is checked from the headers alone ([`super::auth`]): a request without a
+//! valid one never has its body read and never waits on an actor.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +27,7 @@ use super::prom::HostMetrics;
 use super::registry::{kv_unavailable, store_unavailable, Registry, Work};
 use super::sql::{self, StatementRequest};
 use super::{check_actor_id, tokens_equal, HostError};
+use crate::actor::guard::Mode;
 use crate::actor::{is_moved_error, records, Actor};
 
 /// What every handler shares.
@@ -44,6 +45,8 @@ pub struct AppState {
     pub max_body: usize,
     /// A body must arrive within this (408).
     pub body_timeout: Duration,
+    /// Most bytes of rows in one answer (`--max-result-bytes`).
+    pub max_result_bytes: usize,
     /// The inspector pages' sessions.
     pub sessions: Arc<super::inspector::Sessions>,
     /// Actor tokens read from the store, and ids it did not hold.
@@ -205,7 +208,8 @@ async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Valu
         .map_err(|e| HostError::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
-/// Maps a failed statement: interrupted → 408, store failure or moved actor → 503, else 400.
+/// Maps a failed statement: interrupted → 408, too big (a value over the length limit, an answer
+/// over `--max-result-bytes`) → 413, store failure or moved actor → 503, else 400.
 fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
     if sql::is_interrupt(e) {
         HostError::Timeout(format!(
@@ -216,6 +220,8 @@ fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
         HostError::Unavailable(
             "actor moved: another instance wrote since this one woke; retry".into(),
         )
+    } else if sql::is_too_big(e) {
+        HostError::TooLarge(sql::error_text(e))
     } else if sql::is_io_error(e) {
         store_unavailable(format!("the store failed: {}", sql::error_text(e)))
     } else {
@@ -232,11 +238,20 @@ fn rollback_open(actor: &Actor) {
     }
 }
 
-fn timed(metrics: &HostMetrics, actor: &Actor, st: &StatementRequest) -> rusqlite::Result<Value> {
+/// Runs a client's statement under the guard's [`Mode::Remote`] (refusals explained).
+fn timed(
+    metrics: &HostMetrics,
+    actor: &Actor,
+    st: &StatementRequest,
+    budget: &mut sql::ResultBudget,
+) -> rusqlite::Result<Value> {
     let t = std::time::Instant::now();
-    let r = sql::run_statement(actor.db(), st);
+    let r = {
+        let _remote = actor.sql_guard().scope(Mode::Remote);
+        sql::run_statement(actor.db(), st, budget)
+    };
     metrics.query_seconds.observe(t.elapsed().as_secs_f64());
-    r
+    r.map_err(|e| actor.sql_guard().explain(e))
 }
 
 /// Which actor route.
@@ -277,27 +292,35 @@ async fn sql_route(
     let id = actor_id(id)?;
     let body = read_json(s, headers, body).await?;
     let (metrics, timeout) = (s.metrics.clone(), s.statement_timeout);
+    let budget = sql::ResultBudget::new(s.max_result_bytes);
     let work = if matches!(route, ActorRoute::Batch) {
         batch_work(
             sql::batch_from_json(&body).map_err(HostError::BadRequest)?,
             metrics,
             timeout,
+            budget,
         )
     } else {
         query_work(
             sql::statement_from_json(&body, "the body").map_err(HostError::BadRequest)?,
             metrics,
             timeout,
+            budget,
         )
     };
     s.registry.run(&id, timeout, work).await
 }
 
 /// One statement in its own transaction; a transaction it leaves open is rolled back (400).
-fn query_work(st: StatementRequest, metrics: Arc<HostMetrics>, timeout: Duration) -> Work {
+fn query_work(
+    st: StatementRequest,
+    metrics: Arc<HostMetrics>,
+    timeout: Duration,
+    mut budget: sql::ResultBudget,
+) -> Work {
     Box::new(move |actor: &Actor| {
         let was_autocommit = actor.db().is_autocommit();
-        match timed(&metrics, actor, &st) {
+        match timed(&metrics, actor, &st, &mut budget) {
             Ok(_) if was_autocommit && !actor.db().is_autocommit() => {
                 rollback_open(actor);
                 Err(HostError::BadRequest(
@@ -318,12 +341,13 @@ fn batch_work(
     statements: Vec<StatementRequest>,
     metrics: Arc<HostMetrics>,
     timeout: Duration,
+    mut budget: sql::ResultBudget,
 ) -> Work {
     Box::new(move |actor: &Actor| {
         let db = actor.db();
         if let Some(i) = statements
             .iter()
-            .position(|st| sql::is_transaction_control(db, &st.sql))
+            .position(|st| actor.sql_guard().transaction_control(db, &st.sql).is_some())
         {
             return Err(HostError::BadRequest(format!(
                 "statements[{i}] controls the transaction; a batch is one transaction already (nothing ran)"
@@ -333,7 +357,7 @@ fn batch_work(
             .map_err(|e| statement_error(&e, timeout))?;
         let mut results = Vec::with_capacity(statements.len());
         for (i, st) in statements.iter().enumerate() {
-            match timed(&metrics, actor, st) {
+            match timed(&metrics, actor, st, &mut budget) {
                 Ok(_) if db.is_autocommit() => {
                     return Err(HostError::BadRequest(format!(
                         "statements[{i}] ended the batch's transaction; a batch is one transaction"
@@ -344,6 +368,9 @@ fn batch_work(
                     rollback_open(actor);
                     return Err(match statement_error(&e, timeout) {
                         HostError::Sql(m) => HostError::Sql(format!(
+                            "statements[{i}]: {m} (the batch was rolled back)"
+                        )),
+                        HostError::TooLarge(m) => HostError::TooLarge(format!(
                             "statements[{i}]: {m} (the batch was rolled back)"
                         )),
                         other => other,

@@ -51,6 +51,8 @@ impl InProcessHost {
                 max_connections: 4096,
                 ..Default::default()
             },
+            max_result_bytes: host::DEFAULT_MAX_RESULT_BYTES,
+            sqlite_heap_limit: host::DEFAULT_SQLITE_HEAP_LIMIT,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = runtime.spawn(host::serve(listener, host_config, async move {

@@ -9,6 +9,7 @@
 
 use rusqlite::types::ValueRef;
 
+use crate::actor::guard::Mode;
 use crate::actor::query_log::QueryRecord;
 use crate::actor::startup::StartupReport;
 use crate::actor::Actor;
@@ -80,13 +81,23 @@ pub struct ViewRequest {
     pub query: Option<String>,
 }
 
-/// A cell as text: NULL, numbers, text as is, blobs as `x'…'` hex (first 64 bytes).
+/// Characters of a text cell shown at most.
+pub const CELL_CHARS: usize = 200;
+
+/// A cell as text: NULL, numbers, text (its first [`CELL_CHARS`] characters, then `…` and its
+/// size), blobs as `x'…'` hex (first 64 bytes).
 pub fn cell_text(v: ValueRef<'_>) -> String {
     match v {
         ValueRef::Null => "NULL".into(),
         ValueRef::Integer(i) => i.to_string(),
         ValueRef::Real(f) => f.to_string(),
-        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Text(t) => {
+            let text = String::from_utf8_lossy(t);
+            match text.char_indices().nth(CELL_CHARS) {
+                Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], t.len()),
+                None => text.into_owned(),
+            }
+        }
         ValueRef::Blob(b) => {
             let hex: String = b.iter().take(64).map(|x| format!("{x:02x}")).collect();
             let more = if b.len() > 64 { "…" } else { "" };
@@ -150,43 +161,42 @@ fn tables(actor: &Actor) -> rusqlite::Result<Vec<TableInfo>> {
     Ok(out)
 }
 
-/// Words that start statements `sqlite3_stmt_readonly` calls read-only although they change
-/// the connection (transactions, attached files).
-const REFUSED_KEYWORDS: &[&str] = &[
-    "ATTACH",
-    "DETACH",
-    "BEGIN",
-    "COMMIT",
-    "END",
-    "ROLLBACK",
-    "SAVEPOINT",
-    "RELEASE",
-    "VACUUM",
-];
+/// Rows the query box shows at most.
+pub const QUERY_ROWS: usize = 200;
 
-/// Runs `sql` if SQLite says it only reads; a write (or a transaction or ATTACH) is refused
-/// before anything runs.
+/// Runs `sql` as a read, under the guard's [`Mode::ReadOnly`]: SQLite's authorizer refuses
+/// at compile time anything but `SELECT`, reading tables, functions, recursive CTEs and the
+/// reporting pragmas, so nothing runs that could write or leave a setting behind on the actor
+/// (`PRAGMA query_only=1`, `writable_schema`, `ATTACH`, however it is spelled). Transaction
+/// control is named as such (the one detector,
+/// [`SqlGuard::transaction_control`](crate::actor::guard::SqlGuard::transaction_control)).
+/// At most [`QUERY_ROWS`] rows.
 pub fn read_only_query(actor: &Actor, sql: &str) -> Result<Grid, String> {
-    let first = sql
-        .trim_start()
-        .split(|c: char| !c.is_ascii_alphabetic())
-        .next()
-        .unwrap_or("")
-        .to_ascii_uppercase();
-    if REFUSED_KEYWORDS.contains(&first.as_str()) {
-        return Err(format!(
-            "refused: {first} is not allowed here (read-only queries only)"
-        ));
-    }
     let db = actor.db();
-    let mut st = db.prepare(sql).map_err(|e| e.to_string())?;
-    if !st.readonly() {
-        return Err("refused: the statement would write (read-only queries only)".into());
+    if actor.sql_guard().transaction_control(db, sql).is_some() {
+        return Err(
+            "refused: transaction control is not allowed here (read-only queries only)".into(),
+        );
     }
-    let r = grid(&mut st, 200)
-        .map(|(g, _)| g)
-        .map_err(|e| e.to_string());
-    drop(st);
+    let refused = |e: rusqlite::Error| {
+        let e = actor.sql_guard().explain(e);
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) => {
+                format!("refused: {}", crate::host::sql::error_text(&e))
+            }
+            _ => e.to_string(),
+        }
+    };
+    let r = {
+        let _read_only = actor.sql_guard().scope(Mode::ReadOnly);
+        match db.prepare(sql) {
+            Ok(mut st) if st.readonly() => {
+                grid(&mut st, QUERY_ROWS).map(|(g, _)| g).map_err(refused)
+            }
+            Ok(_) => Err("refused: the statement would write (read-only queries only)".into()),
+            Err(e) => Err(refused(e)),
+        }
+    };
     if !db.is_autocommit() {
         let _ = db.execute_batch("ROLLBACK");
     }
