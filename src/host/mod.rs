@@ -213,8 +213,13 @@ pub async fn serve(
         crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
     crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
     let registry = Arc::new(
-        registry::Registry::new(config.store.clone(), actor, config.max_awake, metrics.clone())
-            .with_lock_wait(config.statement_timeout),
+        registry::Registry::new(
+            config.store.clone(),
+            actor,
+            config.max_awake,
+            metrics.clone(),
+        )
+        .with_lock_wait(config.statement_timeout),
     );
     let state = routes::AppState {
         registry: registry.clone(),
