@@ -79,6 +79,13 @@ fn expr(r: &mut Rng, depth: u32) -> String {
     }
 }
 
+/// Files the grammar's ATTACH and VACUUM INTO name: none may exist after the fuzz.
+const FORBIDDEN_FILES: &[&str] = &[
+    "/tmp/kvsqlite-fuzz-attach.db",
+    "/tmp/kvsqlite-fuzz-attach2.db",
+    "/tmp/kvsqlite-fuzz-vacuum.db",
+];
+
 /// SQL from a small grammar (with the odd broken statement).
 fn sql(r: &mut Rng) -> String {
     let t = format!("t{}", r.below(3));
@@ -107,6 +114,14 @@ fn sql(r: &mut Rng) -> String {
                 "SELECT * FROM nowhere",
                 "CREATE INDEX IF NOT EXISTS i0 ON t0(a)",
                 "DROP TABLE IF EXISTS t2",
+                // What SQL must never reach (refused by SQLite's authorizer, 400): files on
+                // the host, process-wide settings, settings that outlive the request.
+                "ATTACH 'file:/tmp/kvsqlite-fuzz-attach.db?vfs=unix' AS p",
+                "/**/ATTACH '/tmp/kvsqlite-fuzz-attach2.db' AS q",
+                "VACUUM INTO '/tmp/kvsqlite-fuzz-vacuum.db'",
+                "PRAGMA hard_heap_limit=1000",
+                "PRAGMA query_only=1",
+                "SELECT zeroblob(100000000)",
             ],
         )
         .to_string(),
@@ -365,6 +380,9 @@ fn seeded_fuzz_of_the_http_surface() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_2026);
     println!("seed {seed} (KVSQLITE_FUZZ_SEED={seed} replays it)");
+    for f in FORBIDDEN_FILES {
+        let _ = std::fs::remove_file(f);
+    }
     let s = Server::start("memory:", &["--statement-timeout-ms", "5000"]);
     let addr = addr_of(&s.base);
     let threads: Vec<_> = (0..THREADS)
@@ -399,6 +417,9 @@ fn seeded_fuzz_of_the_http_surface() {
         s.sql("after", "SELECT x FROM t", json!([]))["rows"],
         json!([[7]])
     );
+    for f in FORBIDDEN_FILES {
+        assert!(!std::path::Path::new(f).exists(), "{f} was created");
+    }
     let hwm = s.vm_hwm_kib();
     assert!(hwm < RSS_BOUND_KIB, "peak RSS {hwm} KiB");
     let (status, stderr) = s.terminate();
