@@ -12,9 +12,11 @@ pub mod auth;
 pub mod conn;
 pub mod inspector;
 pub mod prom;
+pub mod prom_families;
 pub mod registry;
 pub mod routes;
 pub mod sql;
+pub mod top;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -189,14 +191,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
+    // Every KV call of the host goes through the families' counting and timing wrapper.
+    let store = metrics.families.wrap_store(config.store.clone());
     let registry = Arc::new(
-        registry::Registry::new(
-            config.store.clone(),
-            config.actor,
-            config.max_awake,
-            metrics.clone(),
-        )
-        .with_lock_wait(config.statement_timeout),
+        registry::Registry::new(store, config.actor, config.max_awake, metrics.clone())
+            .with_lock_wait(config.statement_timeout),
     );
     let state = routes::AppState {
         registry: registry.clone(),
@@ -228,12 +227,26 @@ pub async fn serve(
             }
         })
     };
+    let hour_sampler = {
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let awake = metrics
+                    .actors_awake
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                metrics.families.sample_hour(awake);
+                tokio::time::sleep(prom_families::HOUR_EVERY).await;
+            }
+        })
+    };
     let app = routes::router(state);
     let drained = conn::run(listener, app, config.limits, shutdown).await;
     sleeper.abort();
     let _ = sleeper.await;
     sampler.abort();
     let _ = sampler.await;
+    hour_sampler.abort();
+    let _ = hour_sampler.await;
     if !drained {
         // Whatever still runs on an actor (a request dropped at the deadline) is stopped, so
         // that every actor can be put to sleep now.
