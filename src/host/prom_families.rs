@@ -232,7 +232,7 @@ impl Families {
         let statements = actor.query_log().totals().sql_statements;
         let kv = actor.kv_counters();
         let size = actor.db().known_size();
-        let (d, ds, dkv) = {
+        let (d, ds, dkv, moved) = {
             let mut live = self.live.lock();
             let Some(e) = live.get_mut(id) else {
                 return;
@@ -248,9 +248,9 @@ impl Families {
             if size.is_some() {
                 e.info.size_bytes = size;
             }
-            (d, ds, dkv)
+            (d, ds, dkv, actor.db().moved())
         };
-        self.add_vfs(&d);
+        self.add_vfs(&d, moved);
         self.statements.fetch_add(ds, Ordering::Relaxed);
         let t = dkv.total();
         self.costs.add(
@@ -264,13 +264,19 @@ impl Families {
         );
     }
 
-    fn add_vfs(&self, d: &Snapshot) {
+    /// `moved`: the actor found another instance had written; its last transaction's attempts
+    /// (counted by the VFS) wrote nothing, so they are not commits.
+    fn add_vfs(&self, d: &Snapshot, moved: bool) {
         let add = |c: &AtomicU64, n: u64| {
             if n > 0 {
                 c.fetch_add(n, Ordering::Relaxed);
             }
         };
-        let paths = [d.atomic_commits, d.staged_commits, d.journal_fallbacks];
+        let paths = if moved {
+            [0; 3]
+        } else {
+            [d.atomic_commits, d.staged_commits, d.journal_fallbacks]
+        };
         for (c, n) in self.commits.iter().zip(paths) {
             add(c, n);
         }
