@@ -535,3 +535,194 @@ fn every_family_moves_exactly_as_the_workload_says() {
     let v = host.ok("a", "SELECT count(*) FROM t");
     assert_eq!(v["rows"], json!([[52]]));
 }
+
+/// The family names of one scrape (its `# TYPE` lines), with their types.
+fn families(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+/// Every `expr` string anywhere in a JSON document.
+fn exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_names_exactly_the_families_the_host_exports() {
+    let mem: SharedStore = Arc::new(MemoryStore::new());
+    let host = Host::start(mem, 4, Duration::from_secs(3600));
+    host.ok("d", "CREATE TABLE t(x)");
+    let (st, text) = host.get("/metrics", None);
+    assert_eq!(st, 200);
+    lint(&text).unwrap_or_else(|e| panic!("lint: {e}"));
+    let exported = families(&text);
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let raw = std::fs::read_to_string(format!("{dir}/docs/grafana/kvsqlite.json"))
+        .expect("docs/grafana/kvsqlite.json");
+    let dash: Value = serde_json::from_str(&raw).expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], json!("kvsqlite"));
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.iter().any(|p| p["type"] == json!("timeseries")));
+    for p in panels.iter().filter(|p| p["type"] == json!("timeseries")) {
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(!p["targets"].as_array().expect("targets").is_empty(), "{p}");
+    }
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    let mut named = BTreeSet::new();
+    for e in &all {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("kvsqlite_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            // A histogram's series name its family.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| exported.get(*f).is_some_and(|t| t == "histogram"))
+                })
+                .unwrap_or(name);
+            named.insert(family.to_string());
+            rest = &tail[end..];
+        }
+    }
+    let exported: BTreeSet<String> = exported.into_keys().collect();
+    assert_eq!(named, exported, "dashboard families vs exported families");
+    let scrape =
+        std::fs::read_to_string(format!("{dir}/docs/prometheus.yml")).expect("docs/prometheus.yml");
+    assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("job_name: kvsqlite"));
+}
+
+fn get_with(host: &Host, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = host.agent.get(format!("{}{path}", host.base));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    match req.call() {
+        Ok(r) => {
+            let st = r.status().as_u16();
+            (st, r.into_body().read_to_string().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn statements_of(host: &Host, id: &str) -> f64 {
+    let (st, text) = host.get(&format!("/actors/{id}/inspector/metrics"), Some(ADMIN));
+    assert_eq!(st, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    v["sql_statements"]["value"]
+        .as_f64()
+        .expect("sql_statements")
+}
+
+#[test]
+fn top_actors_and_an_inspector_poll_that_costs_nothing() {
+    let mem = Arc::new(MemoryStore::new());
+    let under = CountingStore::wrap(mem);
+    let idle = Duration::from_millis(1500);
+    let host = Host::start(under.shared(), 4, idle);
+    let kv0 = under.snapshot();
+    host.ok("x", "CREATE TABLE t(v)");
+    host.ok("x", "INSERT INTO t VALUES (1)");
+    host.ok("x", "INSERT INTO t VALUES (2)");
+    host.ok("y", "SELECT 1");
+    let kv = under.snapshot().delta(&kv0);
+
+    // Token from the headers first; bad parameters are 400.
+    assert_eq!(host.get("/inspector/top", None).0, 401);
+    assert_eq!(host.get("/inspector/top?by=nope", None).0, 401);
+    assert_eq!(host.get("/inspector/top?by=nope", Some(ADMIN)).0, 400);
+    assert_eq!(host.get("/inspector/top?limit=0", Some(ADMIN)).0, 400);
+    let top = |q: &str| -> Value {
+        let (st, text) = host.get(&format!("/inspector/top{q}"), Some(ADMIN));
+        assert_eq!(st, 200, "{text}");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let t = top("");
+    let actors = t["actors"].as_array().expect("actors");
+    let ids: Vec<&str> = actors
+        .iter()
+        .map(|a| a["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["x", "y"], "{t}");
+    assert_eq!(actors[0]["statements"], json!(3));
+    assert_eq!(actors[1]["statements"], json!(1));
+    // Every round trip and byte of this workload is an actor's (no token look-ups yet).
+    let sum = |k: &str| {
+        actors
+            .iter()
+            .map(|a| a[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!(sum("kv_round_trips"), kv.round_trips());
+    assert_eq!(sum("kv_bytes"), kv.total().bytes_in + kv.total().bytes_out);
+    // x: a creation (2 round trips) and three commits; y: a creation and no commit.
+    assert_eq!(actors[0]["kv_round_trips"], json!(5));
+    assert_eq!(actors[1]["kv_round_trips"], json!(2));
+    assert_eq!(top("?limit=1")["actors"].as_array().map(Vec::len), Some(1));
+    assert_eq!(top("?by=bytes")["actors"][0]["id"], json!("x"));
+
+    // The page's poll: the live sections only, no statement, no cost, no use.
+    let before_statements = statements_of(&host, "x");
+    let before_top = top("")["actors"].clone();
+    let poll = [
+        ("Authorization", format!("Bearer {ADMIN}")),
+        ("X-Inspector-Poll", "1".into()),
+    ];
+    let poll: Vec<(&str, &str)> = poll.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (st, page) = get_with(&host, "/actors/x/inspector", &poll);
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("id=\"wake\"")
+            && page.contains("id=\"log-wrap\"")
+            && page.contains("id=\"latency\"")
+    );
+    assert!(
+        page.contains("INSERT INTO t VALUES (2)"),
+        "the query log is shown"
+    );
+    assert_eq!(statements_of(&host, "x"), before_statements);
+    assert_eq!(top("")["actors"], before_top, "a poll costs nothing");
+    // A full page view runs the inspector's own statements: not the actor's statements either.
+    let (st, _) = host.get("/actors/x/inspector", Some(ADMIN));
+    assert_eq!(st, 200);
+    assert_eq!(statements_of(&host, "x"), before_statements);
+
+    // Polled every 200 ms, x still goes to sleep once idle (a bounded wait: 30 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, _) = get_with(&host, "/actors/x/inspector", &poll);
+        if st == 204 {
+            break;
+        }
+        assert_eq!(st, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "polls kept the actor awake"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, text) = host.get("/healthz", None);
+    assert_eq!(st, 200);
+    let h: Value = serde_json::from_str(&text).expect("JSON");
+    assert!(h["actors_awake"].as_u64().is_some_and(|n| n <= 1), "{h}");
+}
