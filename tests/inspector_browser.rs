@@ -448,18 +448,35 @@ fn overview_and_an_open_page_in_headless_chromium() {
     };
     let first = cells(&rows[0]);
     assert_eq!(first[0], "alpha (created)");
-    assert!(first[1].ends_with(" B") || first[1].ends_with("KiB"), "{first:?}");
-    assert_eq!((first[3].as_str(), first[4].as_str()), ("2", "4"), "{first:?}");
+    assert!(
+        first[1].ends_with(" B") || first[1].ends_with("KiB"),
+        "{first:?}"
+    );
+    assert_eq!(
+        (first[3].as_str(), first[4].as_str()),
+        ("2", "4"),
+        "{first:?}"
+    );
     let second = cells(&rows[1]);
     assert_eq!(second[0], format!("{odd} (created)"));
-    assert_eq!((second[3].as_str(), second[4].as_str()), ("1", "2"), "{second:?}");
+    assert_eq!(
+        (second[3].as_str(), second[4].as_str()),
+        ("1", "2"),
+        "{second:?}"
+    );
     let link = b.find_in(&rows[1], "a");
     assert_eq!(b.attr(&link, "href"), format!("/actors/{odd}/inspector"));
     // The costliest first.
     let top = b.find_all("#top tbody tr");
     assert_eq!(cells(&top[0])[0], "alpha");
     // Five charts of the last hour; the latest interval's bars say what the host counted.
-    for id in ["chart-kv", "chart-bytes", "chart-statements", "chart-commits", "chart-awake"] {
+    for id in [
+        "chart-kv",
+        "chart-bytes",
+        "chart-statements",
+        "chart-commits",
+        "chart-awake",
+    ] {
         b.find(&format!("#{id} svg[role=img]"));
     }
     let last_bar = |id: &str| -> String {
@@ -481,7 +498,10 @@ fn overview_and_an_open_page_in_headless_chromium() {
     b.find("#log-wrap");
     let deadline = Instant::now() + Duration::from_secs(60);
     while s.metrics()["kvsqlite_actors_awake"] > 0.0 {
-        assert!(Instant::now() < deadline, "the open page kept its actor awake");
+        assert!(
+            Instant::now() < deadline,
+            "the open page kept its actor awake"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     // The page did refresh meanwhile (a fetch of its own URL), and still shows the actor.

@@ -557,3 +557,67 @@ impl KvStore for TimedStore {
         self.timed(OpKind::BatchRead, || self.inner.batch_read(actor, ops))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+
+    #[test]
+    fn the_inspector_mark_is_the_query_logs_internal_mark() {
+        assert_eq!(
+            crate::host::inspector::data::MARK,
+            crate::actor::query_log::INTERNAL_MARK
+        );
+    }
+
+    #[test]
+    fn commits_split_pages_and_bytes_evenly_and_exactly() {
+        let f = Families::default();
+        let d = Snapshot {
+            atomic_commits: 2,
+            journal_fallbacks: 1,
+            pages_written: 10,
+            bytes_written: 1001,
+            ..Snapshot::default()
+        };
+        f.add_vfs(&d, false);
+        let (pages, over) = f.commit_pages.buckets();
+        let count: u64 = pages.iter().map(|(_, c)| c).sum::<u64>() + over;
+        assert_eq!(count, 3);
+        let mut out = String::new();
+        f.render(&mut out);
+        assert!(out.contains("kvsqlite_commit_pages_sum 10\n"), "{out}");
+        assert!(out.contains("kvsqlite_commit_bytes_sum 1001\n"), "{out}");
+        assert!(out.contains("kvsqlite_commits_total{path=\"atomic\"} 2\n"));
+        assert!(out.contains("kvsqlite_commits_total{path=\"journal\"} 1\n"));
+        // A moved actor's attempts are not commits.
+        f.add_vfs(&d, true);
+        let mut again = String::new();
+        f.render(&mut again);
+        assert!(again.contains("kvsqlite_commits_total{path=\"atomic\"} 2\n"));
+    }
+
+    #[test]
+    fn every_sent_call_is_timed_once_and_rejected_ones_not_at_all() {
+        let f = Families::default();
+        let store = f.wrap_store(Arc::new(MemoryStore::new()));
+        store
+            .put("a", vec![(b"k".to_vec(), b"v".to_vec())])
+            .unwrap();
+        store.get("a", &[b"k".to_vec()]).unwrap();
+        // An empty key is refused before anything is sent.
+        assert!(store.get("a", &[Vec::new()]).is_err());
+        let mut out = String::new();
+        f.render(&mut out);
+        for line in [
+            "kvsqlite_kv_calls_total{backend=\"memory\",op=\"get\"} 1\n",
+            "kvsqlite_kv_calls_total{backend=\"memory\",op=\"write\"} 1\n",
+            "kvsqlite_kv_call_duration_seconds_count{backend=\"memory\",op=\"get\"} 1\n",
+            "kvsqlite_kv_call_duration_seconds_count{backend=\"memory\",op=\"write\"} 1\n",
+            "kvsqlite_kv_read_bytes_total{backend=\"memory\"} 1\n",
+        ] {
+            assert!(out.contains(line), "{line}{out}");
+        }
+    }
+}
