@@ -54,6 +54,22 @@ fn actor_config() -> ActorConfig {
     };
     // A transaction of more than 16 dirty pages spills: the rollback-journal fallback.
     c.open.max_atomic_bytes = 64 * 1024;
+    // Every wake reads table `t` when it exists: past the two preloaded pages, those reads
+    // are the wake's preload misses.
+    c.hooks.on_wake = Some(Box::new(|ctx| {
+        let db = ctx.db.ok_or("no database")?;
+        let n: i64 = db.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 't'",
+            [],
+            |r| r.get(0),
+        )?;
+        if n == 1 {
+            db.query_row("SELECT sum(length(v)) FROM t", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?;
+        }
+        Ok(())
+    }));
     c
 }
 
@@ -334,21 +350,17 @@ fn every_family_moves_exactly_as_the_workload_says() {
         let rest = check_kv(&d, &kv_after.delta(&kv_before), name);
         before = after;
         kv_before = kv_after;
-        eprintln!("{name}: {rest:#?}");
         rest
     };
 
-    // Each wake: its phases (one observation each) and its round trips; a creation has one
-    // phase more and costs 2 round trips (a read and the creation's write), a wake 1.
-    let wake = |created: bool| {
+    // Each wake: its phases (one observation each, the `on_wake` hook's among them) and its
+    // `round_trips`; a creation has one phase more.
+    let wake = |created: bool, round_trips: f64| {
         let mut v = vec![
             ("kvsqlite_wakes_total", 1.0),
             ("kvsqlite_wake_duration_seconds_count", 1.0),
             ("kvsqlite_wake_kv_round_trips_count", 1.0),
-            (
-                "kvsqlite_wake_kv_round_trips_sum",
-                if created { 2.0 } else { 1.0 },
-            ),
+            ("kvsqlite_wake_kv_round_trips_sum", round_trips),
         ];
         for phase in [
             "check_persist_data",
@@ -368,6 +380,10 @@ fn every_family_moves_exactly_as_the_workload_says() {
             );
             v.push((k, 1.0));
         }
+        v.push((
+            "kvsqlite_wake_phase_duration_seconds_count{group=\"user\",phase=\"on_wake\"}",
+            1.0,
+        ));
         if created {
             v.push(("kvsqlite_creations_total", 1.0));
         }
@@ -394,7 +410,8 @@ fn every_family_moves_exactly_as_the_workload_says() {
         assert_eq!(got, want);
     };
 
-    // A new actor and its table: the creation, one statement, one atomic commit of page 1 and
+    // A new actor and its table: the creation (a read and the creation's write; the hook's
+    // one statement finds no table), one client statement, one atomic commit of page 1 and
     // the table's root page (two 4 KiB values with their keys, and the file's metadata).
     let d = step("create", &|| {
         host.ok("a", "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
@@ -402,11 +419,11 @@ fn every_family_moves_exactly_as_the_workload_says() {
     expect(
         d,
         vec![
-            wake(true),
+            wake(true, 2.0),
             vec![
                 ("kvsqlite_actors_awake", 1.0),
                 ("kvsqlite_query_duration_seconds_count", 1.0),
-                ("kvsqlite_statements_total", 1.0),
+                ("kvsqlite_statements_total", 2.0),
             ],
             commit("atomic", 2.0, 8235.0),
         ],
@@ -480,26 +497,33 @@ fn every_family_moves_exactly_as_the_workload_says() {
     expect(
         d,
         vec![
-            wake(true),
-            one_statement.clone(),
-            vec![("kvsqlite_sleeps_total", 1.0)],
+            wake(true, 2.0),
+            vec![
+                ("kvsqlite_query_duration_seconds_count", 1.0),
+                ("kvsqlite_statements_total", 2.0),
+                ("kvsqlite_sleeps_total", 1.0),
+            ],
         ],
     );
-    // `a` wakes (one round trip; `b` sleeps) and reads every row cold: the preload holds its
-    // first two pages, 3 reads go to the store and read-ahead fetches 46 more pages, all used.
+    // `a` wakes (`b` sleeps) and its `on_wake` hook reads every row cold: the preload holds
+    // the first two pages (6 reads of them), 3 reads go to the store (the wake's preload
+    // misses, so the wake costs 1 + 3 round trips) and read-ahead fetches 46 more pages, all
+    // used. The client's read after it is served from the caches.
     let d = step("wake and cold read", &|| {
         host.ok("a", "SELECT count(*), sum(length(v)) FROM t");
     });
     expect(
         d,
         vec![
-            wake(false),
-            one_statement.clone(),
+            wake(false, 4.0),
             vec![
+                ("kvsqlite_query_duration_seconds_count", 1.0),
+                ("kvsqlite_statements_total", 3.0),
                 ("kvsqlite_sleeps_total", 1.0),
-                ("kvsqlite_preload_hits_total", 2.0),
+                ("kvsqlite_preload_hits_total", 6.0),
+                ("kvsqlite_preload_misses_total", 3.0),
                 ("kvsqlite_page_cache_misses_total", 3.0),
-                ("kvsqlite_page_cache_hits_total", 49.0),
+                ("kvsqlite_page_cache_hits_total", 47.0),
                 ("kvsqlite_readahead_prefetched_pages_total", 46.0),
                 ("kvsqlite_readahead_used_pages_total", 46.0),
             ],
@@ -664,8 +688,9 @@ fn top_actors_and_an_inspector_poll_that_costs_nothing() {
         .map(|a| a["id"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(ids, ["x", "y"], "{t}");
-    assert_eq!(actors[0]["statements"], json!(3));
-    assert_eq!(actors[1]["statements"], json!(1));
+    // Client statements plus the wake hook's one (no table `t` at a creation).
+    assert_eq!(actors[0]["statements"], json!(4));
+    assert_eq!(actors[1]["statements"], json!(2));
     // Every round trip and byte of this workload is an actor's (no token look-ups yet).
     let sum = |k: &str| {
         actors
