@@ -5,7 +5,9 @@
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
 //! statuses), [`auth`] (who a request is, from its headers alone), [`conn`] (the accept loop:
 //! timeouts, connection cap, shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
-//! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`inspector`] (the HTML pages).
+//! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`prom_families`] (what the store
+//! and the VFS do, host-wide), [`top`] (the costliest actors lately), [`inspector`] (the HTML
+//! pages).
 //! The CLI (`src/cli/serve.rs`) only parses arguments and calls [`serve`].
 
 pub mod auth;
