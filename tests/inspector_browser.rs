@@ -511,3 +511,124 @@ fn inspector_filter_refresh_and_markup_in_names_in_headless_chromium() {
 
     assert_eq!(b.script("return typeof window.pwned;"), json!("undefined"));
 }
+
+/// The host overview in headless Chromium: the awake actors with their figures, the costliest
+/// actors, the last hour's charts (values as the host counts them, shown as text); then an
+/// actor page left open, whose 5 s refresh must not keep its actor awake.
+#[test]
+fn overview_and_an_open_page_in_headless_chromium() {
+    let chromium = find_program(&["chromium", "chromium-browser"]);
+    let driver = find_program(&["chromedriver"]);
+    let (Some(chromium), Some(driver)) = (chromium, driver) else {
+        let msg = "chromium and chromedriver are not installed (apt-get install chromium chromium-driver)";
+        skip::skip(msg);
+        return;
+    };
+    // Idle sleep longer than the page's 5 s refresh: a refresh that counted as use would keep
+    // the actor awake for ever.
+    let s = Server::start("memory:", &["--idle-sleep-ms", "7000"]);
+    s.sql("alpha", "CREATE TABLE t(v TEXT)", json!([]));
+    s.sql(
+        "alpha",
+        "INSERT INTO t VALUES (?)",
+        json!(["<script>window.pwned=1</script>"]),
+    );
+    let odd = "b.e~t-a_1";
+    s.sql(odd, "SELECT 1", json!([]));
+    let m = s.metrics();
+    let kv_calls: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("kvsqlite_kv_calls_total{"))
+        .map(|(_, v)| v)
+        .sum();
+
+    let b = Browser::start(&chromium, &driver);
+    b.go(&format!("{}/", s.base));
+    let token = b.find("#token");
+    b.clear_and_type(&token, ADMIN);
+    b.click_and_load(&b.find("#signin"));
+    // The awake actors, by id: alpha (a creation: 2 round trips, then 2 commits; 2
+    // statements) and the odd id (a creation, 1 statement, no commit).
+    let rows = b.find_all("#actors tbody tr");
+    assert_eq!(rows.len(), 2);
+    let cells = |row: &str| -> Vec<String> {
+        let v = b.call(
+            "POST",
+            &b.s(&format!("/element/{row}/elements")),
+            Some(json!({"using": "css selector", "value": "td"})),
+        );
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT].as_str())
+                    .map(|e| b.text(e))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = cells(&rows[0]);
+    assert_eq!(first[0], "alpha (created)");
+    assert!(
+        first[1].ends_with(" B") || first[1].ends_with("KiB"),
+        "{first:?}"
+    );
+    assert_eq!(
+        (first[3].as_str(), first[4].as_str()),
+        ("2", "4"),
+        "{first:?}"
+    );
+    let second = cells(&rows[1]);
+    assert_eq!(second[0], format!("{odd} (created)"));
+    assert_eq!(
+        (second[3].as_str(), second[4].as_str()),
+        ("1", "2"),
+        "{second:?}"
+    );
+    let link = b.find_in(&rows[1], "a");
+    assert_eq!(b.attr(&link, "href"), format!("/actors/{odd}/inspector"));
+    // The costliest first.
+    let top = b.find_all("#top tbody tr");
+    assert_eq!(cells(&top[0])[0], "alpha");
+    // Five charts of the last hour; the latest interval's bars say what the host counted.
+    for id in [
+        "chart-kv",
+        "chart-bytes",
+        "chart-statements",
+        "chart-commits",
+        "chart-awake",
+    ] {
+        b.find(&format!("#{id} svg[role=img]"));
+    }
+    let last_bar = |id: &str| -> String {
+        let v = b.script(&format!(
+            "var r=document.querySelectorAll('#{id} svg rect');return r.length?r[r.length-1].textContent:'';"
+        ));
+        v.as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(last_bar("chart-kv"), format!("-0m: {kv_calls}"));
+    assert_eq!(last_bar("chart-statements"), "-0m: 3");
+    assert_eq!(last_bar("chart-commits"), "-0m: 2");
+    assert_eq!(last_bar("chart-awake"), "-0m: 2");
+    assert_eq!(b.script("return window.pwned === undefined;"), json!(true));
+    b.screenshot("overview");
+
+    // An actor page left open: its refresh reads from memory only, so alpha still goes to
+    // sleep once idle (bounded: 60 s).
+    b.go(&format!("{}/actors/alpha/inspector", s.base));
+    b.find("#log-wrap");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.metrics()["kvsqlite_actors_awake"] > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the open page kept its actor awake"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The page did refresh meanwhile (a fetch of its own URL), and still shows the actor.
+    let polls = b.script(
+        "return performance.getEntriesByType('resource').filter(function(e){return e.initiatorType==='fetch';}).length;",
+    );
+    assert!(polls.as_u64().is_some_and(|n| n >= 1), "{polls}");
+    assert_eq!(b.text(&b.find("#actor-id")), "alpha");
+    assert_eq!(b.script("return window.pwned === undefined;"), json!(true));
+}

@@ -431,6 +431,12 @@ impl Actor {
         self.counting.snapshot().round_trips()
     }
 
+    /// Every KV call of this instance so far, by kind, with its keys and bytes (the same
+    /// counting store as [`Actor::kv_round_trips`]; the background prefetch not included).
+    pub fn kv_counters(&self) -> crate::kv::counting::KvCounters {
+        self.counting.snapshot()
+    }
+
     /// Waits until the background fetch of hinted pages (if any) is done; returns the pages it
     /// put into the cache.
     pub fn wait_prefetch(&mut self) -> u64 {

@@ -44,6 +44,11 @@ use crate::vfs::Stats;
 /// Statements whose records an actor keeps.
 pub const MAX_RECORDS: usize = 500;
 
+/// The comment that starts the statements a tool runs on an actor for its own view (the host's
+/// inspector): such statements are recorded but counted in neither [`QueryLog::totals`] nor
+/// [`QueryLog::latency`].
+pub const INTERNAL_MARK: &str = "/* kvsqlite inspector */";
+
 /// Characters of SQL kept in an event and a record.
 pub const SQL_CHARS: usize = 120;
 
@@ -191,12 +196,16 @@ impl QueryLog {
             "query"
         );
         let mut inner = self.inner.lock();
-        inner.hist.record(rec.duration_us);
-        let t = &mut inner.totals;
-        t.sql_statements += 1;
-        t.kv_round_trips += rec.cost.round_trips;
-        t.kv_keys_read += rec.cost.keys_read;
-        t.kv_keys_written += rec.cost.keys_written;
+        // The inspector's own statements are kept as records (it hides them) but are not
+        // the actor's work: they stay out of its totals and latency.
+        if !rec.sql.starts_with(INTERNAL_MARK) {
+            inner.hist.record(rec.duration_us);
+            let t = &mut inner.totals;
+            t.sql_statements += 1;
+            t.kv_round_trips += rec.cost.round_trips;
+            t.kv_keys_read += rec.cost.keys_read;
+            t.kv_keys_written += rec.cost.keys_written;
+        }
         if inner.records.len() == MAX_RECORDS {
             inner.records.pop_front();
         }

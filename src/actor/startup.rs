@@ -144,7 +144,8 @@ pub enum Group {
 }
 
 impl Group {
-    fn name(self) -> &'static str {
+    /// `internal` or `user`.
+    pub fn name(self) -> &'static str {
         match self {
             Group::Internal => "internal",
             Group::User => "user",

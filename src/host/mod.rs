@@ -5,16 +5,20 @@
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
 //! statuses), [`auth`] (who a request is, from its headers alone), [`conn`] (the accept loop:
 //! timeouts, connection cap, shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
-//! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`inspector`] (the HTML pages).
+//! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`prom_families`] (what the store
+//! and the VFS do, host-wide), [`top`] (the costliest actors lately), [`inspector`] (the HTML
+//! pages).
 //! The CLI (`src/cli/serve.rs`) only parses arguments and calls [`serve`].
 
 pub mod auth;
 pub mod conn;
 pub mod inspector;
 pub mod prom;
+pub mod prom_families;
 pub mod registry;
 pub mod routes;
 pub mod sql;
+pub mod top;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -212,14 +216,11 @@ pub async fn serve(
     actor.guard =
         crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
     crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
+    // Every KV call of the host goes through the families' counting and timing wrapper.
+    let store = metrics.families.wrap_store(config.store.clone());
     let registry = Arc::new(
-        registry::Registry::new(
-            config.store.clone(),
-            actor,
-            config.max_awake,
-            metrics.clone(),
-        )
-        .with_lock_wait(config.statement_timeout),
+        registry::Registry::new(store, actor, config.max_awake, metrics.clone())
+            .with_lock_wait(config.statement_timeout),
     );
     let state = routes::AppState {
         registry: registry.clone(),
@@ -252,12 +253,26 @@ pub async fn serve(
             }
         })
     };
+    let hour_sampler = {
+        let metrics = state.metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let awake = metrics
+                    .actors_awake
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                metrics.families.sample_hour(awake);
+                tokio::time::sleep(prom_families::HOUR_EVERY).await;
+            }
+        })
+    };
     let app = routes::router(state);
     let drained = conn::run(listener, app, config.limits, shutdown).await;
     sleeper.abort();
     let _ = sleeper.await;
     sampler.abort();
     let _ = sampler.await;
+    hour_sampler.abort();
+    let _ = hour_sampler.await;
     if !drained {
         // Whatever still runs on an actor (a request dropped at the deadline) is stopped, so
         // that every actor can be put to sleep now.

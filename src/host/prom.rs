@@ -33,7 +33,8 @@ struct HistogramState {
 }
 
 impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
+    /// An empty histogram with these upper bounds (ascending).
+    pub(crate) fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
             state: Mutex::new(HistogramState {
@@ -70,24 +71,36 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        self.render_series(out, name, "");
+    }
+
+    /// The `_bucket`, `_sum` and `_count` lines of one series; `labels` (`k="v",` each,
+    /// already escaped) go before `le`.
+    pub(crate) fn render_series(&self, out: &mut String, name: &str, labels: &str) {
         let (counts, sum, count) = {
             let st = self.state.lock();
             (st.counts.clone(), st.sum, st.count)
         };
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0u64;
         for (b, c) in self.bounds.iter().zip(&counts) {
             cumulative += c;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{b}\"}} {cumulative}");
         }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {sum}");
-        let _ = writeln!(out, "{name}_count {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {count}");
     }
 }
 
-const SECONDS: &[f64] = &[
+pub(crate) const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 const ROUND_TRIPS: &[f64] = &[0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
@@ -130,6 +143,8 @@ pub struct HostMetrics {
     errors: Vec<AtomicU64>,
     /// `(when, kv_round_trips)` samples for the inspector's rate chart, oldest first.
     kv_samples: Mutex<VecDeque<(Instant, u64)>>,
+    /// The store, VFS, wake and statement families, and the per-actor views built from them.
+    pub families: super::prom_families::Families,
 }
 
 /// KV round-trip samples kept (one every [`KV_SAMPLE_EVERY`]: ten minutes).
@@ -153,6 +168,7 @@ impl Default for HostMetrics {
             query_seconds: Histogram::new(SECONDS),
             errors: ERROR_KINDS.iter().map(|_| AtomicU64::new(0)).collect(),
             kv_samples: Mutex::new(VecDeque::new()),
+            families: Default::default(),
         }
     }
 }
@@ -280,6 +296,7 @@ impl HostMetrics {
             "kvsqlite_query_duration_seconds",
             "Wall time of one SQL statement in seconds.",
         );
+        self.families.render(&mut out);
         out
     }
 }

@@ -239,7 +239,14 @@ impl Registry {
             return Err(HostError::Internal("the actor is not awake".into()));
         };
         let _ = tx.send(awake.actor.db().get_interrupt_handle());
+        let started = Instant::now();
         let result = work(&awake.actor);
+        self.metrics.families.after_request(
+            &slot.id,
+            &awake.actor,
+            started.elapsed(),
+            matches!(result, Err(HostError::Unavailable(_))) && awake.actor.db().moved(),
+        );
         let rt = awake.actor.kv_round_trips();
         self.metrics
             .kv_round_trips
@@ -270,6 +277,7 @@ impl Registry {
                 m.wake_seconds.observe(t.elapsed().as_secs_f64());
                 m.wake_round_trips
                     .observe(actor.startup().kv_round_trips as f64);
+                m.families.on_wake(&slot.id, &actor);
                 let rt = actor.kv_round_trips();
                 m.kv_round_trips.fetch_add(rt, Ordering::Relaxed);
                 slot.awake.store(true, Ordering::Relaxed);
@@ -282,6 +290,9 @@ impl Registry {
                 Ok(())
             }
             Err(e) => {
+                if e.is_moved() {
+                    self.metrics.families.on_wake_moved();
+                }
                 self.metrics.actors_awake.fetch_sub(1, Ordering::Relaxed);
                 self.metrics.wake_failures.fetch_add(1, Ordering::Relaxed);
                 Err(wake_error(e))
@@ -358,6 +369,7 @@ impl Registry {
             self.metrics
                 .kv_round_trips
                 .fetch_add(rt.saturating_sub(round_trips_seen), Ordering::Relaxed);
+            self.metrics.families.before_sleep(&slot.id, &actor);
             if let Err(e) = actor.sleep() {
                 tracing::warn!(actor = %slot.id, "actor sleep failed: {e}");
             }
@@ -399,6 +411,27 @@ impl Registry {
             .docs
             .get(id)
             .map(|(t, d, _)| (t.clone(), d.clone())))
+    }
+
+    /// Runs `f` on actor `id` if it is awake here, without waking it and without counting as
+    /// use (its idle timer is not reset, its costs are not charged): `None` when it is not
+    /// awake. `f` must only read what the actor holds in memory (no SQL: it runs on an async
+    /// thread). Waits behind requests on the actor at most the lock wait (503 after).
+    pub async fn peek<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&Actor) -> T,
+    ) -> Result<Option<T>, HostError> {
+        let Some(slot) = self.slots.lock().get(id).cloned() else {
+            return Ok(None);
+        };
+        let guard = tokio::time::timeout(self.lock_wait, slot.state.lock())
+            .await
+            .map_err(|_| busy(self.lock_wait))?;
+        Ok(match &*guard {
+            SlotState::Awake(a) => Some(f(&a.actor)),
+            _ => None,
+        })
     }
 
     /// The inspector token of an actor that is awake (or waking) here or whose last document is

@@ -58,7 +58,8 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/metrics", get(prometheus))
-        .route("/healthz", get(healthz));
+        .route("/healthz", get(healthz))
+        .route("/inspector/top", get(super::top::route));
     for (path, route, is_post) in [
         ("/actors/{id}/query", ActorRoute::Query, true),
         ("/actors/{id}/batch", ActorRoute::Batch, true),
@@ -144,6 +145,15 @@ fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
         Ok(v) => ok_json(v),
         Err(e) => error_response(metrics, e),
     }
+}
+
+/// An admin-only JSON answer: the token from the headers first (401), then `work`.
+pub(crate) fn admin_json(
+    s: &AppState,
+    headers: &HeaderMap,
+    work: impl FnOnce() -> Result<Value, HostError>,
+) -> Response {
+    respond(&s.metrics, require_admin(s, headers).and_then(|()| work()))
 }
 
 fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {

@@ -712,6 +712,13 @@ impl DbState {
         self.inner.lock().main.meta.chunk_size
     }
 
+    /// The main file's logical size as this process last knew it, without a KV call: `None`
+    /// while the metadata must be reloaded from the store first.
+    pub fn known_main_size(&self) -> Option<u64> {
+        let inner = self.inner.lock();
+        (!inner.needs_reload).then_some(inner.main.size)
+    }
+
     /// The logical size of a file.
     pub fn file_size(&self, kind: FileKind) -> Result<u64, VfsError> {
         let mut inner = self.inner.lock();

@@ -446,6 +446,12 @@ impl Database {
         &self.path
     }
 
+    /// The database's size in bytes as this process last knew it, read without a KV call (for
+    /// dashboards); `None` while the VFS must reload its metadata from the store first.
+    pub fn known_size(&self) -> Option<u64> {
+        self.state.known_main_size()
+    }
+
     /// The page (chunk) size the database is stored with.
     pub fn page_size(&self) -> u32 {
         self.state.chunk_size()

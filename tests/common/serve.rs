@@ -393,10 +393,18 @@ pub fn parse_prometheus(text: &str) -> Result<BTreeMap<String, f64>, String> {
                     .find(|(k, _)| k == "le")
                     .ok_or(format!("bucket without le: {line:?}"))?;
                 let le = parse_value(&le.1).ok_or(format!("bad le in {line:?}"))?;
-                buckets
-                    .entry(family.to_string())
-                    .or_default()
-                    .push((le, value));
+                // One series per label set other than `le`.
+                let rest: Vec<String> = labels
+                    .iter()
+                    .filter(|(k, _)| k != "le")
+                    .map(|(k, v)| format!("{k}=\"{v}\""))
+                    .collect();
+                let series = if rest.is_empty() {
+                    family.to_string()
+                } else {
+                    format!("{family}{{{}}}", rest.join(","))
+                };
+                buckets.entry(series).or_default().push((le, value));
             } else if name == family {
                 return Err(format!("histogram sample without a suffix: {line:?}"));
             }
@@ -407,19 +415,23 @@ pub fn parse_prometheus(text: &str) -> Result<BTreeMap<String, f64>, String> {
             return Err(format!("sample {key} given twice"));
         }
     }
-    for (family, b) in &buckets {
+    for (series, b) in &buckets {
         if !b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1) {
-            return Err(format!("{family}: buckets not increasing and cumulative"));
+            return Err(format!("{series}: buckets not increasing and cumulative"));
         }
         let last = b.last().ok_or("no buckets")?;
         if last.0 != f64::INFINITY {
-            return Err(format!("{family}: no le=\"+Inf\" bucket"));
+            return Err(format!("{series}: no le=\"+Inf\" bucket"));
         }
-        if samples.get(&format!("{family}_count")) != Some(&last.1) {
-            return Err(format!("{family}: _count differs from the +Inf bucket"));
+        let (family, labels) = match series.split_once('{') {
+            Some((f, l)) => (f, format!("{{{l}")),
+            None => (series.as_str(), String::new()),
+        };
+        if samples.get(&format!("{family}_count{labels}")) != Some(&last.1) {
+            return Err(format!("{series}: _count differs from the +Inf bucket"));
         }
-        if !samples.contains_key(&format!("{family}_sum")) {
-            return Err(format!("{family}: no _sum"));
+        if !samples.contains_key(&format!("{family}_sum{labels}")) {
+            return Err(format!("{series}: no _sum"));
         }
     }
     Ok(samples)

@@ -240,3 +240,21 @@ pub fn collect(actor: &Actor, req: &ViewRequest) -> ActorView {
         query,
     }
 }
+
+/// The live sections only (the last wake, the query log, the latency summary), read from
+/// memory without running any statement: what the page's 5 s poll refreshes.
+pub fn collect_live(actor: &Actor) -> ActorView {
+    ActorView {
+        startup: actor.startup().clone(),
+        records: actor
+            .query_log()
+            .records()
+            .into_iter()
+            .filter(|r| !r.sql.starts_with(MARK))
+            .collect(),
+        latency: actor.query_log().latency(),
+        tables: Vec::new(),
+        page: None,
+        query: None,
+    }
+}

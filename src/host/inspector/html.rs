@@ -91,7 +91,7 @@ pub fn signin(next: &str, actor: &str, message: &str, csrf: &str) -> String {
     page("Sign in", &body)
 }
 
-fn fmt_time(unix_ms: u64) -> String {
+pub(crate) fn fmt_time(unix_ms: u64) -> String {
     let s = unix_ms / 1000;
     format!(
         "{:02}:{:02}:{:02}.{:03}",
@@ -337,6 +337,8 @@ pub struct Overview {
     pub errors: Vec<(&'static str, u64)>,
     /// KV round trips per second, oldest first: (seconds ago, rate).
     pub kv_rates: Vec<(u64, f64)>,
+    /// The awake actors, the costliest ones and the last hour's charts.
+    pub fleet: super::overview::Fleet,
 }
 
 fn actor_list(ids: &[String]) -> String {
@@ -404,5 +406,6 @@ pub fn overview(o: &Overview, csrf: Option<&str>) -> String {
         actor_list(&o.awake),
         actor_list(&o.asleep)
     );
+    b.push_str(&super::overview::sections(&o.fleet));
     page("kvsqlite host", &b)
 }

@@ -17,6 +17,7 @@ pub mod csrf;
 pub mod data;
 pub mod escape;
 pub mod html;
+pub mod overview;
 pub mod svg;
 
 use std::collections::HashMap;
@@ -288,6 +289,7 @@ async fn overview(State(s): State<AppState>, headers: HeaderMap) -> Response {
         query_hist: hist(&m.query_seconds),
         errors: m.errors_by_kind(),
         kv_rates: m.kv_rates(),
+        fleet: overview::Fleet::gather(m, s.registry.awake_count()),
     };
     let csrf = a.and_then(|(_, sess)| sess).map(|sess| sess.csrf);
     html(StatusCode::OK, html::overview(&o, csrf.as_deref()))
@@ -483,9 +485,23 @@ async fn actor_get(
         Ok(x) => x,
         Err(r) => return r,
     };
-    // A poll from the page's script does not wake a sleeping actor.
-    if headers.contains_key("x-inspector-poll") && !s.registry.is_awake(&id) {
-        return StatusCode::NO_CONTENT.into_response();
+    // A poll from the page's script reads the live sections from memory: it does not wake a
+    // sleeping actor, run a statement, or keep the actor awake.
+    if headers.contains_key("x-inspector-poll") {
+        return match s.registry.peek(&id, data::collect_live).await {
+            Ok(Some(v)) => {
+                let p = html::ActorPage {
+                    id: &id,
+                    admin: a == Access::Admin,
+                    filter: "",
+                    query_sql: "",
+                    csrf: sess.as_ref().map(|x| x.csrf.as_str()),
+                };
+                html(StatusCode::OK, html::actor_page(&p, &v))
+            }
+            Ok(None) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => error_page(&s, e),
+        };
     }
     let pairs = parse_form(&raw);
     let req = ViewRequest {

@@ -1,0 +1,753 @@
+//! The host's Prometheus families under a scripted workload: small, staged and journalled
+//! commits, cached and cold reads, a wake after a sleep, and a moved conflict. Each step's
+//! effect on every family is asserted exactly (counters by their deltas, histograms by count
+//! and sum; the KV families against a counting store under the host, which sees exactly what
+//! the host sends). Every scrape is checked with the text format's rules
+//! (`common/serve.rs::parse_prometheus`) and with `promtool check metrics`-style lint rules
+//! (names, types, units, help, no duplicate series). The Grafana dashboard names exactly the
+//! families the host exports. `GET /inspector/top` and the inspector's poll are checked too.
+//!
+//! The host runs in this process (`kvsqlite::host::serve`) on a memory store, so that a second
+//! instance of an actor can be started on the same store to make the moved conflict.
+
+#[path = "common/serve.rs"]
+mod serve;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvsqlite::actor::{Actor, ActorConfig};
+use kvsqlite::host::{serve as host_serve, HostConfig};
+use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
+use kvsqlite::kv::memory::MemoryStore;
+use kvsqlite::kv::{KvLimits, SharedStore};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "families-admin-token-0123456789";
+
+/// A host on `under` in this process; dropped, it shuts down.
+struct Host {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+    agent: ureq::Agent,
+}
+
+/// Writes of at most 8 entries: a transaction of more than 7 pages is staged.
+fn limits() -> KvLimits {
+    KvLimits {
+        max_write_entries: 8,
+        ..KvLimits::default()
+    }
+}
+
+fn actor_config() -> ActorConfig {
+    let mut c = ActorConfig {
+        // Two pages preloaded: reads past them after a wake go to the store.
+        preload_budget: 8192,
+        // No background fetch of hinted pages: every read after a wake is counted where it
+        // happens.
+        hints: false,
+        ..ActorConfig::default()
+    };
+    // A transaction of more than 16 dirty pages spills: the rollback-journal fallback.
+    c.open.max_atomic_bytes = 64 * 1024;
+    // Every wake reads table `t` when it exists: past the two preloaded pages, those reads
+    // are the wake's preload misses.
+    c.hooks.on_wake = Some(Box::new(|ctx| {
+        let db = ctx.db.ok_or("no database")?;
+        let n: i64 = db.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 't'",
+            [],
+            |r| r.get(0),
+        )?;
+        if n == 1 {
+            db.query_row("SELECT sum(length(v)) FROM t", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?;
+        }
+        Ok(())
+    }));
+    c
+}
+
+impl Host {
+    fn start(store: SharedStore, max_awake: usize, idle_sleep: Duration) -> Host {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = HostConfig {
+            store,
+            actor: actor_config(),
+            admin_token: ADMIN.into(),
+            idle_sleep,
+            max_awake,
+            max_body: 1 << 20,
+            statement_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            limits: Default::default(),
+        };
+        let done = rt.spawn(async move {
+            let _ = host_serve(listener, config, async move {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Host {
+            rt,
+            base,
+            stop: Some(tx),
+            done: Some(done),
+            agent: serve::agent(),
+        }
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        serve::get(&self.agent, &self.base, path, token)
+    }
+
+    fn query(&self, actor: &str, sql: &str) -> (u16, Value) {
+        let body = json!({ "sql": sql, "params": [] }).to_string();
+        let (st, text) = serve::post(
+            &self.agent,
+            &self.base,
+            &format!("/actors/{actor}/query"),
+            Some(ADMIN),
+            &body,
+        );
+        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn ok(&self, actor: &str, sql: &str) -> Value {
+        let (st, v) = self.query(actor, sql);
+        assert_eq!(st, 200, "{sql}: {v}");
+        v
+    }
+
+    fn batch(&self, actor: &str, statements: &[String]) {
+        let body = json!({
+            "statements": statements.iter().map(|s| json!({"sql": s, "params": []})).collect::<Vec<_>>()
+        })
+        .to_string();
+        let (st, text) = serve::post(
+            &self.agent,
+            &self.base,
+            &format!("/actors/{actor}/batch"),
+            Some(ADMIN),
+            &body,
+        );
+        assert_eq!(st, 200, "{text}");
+    }
+
+    /// One scrape: checked with the format's rules and the lint rules, then parsed.
+    fn scrape(&self) -> BTreeMap<String, f64> {
+        let (st, text) = self.get("/metrics", None);
+        assert_eq!(st, 200);
+        lint(&text).unwrap_or_else(|e| panic!("lint: {e}\n{text}"));
+        serve::parse_prometheus(&text).unwrap_or_else(|e| panic!("format: {e}\n{text}"))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(60), done).await });
+        }
+    }
+}
+
+/// `promtool check metrics`-style rules: every family has HELP then TYPE; names are snake case
+/// with the `kvsqlite_` prefix; counters (and only counters) end in `_total`; no family uses a
+/// non-base unit (`_ms`, `_milliseconds`, `_us`, `_kilobytes`…); durations are `_seconds`
+/// histograms; `le` only on histogram buckets; no `__` label; no series given twice.
+fn lint(text: &str) -> Result<(), String> {
+    let mut help: BTreeSet<String> = BTreeSet::new();
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut series: BTreeSet<String> = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, h) = rest.split_once(' ').ok_or("HELP without text")?;
+            if h.trim().is_empty() || !help.insert(name.to_string()) {
+                return Err(format!("HELP of {name} empty or given twice"));
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, ty) = rest.split_once(' ').ok_or("TYPE without a type")?;
+            if !help.contains(name) {
+                return Err(format!("{name}: TYPE without HELP before it"));
+            }
+            if !name.starts_with("kvsqlite_")
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(format!("{name}: not a snake-case kvsqlite_ name"));
+            }
+            if (ty == "counter") != name.ends_with("_total") {
+                return Err(format!("{name}: counters, and only they, end in _total"));
+            }
+            for bad in [
+                "_ms",
+                "_milliseconds",
+                "_us",
+                "_microseconds",
+                "_kilobytes",
+                "_kib",
+                "_mib",
+            ] {
+                if name.contains(&format!("{bad}_")) || name.ends_with(bad) {
+                    return Err(format!("{name}: not a base unit ({bad})"));
+                }
+            }
+            if (name.contains("duration") || name.contains("time")) && !name.ends_with("_seconds") {
+                return Err(format!("{name}: a duration must be in _seconds"));
+            }
+            types.insert(name.to_string(), ty.to_string());
+            continue;
+        }
+        let key = line.rsplit_once(' ').ok_or("no value")?.0;
+        let name = key.split('{').next().unwrap_or(key);
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        if !types.contains_key(family) {
+            return Err(format!("{name}: sample of no declared family"));
+        }
+        if key.contains("le=\"") && !name.ends_with("_bucket") {
+            return Err(format!("{key}: le outside a histogram bucket"));
+        }
+        if key.contains("{__") || key.contains(",__") {
+            return Err(format!("{key}: reserved label name"));
+        }
+        if !series.insert(key.to_string()) {
+            return Err(format!("{key}: series given twice"));
+        }
+    }
+    Ok(())
+}
+
+/// `after - before` of every series (absent counts as 0).
+fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v != 0.0)
+        .collect()
+}
+
+const KINDS: [(OpKind, &str); 5] = [
+    (OpKind::Get, "get"),
+    (OpKind::List, "list"),
+    (OpKind::Write, "write"),
+    (OpKind::DeleteRange, "delete_range"),
+    (OpKind::BatchRead, "batch_read"),
+];
+
+/// The KV families of one step equal what the counting store under the host saw; returns
+/// the step's deltas without them (and without the series that change at every scrape).
+fn check_kv(d: &BTreeMap<String, f64>, kv: &KvCounters, step: &str) -> BTreeMap<String, f64> {
+    let mut rest = d.clone();
+    fn take_from(rest: &mut BTreeMap<String, f64>, k: &str) -> u64 {
+        rest.remove(k).unwrap_or(0.0) as u64
+    }
+    macro_rules! take {
+        ($k:expr) => {
+            take_from(&mut rest, $k)
+        };
+    }
+    for (kind, name) in KINDS {
+        let c = kv.op(kind);
+        let l = format!("{{backend=\"memory\",op=\"{name}\"}}");
+        assert_eq!(
+            take!(&format!("kvsqlite_kv_calls_total{l}")),
+            c.calls,
+            "{step}: {name} calls"
+        );
+        assert_eq!(
+            take!(&format!("kvsqlite_kv_call_errors_total{l}")),
+            c.errors,
+            "{step}: {name} errors"
+        );
+        assert_eq!(
+            take!(&format!("kvsqlite_kv_call_duration_seconds_count{l}")),
+            c.calls,
+            "{step}: {name} latency count"
+        );
+        // Durations: the sum moves by the calls' wall time, which no test asserts.
+        take!(&format!("kvsqlite_kv_call_duration_seconds_sum{l}"));
+        rest.retain(|k, _| {
+            !k.starts_with(&format!(
+                "kvsqlite_kv_call_duration_seconds_bucket{{backend=\"memory\",op=\"{name}\","
+            ))
+        });
+    }
+    let t = kv.total();
+    assert_eq!(
+        take!("kvsqlite_kv_read_bytes_total{backend=\"memory\"}"),
+        t.bytes_in,
+        "{step}: read bytes"
+    );
+    assert_eq!(
+        take!("kvsqlite_kv_written_bytes_total{backend=\"memory\"}"),
+        t.bytes_out,
+        "{step}: written bytes"
+    );
+    assert_eq!(
+        take!("kvsqlite_kv_round_trips_total"),
+        {
+            // The older family counts the actors' round trips (not the host's token look-ups,
+            // which this workload never makes).
+            t.calls
+        },
+        "{step}: kvsqlite_kv_round_trips_total"
+    );
+    // Time-valued series: their counts are asserted by the step, their sums and buckets are
+    // wall time.
+    rest.retain(|k, _| {
+        !(k.ends_with("_seconds_sum")
+            || k.contains("_seconds_sum{")
+            || k.contains("_seconds_bucket"))
+    });
+    rest
+}
+
+fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+#[test]
+fn every_family_moves_exactly_as_the_workload_says() {
+    let mem = Arc::new(MemoryStore::with_limits(limits()));
+    let under = CountingStore::wrap(mem.clone());
+    let host = Host::start(under.shared(), 1, Duration::from_secs(3600));
+    let mut before = host.scrape();
+    let mut kv_before = under.snapshot();
+    // Runs one step and returns its deltas other than the KV families (checked here).
+    let mut step = |name: &str, f: &dyn Fn()| -> BTreeMap<String, f64> {
+        f();
+        let after = host.scrape();
+        let kv_after = under.snapshot();
+        let d = delta(&after, &before);
+        let rest = check_kv(&d, &kv_after.delta(&kv_before), name);
+        before = after;
+        kv_before = kv_after;
+        rest
+    };
+
+    // Each wake: its phases (one observation each, the `on_wake` hook's among them) and its
+    // `round_trips`; a creation has one phase more.
+    let wake = |created: bool, round_trips: f64| {
+        let mut v = vec![
+            ("kvsqlite_wakes_total", 1.0),
+            ("kvsqlite_wake_duration_seconds_count", 1.0),
+            ("kvsqlite_wake_kv_round_trips_count", 1.0),
+            ("kvsqlite_wake_kv_round_trips_sum", round_trips),
+        ];
+        for phase in [
+            "check_persist_data",
+            "flush_writes",
+            "init_inspector_token",
+            "instantiate",
+            "load_state",
+            "preload_kv",
+            "setup_database_client",
+        ]
+        .into_iter()
+        .chain(created.then_some("init_new_actor"))
+        {
+            let k: &'static str = Box::leak(
+                format!("kvsqlite_wake_phase_duration_seconds_count{{group=\"internal\",phase=\"{phase}\"}}")
+                    .into_boxed_str(),
+            );
+            v.push((k, 1.0));
+        }
+        v.push((
+            "kvsqlite_wake_phase_duration_seconds_count{group=\"user\",phase=\"on_wake\"}",
+            1.0,
+        ));
+        if created {
+            v.push(("kvsqlite_creations_total", 1.0));
+        }
+        v
+    };
+    // One commit of `pages` pages and `bytes` KV bytes by `path`.
+    let commit = |path: &'static str, pages: f64, bytes: f64| {
+        let k: &'static str =
+            Box::leak(format!("kvsqlite_commits_total{{path=\"{path}\"}}").into_boxed_str());
+        vec![
+            (k, 1.0),
+            ("kvsqlite_commit_pages_count", 1.0),
+            ("kvsqlite_commit_pages_sum", pages),
+            ("kvsqlite_commit_bytes_count", 1.0),
+            ("kvsqlite_commit_bytes_sum", bytes),
+        ]
+    };
+    let expect = |got: BTreeMap<String, f64>, parts: Vec<Vec<(&str, f64)>>| {
+        let got: BTreeMap<String, f64> = got
+            .into_iter()
+            .filter(|(k, _)| !k.contains("_bucket"))
+            .collect();
+        let want = m(&parts.concat());
+        assert_eq!(got, want);
+    };
+
+    // A new actor and its table: the creation (a read and the creation's write; the hook's
+    // one statement finds no table), one client statement, one atomic commit of page 1 and
+    // the table's root page (two 4 KiB values with their keys, and the file's metadata).
+    let d = step("create", &|| {
+        host.ok("a", "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)");
+    });
+    expect(
+        d,
+        vec![
+            wake(true, 2.0),
+            vec![
+                ("kvsqlite_actors_awake", 1.0),
+                ("kvsqlite_query_duration_seconds_count", 1.0),
+                ("kvsqlite_statements_total", 2.0),
+            ],
+            commit("atomic", 2.0, 8235.0),
+        ],
+    );
+    // A one-row insert: page 1 comes from the page cache; one atomic commit of two pages.
+    let d = step("small commit", &|| {
+        host.ok("a", "INSERT INTO t VALUES (1, x'00')");
+    });
+    let one_statement = vec![
+        ("kvsqlite_query_duration_seconds_count", 1.0),
+        ("kvsqlite_statements_total", 1.0),
+    ];
+    expect(
+        d,
+        vec![
+            one_statement.clone(),
+            vec![("kvsqlite_page_cache_hits_total", 1.0)],
+            commit("atomic", 2.0, 8235.0),
+        ],
+    );
+    // Ten 3000-byte rows in one batch: 12 dirty pages, more than one put of 8 entries holds,
+    // so staged. The actor's log counts 22 statements: the 10 inserts, the host's EXPLAIN of
+    // each (its transaction-control check), BEGIN and COMMIT; 10 are client statements.
+    let rows = |from: i64, to: i64| {
+        (from..to)
+            .map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(3000))"))
+            .collect::<Vec<_>>()
+    };
+    let d = step("staged commit", &|| host.batch("a", &rows(2, 12)));
+    expect(
+        d,
+        vec![
+            vec![
+                ("kvsqlite_query_duration_seconds_count", 10.0),
+                ("kvsqlite_statements_total", 22.0),
+                ("kvsqlite_page_cache_hits_total", 1.0),
+            ],
+            commit("staged", 12.0, 49343.0),
+        ],
+    );
+    // Forty more: past the 64 KiB of dirty pages a transaction may keep, SQLite spills and
+    // falls back to the rollback journal.
+    let d = step("journalled commit", &|| host.batch("a", &rows(12, 52)));
+    expect(
+        d,
+        vec![
+            vec![
+                ("kvsqlite_query_duration_seconds_count", 40.0),
+                ("kvsqlite_statements_total", 82.0),
+                ("kvsqlite_page_cache_hits_total", 1.0),
+            ],
+            commit("journal", 45.0, 184773.0),
+        ],
+    );
+    // A read of every row while awake: SQLite's own cache holds the pages; the VFS serves
+    // page 1's change-counter check from its cache. No KV call.
+    let d = step("cached read", &|| {
+        host.ok("a", "SELECT count(*), sum(length(v)) FROM t");
+    });
+    expect(
+        d,
+        vec![
+            one_statement.clone(),
+            vec![("kvsqlite_page_cache_hits_total", 1.0)],
+        ],
+    );
+    // With one actor awake at most, a new actor `b` puts `a` to sleep.
+    let d = step("another actor (a sleeps)", &|| {
+        host.ok("b", "SELECT 1");
+    });
+    expect(
+        d,
+        vec![
+            wake(true, 2.0),
+            vec![
+                ("kvsqlite_query_duration_seconds_count", 1.0),
+                ("kvsqlite_statements_total", 2.0),
+                ("kvsqlite_sleeps_total", 1.0),
+            ],
+        ],
+    );
+    // `a` wakes (`b` sleeps) and its `on_wake` hook reads every row cold: the preload holds
+    // the first two pages (6 reads of them), 3 reads go to the store (the wake's preload
+    // misses, so the wake costs 1 + 3 round trips) and read-ahead fetches 46 more pages, all
+    // used. The client's read after it is served from the caches.
+    let d = step("wake and cold read", &|| {
+        host.ok("a", "SELECT count(*), sum(length(v)) FROM t");
+    });
+    expect(
+        d,
+        vec![
+            wake(false, 4.0),
+            vec![
+                ("kvsqlite_query_duration_seconds_count", 1.0),
+                ("kvsqlite_statements_total", 3.0),
+                ("kvsqlite_sleeps_total", 1.0),
+                ("kvsqlite_preload_hits_total", 6.0),
+                ("kvsqlite_preload_misses_total", 3.0),
+                ("kvsqlite_page_cache_misses_total", 3.0),
+                ("kvsqlite_page_cache_hits_total", 47.0),
+                ("kvsqlite_readahead_prefetched_pages_total", 46.0),
+                ("kvsqlite_readahead_used_pages_total", 46.0),
+            ],
+        ],
+    );
+    // A second instance of `a` (straight on the store) wakes and writes; the host's next write
+    // on `a` finds its fence moved: 503, one moved conflict, no commit counted, `a` put to
+    // sleep.
+    let d = step("moved", &|| {
+        let other = Actor::start(mem.clone(), "a", &actor_config()).expect("second instance");
+        other
+            .db()
+            .execute_batch("INSERT INTO t VALUES (100, x'01')")
+            .expect("its write");
+        other.sleep().expect("its sleep");
+        let (st, v) = host.query("a", "INSERT INTO t VALUES (101, x'02')");
+        assert_eq!(st, 503, "{v}");
+    });
+    expect(
+        d,
+        vec![
+            one_statement.clone(),
+            vec![
+                ("kvsqlite_moved_conflicts_total", 1.0),
+                ("kvsqlite_errors_total{kind=\"unavailable\"}", 1.0),
+                ("kvsqlite_page_cache_hits_total", 1.0),
+                ("kvsqlite_sleeps_total", 1.0),
+                ("kvsqlite_actors_awake", -1.0),
+            ],
+        ],
+    );
+    // The next request wakes `a` afresh and sees the other instance's row.
+    let v = host.ok("a", "SELECT count(*) FROM t");
+    assert_eq!(v["rows"], json!([[52]]));
+}
+
+/// The family names of one scrape (its `# TYPE` lines), with their types.
+fn families(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+/// Every `expr` string anywhere in a JSON document.
+fn exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_names_exactly_the_families_the_host_exports() {
+    let mem: SharedStore = Arc::new(MemoryStore::new());
+    let host = Host::start(mem, 4, Duration::from_secs(3600));
+    host.ok("d", "CREATE TABLE t(x)");
+    let (st, text) = host.get("/metrics", None);
+    assert_eq!(st, 200);
+    lint(&text).unwrap_or_else(|e| panic!("lint: {e}"));
+    let exported = families(&text);
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let raw = std::fs::read_to_string(format!("{dir}/docs/grafana/kvsqlite.json"))
+        .expect("docs/grafana/kvsqlite.json");
+    let dash: Value = serde_json::from_str(&raw).expect("the dashboard is JSON");
+    assert_eq!(dash["uid"], json!("kvsqlite"));
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.iter().any(|p| p["type"] == json!("timeseries")));
+    for p in panels.iter().filter(|p| p["type"] == json!("timeseries")) {
+        assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+        assert!(!p["targets"].as_array().expect("targets").is_empty(), "{p}");
+    }
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    let mut named = BTreeSet::new();
+    for e in &all {
+        let mut rest = e.as_str();
+        while let Some(i) = rest.find("kvsqlite_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            // A histogram's series name its family.
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| {
+                    name.strip_suffix(s)
+                        .filter(|f| exported.get(*f).is_some_and(|t| t == "histogram"))
+                })
+                .unwrap_or(name);
+            named.insert(family.to_string());
+            rest = &tail[end..];
+        }
+    }
+    let exported: BTreeSet<String> = exported.into_keys().collect();
+    assert_eq!(named, exported, "dashboard families vs exported families");
+    let scrape =
+        std::fs::read_to_string(format!("{dir}/docs/prometheus.yml")).expect("docs/prometheus.yml");
+    assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("job_name: kvsqlite"));
+}
+
+fn get_with(host: &Host, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = host.agent.get(format!("{}{path}", host.base));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    match req.call() {
+        Ok(r) => {
+            let st = r.status().as_u16();
+            (st, r.into_body().read_to_string().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn statements_of(host: &Host, id: &str) -> f64 {
+    let (st, text) = host.get(&format!("/actors/{id}/inspector/metrics"), Some(ADMIN));
+    assert_eq!(st, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    v["sql_statements"]["value"]
+        .as_f64()
+        .expect("sql_statements")
+}
+
+#[test]
+fn top_actors_and_an_inspector_poll_that_costs_nothing() {
+    let mem = Arc::new(MemoryStore::new());
+    let under = CountingStore::wrap(mem);
+    let idle = Duration::from_millis(1500);
+    let host = Host::start(under.shared(), 4, idle);
+    let kv0 = under.snapshot();
+    host.ok("x", "CREATE TABLE t(v)");
+    host.ok("x", "INSERT INTO t VALUES (1)");
+    host.ok("x", "INSERT INTO t VALUES (2)");
+    host.ok("y", "SELECT 1");
+    let kv = under.snapshot().delta(&kv0);
+
+    // Token from the headers first; bad parameters are 400.
+    assert_eq!(host.get("/inspector/top", None).0, 401);
+    assert_eq!(host.get("/inspector/top?by=nope", None).0, 401);
+    assert_eq!(host.get("/inspector/top?by=nope", Some(ADMIN)).0, 400);
+    assert_eq!(host.get("/inspector/top?limit=0", Some(ADMIN)).0, 400);
+    let top = |q: &str| -> Value {
+        let (st, text) = host.get(&format!("/inspector/top{q}"), Some(ADMIN));
+        assert_eq!(st, 200, "{text}");
+        serde_json::from_str(&text).expect("JSON")
+    };
+    let t = top("");
+    let actors = t["actors"].as_array().expect("actors");
+    let ids: Vec<&str> = actors
+        .iter()
+        .map(|a| a["id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["x", "y"], "{t}");
+    // Client statements plus the wake hook's one (no table `t` at a creation).
+    assert_eq!(actors[0]["statements"], json!(4));
+    assert_eq!(actors[1]["statements"], json!(2));
+    // Every round trip and byte of this workload is an actor's (no token look-ups yet).
+    let sum = |k: &str| {
+        actors
+            .iter()
+            .map(|a| a[k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    assert_eq!(sum("kv_round_trips"), kv.round_trips());
+    assert_eq!(sum("kv_bytes"), kv.total().bytes_in + kv.total().bytes_out);
+    // x: a creation (2 round trips) and three commits; y: a creation and no commit.
+    assert_eq!(actors[0]["kv_round_trips"], json!(5));
+    assert_eq!(actors[1]["kv_round_trips"], json!(2));
+    assert_eq!(top("?limit=1")["actors"].as_array().map(Vec::len), Some(1));
+    assert_eq!(top("?by=bytes")["actors"][0]["id"], json!("x"));
+
+    // The page's poll: the live sections only, no statement, no cost, no use.
+    let before_statements = statements_of(&host, "x");
+    let before_top = top("")["actors"].clone();
+    let poll = [
+        ("Authorization", format!("Bearer {ADMIN}")),
+        ("X-Inspector-Poll", "1".into()),
+    ];
+    let poll: Vec<(&str, &str)> = poll.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (st, page) = get_with(&host, "/actors/x/inspector", &poll);
+    assert_eq!(st, 200);
+    assert!(
+        page.contains("id=\"wake\"")
+            && page.contains("id=\"log-wrap\"")
+            && page.contains("id=\"latency\"")
+    );
+    assert!(
+        page.contains("INSERT INTO t VALUES (2)"),
+        "the query log is shown"
+    );
+    assert_eq!(statements_of(&host, "x"), before_statements);
+    assert_eq!(top("")["actors"], before_top, "a poll costs nothing");
+    // A full page view runs the inspector's own statements: not the actor's statements either.
+    let (st, _) = host.get("/actors/x/inspector", Some(ADMIN));
+    assert_eq!(st, 200);
+    assert_eq!(statements_of(&host, "x"), before_statements);
+
+    // Polled every 200 ms, x still goes to sleep once idle (a bounded wait: 30 s).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, _) = get_with(&host, "/actors/x/inspector", &poll);
+        if st == 204 {
+            break;
+        }
+        assert_eq!(st, 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "polls kept the actor awake"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (st, text) = host.get("/healthz", None);
+    assert_eq!(st, 200);
+    let h: Value = serde_json::from_str(&text).expect("JSON");
+    assert!(h["actors_awake"].as_u64().is_some_and(|n| n <= 1), "{h}");
+}
