@@ -95,6 +95,8 @@ impl Host {
             statement_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             limits: Default::default(),
+            max_result_bytes: kvsqlite::host::DEFAULT_MAX_RESULT_BYTES,
+            sqlite_heap_limit: kvsqlite::host::DEFAULT_SQLITE_HEAP_LIMIT,
         };
         let done = rt.spawn(async move {
             let _ = host_serve(listener, config, async move {
