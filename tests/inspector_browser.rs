@@ -524,9 +524,12 @@ fn overview_and_an_open_page_in_headless_chromium() {
         skip::skip(msg);
         return;
     };
-    // Idle sleep longer than the page's 5 s refresh: a refresh that counted as use would keep
-    // the actor awake for ever.
-    let s = Server::start("memory:", &["--idle-sleep-ms", "7000"]);
+    // The browser first: its start can take seconds on a busy machine, and the actors made
+    // below must still be awake when the overview is read.
+    let b = Browser::start(&chromium, &driver);
+    // Idle sleep four times the page's 5 s refresh: a refresh that counted as use would keep
+    // the actor awake for ever; 20 s leaves the overview's reads below time to run.
+    let s = Server::start("memory:", &["--idle-sleep-ms", "20000"]);
     s.sql("alpha", "CREATE TABLE t(v TEXT)", json!([]));
     s.sql(
         "alpha",
@@ -542,7 +545,6 @@ fn overview_and_an_open_page_in_headless_chromium() {
         .map(|(_, v)| v)
         .sum();
 
-    let b = Browser::start(&chromium, &driver);
     b.go(&format!("{}/", s.base));
     let token = b.find("#token");
     b.clear_and_type(&token, ADMIN);
