@@ -100,8 +100,15 @@ impl DbState {
         let mut meta = Meta::new(FileKind::Main, image.chunk_size);
         meta.size = image.size;
         meta.next_stage = inner.store_next_stage;
-        let fits_one = self.fits_one_write(pages.len(), cs, &meta, &extra);
-        self.commit_pages_inner(&mut inner, pages, meta, Vec::new(), extra, fits_one)
+        // The held commits never reached the store: the flush is the database's first commit.
+        inner.main.meta.seq = 0;
+        inner.main.meta.time_ms = 0;
+        inner.main.meta.hist_start = 0;
+        let how = super::commit_path::Commit {
+            flags: 0,
+            full_image: true,
+        };
+        self.commit_pages_inner(&mut inner, pages, meta, Vec::new(), extra, how)
     }
 
     /// Moves the preload's live main-file pages into the page cache (never replacing a page the
@@ -237,20 +244,6 @@ impl DbState {
             return Err(self.kv_failed(Op::Write, e));
         }
         Ok(())
-    }
-
-    /// True when `n_pages` pages of `cs` bytes, the metadata `meta` and `extra` fit one write.
-    pub(super) fn fits_one_write(
-        &self,
-        n_pages: usize,
-        cs: usize,
-        meta: &Meta,
-        extra: &[(Key, Vec<u8>)],
-    ) -> bool {
-        let limits = self.write_limits();
-        let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let bytes = n_pages * (7 + cs) + 3 + meta.encoded_len() + extra_bytes;
-        n_pages + extra.len() < limits.max_write_entries && bytes <= limits.max_write_bytes
     }
 
     /// The fence record the next write will put (`None` when the database is not fenced).
