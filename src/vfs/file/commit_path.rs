@@ -437,9 +437,10 @@ impl DbState {
             final_puts.extend(header);
             final_puts.extend(extra);
             final_puts.push((layout::meta_key(FileKind::Main), meta.encode()));
-            // The redo record's parts go out with the stage writes; its header (which lists
-            // the commit) only with the commit record.
-            stage_puts.extend(parts);
+            // The redo record's parts go out with the stage writes, spread evenly among the
+            // pages (each write then fills both its entry and byte limits); its header (which
+            // lists the commit) only with the commit record.
+            let stage_puts = interleave(stage_puts, parts);
             let mut batches =
                 commit::pack(stage_puts, Vec::new(), &limits).map_err(VfsError::TooBig)?;
             batches.retain(|b| !b.is_empty());
@@ -475,6 +476,25 @@ impl DbState {
     pub fn note_journal_fallback(&self) {
         self.stats.add(&self.stats.journal_fallbacks, 1);
     }
+}
+
+/// `a` with the entries of `b` spread evenly among them (one of `b` after each
+/// `a.len() / b.len()` of `a`).
+fn interleave(a: Vec<(Key, Vec<u8>)>, b: Vec<(Key, Vec<u8>)>) -> Vec<(Key, Vec<u8>)> {
+    if b.is_empty() {
+        return a;
+    }
+    let step = a.len().div_ceil(b.len()).max(1);
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter();
+    for (i, e) in a.into_iter().enumerate() {
+        if i % step == 0 {
+            out.extend(b.next());
+        }
+        out.push(e);
+    }
+    out.extend(b);
+    out
 }
 
 /// How a commit is recorded in the history.
