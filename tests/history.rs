@@ -41,9 +41,6 @@ fn run_workload(db: &Database, n: usize) -> (BTreeMap<u64, u64>, BTreeMap<&'stat
         let h = content_hash(&oracle);
         assert_eq!(content_hash(db), h, "after a {} transaction", tx.kind);
         hashes.insert(seq_of(db), h);
-        if std::env::var("HDEBUG").is_ok() {
-            eprintln!("{} {}", tx.kind, seq_of(db));
-        }
         *kinds.entry(tx.kind).or_default() += 1;
     }
     let d = db.snapshot() - before;

@@ -7,8 +7,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{DbState, Inner, Op, VfsError};
-use crate::kv::{Key, KeyRange, ListRequest, Value, WriteBatch};
+use super::{kv_batch_read, DbState, Inner, Op, VfsError};
+use crate::kv::{Key, KeyRange, ListRequest, ReadOp, ReadResult, Value, WriteBatch};
 use crate::vfs::commit;
 use crate::vfs::history::record::{self, Header, Record};
 use crate::vfs::history::{self, CommitInfo, CompactReport, RestoreOutcome, Target};
@@ -96,20 +96,47 @@ impl DbState {
     }
 
     /// Every history header in the store, in seq order (one list per `default_list_limit`).
+    /// A fenced database reads its fence record in the same round trip as the first list and
+    /// fails with [`VfsError::Moved`] when another instance wrote since: a stale instance can
+    /// neither restore, compact nor fork from what it no longer owns.
     fn read_headers(&self) -> Result<Vec<Header>, VfsError> {
         let (start, end) = layout::history_area(layout::TAG_HISTORY);
         let mut out = Vec::new();
         let mut from = start;
-        loop {
-            let req = ListRequest {
-                range: KeyRange::Range {
-                    start: from,
-                    end: Some(end.clone()),
-                },
-                limit: None,
-                max_bytes: None,
+        let list = |from: Key| ListRequest {
+            range: KeyRange::Range {
+                start: from,
+                end: Some(end.clone()),
+            },
+            limit: None,
+            max_bytes: None,
+        };
+        let fence_key = self.moving.lock().as_ref().map(|m| m.key.clone());
+        let mut first = None;
+        if let (Some(key), false) = (fence_key, self.is_held()) {
+            let ops = vec![ReadOp::List(list(from.clone())), ReadOp::Get(vec![key])];
+            let res =
+                kv_batch_read(&self.kv, &self.stats, &ops).map_err(super::kv_err(Op::Read))?;
+            let mut it = res.into_iter();
+            let (Some(ReadResult::List(page)), Some(ReadResult::Get(mut vals))) =
+                (it.next(), it.next())
+            else {
+                return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
             };
-            let page = self.kv_list(&req)?;
+            let stored = vals.pop().flatten();
+            if let Some(m) = self.moving.lock().as_mut() {
+                if m.resolve(stored.as_deref()).is_err() {
+                    self.moved.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(VfsError::Moved);
+                }
+            }
+            first = Some(page);
+        }
+        loop {
+            let page = match first.take() {
+                Some(p) => p,
+                None => self.kv_list(&list(from))?,
+            };
             for (k, v) in &page.entries {
                 let Some(layout::ParsedKey::History(seq)) = layout::parse_key(k) else {
                     return Err(VfsError::Corrupt(format!(
