@@ -13,6 +13,7 @@
 //! [`migrations`], [`statements`] (SQL split as SQLite does), [`query_log`] (one event per
 //! statement). Layering: this module uses the VFS and the KV layer, never the other way round.
 
+pub mod history;
 pub mod migrations;
 pub mod query_log;
 pub mod records;
@@ -147,8 +148,12 @@ pub struct ActorConfig {
     pub hints: bool,
     /// Most pages kept in the hints (most recently read first). Default 256.
     pub max_hint_pages: usize,
-    /// Database tuning (preload, fence and hold are set by the actor layer).
+    /// Database tuning (preload, fence, hold and history are set by the actor layer).
     pub open: crate::vfs::OpenOptions,
+    /// How much history the actor's database keeps: a duration and a byte bound (default 24 h
+    /// and 256 MiB; [`crate::vfs::history::HistoryOptions::off`] keeps none and costs
+    /// nothing). It replaces `open.history`.
+    pub retention: crate::vfs::history::HistoryOptions,
 }
 
 impl Default for ActorConfig {
@@ -163,6 +168,7 @@ impl Default for ActorConfig {
             hints: true,
             max_hint_pages: 256,
             open: crate::vfs::OpenOptions::default(),
+            retention: crate::vfs::history::HistoryOptions::default(),
         }
     }
 }
@@ -212,6 +218,8 @@ pub enum ActorError {
     },
     /// Another instance of the actor wrote since this one woke: this one must wake again.
     Moved,
+    /// A fork's new actor already exists.
+    ActorExists(String),
     /// The database (or the VFS) refused an operation.
     Vfs(VfsError),
     /// SQLite failed.
@@ -222,6 +230,7 @@ impl fmt::Display for ActorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActorError::InvalidConfig(m) => write!(f, "invalid actor config: {m}"),
+            ActorError::ActorExists(a) => write!(f, "actor {a:?} already exists"),
             ActorError::InvalidActor(e) => write!(f, "{e}"),
             ActorError::AlreadyRunning { actor } => write!(
                 f,

@@ -519,6 +519,7 @@ pub(super) fn start(
     })?;
 
     let mut open = config.open.clone();
+    open.history = config.retention.clone();
     open.preload = Some(preload);
     open.trust_preload = true;
     open.hold_writes = hold;

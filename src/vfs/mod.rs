@@ -503,6 +503,18 @@ impl Database {
         self.state.flush_held(entries)
     }
 
+    /// Makes this new, held database ([`OpenOptions::hold_writes`]) hold a whole image (page
+    /// size, file size, every page): a fork, written with its actor's records by
+    /// [`Database::flush_held`] (one put, or staged), its history starting there.
+    pub fn hold_image(
+        &self,
+        page_size: u32,
+        size: u64,
+        pages: std::collections::BTreeMap<u32, Vec<u8>>,
+    ) -> Result<(), VfsError> {
+        self.state.hold_image(page_size, size, pages)
+    }
+
     /// Writes `entries` and deletes `deletes` (keys outside the VFS prefix) now, in one write
     /// that carries the fence.
     pub fn write_entries(
