@@ -92,17 +92,12 @@ impl DbState {
                 FileKind::Journal => inner.pending_complete.take().into_iter().collect(),
                 FileKind::Main => Vec::new(),
             };
-            let result = if !self.fenced() {
-                kv_delete_range(&self.kv, &self.stats, &s, Some(&e)).and_then(|()| {
-                    if completes.is_empty() {
-                        return Ok(());
-                    }
-                    // Unfenced: one more write (a crash before it leaves the commit unlisted).
-                    self.kv_write(&mut crate::kv::WriteBatch::puts(completes.clone()))
-                })
+            let result = if !self.fenced() && completes.is_empty() {
+                kv_delete_range(&self.kv, &self.stats, &s, Some(&e))
             } else {
-                // A fenced database deletes with fenced writes: metadata first (that is the
-                // delete), then the chunks it covered.
+                // A fenced database (or one whose history header must lose its flag in the
+                // same write as the deletion) deletes with writes of keys: metadata first
+                // (that is the delete), then the chunks it covered.
                 let count = inner.file(kind).meta.chunk_count().min(u32::MAX as u64) as u32;
                 let mut keys = vec![layout::meta_key(kind)];
                 keys.extend((0..count).map(|i| layout::chunk_key(kind, i)));
