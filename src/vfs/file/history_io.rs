@@ -55,7 +55,11 @@ impl DbState {
         } else {
             durable.hist_start
         };
-        Ok(Some(record::build(
+        let (raw, stored) = (
+            std::sync::atomic::AtomicU64::new(0),
+            std::sync::atomic::AtomicU64::new(0),
+        );
+        let rec = record::build(
             meta.seq,
             flags,
             meta.time_ms,
@@ -63,8 +67,17 @@ impl DbState {
             meta.chunk_size,
             pages,
             self.kv.limits().max_value_bytes,
-            &|img| (record::ENC_RAW, img.to_vec()),
-        )))
+            &|img| {
+                let (enc, data) = record::encode_image(img);
+                raw.fetch_add(img.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                stored.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                (enc, data)
+            },
+        );
+        let s = &self.stats;
+        s.add(&s.history_image_bytes, raw.into_inner());
+        s.add(&s.history_stored_bytes, stored.into_inner());
+        Ok(Some(rec))
     }
 
     /// Writes a base image of every page of the durable database (its state at `durable.seq`),
@@ -81,9 +94,13 @@ impl DbState {
             for i in from..to {
                 let mut buf = vec![0u8; cs];
                 self.read_chunk(inner, FileKind::Main, i, 0, &mut buf)?;
+                let (enc, data) = record::encode_image(&buf);
+                let s = &self.stats;
+                s.add(&s.history_image_bytes, cs as u64);
+                s.add(&s.history_stored_bytes, data.len() as u64);
                 puts.push((
                     layout::history_base_key(i),
-                    record::encode_base(durable.seq, record::ENC_RAW, &buf),
+                    record::encode_base(durable.seq, enc, &data),
                 ));
             }
             for mut b in commit::pack(puts, Vec::new(), &limits).map_err(VfsError::TooBig)? {
@@ -595,11 +612,5 @@ impl DbState {
 
 /// A stored page image back to its bytes (exactly `cs` long).
 fn decode_image(enc: u8, data: &[u8], cs: usize) -> Result<Vec<u8>, VfsError> {
-    match enc {
-        record::ENC_RAW if data.len() == cs => Ok(data.to_vec()),
-        _ => Err(VfsError::Corrupt(format!(
-            "history image of {} bytes with encoding {enc}, expected a {cs}-byte page",
-            data.len()
-        ))),
-    }
+    Ok(record::decode_image(enc, data, cs)?)
 }

@@ -21,7 +21,8 @@
 //! # Part (`08 21 seq part`)
 //!
 //! `1` (version), then per page: chunk index `u32`, encoding `u8` (`0` the image as it is,
-//! `1` LZ4-compressed), length `u32`, the bytes. A part is at most one store value.
+//! `1` an LZ4 block with the image's length prepended as `u32` little-endian, used only when
+//! smaller), length `u32`, the bytes. A part is at most one store value.
 //!
 //! # Base image (`08 22 page`)
 //!
@@ -40,6 +41,50 @@ pub const FLAG_INCOMPLETE: u8 = 1;
 pub const FLAG_RESTORE: u8 = 2;
 /// Encoding of a page image stored as it is.
 pub const ENC_RAW: u8 = 0;
+/// Encoding of a page image stored LZ4-compressed (a block with its length prepended).
+pub const ENC_LZ4: u8 = 1;
+
+/// A page image as the history stores it: LZ4-compressed when that is smaller, else as it is.
+pub fn encode_image(img: &[u8]) -> (u8, Vec<u8>) {
+    let c = lz4_flex::compress_prepend_size(img);
+    if c.len() < img.len() {
+        (ENC_LZ4, c)
+    } else {
+        (ENC_RAW, img.to_vec())
+    }
+}
+
+/// A stored page image back to its bytes, which must be exactly `len` long.
+pub fn decode_image(enc: u8, data: &[u8], len: usize) -> Result<Vec<u8>, LayoutError> {
+    let out = match enc {
+        ENC_RAW => data.to_vec(),
+        ENC_LZ4 => {
+            // The prepended size is checked before anything is allocated.
+            let claimed = data
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            if claimed != Some(len) {
+                return Err(LayoutError(format!(
+                    "history image claims {claimed:?} bytes, expected {len}"
+                )));
+            }
+            lz4_flex::decompress_size_prepended(data)
+                .map_err(|e| LayoutError(format!("history image does not decompress: {e}")))?
+        }
+        e => {
+            return Err(LayoutError(format!(
+                "history image encoding {e} is unknown"
+            )))
+        }
+    };
+    if out.len() != len {
+        return Err(LayoutError(format!(
+            "history image of {} bytes, expected {len}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
 /// Bytes of a header before its page list.
 pub const HEADER_FIXED: usize = 36;
 /// Bytes a page entry of a part adds besides its image.
@@ -321,5 +366,24 @@ mod tests {
         assert!(Header::decode(7, &r.header.1[..20]).is_err());
         let b = encode_base(5, ENC_RAW, &[1, 2]);
         assert_eq!(decode_base(0, &b).unwrap(), (5, ENC_RAW, &[1u8, 2][..]));
+        // Compression only when smaller, and checked on the way back.
+        let zeros = vec![0u8; 4096];
+        let (enc, data) = encode_image(&zeros);
+        assert_eq!(enc, ENC_LZ4);
+        assert!(data.len() < 100);
+        assert_eq!(decode_image(enc, &data, 4096).unwrap(), zeros);
+        assert!(decode_image(enc, &data, 8192).is_err());
+        assert!(decode_image(enc, &data[..data.len() - 1], 4096).is_err());
+        assert!(decode_image(7, &data, 4096).is_err());
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert_eq!(encode_image(&noise), (ENC_RAW, noise.clone()));
     }
 }
