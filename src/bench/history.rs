@@ -101,7 +101,13 @@ fn name(tag: &str) -> String {
 
 /// Runs the plan on `store`; deletes its actors afterwards.
 pub fn run(store: &SharedStore, plan: &HistoryPlan) -> Result<HistoryReport, String> {
-    let ids = [name("src"), name("big"), name("fork"), name("off")];
+    let ids = [
+        name("src"),
+        name("big"),
+        name("fork"),
+        name("on"),
+        name("off"),
+    ];
     let r = run_inner(store, plan, &ids);
     for id in &ids {
         let _ = store.delete_range(id, &[], None);
@@ -112,7 +118,7 @@ pub fn run(store: &SharedStore, plan: &HistoryPlan) -> Result<HistoryReport, Str
 fn run_inner(
     store: &SharedStore,
     plan: &HistoryPlan,
-    ids: &[String; 4],
+    ids: &[String; 5],
 ) -> Result<HistoryReport, String> {
     let e = |e: rusqlite::Error| e.to_string();
     let a = |e: crate::actor::ActorError| e.to_string();
@@ -194,31 +200,31 @@ fn run_inner(
     let s = big.db().snapshot();
     images.0 += s.history_image_bytes;
     images.1 += s.history_stored_bytes;
-    // A 1-row commit's bytes, with history on (on the big actor, warm) and off.
-    let b = big.db().snapshot();
-    big.db()
-        .execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
-        .map_err(e)?;
-    let commit_bytes_history = (big.db().snapshot() - b).bytes_written;
     big.sleep().map_err(a)?;
-    let off = Actor::start(
-        store.clone(),
-        &ids[3],
-        &ActorConfig {
-            retention: HistoryOptions::off(),
+    // A 1-row commit's bytes on a small warm table, with history on and off.
+    let mut bytes = [0u64; 2];
+    for (i, retention) in [HistoryOptions::default(), HistoryOptions::off()]
+        .into_iter()
+        .enumerate()
+    {
+        let c = ActorConfig {
+            retention,
             ..ActorConfig::default()
-        },
-    )
-    .map_err(a)?;
-    off.db()
-        .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t(v) VALUES (randomblob(100));")
-        .map_err(e)?;
-    let b = off.db().snapshot();
-    off.db()
-        .execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
-        .map_err(e)?;
-    let commit_bytes_no_history = (off.db().snapshot() - b).bytes_written;
-    off.sleep().map_err(a)?;
+        };
+        let x = Actor::start(store.clone(), &ids[3 + i], &c).map_err(a)?;
+        x.db()
+            .execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t(v) VALUES (randomblob(100));",
+            )
+            .map_err(e)?;
+        let b = x.db().snapshot();
+        x.db()
+            .execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
+            .map_err(e)?;
+        bytes[i] = (x.db().snapshot() - b).bytes_written;
+        x.sleep().map_err(a)?;
+    }
+    let [commit_bytes_history, commit_bytes_no_history] = bytes;
     Ok(HistoryReport {
         ops,
         commit_bytes_history,
