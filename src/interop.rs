@@ -463,10 +463,10 @@ pub fn export_file_at(
     let result = (|| {
         let _ = std::fs::remove_file(&tmp);
         if let Some(at) = at {
-            let (_, size, pages) = db
+            let image = db
                 .image_at(at)
                 .map_err(|e| InteropError::Io(format!("cannot read the history: {e}")))?;
-            write_image(&tmp, size, &pages)?;
+            write_image(&tmp, image.size, &image.pages)?;
         }
         let mut dst = Connection::open(&tmp)?;
         if at.is_none() {

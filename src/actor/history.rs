@@ -89,8 +89,8 @@ impl Actor {
                     .ok_or_else(|| VfsError::History(format!("{b:?} is not a bookmark")))?
             }
         };
-        let (page_size, size, pages) = db.image_at(&Target::Seq(seq_of_source))?;
-        let n = pages.len() as u64;
+        let image = db.image_at(&Target::Seq(seq_of_source))?;
+        let (page_size, n) = (image.page_size, image.pages.len() as u64);
         let opts = OpenOptions {
             page_size,
             hold_writes: true,
@@ -109,7 +109,7 @@ impl Actor {
         })?;
         // Besides the fence record (absent), an existing actor's state refuses the fork.
         target.set_fence(vec![Precondition::absent(records::state_key())]);
-        target.hold_image(page_size, size, pages)?;
+        target.hold_image(page_size, image.size, image.pages)?;
         let entries = vec![
             (records::state_key(), self.state().to_vec()),
             (records::token_key(), startup::random_token().into_bytes()),

@@ -600,12 +600,10 @@ impl Database {
         self.state.restore(target)
     }
 
-    /// The whole database as of `target`: `(page size, file size, pages)`, for a fork or an
-    /// export.
-    pub fn image_at(
-        &self,
-        target: &history::Target,
-    ) -> Result<(u32, u64, std::collections::BTreeMap<u32, Vec<u8>>), VfsError> {
+    /// The whole database as of `target`, for a fork or an export. Round trips: one list
+    /// (with the fence check) and one get of the history, then reads of the current pages not
+    /// changed since (with read-ahead) that are not cached.
+    pub fn image_at(&self, target: &history::Target) -> Result<history::Image, VfsError> {
         self.state.image_at(target)
     }
 

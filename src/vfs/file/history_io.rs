@@ -11,7 +11,7 @@ use super::{kv_batch_read, DbState, Inner, Op, VfsError};
 use crate::kv::{Key, KeyRange, ListRequest, ReadOp, ReadResult, Value, WriteBatch};
 use crate::vfs::commit;
 use crate::vfs::history::record::{self, Header, Record};
-use crate::vfs::history::{self, CommitInfo, CompactReport, RestoreOutcome, Target};
+use crate::vfs::history::{self, CommitInfo, CompactReport, Image, RestoreOutcome, Target};
 use crate::vfs::layout::{self, FileKind, Meta};
 
 /// Pages read and written per round trip while a history starts on an existing database.
@@ -23,7 +23,7 @@ impl DbState {
     pub(super) fn history_on(&self, chunk_size: u32) -> bool {
         self.opts.history.enabled()
             && self.held.lock().is_none()
-            && chunk_size as usize + record::ENTRY_OVERHEAD + 1 <= self.kv.limits().max_value_bytes
+            && chunk_size as usize + record::ENTRY_OVERHEAD < self.kv.limits().max_value_bytes
     }
 
     /// Stamps `meta` (the main file's metadata about to be written) with the next commit seq,
@@ -59,21 +59,19 @@ impl DbState {
             std::sync::atomic::AtomicU64::new(0),
             std::sync::atomic::AtomicU64::new(0),
         );
-        let rec = record::build(
-            meta.seq,
+        let of = record::Of {
+            seq: meta.seq,
             flags,
-            meta.time_ms,
-            meta.size,
-            meta.chunk_size,
-            pages,
-            self.kv.limits().max_value_bytes,
-            &|img| {
-                let (enc, data) = record::encode_image(img);
-                raw.fetch_add(img.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                stored.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                (enc, data)
-            },
-        );
+            time_ms: meta.time_ms,
+            size: meta.size,
+            chunk_size: meta.chunk_size,
+        };
+        let rec = record::build(&of, pages, self.kv.limits().max_value_bytes, &|img| {
+            let (enc, data) = record::encode_image(img);
+            raw.fetch_add(img.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            stored.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            (enc, data)
+        });
         let s = &self.stats;
         s.add(&s.history_image_bytes, raw.into_inner());
         s.add(&s.history_stored_bytes, stored.into_inner());
@@ -435,10 +433,7 @@ impl DbState {
     /// The whole database as of `target`: chunk size, file size and every page below the
     /// chunk count (for a fork or an export). Reads the history (one list, one get) and the
     /// current pages not changed since.
-    pub fn image_at(
-        &self,
-        target: &Target,
-    ) -> Result<(u32, u64, BTreeMap<u32, Vec<u8>>), VfsError> {
+    pub fn image_at(&self, target: &Target) -> Result<Image, VfsError> {
         self.check_moved()?;
         let mut inner = self.inner.lock();
         self.reload_if_needed(&mut inner)?;
@@ -463,7 +458,11 @@ impl DbState {
                 e.insert(buf);
             }
         }
-        Ok((cs, size, pages))
+        Ok(Image {
+            page_size: cs,
+            size,
+            pages,
+        })
     }
 
     /// Compacts the history: deletes the records older than the retention window or past the

@@ -274,6 +274,17 @@ fn parse_rfc3339_utc(s: &str) -> Option<u64> {
     u64::try_from(total * 1000 + ms).ok()
 }
 
+/// A whole database as of one commit: a fork's or an export's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    /// The page (chunk) size.
+    pub page_size: u32,
+    /// The file size in bytes.
+    pub size: u64,
+    /// Every page below the file's page count, by 0-based index.
+    pub pages: std::collections::BTreeMap<u32, Vec<u8>>,
+}
+
 /// What a restore did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestoreOutcome {

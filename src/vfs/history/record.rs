@@ -225,19 +225,43 @@ pub struct Record {
     pub info: Header,
 }
 
-/// Builds the redo record of commit `seq` holding `pages` (chunk index → image), packing the
-/// page entries into parts of at most `max_value` bytes. `encode` turns an image into its stored
-/// form and encoding byte.
+/// What a redo record says about its commit besides the pages.
+#[derive(Clone, Copy, Debug)]
+pub struct Of {
+    /// The commit seq.
+    pub seq: u64,
+    /// Header flags.
+    pub flags: u8,
+    /// Commit time, ms since the epoch.
+    pub time_ms: u64,
+    /// The main file's size after the commit.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u32,
+}
+
+/// Turns a page image into its encoding byte and stored bytes.
+pub type Encoder<'a> = &'a dyn Fn(&[u8]) -> (u8, Vec<u8>);
+
+/// A part's page entry: chunk index, encoding, stored bytes.
+pub type Entry<'a> = (u32, u8, &'a [u8]);
+
+/// Builds the redo record of commit `of.seq` holding `pages` (chunk index → image), packing
+/// the page entries into parts of at most `max_value` bytes. `encode` turns an image into its
+/// stored form and encoding byte.
 pub fn build(
-    seq: u64,
-    flags: u8,
-    time_ms: u64,
-    size: u64,
-    chunk_size: u32,
+    of: &Of,
     pages: &BTreeMap<u32, Vec<u8>>,
     max_value: usize,
-    encode: &dyn Fn(&[u8]) -> (u8, Vec<u8>),
+    encode: Encoder<'_>,
 ) -> Record {
+    let Of {
+        seq,
+        flags,
+        time_ms,
+        size,
+        chunk_size,
+    } = *of;
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let mut counts: Vec<u32> = Vec::new();
     let mut cur: Vec<u8> = vec![RECORD_VERSION];
@@ -287,7 +311,7 @@ pub fn build(
 }
 
 /// The page entries of a part: `(page, encoding, stored bytes)`.
-pub fn part_entries(seq: u64, b: &[u8]) -> Result<Vec<(u32, u8, &[u8])>, LayoutError> {
+pub fn part_entries(seq: u64, b: &[u8]) -> Result<Vec<Entry<'_>>, LayoutError> {
     if b.first() != Some(&RECORD_VERSION) {
         return corrupt(seq, "part version");
     }
@@ -342,7 +366,14 @@ mod tests {
             pages.insert(p, vec![p as u8; 512]);
         }
         let raw = |b: &[u8]| (ENC_RAW, b.to_vec());
-        let r = build(7, FLAG_RESTORE, 1234, 512 * 10, 512, &pages, 1100, &raw);
+        let of = Of {
+            seq: 7,
+            flags: FLAG_RESTORE,
+            time_ms: 1234,
+            size: 512 * 10,
+            chunk_size: 512,
+        };
+        let r = build(&of, &pages, 1100, &raw);
         assert_eq!(r.parts.len(), 2);
         assert_eq!(r.info.part_counts, vec![2, 2]);
         assert_eq!(r.header.0, layout::history_key(7));
