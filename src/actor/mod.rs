@@ -464,6 +464,17 @@ impl Actor {
             "SQL statement latency in microseconds",
             self.log.latency(),
         );
+        let s = self.db().snapshot();
+        doc.counter(
+            "history_image_bytes",
+            "Bytes of page images the history kept, before compression",
+            s.history_image_bytes,
+        );
+        doc.counter(
+            "history_stored_bytes",
+            "Bytes of those page images as stored (LZ4 where smaller)",
+            s.history_stored_bytes,
+        );
         doc
     }
 
