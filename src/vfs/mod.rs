@@ -29,6 +29,9 @@
 //! - `PRAGMA page_size = N` before a database's first write takes effect at the connection's
 //!   next transaction (the virtual page 1 is re-created at size `N`), and the first commit is
 //!   still one put; a page too big for one value of the store is refused with an error.
+//! - With history on (the default, [`OpenOptions::history`]), every commit's redo record goes
+//!   out in the same put as the commit (see [`history`]): restores, forks and exports as of any
+//!   commit of the retention window, with no round trip added to a commit or an open.
 
 pub mod cache;
 pub mod commit;
