@@ -141,7 +141,9 @@ impl DbState {
                         done.flags &= !record::FLAG_INCOMPLETE;
                         completes = Some((rec.header.0.clone(), done.encode()));
                     }
-                    puts.extend(rec.parts);
+                    // Spread evenly among the pages: each write fills its entry and byte
+                    // limits together.
+                    puts = interleave(puts, rec.parts);
                     history_tail.push(rec.header);
                 }
                 Ok(None) => {}
