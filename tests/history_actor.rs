@@ -13,7 +13,7 @@ use kvsqlite::actor::{Actor, ActorConfig, ActorError};
 use kvsqlite::kv::counting::CountingStore;
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::redb_store::RedbStore;
-use kvsqlite::kv::{KvLimits, ListRequest, SharedStore};
+use kvsqlite::kv::{KvLimits, KvStore, ListRequest, SharedStore};
 use kvsqlite::vfs::history::{parse_bookmark, HistoryOptions, Target};
 use kvsqlite::vfs::layout::{self, FileKind, Meta, ParsedKey};
 use workload::{apply, content_hash, workload};
@@ -239,4 +239,93 @@ fn a_format_1_store_opens_reads_right_and_starts_its_history_at_its_next_commit(
         })
         .unwrap();
     assert_eq!(n, 1);
+}
+
+#[test]
+fn a_crash_at_every_kv_call_of_a_fork_leaves_no_fork_or_a_whole_one_and_the_source_alone() {
+    use kvsqlite::actor::records;
+    use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
+    // The source: a few commits, one of them large enough to make the fork's image span
+    // several writes under an 8-entry limit.
+    let limits = KvLimits {
+        max_write_entries: 8,
+        ..KvLimits::default()
+    };
+    let build = || {
+        let mem = Arc::new(MemoryStore::with_limits(limits));
+        let a = Actor::start(mem.clone(), "src", &config()).unwrap();
+        a.db()
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        a.db()
+            .execute(
+                "INSERT INTO t SELECT randomblob(3000) FROM (WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM c WHERE i<20) SELECT i FROM c)",
+                [],
+            )
+            .unwrap();
+        // The fork's image at an older commit: the pages changed since come from the history.
+        let at = a.bookmark().unwrap();
+        let want = content_hash(a.db());
+        a.db()
+            .execute("DELETE FROM t WHERE rowid % 2 = 0", [])
+            .unwrap();
+        let source = content_hash(a.db());
+        a.sleep().unwrap();
+        (mem, at, want, source)
+    };
+    let mut k = 1;
+    loop {
+        let mut done = false;
+        for w in [CrashWrite::Apply, CrashWrite::Discard] {
+            let (mem, at, want, source) = build();
+            let f = FaultStore::wrap(mem.clone(), FaultPlan::none().crash_at(k, w));
+            let r = Actor::start(f.shared(), "src", &config()).and_then(|a| {
+                a.fork(
+                    &Target::Bookmark(at.clone()),
+                    "dst",
+                    &HistoryOptions::default(),
+                )
+            });
+            done |= r.is_ok();
+            let state = mem
+                .get("dst", &[records::state_key()])
+                .unwrap()
+                .pop()
+                .flatten();
+            let meta = mem
+                .get("dst", &[layout::meta_key(FileKind::Main)])
+                .unwrap()
+                .pop()
+                .flatten();
+            // The fork's one commit write carries its state, token, fence and metadata together.
+            assert_eq!(state.is_some(), meta.is_some(), "crash at {k} ({w:?})");
+            if r.is_ok() {
+                assert!(state.is_some(), "an acknowledged fork exists");
+            }
+            let s: SharedStore = mem.clone();
+            let a = Actor::start(s.clone(), "src", &config()).unwrap();
+            assert_eq!(content_hash(a.db()), source, "the source is unchanged");
+            if state.is_none() {
+                // Nothing of the fork is visible, and a retry takes over what a crash left.
+                a.fork(
+                    &Target::Bookmark(at.clone()),
+                    "dst",
+                    &HistoryOptions::default(),
+                )
+                .unwrap_or_else(|e| panic!("crash at {k} ({w:?}): retry: {e}"));
+            }
+            a.sleep().unwrap();
+            let d = Actor::start(s, "dst", &config()).unwrap();
+            assert_eq!(content_hash(d.db()), want, "crash at {k} ({w:?})");
+            d.sleep().unwrap();
+        }
+        if done {
+            break;
+        }
+        k += 1;
+        assert!(k < 200, "the fork never finished");
+    }
+    // The wake, the image (list, get, the current pages), the new actor's read, then its
+    // staged writes.
+    assert!(k > 8, "{k} calls");
 }

@@ -6,7 +6,8 @@
 //! and a fork's new actor records (state, token, fence), written with its database in one put.
 
 use super::{records, startup, Actor, ActorError};
-use crate::kv::Precondition;
+use crate::kv::{Precondition, ReadOp, ReadResult};
+use crate::preload::Preload;
 use crate::vfs::history::{CommitInfo, CompactReport, HistoryOptions, RestoreOutcome, Target};
 use crate::vfs::{open_database, FenceSpec, OpenError, OpenOptions, VfsError};
 
@@ -58,10 +59,11 @@ impl Actor {
 
     /// Creates actor `to` on the same store holding this actor's database as of `at` (the
     /// source is not changed) and a copy of its current state, with a fresh inspector token;
-    /// its history starts with the fork. Refused when `to` exists (anything under its fence,
-    /// state or database keys), and from a stale instance. Round trips: reading the image
-    /// (1 list, 1 get, plus the current pages not cached), 1 read of `to`, then 1 put (staged
-    /// when the image exceeds one put).
+    /// its history starts with the fork. Refused when `to` exists (its state or its database),
+    /// and from a stale instance. A crash leaves either no `to` or the whole fork (its state,
+    /// token, fence and database's commit record go out in one write); a retry after a crash
+    /// takes over. Round trips: reading the image (1 list, 1 get, plus the current pages not
+    /// cached), 1 read of `to`, then 1 put (staged when the image exceeds one put).
     pub fn fork(
         &self,
         at: &Target,
@@ -91,19 +93,43 @@ impl Actor {
         };
         let image = db.image_at(&Target::Seq(seq_of_source))?;
         let (page_size, n) = (image.page_size, image.pages.len() as u64);
+        // One read of the new actor: its state and fence records and what its database's open
+        // needs (as a preload), so the open itself reads nothing more.
+        let exists = || ActorError::ActorExists(to.to_string());
+        let mut ops = crate::vfs::layout::preload_reads(0);
+        ops.push(ReadOp::Get(vec![
+            records::state_key(),
+            records::fence_key(),
+        ]));
+        let store = self.counting.shared();
+        let res = store.batch_read(to, &ops).map_err(ActorError::Kv)?;
+        let Some(ReadResult::Get(vals)) = res.last() else {
+            return Err(ActorError::Corrupt(
+                "batch_read answered out of shape".into(),
+            ));
+        };
+        if vals.first().is_some_and(|v| v.is_some()) {
+            return Err(exists());
+        }
+        // A fence record without a state: a creation (or a fork) that crashed before its
+        // commit write. The fork takes over from there.
+        let fence_read = vals.get(1).cloned().flatten();
+        let n_vfs = ops.len() - 1;
+        let preload = Preload::from_reads(&ops[..n_vfs], &res[..n_vfs]);
         let opts = OpenOptions {
             page_size,
             hold_writes: true,
             history: retention.clone(),
+            preload: Some(preload),
+            trust_preload: true,
             fence: Some(FenceSpec {
                 key: records::fence_key(),
-                read: None,
+                read: fence_read,
                 instance: startup::random_bytes(),
             }),
             ..OpenOptions::default()
         };
-        let exists = || ActorError::ActorExists(to.to_string());
-        let target = open_database(self.counting.shared(), to, &opts).map_err(|e| match e {
+        let target = open_database(store, to, &opts).map_err(|e| match e {
             OpenError::Vfs(VfsError::Corrupt(_)) => exists(),
             e => ActorError::Open(e),
         })?;
