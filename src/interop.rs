@@ -421,6 +421,19 @@ pub fn export_file(
     path: &Path,
     force: bool,
 ) -> Result<ExportReport, InteropError> {
+    export_file_at(store, actor, path, force, None)
+}
+
+/// [`export_file`] of the actor's database as of `at` (a seq, bookmark or time its history
+/// holds; `None`: now). The image at `at` is read from the history (one list, one get) and the
+/// current pages not changed since; the actor is not changed.
+pub fn export_file_at(
+    store: SharedStore,
+    actor: &str,
+    path: &Path,
+    force: bool,
+    at: Option<&crate::vfs::history::Target>,
+) -> Result<ExportReport, InteropError> {
     crate::kv::check_actor_id(actor)?;
     if !force && path.exists() {
         return Err(InteropError::DestinationExists(path.to_path_buf()));
@@ -449,8 +462,23 @@ pub fn export_file(
     let tmp = path.with_file_name(tmp_name);
     let result = (|| {
         let _ = std::fs::remove_file(&tmp);
+        if let Some(at) = at {
+            let image = db
+                .image_at(at)
+                .map_err(|e| InteropError::Io(format!("cannot read the history: {e}")))?;
+            write_image(&tmp, image.size, &image.pages)?;
+        }
         let mut dst = Connection::open(&tmp)?;
-        snapshot_copy(&db, &mut dst)?;
+        if at.is_none() {
+            snapshot_copy(&db, &mut dst)?;
+        } else {
+            let check: String = dst.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            if check != "ok" {
+                return Err(InteropError::Io(format!(
+                    "the image as of the bookmark fails integrity_check: {check}"
+                )));
+            }
+        }
         let page_size: u32 = dst.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let pages = dst.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))? as u64;
         dst.close().map_err(|(_, e)| e)?;
@@ -478,4 +506,20 @@ pub fn export_file(
         pages,
         kv_round_trips,
     })
+}
+
+/// Writes a database image (its pages in order, cut to `size` bytes) to a new file.
+fn write_image(
+    path: &Path,
+    size: u64,
+    pages: &std::collections::BTreeMap<u32, Vec<u8>>,
+) -> Result<(), InteropError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| InteropError::Io(format!("{}: {e}", path.display()));
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    for p in pages.values() {
+        f.write_all(p).map_err(io)?;
+    }
+    f.set_len(size).map_err(io)?;
+    f.sync_all().map_err(io)
 }

@@ -25,6 +25,19 @@ fn keys_of(m: &MemoryStore, actor: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// The main file's chunk values of an actor (its history keys left out).
+fn chunks_of(m: &MemoryStore, actor: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    keys_of(m, actor)
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                layout::parse_key(k),
+                Some(layout::ParsedKey::Chunk(FileKind::Main, _))
+            )
+        })
+        .collect()
+}
+
 fn code(e: &rusqlite::Error) -> Option<ErrorCode> {
     e.sqlite_error_code()
 }
@@ -32,26 +45,70 @@ fn code(e: &rusqlite::Error) -> Option<ErrorCode> {
 #[test]
 fn layout_is_pinned() {
     let m = mem();
-    let db = open_database(m.clone(), "pin", &OpenOptions::default()).unwrap();
+    let clock = kvsqlite::vfs::history::TestClock::new(1_000);
+    let opts = OpenOptions {
+        history: kvsqlite::vfs::history::HistoryOptions {
+            clock: kvsqlite::vfs::history::Clock::manual(&clock),
+            ..Default::default()
+        },
+        ..OpenOptions::default()
+    };
+    let db = open_database(m.clone(), "pin", &opts).unwrap();
     db.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
         .unwrap();
     drop(db);
     let kv = keys_of(&m, "pin");
     let keys: Vec<&[u8]> = kv.iter().map(|(k, _)| k.as_slice()).collect();
+    // Two commits (two statements): the pages, then the history's headers and parts.
     assert_eq!(
         keys,
         vec![
             &[0x08, 0x00, 0x00][..],
             &[0x08, 0x00, 0x01, 0, 0, 0, 0][..],
             &[0x08, 0x00, 0x01, 0, 0, 0, 1][..],
+            &[0x08, 0x20, 0, 0, 0, 0, 0, 0, 0, 1][..],
+            &[0x08, 0x20, 0, 0, 0, 0, 0, 0, 0, 2][..],
+            &[0x08, 0x21, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0][..],
+            &[0x08, 0x21, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0][..],
         ]
     );
-    let mut meta = vec![1u8, 0];
+    let mut meta = vec![2u8, 0];
     meta.extend_from_slice(&4096u32.to_be_bytes());
     meta.extend_from_slice(&8192u64.to_be_bytes());
-    meta.extend_from_slice(&0u64.to_be_bytes());
+    meta.extend_from_slice(&0u64.to_be_bytes()); // next stage
+    meta.extend_from_slice(&2u64.to_be_bytes()); // seq
+    meta.extend_from_slice(&1_000u64.to_be_bytes()); // time
+    meta.extend_from_slice(&1u64.to_be_bytes()); // history start
     meta.extend_from_slice(&0u32.to_be_bytes());
     assert_eq!(kv[0].1, meta);
+    // The second commit's part: version, then per page its index, encoding (1: LZ4, these
+    // mostly empty pages compress), length and bytes.
+    let part = &kv[6].1;
+    let entries = kvsqlite::vfs::history::record::part_entries(2, part).unwrap();
+    assert_eq!(entries.len(), 2);
+    for (i, (page, enc, data)) in entries.iter().enumerate() {
+        assert_eq!((*page, *enc), (i as u32, 1));
+        let img = kvsqlite::vfs::history::record::decode_image(*enc, data, 4096).unwrap();
+        assert_eq!(img, kv[1 + i].1, "the image is the page");
+    }
+    // Its header: version, flags, time, size, chunk size, bytes, 1 part, 2 pages (0 and 1),
+    // 2 pages in the part.
+    let mut header = vec![1u8, 0];
+    header.extend_from_slice(&1_000u64.to_be_bytes());
+    header.extend_from_slice(&8192u64.to_be_bytes());
+    header.extend_from_slice(&4096u32.to_be_bytes());
+    let bytes = 10 + (36 + 8 + 4) + 12 + part.len();
+    header.extend_from_slice(&(bytes as u64).to_be_bytes());
+    header.extend_from_slice(&1u16.to_be_bytes());
+    header.extend_from_slice(&2u32.to_be_bytes());
+    header.extend_from_slice(&0u32.to_be_bytes());
+    header.extend_from_slice(&1u32.to_be_bytes());
+    header.extend_from_slice(&2u32.to_be_bytes());
+    assert_eq!(kv[4].1, header);
+    assert_eq!(
+        &part[..10],
+        &[1, 0, 0, 0, 0, 1, 0, 0, 0, entries[0].2.len() as u8][..]
+    );
     assert_eq!(kv[1].1.len(), 4096);
     assert_eq!(&kv[1].1[..16], b"SQLite format 3\0");
     assert_eq!(kv[2].1.len(), 4096);
@@ -92,7 +149,7 @@ fn page_sizes_work_or_are_refused_clearly() {
             .unwrap();
         assert_eq!(n, 200);
         assert_integrity(&db);
-        assert!(keys_of(&m, &actor)[1..]
+        assert!(chunks_of(&m, &actor)
             .iter()
             .all(|(_, v)| v.len() == ps as usize));
     }
@@ -202,7 +259,7 @@ fn page_size_pragma_before_the_first_write_works_as_in_stock_sqlite() {
         assert_eq!(ours, theirs, "page size {ps}");
         assert_eq!(ours[3], Ok(Some(format!("Integer({ps})"))));
         // The store holds pages of the new size, and a reopen (a restart) reads them back.
-        assert!(keys_of(&m, &actor)[1..]
+        assert!(chunks_of(&m, &actor)
             .iter()
             .all(|(_, v)| v.len() == ps as usize));
         let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
@@ -381,7 +438,7 @@ fn page_size_pragma_is_refused_clearly_when_it_cannot_work() {
     db.execute_batch("INSERT INTO t VALUES (1)").unwrap();
     let got: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
     assert_eq!(got, 8192);
-    assert!(keys_of(&m, "txn")[1..].iter().all(|(_, v)| v.len() == 8192));
+    assert!(chunks_of(&m, "txn").iter().all(|(_, v)| v.len() == 8192));
 }
 
 #[test]
@@ -645,7 +702,7 @@ fn more_corrupt_metadata_and_chunks_are_corrupt_errors_on_every_path() {
     let e = corrupt_case(
         &m,
         "badgroups",
-        set_byte("badgroups", 22, 5u32.to_be_bytes().into()),
+        set_byte("badgroups", 46, 5u32.to_be_bytes().into()),
     );
     assert!(e.contains("overlay group cut short"), "{e}");
     let e = corrupt_case(&m, "badjournal", |s| {

@@ -35,7 +35,8 @@ fn kv_files_decodes_the_layout() {
         text,
         "main     size 8192 bytes, chunk size 4096, 2 chunks (0 in stages), 2 chunk keys, 0 missing, 0 malformed, 0 past the end\n\
          journal  absent\n\
-         stages   none\n"
+         stages   none\n\
+         history  4 keys\n"
     );
     let out = kvsqlite(&["--kv", &url, "kv", "files", "--actor", "nobody"]);
     assert!(out.status.success());
@@ -65,13 +66,29 @@ fn bench_commit_prints_round_trips_as_json() {
     assert_eq!(rows, vec![1, 10, 100, 1000, 10000, 2000, 1]);
     let rts: Vec<u64> = objects.iter().map(|o| field(o, "kv_round_trips")).collect();
     let pages: Vec<u64> = objects.iter().map(|o| field(o, "pages_written")).collect();
-    // The README's table exactly: one put each within the limits; 10,000 rows (273 pages) and
-    // 8 MB (2,007 pages) in ⌈(pages + 1)/128⌉ (pages staged 128 to a put, the commit record
-    // riding in the last); the small transaction right after the big one: one round trip again.
-    assert_eq!(rts, vec![1, 1, 1, 1, 3, 16, 1], "{text}");
+    // The README's table exactly: one put each within the limits; 10,000 rows (273 pages) in
+    // ⌈(pages + 1)/128⌉ (pages staged 128 to a put, the commit record riding in the last);
+    // 8 MB of random rows (2,007 pages) in 18: with history on (the default) each page's image
+    // goes out once more in the redo record, incompressible here, so the puts are full by
+    // bytes; the small transaction right after the big one: one round trip again.
+    assert_eq!(rts, vec![1, 1, 1, 1, 3, 18, 1], "{text}");
     assert_eq!(pages, vec![2, 2, 6, 30, 273, 2007, 3], "{text}");
-    for i in [4, 5] {
-        assert_eq!(rts[i], (pages[i] + 1).div_ceil(128), "{}", objects[i]);
+    assert_eq!(rts[4], (pages[4] + 1).div_ceil(128), "{}", objects[4]);
+    let bytes: Vec<u64> = objects
+        .iter()
+        .map(|o| field(o, "kv_bytes_written"))
+        .collect();
+    let plain: Vec<u64> = objects
+        .iter()
+        .map(|o| field(o, "kv_bytes_written_no_history"))
+        .collect();
+    assert_eq!(rts[5], bytes[5].div_ceil(976 * 1024) + 1, "{}", objects[5]);
+    // History writes more, but a small commit at most 2.5 times the bytes without it.
+    for i in 0..7 {
+        assert!(bytes[i] > plain[i], "{}", objects[i]);
+    }
+    for i in [0, 1, 6] {
+        assert!(bytes[i] * 2 <= plain[i] * 5, "{}", objects[i]);
     }
     // The journaled baseline (batch-atomic off) rides on the same rows: never cheaper, and
     // a small transaction costs more than the one put (journal, pages, journal deleted).
@@ -90,7 +107,7 @@ fn bench_commit_prints_round_trips_as_json() {
     let lines: Vec<&str> = table.lines().collect();
     assert_eq!(
         lines[0],
-        "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms\tjournal_kv_round_trips\tjournal_wall_ms"
+        "rows\trow_bytes\tpages_written\tkv_round_trips\twall_ms\tjournal_kv_round_trips\tjournal_wall_ms\tkv_bytes_written\tkv_bytes_written_no_history"
     );
     assert_eq!(lines.len(), 8, "{table}");
     let rows: Vec<&str> = lines[1..]

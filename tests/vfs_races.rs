@@ -101,8 +101,10 @@ fn entries_queued_for_the_next_commit_are_not_written_by_another_connections_clo
     assert_eq!(s.file_size(FileKind::Main).unwrap(), size + PS);
 }
 
-/// A memory store whose `delete_range` calls fail while armed (the request is lost: nothing is
-/// deleted), so a journalled commit stops right at its commit point, the journal's deletion.
+/// A memory store whose deletions of the journal fail while armed (the request is lost:
+/// nothing is deleted), so a journalled commit stops right at its commit point: a
+/// `delete_range`, or (with history on, where the deletion also completes the commit's history
+/// header) a write deleting the journal's metadata.
 struct NoDeleteStore {
     inner: MemoryStore,
     armed: AtomicBool,
@@ -122,6 +124,10 @@ impl KvStore for NoDeleteStore {
         self.inner.list(actor, req)
     }
     fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+        let journal_meta = kvsqlite::vfs::layout::meta_key(FileKind::Journal);
+        if self.armed.load(Ordering::SeqCst) && batch.deletes.contains(&journal_meta) {
+            return Err(KvError::InjectedFault { call: 0 });
+        }
         self.inner.write(actor, batch)
     }
     fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {

@@ -146,12 +146,17 @@ fn big_8mb_transaction_costs_16_round_trips_and_next_small_one_is_one_put() {
     assert_eq!(d.staged_commits, 1, "{d:?}");
     assert_eq!(d.journal_fallbacks, 0);
     assert_eq!(d.kv_reads, 0);
-    // Every page of the file was written (page 1 for its change counter), 128 to a put, the
-    // commit record riding in the last put: ⌈(N + 1)/128⌉ = 16 for 2,007 pages, as the README
-    // says.
+    // Every page of the file was written (page 1 for its change counter), 128 entries to a
+    // put, the commit record riding in the last: ⌈(N + 1)/128⌉ = 16 for 2,007 pages, as the
+    // README says. With history on (the default) each page image goes once more into the
+    // commit's redo record, LZ4-compressed: these pages are mostly zeros, so the record is a
+    // few parts riding in the same puts (incompressible pages make the puts full by bytes
+    // instead: ⌈bytes / 976 KiB⌉ + 1).
     assert_eq!((pages, d.pages_written), (2007, 2007), "{d:?}");
     assert_eq!(d.kv_round_trips, 16, "{d:?}");
     assert_eq!(d.kv_round_trips, (pages + 1).div_ceil(128));
+    assert_eq!(d.history_image_bytes, 2007 * 4096);
+    assert!(d.history_stored_bytes * 50 < d.history_image_bytes, "{d:?}");
     let before = Meter::start(&db);
     db.execute("INSERT INTO t(v) VALUES (x'00')", []).unwrap();
     let d = before.stop(&db);
@@ -171,6 +176,27 @@ fn big_8mb_transaction_costs_16_round_trips_and_next_small_one_is_one_put() {
     assert_eq!(n, 2001);
     assert_eq!(sum, (0..2000).map(|i: i64| 4000 + i % 7).sum::<i64>() + 1);
     assert_integrity(&db);
+}
+
+#[test]
+fn big_8mb_transaction_with_history_off_costs_16_round_trips() {
+    let opts = OpenOptions {
+        history: kvsqlite::vfs::history::HistoryOptions::off(),
+        ..OpenOptions::default()
+    };
+    let db = open_database(store(), "big-off", &opts).unwrap();
+    db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    let before = Meter::start(&db);
+    db.execute_batch("BEGIN").unwrap();
+    for i in 0..2000 {
+        db.execute("INSERT INTO t(v) VALUES (zeroblob(4000 + ?1 % 7))", [i])
+            .unwrap();
+    }
+    db.execute_batch("COMMIT").unwrap();
+    let d = before.stop(&db);
+    // 128 pages to a put, the commit record riding in the last: ⌈(N + 1)/128⌉ for 2,007 pages.
+    assert_eq!((d.pages_written, d.kv_round_trips), (2007, 16), "{d:?}");
 }
 
 #[test]
@@ -318,12 +344,13 @@ fn page_size_pragma_before_the_first_write_costs_nothing_and_the_first_commit_on
         );
         assert_eq!(d.journal_fallbacks, 0);
         let stored = m.dump();
+        // The two pages' images are compressed into one history part, even at 64 KiB.
         assert_eq!(
             stored.len(),
-            3,
-            "metadata, page 1 (schema) and page 2 (the table)"
+            5,
+            "metadata, page 1 (schema), page 2 (the table), the history header and part"
         );
-        assert!(stored[1..].iter().all(|(_, _, v)| v.len() == ps as usize));
+        assert!(stored[1..3].iter().all(|(_, _, v)| v.len() == ps as usize));
         let before = Meter::start(&db);
         db.execute("INSERT INTO t VALUES (zeroblob(100))", [])
             .unwrap();

@@ -15,6 +15,7 @@
 //! Layering: this module uses the VFS and the KV layer, never the other way round.
 
 pub mod guard;
+pub mod history;
 pub mod migrations;
 pub mod query_log;
 pub mod records;
@@ -149,11 +150,15 @@ pub struct ActorConfig {
     pub hints: bool,
     /// Most pages kept in the hints (most recently read first). Default 256.
     pub max_hint_pages: usize,
-    /// Database tuning (preload, fence and hold are set by the actor layer).
+    /// Database tuning (preload, fence, hold and history are set by the actor layer).
     pub open: crate::vfs::OpenOptions,
     /// The connection's SQL guard (see [`guard`]): the library's default refuses `ATTACH`,
     /// `DETACH` and the process-wide pragmas; the host adds its limits.
     pub guard: guard::GuardConfig,
+    /// How much history the actor's database keeps: a duration and a byte bound (default 24 h
+    /// and 256 MiB; [`crate::vfs::history::HistoryOptions::off`] keeps none and costs
+    /// nothing). It replaces `open.history`.
+    pub retention: crate::vfs::history::HistoryOptions,
 }
 
 impl Default for ActorConfig {
@@ -169,6 +174,7 @@ impl Default for ActorConfig {
             max_hint_pages: 256,
             open: crate::vfs::OpenOptions::default(),
             guard: guard::GuardConfig::default(),
+            retention: crate::vfs::history::HistoryOptions::default(),
         }
     }
 }
@@ -218,6 +224,10 @@ pub enum ActorError {
     },
     /// Another instance of the actor wrote since this one woke: this one must wake again.
     Moved,
+    /// A fork's new actor already exists.
+    ActorExists(String),
+    /// The OS's random source failed (an instance id or a token could not be made).
+    Random(startup::RandomError),
     /// The database (or the VFS) refused an operation.
     Vfs(VfsError),
     /// SQLite failed.
@@ -228,6 +238,8 @@ impl fmt::Display for ActorError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ActorError::InvalidConfig(m) => write!(f, "invalid actor config: {m}"),
+            ActorError::ActorExists(a) => write!(f, "actor {a:?} already exists"),
+            ActorError::Random(e) => write!(f, "{e}"),
             ActorError::InvalidActor(e) => write!(f, "{e}"),
             ActorError::AlreadyRunning { actor } => write!(
                 f,
@@ -476,6 +488,17 @@ impl Actor {
             "query_duration_us",
             "SQL statement latency in microseconds",
             self.log.latency(),
+        );
+        let s = self.db().snapshot();
+        doc.counter(
+            "history_image_bytes",
+            "Bytes of page images the history kept, before compression",
+            s.history_image_bytes,
+        );
+        doc.counter(
+            "history_stored_bytes",
+            "Bytes of those page images as stored (LZ4 where smaller)",
+            s.history_stored_bytes,
         );
         doc
     }

@@ -600,7 +600,7 @@ pub(super) fn start(
 
     let (instance, hold) = ph.internal("instantiate", true, || {
         Ok((
-            random_bytes().map_err(|e| ActorError::InvalidConfig(e.to_string()))?,
+            random_bytes().map_err(ActorError::Random)?,
             is_new && wake.db_absent,
         ))
     })?;
@@ -613,14 +613,12 @@ pub(super) fn start(
     let (token, token_new) = ph.internal("init_inspector_token", true, || {
         Ok(match wake.token.as_deref().map(std::str::from_utf8) {
             Some(Ok(t)) if !t.is_empty() => (t.to_string(), false),
-            _ => (
-                random_token().map_err(|e| ActorError::InvalidConfig(e.to_string()))?,
-                true,
-            ),
+            _ => (random_token().map_err(ActorError::Random)?, true),
         })
     })?;
 
     let mut open = config.open.clone();
+    open.history = config.retention.clone();
     open.preload = Some(preload);
     open.trust_preload = true;
     open.hold_writes = hold;

@@ -8,6 +8,7 @@
 //! - [`latency`]: latency percentiles in milliseconds, as the reports give them.
 //! - [`http`]: a bounded load against `kvsqlite serve` over loopback: wake and query latency.
 //! - [`delay_proxy`]: a loopback TCP proxy that delays traffic and counts round trips on the wire.
+//! - [`history`]: restores, a fork, and a commit's bytes with history on and off.
 //! - [`pg_batch`]: a batched put and read against one call per key, on PostgreSQL through the proxy.
 //! - [`scan`]: cold sequential scans and random lookups, with and without read-ahead.
 //! - [`speedtest`]: a speedtest1 script through kvsqlite and stock SQLite, side by side.
@@ -16,6 +17,7 @@
 pub mod actors;
 pub mod chart;
 pub mod delay_proxy;
+pub mod history;
 pub mod http;
 pub mod latency;
 pub mod pg_batch;

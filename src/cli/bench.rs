@@ -95,6 +95,19 @@ enum BenchCommand {
     /// request to a sleeping actor) and query latency, requests per second (see
     /// `kvsqlite::bench::http`).
     Http(HttpArgs),
+    /// History: restoring the last commit and one 1,000 commits back, forking an 8 MB actor,
+    /// and a small commit's bytes with history on and off (see `kvsqlite::bench::history`).
+    History {
+        /// Commits between the second restore's target and now.
+        #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        back: u64,
+        /// Rows of 4,000 bytes in the forked actor (2,000: about 8 MB).
+        #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+        fork_rows: u64,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cold sequential scans and random point lookups, with and without read-ahead (see
     /// `kvsqlite::bench::scan`).
     Scan {
@@ -191,6 +204,11 @@ pub struct CommitResult {
     pub journal_kv_round_trips: u64,
     /// Wall time in milliseconds of the same transaction with batch-atomic writes off.
     pub journal_wall_ms: f64,
+    /// Key and value bytes the transaction wrote (history on, the default: its redo record
+    /// included).
+    pub kv_bytes_written: u64,
+    /// The same with history off.
+    pub kv_bytes_written_no_history: u64,
 }
 
 /// Runs `kvsqlite bench`.
@@ -237,6 +255,14 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             seed,
             json,
         } => super::finish("bench scan", bench_scan(global, pages, lookups, seed, json)),
+        BenchCommand::History {
+            back,
+            fork_rows,
+            json,
+        } => super::finish(
+            "bench history",
+            bench_history(global, back, fork_rows, json),
+        ),
         BenchCommand::Speedtest { file, runs, json } => super::finish(
             "bench speedtest",
             bench_speedtest(global, &file, runs as usize, json),
@@ -484,6 +510,13 @@ fn actors_table(r: &ActorsReport) -> String {
     s
 }
 
+fn bench_history(global: &GlobalArgs, back: u64, fork_rows: u64, json: bool) -> Result<i32, Stop> {
+    let store = global.open_store()?;
+    let plan = kvsqlite::bench::history::HistoryPlan { back, fork_rows };
+    let r = kvsqlite::bench::history::run(&store, &plan)?;
+    print_report(json, r.to_json(), || r.table())
+}
+
 fn commit(global: &GlobalArgs, json: bool) -> Result<i32, Stop> {
     let results = bench_commit(global)?;
     let table = || {
@@ -502,7 +535,7 @@ fn commit(global: &GlobalArgs, json: bool) -> Result<i32, Stop> {
 }
 
 /// One row's fields, named as the JSON and the table's header name them, in their order.
-fn commit_fields(r: &CommitResult) -> [(&'static str, String); 7] {
+fn commit_fields(r: &CommitResult) -> [(&'static str, String); 9] {
     [
         ("rows", r.rows.to_string()),
         ("row_bytes", r.row_bytes.to_string()),
@@ -514,6 +547,11 @@ fn commit_fields(r: &CommitResult) -> [(&'static str, String); 7] {
             r.journal_kv_round_trips.to_string(),
         ),
         ("journal_wall_ms", format!("{:.3}", r.journal_wall_ms)),
+        ("kv_bytes_written", r.kv_bytes_written.to_string()),
+        (
+            "kv_bytes_written_no_history",
+            r.kv_bytes_written_no_history.to_string(),
+        ),
     ]
 }
 
@@ -543,19 +581,22 @@ const COMMIT_PLAN: [(u64, u64); 7] = [
     (1, 100),
 ];
 
-/// Pages written, KV round trips and wall milliseconds of each transaction of [`COMMIT_PLAN`]
-/// on a fresh actor's warm database opened with `opts`; the actor is deleted afterwards.
+/// One transaction's pages written, KV round trips, wall milliseconds and bytes written.
+type PlanRow = (u64, u64, f64, u64);
+
+/// [`PlanRow`]s of each transaction of [`COMMIT_PLAN`] on a fresh actor's warm database opened
+/// with `opts`; the actor is deleted afterwards.
 fn run_commit_plan(
     store: &kvsqlite::kv::SharedStore,
     tag: &str,
     opts: &OpenOptions,
-) -> Result<Vec<(u64, u64, f64)>, String> {
+) -> Result<Vec<PlanRow>, String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let actor = format!("bench-commit-{tag}-{}-{nanos}", std::process::id());
-    let result: Result<Vec<(u64, u64, f64)>, String> = (|| {
+    let result: Result<Vec<PlanRow>, String> = (|| {
         let db = open_database(store.clone(), &actor, opts).map_err(|e| e.to_string())?;
         let e = |e: rusqlite::Error| e.to_string();
         db.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
@@ -582,6 +623,7 @@ fn run_commit_plan(
                 d.pages_written,
                 d.kv_round_trips,
                 wall.as_secs_f64() * 1000.0,
+                d.bytes_written,
             ));
         }
         Ok(out)
@@ -617,35 +659,45 @@ fn bench_commit(global: &GlobalArgs) -> Result<Vec<CommitResult>, String> {
     }
     let atomic = median_runs(&atomic_runs);
     let journal = median_runs(&journal_runs);
+    // Bytes do not vary between rounds: one run with history off gives the baseline.
+    let no_history = OpenOptions {
+        history: kvsqlite::vfs::history::HistoryOptions::off(),
+        ..OpenOptions::default()
+    };
+    let plain = run_commit_plan(&store, "no-history", &no_history)?;
     Ok(COMMIT_PLAN
         .iter()
-        .zip(atomic.iter().zip(journal.iter()))
+        .zip(atomic.iter().zip(journal.iter().zip(plain.iter())))
         .map(
-            |(&(rows, row_bytes), (&(pages_written, kv_round_trips, wall_ms), j))| CommitResult {
-                rows,
-                row_bytes,
-                pages_written,
-                kv_round_trips,
-                wall_ms,
-                journal_kv_round_trips: j.1,
-                journal_wall_ms: j.2,
+            |(&(rows, row_bytes), (&(pages_written, kv_round_trips, wall_ms, bytes), (j, p)))| {
+                CommitResult {
+                    rows,
+                    row_bytes,
+                    pages_written,
+                    kv_round_trips,
+                    wall_ms,
+                    journal_kv_round_trips: j.1,
+                    journal_wall_ms: j.2,
+                    kv_bytes_written: bytes,
+                    kv_bytes_written_no_history: p.3,
+                }
             },
         )
         .collect())
 }
 
-/// The first run's pages and round trips with each transaction's median wall time.
-fn median_runs(runs: &[Vec<(u64, u64, f64)>]) -> Vec<(u64, u64, f64)> {
+/// The first run's pages, round trips and bytes with each transaction's median wall time.
+fn median_runs(runs: &[Vec<PlanRow>]) -> Vec<PlanRow> {
     let Some(first) = runs.first() else {
         return Vec::new();
     };
     first
         .iter()
         .enumerate()
-        .map(|(i, &(pages, rts, _))| {
+        .map(|(i, &(pages, rts, _, bytes))| {
             let mut walls: Vec<f64> = runs.iter().filter_map(|r| r.get(i)).map(|r| r.2).collect();
             walls.sort_by(f64::total_cmp);
-            (pages, rts, walls[walls.len() / 2])
+            (pages, rts, walls[walls.len() / 2], bytes)
         })
         .collect()
 }
@@ -657,11 +709,11 @@ mod tests {
     #[test]
     fn median_of_runs_keeps_the_counts_and_takes_the_middle_wall_time() {
         let runs = vec![
-            vec![(2, 1, 5.0), (9, 3, 1.0)],
-            vec![(2, 1, 1.0), (9, 3, 2.0)],
-            vec![(2, 1, 3.0), (9, 3, 9.0)],
+            vec![(2, 1, 5.0, 80), (9, 3, 1.0, 90)],
+            vec![(2, 1, 1.0, 80), (9, 3, 2.0, 90)],
+            vec![(2, 1, 3.0, 80), (9, 3, 9.0, 90)],
         ];
-        assert_eq!(median_runs(&runs), vec![(2, 1, 3.0), (9, 3, 2.0)]);
+        assert_eq!(median_runs(&runs), vec![(2, 1, 3.0, 80), (9, 3, 2.0, 90)]);
         assert!(median_runs(&[]).is_empty());
     }
 
@@ -675,10 +727,10 @@ mod tests {
             wall_ms: 0.5,
             journal_kv_round_trips: 6,
             journal_wall_ms: 1.25,
+            kv_bytes_written: 9000,
+            kv_bytes_written_no_history: 8300,
         };
-        assert_eq!(
-            to_json(&[r.clone(), r]),
-            "[{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500,\"journal_kv_round_trips\":6,\"journal_wall_ms\":1.250},{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500,\"journal_kv_round_trips\":6,\"journal_wall_ms\":1.250}]"
-        );
+        let one = "{\"rows\":10,\"row_bytes\":100,\"pages_written\":2,\"kv_round_trips\":1,\"wall_ms\":0.500,\"journal_kv_round_trips\":6,\"journal_wall_ms\":1.250,\"kv_bytes_written\":9000,\"kv_bytes_written_no_history\":8300}";
+        assert_eq!(to_json(&[r.clone(), r]), format!("[{one},{one}]"));
     }
 }

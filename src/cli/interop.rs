@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kvsqlite::interop::{export_file, import_file, ImportOptions};
+use kvsqlite::interop::{export_file_at, import_file, ImportOptions};
 
 use super::{finish, GlobalArgs, Stop};
 
@@ -37,6 +37,10 @@ pub struct ExportArgs {
     /// Overwrite FILE if it exists (replaced whole once the snapshot is complete).
     #[arg(long)]
     force: bool,
+    /// Write the database as of this commit of its history (a bookmark, a seq, a time such as
+    /// 2026-12-07T08:00:00Z, or @MS) instead of now.
+    #[arg(long, value_name = "BOOKMARK|TIME|SEQ", value_parser = kvsqlite::vfs::history::Target::parse)]
+    at: Option<kvsqlite::vfs::history::Target>,
 }
 
 /// Runs `kvsqlite import`; returns the exit code.
@@ -75,8 +79,8 @@ fn import(global: &GlobalArgs, args: ImportArgs) -> Result<i32, Stop> {
 
 fn export(global: &GlobalArgs, args: ExportArgs) -> Result<i32, Stop> {
     let store = global.open_store()?;
-    let report =
-        export_file(store, &args.actor, &args.file, args.force).map_err(|e| e.to_string())?;
+    let report = export_file_at(store, &args.actor, &args.file, args.force, args.at.as_ref())
+        .map_err(|e| e.to_string())?;
     println!(
         "exported actor {:?} to {}: {} pages of {} bytes, {} KV round trips",
         args.actor,

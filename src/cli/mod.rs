@@ -10,6 +10,7 @@
 mod bench;
 mod bench_pg;
 mod bench_startup;
+mod history;
 mod interop;
 mod kv;
 mod run;
@@ -142,6 +143,12 @@ enum Command {
     /// Write an actor's database to an ordinary SQLite file (refuses an existing file without
     /// --force).
     Export(interop::ExportArgs),
+    /// List the commits an actor's history keeps (seq, time, pages, bytes, bookmark).
+    History(history::HistoryArgs),
+    /// Restore an actor's database in place to a bookmark, a time or a seq (itself undoable).
+    Restore(history::RestoreArgs),
+    /// Create a new actor holding another's database as of a bookmark, a time or a seq.
+    Fork(history::ForkArgs),
 }
 
 /// Logs `tracing` events on standard error, one line per event with its fields as `key=value`,
@@ -168,5 +175,8 @@ pub fn main() -> i32 {
         Command::Serve(args) => serve::run(&cli.global, args),
         Command::Import(args) => interop::run_import(&cli.global, args),
         Command::Export(args) => interop::run_export(&cli.global, args),
+        Command::History(args) => history::run_history(&cli.global, args),
+        Command::Restore(args) => history::run_restore(&cli.global, args),
+        Command::Fork(args) => history::run_fork(&cli.global, args),
     }
 }

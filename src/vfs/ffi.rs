@@ -82,6 +82,7 @@ fn error_code(e: &VfsError, op: Op) -> c_int {
         VfsError::TooBig(_) => ffi::SQLITE_IOERR_WRITE,
         VfsError::Moved => ffi::SQLITE_IOERR_VNODE,
         VfsError::Misuse(_) => ffi::SQLITE_MISUSE,
+        VfsError::History(_) => ffi::SQLITE_ERROR,
         VfsError::Kv(o, _) => match o.max_op(op) {
             Op::Read => ffi::SQLITE_IOERR_READ,
             Op::Write => ffi::SQLITE_IOERR_WRITE,

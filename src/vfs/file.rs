@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::cache::PageCache;
 use super::fence::{FenceSpec, MovingFence};
+use super::history::HistoryOptions;
 use super::hold::Held;
 use super::layout::{self, FileKind, LayoutError, Meta};
 use super::stats::Stats;
@@ -28,6 +29,7 @@ use crate::preload::{First, Lookup, Preload};
 
 mod actor_io;
 mod commit_path;
+mod history_io;
 mod hooks;
 mod kv_io;
 mod locks;
@@ -67,6 +69,9 @@ pub enum VfsError {
     Moved,
     /// The actor layer asked for something the database's state does not allow now.
     Misuse(String),
+    /// The history cannot answer: no such bookmark or seq, a time before the window, history
+    /// off (see [`super::history`]).
+    History(String),
 }
 
 impl fmt::Display for VfsError {
@@ -80,6 +85,7 @@ impl fmt::Display for VfsError {
                 "actor moved: another instance wrote this actor's database since this one woke; nothing was written (wake the actor again)"
             ),
             VfsError::Misuse(m) => write!(f, "{m}"),
+            VfsError::History(m) => write!(f, "history: {m}"),
         }
     }
 }
@@ -115,6 +121,8 @@ pub struct StateOptions {
     /// Report `SQLITE_IOCAP_BATCH_ATOMIC` for the main file (see
     /// [`super::OpenOptions::batch_atomic`]).
     pub batch_atomic: bool,
+    /// How much history commits keep (see [`super::history`]).
+    pub history: HistoryOptions,
 }
 
 impl Default for StateOptions {
@@ -128,6 +136,7 @@ impl Default for StateOptions {
             fence: None,
             hold: false,
             batch_atomic: true,
+            history: HistoryOptions::default(),
         }
     }
 }
@@ -247,6 +256,9 @@ struct Inner {
     write_seq: u64,
     /// Main-file chunks read, with a recency stamp, while tracking is on.
     reads: Option<ReadLog>,
+    /// The history header of the last main-file write made while a rollback journal existed,
+    /// without its "incomplete" flag: written when the journal is deleted (the commit point).
+    pending_complete: Option<(Key, Vec<u8>)>,
 }
 
 /// The main-file chunks a database read recently (the actor layer's hot-page hints).
@@ -586,6 +598,7 @@ impl DbState {
                 leftover,
                 write_seq: 0,
                 reads: None,
+                pending_complete: None,
             }),
             moving: Mutex::new(opts.fence.clone().map(MovingFence::new)),
             moved: AtomicBool::new(false),

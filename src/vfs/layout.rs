@@ -22,17 +22,24 @@
 //! `ceil(size / chunk_size)` must exist (a missing one is corruption); chunks at or past that
 //! count are ignored (a crash may leave some; they are overwritten or deleted later).
 //!
-//! # Metadata value (format version 1), big-endian
+//! # Metadata value (format version 2), big-endian
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | format version, `1` |
+//! | 0 | 1 | format version, `2` |
 //! | 1 | 1 | file tag (must equal the key's) |
 //! | 2 | 4 | chunk size: a power of two, 512..=65536 |
 //! | 6 | 8 | file size in bytes |
 //! | 14 | 8 | next stage id (main file; 0 for the journal) |
-//! | 22 | 4 | number of overlay groups `g` |
-//! | 26 | … | `g` groups: stage id `u64`, page count `n: u32`, `n` chunk indexes `u32` ascending |
+//! | 22 | 8 | commit sequence: the number of commits of the main file (0 for the journal) |
+//! | 30 | 8 | the last commit's time, milliseconds since the Unix epoch |
+//! | 38 | 8 | history start: the first seq whose history is complete (0: none) |
+//! | 46 | 4 | number of overlay groups `g` |
+//! | 50 | … | `g` groups: stage id `u64`, page count `n: u32`, `n` chunk indexes `u32` ascending |
+//!
+//! Format version 1 (still read, never written) has no seq, time or history start: its header
+//! is 26 bytes (the overlay count at offset 22); it decodes with all three 0. The history keys
+//! (`08 20`, `08 21`, `08 22`) are described in [`crate::vfs::history`].
 //!
 //! The *overlay* says which chunks of the main file are live under a stage key instead of their
 //! chunk key: a large commit writes its pages as stage keys in several puts, then makes them
@@ -46,22 +53,33 @@ use crate::kv::{Key, KeyRange, ListRequest, ReadOp};
 
 /// The byte every VFS key starts with.
 pub const PREFIX: u8 = 0x08;
-/// The metadata format version this build reads and writes.
-pub const FORMAT_VERSION: u8 = 1;
+/// The metadata format version this build writes (it reads this one and
+/// [`FORMAT_VERSION_1`]).
+pub const FORMAT_VERSION: u8 = 2;
+/// The first format version: read (a database written by an older build), never written.
+pub const FORMAT_VERSION_1: u8 = 1;
 /// File tag of the main database file.
 pub const TAG_MAIN: u8 = 0x00;
 /// File tag of the rollback journal.
 pub const TAG_JOURNAL: u8 = 0x01;
 /// The tag byte of the stage area.
 pub const TAG_STAGE: u8 = 0x10;
+/// The tag byte of the history's commit headers (see [`crate::vfs::history`]).
+pub const TAG_HISTORY: u8 = 0x20;
+/// The tag byte of the history's page parts.
+pub const TAG_HISTORY_PARTS: u8 = 0x21;
+/// The tag byte of the history's base images.
+pub const TAG_HISTORY_BASE: u8 = 0x22;
 const KIND_META: u8 = 0x00;
 const KIND_CHUNK: u8 = 0x01;
 /// Smallest supported chunk (page) size.
 pub const MIN_CHUNK_SIZE: u32 = 512;
 /// Largest supported chunk (page) size.
 pub const MAX_CHUNK_SIZE: u32 = 65536;
-/// Bytes of the metadata value before the overlay groups.
-pub const META_HEADER_LEN: usize = 26;
+/// Bytes of the metadata value before the overlay groups (format version 2).
+pub const META_HEADER_LEN: usize = 50;
+/// Bytes of a format-1 metadata value before the overlay groups.
+pub const META_HEADER_LEN_V1: usize = 26;
 
 /// The files of one database that the layout knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,6 +182,36 @@ pub fn parse_stage_key(key: &[u8]) -> Option<(u64, u32)> {
     Some((!inv, idx))
 }
 
+/// The key of the history's header of commit `seq`.
+pub fn history_key(seq: u64) -> Key {
+    let mut k = Vec::with_capacity(10);
+    k.extend_from_slice(&[PREFIX, TAG_HISTORY]);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key of part `part` of the redo record of commit `seq`.
+pub fn history_part_key(seq: u64, part: u16) -> Key {
+    let mut k = Vec::with_capacity(12);
+    k.extend_from_slice(&[PREFIX, TAG_HISTORY_PARTS]);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// The key of the base image of main-file chunk `page`.
+pub fn history_base_key(page: u32) -> Key {
+    let mut k = Vec::with_capacity(6);
+    k.extend_from_slice(&[PREFIX, TAG_HISTORY_BASE]);
+    k.extend_from_slice(&page.to_be_bytes());
+    k
+}
+
+/// Every key of one kind of history key (`tag` one of the `TAG_HISTORY*`) as `[start, end)`.
+pub fn history_area(tag: u8) -> (Key, Key) {
+    (vec![PREFIX, tag], vec![PREFIX, tag + 1])
+}
+
 /// What a VFS key names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ParsedKey {
@@ -173,6 +221,12 @@ pub enum ParsedKey {
     Chunk(FileKind, u32),
     /// A page of a stage.
     Stage(u64, u32),
+    /// The history header of a commit seq.
+    History(u64),
+    /// A part of a commit's redo record: seq, part.
+    HistoryPart(u64, u16),
+    /// The base image of a page.
+    HistoryBase(u32),
 }
 
 /// Parses a key of the VFS layout; `None` for any other key (another prefix, an unknown tag,
@@ -181,8 +235,21 @@ pub fn parse_key(key: &[u8]) -> Option<ParsedKey> {
     if key.len() < 3 || key[0] != PREFIX {
         return None;
     }
-    if key[1] == TAG_STAGE {
-        return parse_stage_key(key).map(|(s, i)| ParsedKey::Stage(s, i));
+    let be64 = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
+    match (key[1], key.len()) {
+        (TAG_STAGE, _) => return parse_stage_key(key).map(|(s, i)| ParsedKey::Stage(s, i)),
+        (TAG_HISTORY, 10) => return be64(&key[2..10]).map(ParsedKey::History),
+        (TAG_HISTORY_PARTS, 12) => {
+            let part = u16::from_be_bytes([key[10], key[11]]);
+            return be64(&key[2..10]).map(|s| ParsedKey::HistoryPart(s, part));
+        }
+        (TAG_HISTORY_BASE, 6) => {
+            return Some(ParsedKey::HistoryBase(u32::from_be_bytes(
+                key[2..6].try_into().ok()?,
+            )))
+        }
+        (TAG_HISTORY | TAG_HISTORY_PARTS | TAG_HISTORY_BASE, _) => return None,
+        _ => {}
     }
     let file = FileKind::from_tag(key[1])?;
     match (key[2], key.len()) {
@@ -208,6 +275,13 @@ pub struct Meta {
     pub next_stage: u64,
     /// Chunk index → stage id, for chunks whose live copy is a stage key.
     pub overlay: BTreeMap<u32, u64>,
+    /// Commits of the main file so far (each write of its metadata is one); 0 for the journal.
+    pub seq: u64,
+    /// Time of the last commit, milliseconds since the Unix epoch (never decreases).
+    pub time_ms: u64,
+    /// The first commit seq from which the history is complete (every later commit has a redo
+    /// record and every page they changed has an older image): 0 when there is none.
+    pub hist_start: u64,
 }
 
 /// Why a stored value could not be decoded. The VFS reports it as `SQLITE_CORRUPT`.
@@ -231,6 +305,9 @@ impl Meta {
             size: 0,
             next_stage: 0,
             overlay: BTreeMap::new(),
+            seq: 0,
+            time_ms: 0,
+            hist_start: 0,
         }
     }
 
@@ -253,7 +330,7 @@ impl Meta {
         META_HEADER_LEN + groups.len() * 12 + self.overlay.len() * 4
     }
 
-    /// Encodes the value (format version 1).
+    /// Encodes the value (format version 2).
     pub fn encode(&self) -> Vec<u8> {
         let mut groups: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for (&page, &stage) in &self.overlay {
@@ -265,6 +342,9 @@ impl Meta {
         out.extend_from_slice(&self.chunk_size.to_be_bytes());
         out.extend_from_slice(&self.size.to_be_bytes());
         out.extend_from_slice(&self.next_stage.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.time_ms.to_be_bytes());
+        out.extend_from_slice(&self.hist_start.to_be_bytes());
         out.extend_from_slice(&(groups.len() as u32).to_be_bytes());
         for (stage, pages) in groups {
             out.extend_from_slice(&stage.to_be_bytes());
@@ -276,20 +356,22 @@ impl Meta {
         out
     }
 
-    /// Decodes and validates a value stored under `file`'s metadata key.
+    /// Decodes and validates a value stored under `file`'s metadata key (format version 2, or
+    /// 1 with seq, time and history start 0).
     pub fn decode(file: FileKind, bytes: &[u8]) -> Result<Meta, LayoutError> {
         let err = |m: String| Err(LayoutError(format!("{} metadata: {m}", file.name())));
-        if bytes.len() < META_HEADER_LEN {
-            return err(format!(
-                "{} bytes, at least {META_HEADER_LEN} expected",
-                bytes.len()
-            ));
-        }
-        if bytes[0] != FORMAT_VERSION {
-            return err(format!(
-                "format version {} (this build reads version {FORMAT_VERSION})",
-                bytes[0]
-            ));
+        let header = match bytes.first() {
+            Some(&FORMAT_VERSION) => META_HEADER_LEN,
+            Some(&FORMAT_VERSION_1) => META_HEADER_LEN_V1,
+            Some(v) => {
+                return err(format!(
+                    "format version {v} (this build reads versions {FORMAT_VERSION_1} and {FORMAT_VERSION})"
+                ))
+            }
+            None => return err("empty value".into()),
+        };
+        if bytes.len() < header {
+            return err(format!("{} bytes, at least {header} expected", bytes.len()));
         }
         if bytes[1] != file.tag() {
             return err(format!(
@@ -313,19 +395,30 @@ impl Meta {
         }
         let size = be64(6);
         let next_stage = be64(14);
-        let groups = be32(22) as usize;
+        let (seq, time_ms, hist_start) = if header == META_HEADER_LEN {
+            (be64(22), be64(30), be64(38))
+        } else {
+            (0, 0, 0)
+        };
+        if hist_start > seq {
+            return err(format!("history start {hist_start} is past the seq {seq}"));
+        }
+        let groups = be32(header - 4) as usize;
         let mut meta = Meta {
             file,
             chunk_size,
             size,
             next_stage,
             overlay: BTreeMap::new(),
+            seq,
+            time_ms,
+            hist_start,
         };
         let count = meta.chunk_count();
         if count > u32::MAX as u64 {
             return err(format!("size {size} spans more than 2^32 chunks"));
         }
-        let mut off = META_HEADER_LEN;
+        let mut off = header;
         for _ in 0..groups {
             if bytes.len() < off + 12 {
                 return err("overlay group cut short".into());
@@ -420,6 +513,8 @@ pub struct LayoutSummary {
     pub files: Vec<FileSummary>,
     /// Stage id → number of stage keys present.
     pub stages: BTreeMap<u64, u64>,
+    /// History keys (headers, parts, base images) present.
+    pub history_keys: u64,
     /// Keys under the VFS prefix that the layout does not know.
     pub unknown_keys: u64,
 }
@@ -441,6 +536,7 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
     let mut stage_keys = std::collections::BTreeSet::new();
     let mut chunk_keys: BTreeMap<FileKind, Vec<(u32, usize)>> = BTreeMap::new();
     let mut unknown_keys = 0;
+    let mut history_keys = 0;
     for (k, v) in entries {
         match parse_key(k) {
             Some(ParsedKey::Meta(f)) => {
@@ -451,6 +547,9 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
                 *stages.entry(s).or_default() += 1;
                 stage_keys.insert((s, i));
             }
+            Some(
+                ParsedKey::History(_) | ParsedKey::HistoryPart(..) | ParsedKey::HistoryBase(_),
+            ) => history_keys += 1,
             None => unknown_keys += 1,
         }
     }
@@ -482,6 +581,7 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
     LayoutSummary {
         files,
         stages,
+        history_keys,
         unknown_keys,
     }
 }
@@ -517,6 +617,9 @@ pub fn describe(s: &LayoutSummary) -> String {
     }
     for (id, n) in &s.stages {
         out.push_str(&format!("stage {id:<3} {n} keys\n"));
+    }
+    if s.history_keys > 0 {
+        out.push_str(&format!("history  {} keys\n", s.history_keys));
     }
     if s.unknown_keys > 0 {
         out.push_str(&format!(
@@ -570,8 +673,23 @@ mod tests {
         assert_eq!(Meta::decode(FileKind::Main, &bytes), Ok(m.clone()));
         assert!(Meta::decode(FileKind::Journal, &bytes).is_err());
         let mut bad = bytes.clone();
-        bad[0] = 2;
+        bad[0] = 3;
         assert!(Meta::decode(FileKind::Main, &bad).is_err());
+        // Format 1: no seq, time or history start.
+        let mut v1 = vec![1u8, 0];
+        v1.extend_from_slice(&4096u32.to_be_bytes());
+        v1.extend_from_slice(&8192u64.to_be_bytes());
+        v1.extend_from_slice(&0u64.to_be_bytes());
+        v1.extend_from_slice(&0u32.to_be_bytes());
+        let d = Meta::decode(FileKind::Main, &v1).unwrap();
+        assert_eq!((d.size, d.seq, d.time_ms, d.hist_start), (8192, 0, 0, 0));
+        let mut v1_as_v2 = v1.clone();
+        v1_as_v2[0] = 2;
+        assert!(Meta::decode(FileKind::Main, &v1_as_v2).is_err());
+        let mut h = m.clone();
+        h.seq = 5;
+        h.hist_start = 6;
+        assert!(Meta::decode(FileKind::Main, &h.encode()).is_err());
         assert!(Meta::decode(FileKind::Main, &bytes[..bytes.len() - 1]).is_err());
         let mut long = bytes.clone();
         long.push(0);

@@ -29,12 +29,16 @@
 //! - `PRAGMA page_size = N` before a database's first write takes effect at the connection's
 //!   next transaction (the virtual page 1 is re-created at size `N`), and the first commit is
 //!   still one put; a page too big for one value of the store is refused with an error.
+//! - With history on (the default, [`OpenOptions::history`]), every commit's redo record goes
+//!   out in the same put as the commit (see [`history`]): restores, forks and exports as of any
+//!   commit of the retention window, with no round trip added to a commit or an open.
 
 pub mod cache;
 pub mod commit;
 pub mod fence;
 mod ffi;
 pub mod file;
+pub mod history;
 pub mod hold;
 pub mod layout;
 mod pragma;
@@ -343,6 +347,10 @@ pub struct OpenOptions {
     /// not for production. Like the cache sizes, it is taken from the open that
     /// creates the database's shared state: a second connection of an open database shares it.
     pub batch_atomic: bool,
+    /// How much history commits keep (default: 24 hours, 256 MiB of redo records; see
+    /// [`history`]). [`history::HistoryOptions::off`] turns it off: commits then write no
+    /// redo record. Taken from the open that creates the database's shared state.
+    pub history: history::HistoryOptions,
 }
 
 impl Default for OpenOptions {
@@ -360,6 +368,7 @@ impl Default for OpenOptions {
             read_only: false,
             create: true,
             batch_atomic: true,
+            history: history::HistoryOptions::default(),
         }
     }
 }
@@ -503,6 +512,18 @@ impl Database {
         self.state.flush_held(entries)
     }
 
+    /// Makes this new, held database ([`OpenOptions::hold_writes`]) hold a whole image (page
+    /// size, file size, every page): a fork, written with its actor's records by
+    /// [`Database::flush_held`] (one put, or staged), its history starting there.
+    pub fn hold_image(
+        &self,
+        page_size: u32,
+        size: u64,
+        pages: std::collections::BTreeMap<u32, Vec<u8>>,
+    ) -> Result<(), VfsError> {
+        self.state.hold_image(page_size, size, pages)
+    }
+
     /// Writes `entries` and deletes `deletes` (keys outside the VFS prefix) now, in one write
     /// that carries the fence.
     pub fn write_entries(
@@ -559,6 +580,47 @@ impl Database {
     /// plan's sequence, never over a page the cache holds. Returns how many were taken.
     pub fn offer_pages(&self, seq: u64, pages: Vec<(u32, Vec<u8>)>) -> usize {
         self.state.offer_pages(seq, pages)
+    }
+
+    /// The bookmark of the current commit: an opaque string that sorts by time. No round
+    /// trip.
+    pub fn bookmark(&self) -> Result<String, VfsError> {
+        self.state.bookmark()
+    }
+
+    /// The bookmark of the last commit at or before `time_ms` (ms since the Unix epoch) that
+    /// the history holds. One round trip.
+    pub fn bookmark_for_time(&self, time_ms: u64) -> Result<String, VfsError> {
+        self.state.bookmark_for_time(time_ms)
+    }
+
+    /// The commits the history holds, oldest first (seq, time, pages, bytes, bookmark). One
+    /// round trip (a list).
+    pub fn history(&self) -> Result<Vec<history::CommitInfo>, VfsError> {
+        self.state.history()
+    }
+
+    /// Restores the database in place to `target` (a seq, a bookmark or a time): one new
+    /// commit, fenced, itself in the history (restore to [`history::RestoreOutcome::undo`] to
+    /// undo it). No transaction may be open on any connection of the database. Round trips:
+    /// 1 list + 1 get + the commit (1 put, or staged when large); none when the target is the
+    /// current commit.
+    pub fn restore(&self, target: &history::Target) -> Result<history::RestoreOutcome, VfsError> {
+        self.state.restore(target)
+    }
+
+    /// The whole database as of `target`, for a fork or an export. Round trips: one list
+    /// (with the fence check) and one get of the history, then reads of the current pages not
+    /// changed since (with read-ahead) that are not cached.
+    pub fn image_at(&self, target: &history::Target) -> Result<history::Image, VfsError> {
+        self.state.image_at(target)
+    }
+
+    /// Deletes history past the retention window and the byte bound (see
+    /// [`history::HistoryOptions`]), with fenced writes. Round trips: 1 list, then per group
+    /// of deleted records 1 get and 1 write (more for a record too large for one write).
+    pub fn compact_history(&self) -> Result<history::CompactReport, VfsError> {
+        self.state.compact_history()
     }
 }
 
@@ -669,6 +731,7 @@ pub fn open_database(
         fence: opts.fence.clone(),
         hold: opts.hold_writes,
         batch_atomic: opts.batch_atomic,
+        history: opts.history.clone(),
         ..StateOptions::default()
     };
     let state = db_state(

@@ -81,6 +81,10 @@ stats! {
     journal_fallbacks,
     /// Flushes of buffered non-atomic writes.
     flushes,
+    /// Bytes of page images the history wrote, before compression.
+    history_image_bytes,
+    /// The same images as stored (LZ4 where that was smaller, else as they are).
+    history_stored_bytes,
 }
 
 impl Stats {

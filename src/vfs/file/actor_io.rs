@@ -100,8 +100,65 @@ impl DbState {
         let mut meta = Meta::new(FileKind::Main, image.chunk_size);
         meta.size = image.size;
         meta.next_stage = inner.store_next_stage;
-        let fits_one = self.fits_one_write(pages.len(), cs, &meta, &extra);
-        self.commit_pages_inner(&mut inner, pages, meta, Vec::new(), extra, fits_one)
+        // The held commits never reached the store: the flush is the database's first commit.
+        inner.main.meta.seq = 0;
+        inner.main.meta.time_ms = 0;
+        inner.main.meta.hist_start = 0;
+        let how = super::commit_path::Commit {
+            flags: 0,
+            full_image: true,
+        };
+        self.commit_pages_inner(&mut inner, pages, meta, Vec::new(), extra, how)
+    }
+
+    /// Makes a held database (see [`crate::vfs::hold`]) hold `pages` (chunk index → image,
+    /// every chunk below `size`'s chunk count) at chunk size `chunk_size`: a fork's image,
+    /// written by the next [`DbState::flush_held`]. Only for a held database that no
+    /// transaction wrote.
+    pub fn hold_image(
+        &self,
+        chunk_size: u32,
+        size: u64,
+        pages: BTreeMap<u32, Vec<u8>>,
+    ) -> Result<(), VfsError> {
+        let mut inner = self.inner.lock();
+        let mut held = self.held.lock();
+        let Some(h) = held.as_mut() else {
+            return Err(VfsError::Misuse(
+                "the database's writes are not held".into(),
+            ));
+        };
+        if inner.main.in_kv || inner.batch.is_some() || !layout::valid_chunk_size(chunk_size) {
+            return Err(VfsError::Misuse(
+                "an image goes only into a new held database, at a valid page size".into(),
+            ));
+        }
+        let mut meta = Meta::new(FileKind::Main, chunk_size);
+        meta.size = size;
+        let count = meta.chunk_count();
+        if pages.len() as u64 != count
+            || pages
+                .iter()
+                .any(|(&i, p)| i as u64 >= count || p.len() != chunk_size as usize)
+        {
+            return Err(VfsError::Misuse(format!(
+                "an image of {size} bytes needs exactly {count} pages of {chunk_size} bytes"
+            )));
+        }
+        let mut batch = WriteBatch::default();
+        for (i, p) in pages {
+            batch.puts.push((layout::chunk_key(FileKind::Main, i), p));
+        }
+        batch
+            .puts
+            .push((layout::meta_key(FileKind::Main), meta.encode()));
+        h.apply(&batch);
+        inner.main = super::FileState::new(meta, true);
+        inner.journal.meta = Meta::new(FileKind::Journal, chunk_size);
+        inner.virtual_page1 = false;
+        let w = inner.cache.clear();
+        self.stats.add(&self.stats.readahead_wasted, w);
+        Ok(())
     }
 
     /// Moves the preload's live main-file pages into the page cache (never replacing a page the
@@ -237,20 +294,6 @@ impl DbState {
             return Err(self.kv_failed(Op::Write, e));
         }
         Ok(())
-    }
-
-    /// True when `n_pages` pages of `cs` bytes, the metadata `meta` and `extra` fit one write.
-    pub(super) fn fits_one_write(
-        &self,
-        n_pages: usize,
-        cs: usize,
-        meta: &Meta,
-        extra: &[(Key, Vec<u8>)],
-    ) -> bool {
-        let limits = self.write_limits();
-        let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let bytes = n_pages * (7 + cs) + 3 + meta.encoded_len() + extra_bytes;
-        n_pages + extra.len() < limits.max_write_entries && bytes <= limits.max_write_bytes
     }
 
     /// The fence record the next write will put (`None` when the database is not fenced).

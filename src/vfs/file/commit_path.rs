@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use super::{chunk_index, empty_page1_with_counter, DbState, Inner, Op, VfsError};
 use crate::kv::{Key, KeyRange, ListRequest};
 use crate::vfs::commit;
+use crate::vfs::history::record;
 use crate::vfs::layout::{self, FileKind, Meta};
 
 impl DbState {
@@ -117,18 +118,63 @@ impl DbState {
                 puts.push((layout::chunk_key(kind, i), c.clone()));
             }
         }
+        let mut history_tail = Vec::new();
+        let mut completes = None;
+        if kind == FileKind::Main {
+            // A main-file write outside the atomic path (journal fallback, truncation) is a
+            // commit of its own in the history; while a journal exists it is not a consistent
+            // state, so it is flagged until the journal's deletion.
+            let live: BTreeMap<u32, Vec<u8>> = pending
+                .iter()
+                .filter(|(&i, _)| (i as u64) < count)
+                .map(|(&i, c)| (i, c.clone()))
+                .collect();
+            let flags = if inner.journal.in_kv {
+                record::FLAG_INCOMPLETE
+            } else {
+                0
+            };
+            match self.stamp_commit(inner, &mut meta, &live, flags, false) {
+                Ok(Some(rec)) => {
+                    if flags != 0 {
+                        let mut done = rec.info.clone();
+                        done.flags &= !record::FLAG_INCOMPLETE;
+                        completes = Some((rec.header.0.clone(), done.encode()));
+                    }
+                    // Spread evenly among the pages: each write fills its entry and byte
+                    // limits together.
+                    puts = interleave(puts, rec.parts);
+                    history_tail.push(rec.header);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    inner.file(kind).pending = restore;
+                    return Err(e);
+                }
+            }
+        } else if meta.size == 0 {
+            // The journal emptied (journal_mode=TRUNCATE's commit point): the last main-file
+            // write becomes a consistent state.
+            history_tail.extend(inner.pending_complete.clone());
+        }
         let extra = if kind == FileKind::Main {
             self.take_extra()
         } else {
             Vec::new()
         };
         let mut record = extra.clone();
+        record.extend(history_tail);
         record.push((layout::meta_key(kind), meta.encode()));
         let result = self.write_batches(inner, puts, record, &new_garbage);
         if let Err(e) = result {
             inner.file(kind).pending = restore;
             self.restore_extra(extra);
             return Err(e);
+        }
+        if kind == FileKind::Main {
+            inner.pending_complete = completes;
+        } else if meta.size == 0 {
+            inner.pending_complete = None;
         }
         self.stats.add(&self.stats.flushes, 1);
         if kind == FileKind::Main {
@@ -248,7 +294,7 @@ impl DbState {
         let Some((pages, before)) = inner.batch.take() else {
             return Ok(());
         };
-        let r = self.commit_pages(&mut inner, pages);
+        let r = self.commit_pages(&mut inner, pages, 0);
         if r.is_err() {
             // Keep the bracket open so ROLLBACK_ATOMIC_WRITE restores the old size. SQLite
             // sends it right after a failed commit, and discards the pages, so they are not
@@ -259,10 +305,13 @@ impl DbState {
         r
     }
 
+    /// Commits `pages` (chunk index → image) and the main file's size as `inner.main.size`
+    /// says, with a redo record flagged `flags` when history is on.
     pub(super) fn commit_pages(
         &self,
         inner: &mut Inner,
         mut pages: BTreeMap<u32, Vec<u8>>,
+        flags: u8,
     ) -> Result<(), VfsError> {
         if inner.is_dirty(FileKind::Journal) {
             self.flush(inner, FileKind::Journal)?;
@@ -296,15 +345,26 @@ impl DbState {
             }
         }
         let extra = self.take_extra();
-        let fits_one = self.fits_one_write(pages.len(), meta.chunk_size as usize, &meta, &extra);
-        let r = self.commit_pages_inner(inner, pages, meta, new_garbage, extra.clone(), fits_one);
+        let r = self.commit_pages_inner(
+            inner,
+            pages,
+            meta,
+            new_garbage,
+            extra.clone(),
+            Commit {
+                flags,
+                full_image: false,
+            },
+        );
         if r.is_err() {
             self.restore_extra(extra);
         }
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `pages` and `meta` (and `extra`, and the commit's redo record) in one write when
+    /// they fit the store's limits, else as a staged commit: stage writes that also carry the
+    /// record's parts, then one commit record with the record's header.
     pub(super) fn commit_pages_inner(
         &self,
         inner: &mut Inner,
@@ -312,13 +372,22 @@ impl DbState {
         mut meta: Meta,
         new_garbage: Vec<Key>,
         extra: Vec<(Key, Vec<u8>)>,
-        fits_one: bool,
+        how: Commit,
     ) -> Result<(), VfsError> {
         let limits = self.write_limits();
         let cs = meta.chunk_size as usize;
         let page_cost = 7 + cs;
-        let extra_bytes: usize = extra.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let extra_entries = extra.len();
+        let rec = self.stamp_commit(inner, &mut meta, &pages, how.flags, how.full_image)?;
+        let (parts, header) = match rec {
+            Some(r) => (r.parts, vec![r.header]),
+            None => (Vec::new(), Vec::new()),
+        };
+        let cost = |v: &[(Key, Vec<u8>)]| v.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let extra_bytes = cost(&extra) + cost(&header);
+        let extra_entries = extra.len() + header.len();
+        let fits_one = pages.len() + parts.len() + extra_entries < limits.max_write_entries
+            && pages.len() * page_cost + cost(&parts) + extra_bytes + 3 + meta.encoded_len()
+                <= limits.max_write_bytes;
         let mut staged: Vec<u32> = Vec::new();
         let stage_id = inner.next_stage.max(meta.next_stage);
         if fits_one {
@@ -327,6 +396,8 @@ impl DbState {
                 .map(|(&i, c)| (layout::chunk_key(FileKind::Main, i), c.clone()))
                 .collect();
             let mut all = puts;
+            all.extend(parts);
+            all.extend(header);
             all.extend(extra);
             all.push((layout::meta_key(FileKind::Main), meta.encode()));
             self.write_batches(inner, Vec::new(), all, &new_garbage)?;
@@ -365,8 +436,13 @@ impl DbState {
             }
             meta.next_stage = stage_id + 1;
             inner.next_stage = stage_id + 1;
+            final_puts.extend(header);
             final_puts.extend(extra);
             final_puts.push((layout::meta_key(FileKind::Main), meta.encode()));
+            // The redo record's parts go out with the stage writes, spread evenly among the
+            // pages (each write then fills both its entry and byte limits); its header (which
+            // lists the commit) only with the commit record.
+            let stage_puts = interleave(stage_puts, parts);
             let mut batches =
                 commit::pack(stage_puts, Vec::new(), &limits).map_err(VfsError::TooBig)?;
             batches.retain(|b| !b.is_empty());
@@ -402,6 +478,35 @@ impl DbState {
     pub fn note_journal_fallback(&self) {
         self.stats.add(&self.stats.journal_fallbacks, 1);
     }
+}
+
+/// `a` with the entries of `b` spread evenly among them (one of `b` after each
+/// `a.len() / b.len()` of `a`).
+fn interleave(a: Vec<(Key, Vec<u8>)>, b: Vec<(Key, Vec<u8>)>) -> Vec<(Key, Vec<u8>)> {
+    if b.is_empty() {
+        return a;
+    }
+    let step = a.len().div_ceil(b.len()).max(1);
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter();
+    for (i, e) in a.into_iter().enumerate() {
+        if i % step == 0 {
+            out.extend(b.next());
+        }
+        out.push(e);
+    }
+    out.extend(b);
+    out
+}
+
+/// How a commit is recorded in the history.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Commit {
+    /// Header flags ([`record::FLAG_RESTORE`]).
+    pub flags: u8,
+    /// The pages are the database's whole image (a held database's flush): its history
+    /// starts here, with no base images needed.
+    pub full_image: bool,
 }
 
 /// Adds a zero chunk for every index in `[durable, count)` that `chunks` lacks: a file grown

@@ -8,7 +8,9 @@
 use std::sync::atomic::Ordering;
 
 use super::{DbState, Op, VfsError};
-use crate::kv::{ActorKv, Key, KvError, KvLimits, ReadOp, ReadResult, WriteBatch};
+use crate::kv::{
+    ActorKv, Key, KvError, KvLimits, ListPage, ListRequest, ReadOp, ReadResult, WriteBatch,
+};
 use crate::vfs::layout::{self};
 use crate::vfs::stats::Stats;
 
@@ -28,6 +30,24 @@ impl DbState {
         let bytes: usize = r.iter().flatten().map(|v| v.len()).sum();
         s.add(&s.bytes_read, bytes as u64);
         Ok(r)
+    }
+
+    /// Lists one page of `req` (counted; answered from the held writes while held).
+    pub(super) fn kv_list(&self, req: &ListRequest) -> Result<ListPage, VfsError> {
+        if self.held.lock().is_some() {
+            return Ok(ListPage {
+                entries: Vec::new(),
+                next_start: None,
+            });
+        }
+        let s = &self.stats;
+        s.add(&s.kv_round_trips, 1);
+        s.add(&s.kv_reads, 1);
+        let page = self.kv.list(req).map_err(super::kv_err(Op::Read))?;
+        s.add(&s.keys_read, page.entries.len() as u64);
+        let bytes: usize = page.entries.iter().map(|(k, v)| k.len() + v.len()).sum();
+        s.add(&s.bytes_read, bytes as u64);
+        Ok(page)
     }
 
     /// Writes `batch`, with the fence's precondition and record added while it is sent (to the
@@ -147,13 +167,18 @@ impl DbState {
         self.moved.load(Ordering::SeqCst)
     }
 
-    /// Deletes `keys` in order with writes that carry the fence, as few as the limits allow.
-    pub(super) fn fenced_deletes(&self, keys: Vec<Key>) -> Result<(), KvError> {
+    /// Deletes `keys` in order with writes that carry the fence, as few as the limits allow;
+    /// `puts` (small) ride in the first write.
+    pub(super) fn fenced_deletes(
+        &self,
+        keys: Vec<Key>,
+        puts: Vec<(Key, Vec<u8>)>,
+    ) -> Result<(), KvError> {
         let limits = self.write_limits();
-        let mut batch = WriteBatch::default();
-        let mut bytes = 0;
+        let mut bytes: usize = puts.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut batch = WriteBatch::puts(puts);
         for k in keys {
-            if batch.deletes.len() + 1 > limits.max_write_entries
+            if batch.puts.len() + batch.deletes.len() + 1 > limits.max_write_entries
                 || bytes + k.len() > limits.max_write_bytes
             {
                 self.kv_write(&mut std::mem::take(&mut batch))?;
@@ -162,7 +187,7 @@ impl DbState {
             bytes += k.len();
             batch.deletes.push(k);
         }
-        if !batch.deletes.is_empty() {
+        if !batch.is_empty() {
             self.kv_write(&mut batch)?;
         }
         Ok(())

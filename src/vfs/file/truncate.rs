@@ -52,7 +52,10 @@ impl DbState {
             } else {
                 let from = chunk_index(new_count).unwrap_or(u32::MAX);
                 let to = old_count.min(u32::MAX as u64) as u32;
-                self.fenced_deletes((from..to).map(|i| layout::chunk_key(kind, i)).collect())
+                self.fenced_deletes(
+                    (from..to).map(|i| layout::chunk_key(kind, i)).collect(),
+                    Vec::new(),
+                )
             };
             if let Err(e) = result {
                 inner.needs_reload = true;
@@ -83,15 +86,22 @@ impl DbState {
         let in_kv = inner.file(kind).in_kv;
         if in_kv {
             let (s, e) = layout::file_range(kind);
-            let result = if !self.fenced() {
+            // Deleting the journal is a journalled commit's commit point: the history's last
+            // main-file write becomes a consistent state (its header loses the flag).
+            let completes: Vec<_> = match kind {
+                FileKind::Journal => inner.pending_complete.take().into_iter().collect(),
+                FileKind::Main => Vec::new(),
+            };
+            let result = if !self.fenced() && completes.is_empty() {
                 kv_delete_range(&self.kv, &self.stats, &s, Some(&e))
             } else {
-                // A fenced database deletes with fenced writes: metadata first (that is the
-                // delete), then the chunks it covered.
+                // A fenced database (or one whose history header must lose its flag in the
+                // same write as the deletion) deletes with writes of keys: metadata first
+                // (that is the delete), then the chunks it covered.
                 let count = inner.file(kind).meta.chunk_count().min(u32::MAX as u64) as u32;
                 let mut keys = vec![layout::meta_key(kind)];
                 keys.extend((0..count).map(|i| layout::chunk_key(kind, i)));
-                self.fenced_deletes(keys)
+                self.fenced_deletes(keys, completes.clone())
             };
             if let Err(err) = result {
                 inner.needs_reload = true;
