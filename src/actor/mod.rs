@@ -145,7 +145,8 @@ pub struct ActorConfig {
     pub strict: bool,
     /// Save hot-page hints at sleep and fetch them in the background after a wake. Default on.
     pub hints: bool,
-    /// Most pages kept in the hints (most recently read first). Default 256.
+    /// Most pages kept in the hints (interior B-tree pages first, then the most recently read).
+    /// Default 256.
     pub max_hint_pages: usize,
     /// Database tuning (preload, fence and hold are set by the actor layer).
     pub open: crate::vfs::OpenOptions,

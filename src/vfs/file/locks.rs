@@ -22,6 +22,10 @@ impl DbState {
                     return (false, current);
                 }
                 l.shared += 1;
+                // A new read transaction: a lone miss of an earlier one (another statement's
+                // point lookup) says nothing about this one's next read, so it cannot start a
+                // read-ahead run. A run in progress (a scan's) is kept.
+                inner.main.ra_single = u32::MAX;
                 (true, lock::SHARED)
             }
             lock::RESERVED => {

@@ -137,7 +137,9 @@ impl DbState {
         let count = f.meta.chunk_count();
         // Adaptive, like Linux's readahead. A miss that continues the current sequential run
         // (right after its last fetch) grows the window eightfold, up to `max`. A miss right
-        // after a lone miss starts a run (READ_AHEAD_SEQ_START chunks). Any other miss (a point
+        // after a lone miss of the same read transaction starts a run (READ_AHEAD_SEQ_START
+        // chunks; every new shared lock forgets the lone miss, so two point lookups that happen
+        // to miss adjacent pages read nothing ahead). Any other miss (a point
         // lookup's interior or leaf page, anywhere in the file) fetches only its chunk, since
         // nothing says which chunk comes next; it leaves the run in place with half its window,
         // because a scan's run is broken now and then by a page out of file order (an interior
