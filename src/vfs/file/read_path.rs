@@ -10,6 +10,7 @@ use super::{
 };
 use crate::kv::Key;
 use crate::preload::Lookup;
+use crate::vfs::cache::is_interior_page;
 use crate::vfs::layout::FileKind;
 
 impl DbState {
@@ -137,9 +138,10 @@ impl DbState {
         let count = f.meta.chunk_count();
         // Adaptive, like Linux's readahead. A miss that continues the current sequential run
         // (right after its last fetch) grows the window eightfold, up to `max`. A miss right
-        // after a lone miss of the same read transaction starts a run (READ_AHEAD_SEQ_START
-        // chunks; every new shared lock forgets the lone miss, so two point lookups that happen
-        // to miss adjacent pages read nothing ahead). Any other miss (a point
+        // after a lone miss starts a run (READ_AHEAD_SEQ_START chunks) when that lone miss was
+        // of the same read transaction (see `lock`: two point lookups that miss adjacent leaves
+        // are no scan) and not an interior B-tree page (a lookup descends from one to a child
+        // anywhere in the file, so the page after it predicts nothing). Any other miss (a point
         // lookup's interior or leaf page, anywhere in the file) fetches only its chunk, since
         // nothing says which chunk comes next; it leaves the run in place with half its window,
         // because a scan's run is broken now and then by a page out of file order (an interior
@@ -207,6 +209,9 @@ impl DbState {
                 continue;
             }
             if pos == 0 {
+                if window == 1 && is_interior_page((kind, idx), &v) {
+                    inner.file(kind).ra_single = u32::MAX;
+                }
                 first = Some(v.clone());
             }
             wasted += inner.cache.insert((kind, *i), v, pos != 0);
