@@ -33,7 +33,7 @@ use crate::kv::{Key, KvError, SharedStore, Value};
 use crate::metrics::MetricsDoc;
 use crate::vfs::{Database, OpenError, VfsError};
 pub use migrations::{Migration, MigrationError};
-pub use query_log::{QueryLog, QueryRecord};
+pub use query_log::{QueryLog, QueryLogMode, QueryRecord};
 pub use startup::StartupReport;
 
 /// A hook's failure: any error. The actor then does not start and nothing of the attempt is
@@ -148,6 +148,9 @@ pub struct ActorConfig {
     /// Most pages kept in the hints (interior B-tree pages first, then the most recently read).
     /// Default 256.
     pub max_hint_pages: usize,
+    /// What the per-query log keeps: every statement (`Full`, the default), one in `n`
+    /// (`Sampled(n)`), or nothing (`Off`). See [`query_log`] for what each costs.
+    pub query_log: QueryLogMode,
     /// Database tuning (preload, fence and hold are set by the actor layer).
     pub open: crate::vfs::OpenOptions,
 }
@@ -163,6 +166,7 @@ impl Default for ActorConfig {
             strict: false,
             hints: true,
             max_hint_pages: 256,
+            query_log: QueryLogMode::Full,
             open: crate::vfs::OpenOptions::default(),
         }
     }
