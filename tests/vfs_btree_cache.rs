@@ -160,31 +160,16 @@ fn warm_point_lookups_by_rowid_and_by_index_cost_at_most_one_round_trip() {
         assert!(d.kv_round_trips <= 2, "row of key {}: {d:?}", key_of(id));
         full_rows.add(&d);
     }
-    // Most lookups missed their leaf (the cache holds a few percent of them), and a lookup
-    // that misses one page reads nothing ahead: one key per round trip.
-    for d in [&by_rowid, &by_index] {
-        assert!(d.round_trips > 200, "{d:?}");
+    // Most lookups missed their leaf (the cache holds a few percent of them; those that need
+    // the row too missed two), and no lookup read anything ahead: one key per round trip.
+    assert!(by_rowid.round_trips > 200, "{by_rowid:?}");
+    assert!(by_index.round_trips > 200, "{by_index:?}");
+    assert!(full_rows.round_trips > 400, "{full_rows:?}");
+    for d in [&by_rowid, &by_index, &full_rows] {
         assert_eq!(d.prefetched, 0, "{d:?}");
         assert_eq!(d.keys_read, d.round_trips, "{d:?}");
         assert_eq!(d.writes, 0, "{d:?}");
     }
-    // One that misses two (an index leaf, then the row's table leaf) reads ahead only when the
-    // second happens to lie right after the first: here once in 300 lookups (7 pages), under 5%
-    // of the pages fetched.
-    assert!(full_rows.round_trips > 400, "{full_rows:?}");
-    assert_eq!(full_rows.writes, 0, "{full_rows:?}");
-    assert_eq!(
-        (
-            full_rows.prefetched,
-            full_rows.keys_read - full_rows.round_trips
-        ),
-        (7, 7),
-        "{full_rows:?}"
-    );
-    assert!(
-        full_rows.prefetched * 20 < full_rows.keys_read,
-        "{full_rows:?}"
-    );
 }
 
 /// One transaction of 20,000 rows of `bytes` bytes into `t(id, v)`.

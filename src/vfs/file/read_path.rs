@@ -6,7 +6,7 @@
 
 use super::{
     chunk_index, empty_page1_with_counter, kv_err, DbState, Inner, Op, VfsError,
-    READ_AHEAD_SEQ_START,
+    READ_AHEAD_SEQ_START, READ_AHEAD_START,
 };
 use crate::kv::Key;
 use crate::preload::Lookup;
@@ -145,7 +145,7 @@ impl DbState {
         // lookup's interior or leaf page, anywhere in the file) fetches only its chunk, since
         // nothing says which chunk comes next; it leaves the run in place with half its window,
         // because a scan's run is broken now and then by a page out of file order (an interior
-        // page) and goes on right after it.
+        // page) and goes on right after it, until the window falls under READ_AHEAD_START.
         let window = if idx == f.ra_next {
             f.ra_window
                 .saturating_mul(8)
@@ -184,6 +184,11 @@ impl DbState {
         } else {
             f.ra_single = next;
             f.ra_window /= 2;
+            if f.ra_window < READ_AHEAD_START {
+                // Interrupted more often than a scan is (the open's own first chunks, then
+                // point lookups): no run any more.
+                f.ra_next = u32::MAX;
+            }
         }
         let keys: Vec<Key> = idxs.iter().map(|&i| f.meta.live_key(i)).collect();
         let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
