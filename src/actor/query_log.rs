@@ -58,9 +58,9 @@ pub enum QueryLogMode {
     /// Every statement: a record, an event, the histogram and the totals. The default.
     #[default]
     Full,
-    /// One statement in `n` (the one after every `n`-th start; `n` ≤ 1 is `Full`): records,
-    /// events, histogram and totals cover the sampled statements only. The others cost one
-    /// callback that counts them.
+    /// One statement in `n` (after `n - 1` unlogged starts, the next is logged; `n` ≤ 1 is
+    /// `Full`): records, events, histogram and totals cover the logged statements only. The
+    /// others cost one statement-start callback that counts them.
     Sampled(u32),
     /// No log: no hook on the connection, no records, an empty histogram, zero totals.
     Off,
@@ -265,7 +265,7 @@ struct CachedSql {
 /// lock.
 struct HookState {
     log: Arc<QueryLog>,
-    /// The connection, to switch the trace mask when sampling (null in `Full` mode).
+    /// The connection, to switch the trace mask when sampling.
     db: *mut ffi::sqlite3,
     /// Sample one statement in this many (0 for every statement).
     every: u32,
