@@ -5,7 +5,8 @@
 //!   through the cache (the interior pages stay), and reads nothing ahead;
 //! - after a transaction bigger than the page cache (20,000 rows of 100, 400 and 4,000 bytes in
 //!   one transaction), the next 1-row `INSERT` costs exactly one round trip (its put, no read),
-//!   on the bare VFS (`open_database`) and through an actor.
+//!   on the bare VFS (`open_database`) and through an actor;
+//! - the pages a sleeping actor hints for its next wake list the interior pages first.
 //!
 //! Every count is taken twice, by the VFS (`Database::snapshot()`) and by a `CountingStore`
 //! around the store, and the two must agree.
@@ -289,4 +290,54 @@ fn the_read_log_behind_sleep_hints_lists_interior_pages_first() {
         "{reads:?} {kinds:?}"
     );
     assert_eq!(reads.len() - n_interior, 6, "{reads:?} {kinds:?}");
+}
+
+#[test]
+fn an_actor_s_sleep_hints_list_the_interior_pages_it_read_first() {
+    use kvsqlite::actor::records::{hints_key, Hints};
+    use kvsqlite::kv::KvStore;
+    let mem = Arc::new(MemoryStore::new());
+    let mut config = ActorConfig::default().with_migrations(vec![Migration::new(
+        "0001_t.sql",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);",
+    )
+    .unwrap()]);
+    // SQLite's own cache of 10 pages: the lookups' pages are read through the VFS.
+    config.open.sqlite_cache_kib = 40;
+    {
+        let actor = Actor::start(mem.clone(), "h", &config).unwrap();
+        big_insert(actor.db(), 400);
+        actor.sleep().unwrap();
+    }
+    let actor = Actor::start(mem.clone(), "h", &config).unwrap();
+    let db = actor.db();
+    let mut rng = Rng::new(3);
+    for _ in 0..40 {
+        let id = 1 + (rng.next_u64() % ROWS as u64) as i64;
+        let len: i64 = db
+            .query_row("SELECT length(v) FROM t WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(len, 400);
+    }
+    actor.sleep().unwrap();
+    let raw = mem
+        .get("h", &[hints_key()])
+        .unwrap()
+        .remove(0)
+        .expect("hints");
+    let hints = Hints::decode(&raw).expect("a valid hints record");
+    // Reopen to classify the hinted pages (the hints hold page numbers only).
+    let actor = Actor::start(mem, "h", &config).unwrap();
+    let db = actor.db();
+    let interior = |i: u32| {
+        let p = db.read_page(i).unwrap();
+        matches!(p[if i == 0 { 100 } else { 0 }], 2 | 5)
+    };
+    let kinds: Vec<bool> = hints.hot.iter().map(|&i| interior(i)).collect();
+    let n = kinds.iter().take_while(|&&k| k).count();
+    // The root and the interior pages above 40 leaves come first, then the leaves.
+    assert!(n >= 2, "{:?} {kinds:?}", hints.hot);
+    assert!(kinds[n..].iter().all(|&k| !k), "{:?} {kinds:?}", hints.hot);
+    assert!(kinds.len() - n >= 30, "{:?} {kinds:?}", hints.hot);
+    actor.sleep().unwrap();
 }
