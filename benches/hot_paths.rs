@@ -4,7 +4,9 @@
 //! - `commit_1_row`: a 1-row autocommit `INSERT` on the memory store (the one-put commit path);
 //! - `query_instrumentation`: a point `SELECT` on a connection with the per-query log installed
 //!   (no `tracing` subscriber, so its level is off) against an uninstrumented one (target: at
-//!   most 2% over).
+//!   most 2% over): the full log (`log_level_off`) and one statement in 10 and in 100
+//!   (`QueryLogMode::Sampled`); `QueryLogMode::Off` installs nothing, so it is the
+//!   uninstrumented case.
 //!
 //! Short measurement times: these are to compare, not to publish to the nanosecond.
 
@@ -68,12 +70,24 @@ fn commit_1_row(c: &mut Criterion) {
 }
 
 fn query_instrumentation(c: &mut Criterion) {
+    use kvsqlite::actor::query_log::{install_mode, QueryLogMode};
     let plain = warm_db("plain", 1000);
     let logged = warm_db("logged", 1000);
-    let (_log, _hook) =
-        kvsqlite::actor::query_log::install(logged.conn(), "logged", logged.stats());
+    let sampled10 = warm_db("sampled10", 1000);
+    let sampled100 = warm_db("sampled100", 1000);
+    let _hooks = [
+        (&logged, QueryLogMode::Full),
+        (&sampled10, QueryLogMode::Sampled(10)),
+        (&sampled100, QueryLogMode::Sampled(100)),
+    ]
+    .map(|(db, mode)| install_mode(db.conn(), "logged", db.stats(), mode));
     let mut g = c.benchmark_group("query_instrumentation");
-    for (name, db) in [("uninstrumented", &plain), ("log_level_off", &logged)] {
+    for (name, db) in [
+        ("uninstrumented", &plain),
+        ("log_level_off", &logged),
+        ("log_sampled_10", &sampled10),
+        ("log_sampled_100", &sampled100),
+    ] {
         let mut st = db
             .prepare("SELECT length(v) FROM t WHERE id = ?1")
             .expect("prepare");

@@ -1,5 +1,6 @@
 //! The per-query log's fixed cost, for instruction counting: `N` point `SELECT`s on a warm
-//! memory-store database, with the log installed (`logged`) or not (`plain`).
+//! memory-store database, with the full log installed (`logged`), one statement in `K` logged
+//! (`sampled:K`), or no log (`plain`, which is also what `QueryLogMode::Off` installs).
 //!
 //! `valgrind --tool=callgrind --toggle-collect='query_log_cost::run' \
 //!   target/release/examples/query_log_cost logged 20000` counts only the loop; the instructions
@@ -36,8 +37,19 @@ fn main() {
         [],
     )
     .expect("fill");
-    let hook = (mode == "logged")
-        .then(|| kvsqlite::actor::query_log::install(db.conn(), "cost", db.stats()));
+    use kvsqlite::actor::query_log::{install_mode, QueryLogMode};
+    let log_mode = match mode.as_str() {
+        "logged" => QueryLogMode::Full,
+        "plain" => QueryLogMode::Off,
+        m => match m.strip_prefix("sampled:").and_then(|k| k.parse().ok()) {
+            Some(k) => QueryLogMode::Sampled(k),
+            None => {
+                eprintln!("usage: query_log_cost plain|logged|sampled:K [N]");
+                std::process::exit(2);
+            }
+        },
+    };
+    let (_log, hook) = install_mode(db.conn(), "cost", db.stats(), log_mode);
     let mut st = db
         .prepare("SELECT length(v) FROM t WHERE id = ?1")
         .expect("prepare");

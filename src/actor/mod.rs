@@ -36,7 +36,7 @@ use crate::kv::{Key, KvError, SharedStore, Value};
 use crate::metrics::MetricsDoc;
 use crate::vfs::{Database, OpenError, VfsError};
 pub use migrations::{Migration, MigrationError};
-pub use query_log::{QueryLog, QueryRecord};
+pub use query_log::{QueryLog, QueryLogMode, QueryRecord};
 pub use startup::StartupReport;
 
 /// A hook's failure: any error. The actor then does not start and nothing of the attempt is
@@ -148,8 +148,12 @@ pub struct ActorConfig {
     pub strict: bool,
     /// Save hot-page hints at sleep and fetch them in the background after a wake. Default on.
     pub hints: bool,
-    /// Most pages kept in the hints (most recently read first). Default 256.
+    /// Most pages kept in the hints (interior B-tree pages first, then the most recently read).
+    /// Default 256.
     pub max_hint_pages: usize,
+    /// What the per-query log keeps: every statement (`Full`, the default), one in `n`
+    /// (`Sampled(n)`), or nothing (`Off`). See [`query_log`] for what each costs.
+    pub query_log: QueryLogMode,
     /// Database tuning (preload, fence, hold and history are set by the actor layer).
     pub open: crate::vfs::OpenOptions,
     /// The connection's SQL guard (see [`guard`]): the library's default refuses `ATTACH`,
@@ -172,6 +176,7 @@ impl Default for ActorConfig {
             strict: false,
             hints: true,
             max_hint_pages: 256,
+            query_log: QueryLogMode::Full,
             open: crate::vfs::OpenOptions::default(),
             guard: guard::GuardConfig::default(),
             retention: crate::vfs::history::HistoryOptions::default(),

@@ -25,6 +25,11 @@
 //! SQLite reads the clock through the VFS right before a profiled statement's first step and
 //! right before its profile event, and the log takes those two reads
 //! ([`crate::vfs::last_clock_read`]); on another VFS it reads the wall clock itself.
+//!
+//! What the log keeps is chosen per actor ([`QueryLogMode`]): every statement (`Full`, the
+//! default), one statement in `n` (`Sampled(n)`: the others run with only SQLite's cheap
+//! statement-start callback, no profile clock reads, no row callbacks, no record), or nothing
+//! (`Off`: no hook at all).
 
 use std::cell::Cell;
 use std::cell::RefCell;
@@ -51,6 +56,20 @@ pub const INTERNAL_MARK: &str = "/* kvsqlite inspector */";
 
 /// Characters of SQL kept in an event and a record.
 pub const SQL_CHARS: usize = 120;
+
+/// What an actor's query log keeps (`ActorConfig::query_log`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueryLogMode {
+    /// Every statement: a record, an event, the histogram and the totals. The default.
+    #[default]
+    Full,
+    /// One statement in `n` (after `n - 1` unlogged starts, the next is logged; `n` ≤ 1 is
+    /// `Full`): records, events, histogram and totals cover the logged statements only. The
+    /// others cost one statement-start callback that counts them.
+    Sampled(u32),
+    /// No log: no hook on the connection, no records, an empty histogram, zero totals.
+    Off,
+}
 
 /// One statement as the log saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,6 +274,14 @@ struct CachedSql {
 /// lock.
 struct HookState {
     log: Arc<QueryLog>,
+    /// The connection, to switch the trace mask when sampling.
+    db: *mut ffi::sqlite3,
+    /// Sample one statement in this many (0 for every statement).
+    every: u32,
+    /// Statement starts since the last sample (sampling only).
+    starts: Cell<u32>,
+    /// True while the full mask is on (sampling only): the next statement to start is logged.
+    armed: Cell<bool>,
     stats: Arc<Stats>,
     /// The sequence number of the last VFS clock read taken (see [`HookState::now`]).
     clock_seen: Cell<u64>,
@@ -275,6 +302,51 @@ impl HookState {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
+    }
+
+    /// A statement starts: logged in full mode; in sampled mode only when armed, and the
+    /// `every - 1`-th unlogged start arms the full mask for the next one (one in `every`).
+    fn on_stmt(&self, stmt: usize) {
+        if self.every == 0 || self.armed.get() {
+            self.start(stmt);
+            return;
+        }
+        let n = self.starts.get() + 1;
+        if n + 1 < self.every {
+            self.starts.set(n);
+            return;
+        }
+        self.starts.set(0);
+        self.armed.set(true);
+        // SAFETY: `db` is the live connection this callback runs on; re-registering the same
+        // callback and context only changes the mask (SQLite's connection mutex is recursive).
+        unsafe {
+            ffi::sqlite3_trace_v2(
+                self.db,
+                FULL_MASK,
+                Some(trace),
+                self as *const _ as *mut c_void,
+            );
+        }
+    }
+
+    /// After a sampled statement's profile event: back to the cheap mask. Statements that
+    /// started meanwhile lose their profile event; their entries are dropped.
+    fn disarm(&self) {
+        if self.every == 0 || !self.armed.get() {
+            return;
+        }
+        self.armed.set(false);
+        self.active.borrow_mut().clear();
+        // SAFETY: as in `on_stmt`.
+        unsafe {
+            ffi::sqlite3_trace_v2(
+                self.db,
+                ffi::SQLITE_TRACE_STMT,
+                Some(trace),
+                self as *const _ as *mut c_void,
+            );
+        }
     }
 
     fn start(&self, stmt: usize) {
@@ -370,33 +442,62 @@ impl Drop for QueryHook {
     }
 }
 
-/// Installs the log on `conn` (replacing any trace hook it had). `stats` are the database's
-/// counters.
+/// The trace events of a logged statement.
+const FULL_MASK: c_uint =
+    ffi::SQLITE_TRACE_STMT | ffi::SQLITE_TRACE_ROW | ffi::SQLITE_TRACE_PROFILE;
+
+/// Installs the full log on `conn` (replacing any trace hook it had). `stats` are the
+/// database's counters.
 pub fn install(
     conn: &rusqlite::Connection,
     actor: &str,
     stats: Arc<Stats>,
 ) -> (Arc<QueryLog>, QueryHook) {
+    let (log, hook) = install_mode(conn, actor, stats, QueryLogMode::Full);
+    (log, hook.expect("the full log installs a hook"))
+}
+
+/// Installs the log on `conn` in `mode` (replacing any trace hook it had, except `Off`, which
+/// installs none and returns an empty log).
+pub fn install_mode(
+    conn: &rusqlite::Connection,
+    actor: &str,
+    stats: Arc<Stats>,
+    mode: QueryLogMode,
+) -> (Arc<QueryLog>, Option<QueryHook>) {
     let log = Arc::new(QueryLog {
         actor: actor.to_string(),
         inner: Mutex::new(Shared::default()),
     });
+    let every = match mode {
+        QueryLogMode::Off => return (log, None),
+        QueryLogMode::Full | QueryLogMode::Sampled(0 | 1) => 0,
+        QueryLogMode::Sampled(n) => n,
+    };
+    // SAFETY: the handle of a live connection, only stored (see `QueryHook`).
+    let db = unsafe { conn.handle() };
     let state = Box::into_raw(Box::new(HookState {
         log: log.clone(),
+        db,
+        every,
+        starts: Cell::new(0),
+        armed: Cell::new(false),
         stats,
         clock_seen: Cell::new(0),
         active: RefCell::new(Vec::new()),
         sql_cache: RefCell::new((0..SQL_CACHE_SLOTS).map(|_| None).collect()),
     }));
-    let mask = ffi::SQLITE_TRACE_STMT | ffi::SQLITE_TRACE_ROW | ffi::SQLITE_TRACE_PROFILE;
+    let mask = if every == 0 {
+        FULL_MASK
+    } else {
+        ffi::SQLITE_TRACE_STMT
+    };
     // SAFETY: the handle is the live connection; `state` stays valid until the hook's drop
     // unregisters the callback and frees it.
-    let db = unsafe {
-        let db = conn.handle();
+    unsafe {
         ffi::sqlite3_trace_v2(db, mask, Some(trace), state as *mut c_void);
-        db
-    };
-    (log, QueryHook { db, state })
+    }
+    (log, Some(QueryHook { db, state }))
 }
 
 unsafe extern "C" fn trace(
@@ -417,7 +518,7 @@ unsafe extern "C" fn trace(
                 if !text.is_null() && *text == b'-' && *text.add(1) == b'-' {
                     return;
                 }
-                state.start(p as usize);
+                state.on_stmt(p as usize);
             }
             ffi::SQLITE_TRACE_ROW => state.row(p as usize),
             ffi::SQLITE_TRACE_PROFILE => {
@@ -429,6 +530,7 @@ unsafe extern "C" fn trace(
                     CStr::from_ptr(sql).to_bytes()
                 };
                 state.finish(p as usize, nanos, raw);
+                state.disarm();
             }
             _ => {}
         }
@@ -514,5 +616,49 @@ mod tests {
         assert_eq!(r.at_unix_ms, last / 1_000_000);
         assert!(r.duration_us <= (after - before) / 1000, "{r:?}");
         drop(hook);
+    }
+
+    #[test]
+    fn sampled_logs_one_statement_in_n_and_off_logs_none() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(a); INSERT INTO t VALUES (1), (2), (3);")
+            .unwrap();
+        let run = |conn: &rusqlite::Connection| {
+            for i in 0..40 {
+                let mut st = conn.prepare(&format!("SELECT a + {i} FROM t")).unwrap();
+                assert_eq!(st.query_map([], |_| Ok(())).unwrap().count(), 3);
+            }
+        };
+        let (log, hook) = install_mode(
+            &conn,
+            "s",
+            Arc::new(Stats::default()),
+            QueryLogMode::Sampled(4),
+        );
+        run(&conn);
+        let got: Vec<(String, u64)> = log.records().into_iter().map(|r| (r.sql, r.rows)).collect();
+        let want: Vec<(String, u64)> = (0..40)
+            .filter(|i| i % 4 == 3)
+            .map(|i| (format!("SELECT a + {i} FROM t"), 3))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(log.totals().sql_statements, 10);
+        assert_eq!(log.latency().count, 10);
+        drop(hook);
+        // Sampled(1) is the full log.
+        let (log, hook) = install_mode(
+            &conn,
+            "s",
+            Arc::new(Stats::default()),
+            QueryLogMode::Sampled(1),
+        );
+        run(&conn);
+        assert_eq!(log.totals().sql_statements, 40);
+        drop(hook);
+        let (log, hook) = install_mode(&conn, "s", Arc::new(Stats::default()), QueryLogMode::Off);
+        assert!(hook.is_none());
+        run(&conn);
+        assert_eq!(log.records(), Vec::new());
+        assert_eq!(log.totals(), QueryTotals::default());
     }
 }

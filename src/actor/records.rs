@@ -56,14 +56,15 @@ const HINTS_VERSION: u8 = 1;
 /// What `sleep()` leaves for the next wake: the fence record its own write put (the startup
 /// copies are current exactly when the wake reads this same record), the pages the last
 /// startup read that the wake's listing may not reach (copied under [`startup_copy_key`]), and
-/// the pages queries read, most recent first (fetched in the background after the next wake).
+/// the pages queries read, interior B-tree pages first, then leaves, each group most recent first
+/// (fetched in the background after the next wake).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Hints {
     /// The fence record as the sleep write left it.
     pub fence: Vec<u8>,
     /// Pages copied under [`startup_copy_key`].
     pub startup: Vec<u32>,
-    /// Pages read by queries, most recent first.
+    /// Pages read by queries: interior B-tree pages first, then the rest, each most recent first.
     pub hot: Vec<u32>,
 }
 

@@ -632,7 +632,7 @@ pub(super) fn start(
     let (db, log, hook, guard) = ph.internal("setup_database_client", true, || {
         let db = open_database(shared.clone(), actor_id, &open).map_err(ActorError::Open)?;
         db.track_reads(true);
-        let (log, hook) = query_log::install(&db, actor_id, db.stats());
+        let (log, hook) = query_log::install_mode(&db, actor_id, db.stats(), config.query_log);
         let guard = guard::install(&db, &config.guard);
         Ok((db, log, hook, guard))
     })?;
@@ -741,7 +741,7 @@ pub(super) fn start(
         config.hints,
     );
     Ok(Actor {
-        hook: Some(hook),
+        hook,
         guard: Some(guard),
         db: Some(db),
         id: actor_id.to_string(),

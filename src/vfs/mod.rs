@@ -560,7 +560,8 @@ impl Database {
         self.state.track_reads(on)
     }
 
-    /// Pages read since [`Database::track_reads`] began, most recent first.
+    /// Pages read since [`Database::track_reads`] began: interior B-tree pages first, then the
+    /// rest, each group most recent first.
     pub fn recent_reads(&self) -> Vec<u32> {
         self.state.recent_reads()
     }

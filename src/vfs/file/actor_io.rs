@@ -200,14 +200,20 @@ impl DbState {
         self.inner.lock().reads = on.then(Default::default);
     }
 
-    /// The chunks read since [`DbState::track_reads`] began, most recent first.
+    /// The chunks read since [`DbState::track_reads`] began: the interior B-tree pages the
+    /// cache holds first, then the rest, each group most recent first. A hint list cut short
+    /// thus keeps the pages every lookup walks through.
     pub fn recent_reads(&self) -> Vec<u32> {
-        self.inner
-            .lock()
-            .reads
-            .as_ref()
-            .map(|l| l.recent())
-            .unwrap_or_default()
+        let inner = self.inner.lock();
+        let Some(log) = inner.reads.as_ref() else {
+            return Vec::new();
+        };
+        let (mut interior, rest): (Vec<u32>, Vec<u32>) = log
+            .recent()
+            .into_iter()
+            .partition(|&i| inner.cache.is_interior((FileKind::Main, i)) == Some(true));
+        interior.extend(rest);
+        interior
     }
 
     /// The keys under which chunks `idxs` of the main file live now (those inside the file).

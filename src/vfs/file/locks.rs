@@ -22,6 +22,13 @@ impl DbState {
                     return (false, current);
                 }
                 l.shared += 1;
+                // A new read transaction: a lone miss of an earlier one (another statement's
+                // point lookup) says nothing about this one's next read, so it cannot start a
+                // read-ahead run. Page 1 (chunk 0) is the exception: every open and transaction
+                // reads it first, and the schema after it next. A run in progress is kept.
+                if inner.main.ra_single != 1 {
+                    inner.main.ra_single = u32::MAX;
+                }
                 (true, lock::SHARED)
             }
             lock::RESERVED => {

@@ -6,10 +6,11 @@
 
 use super::{
     chunk_index, empty_page1_with_counter, kv_err, DbState, Inner, Op, VfsError,
-    READ_AHEAD_SEQ_START,
+    READ_AHEAD_SEQ_START, READ_AHEAD_START,
 };
 use crate::kv::Key;
 use crate::preload::Lookup;
+use crate::vfs::cache::is_interior_page;
 use crate::vfs::layout::FileKind;
 
 impl DbState {
@@ -137,11 +138,14 @@ impl DbState {
         let count = f.meta.chunk_count();
         // Adaptive, like Linux's readahead. A miss that continues the current sequential run
         // (right after its last fetch) grows the window eightfold, up to `max`. A miss right
-        // after a lone miss starts a run (READ_AHEAD_SEQ_START chunks). Any other miss (a point
+        // after a lone miss starts a run (READ_AHEAD_SEQ_START chunks) when that lone miss was
+        // of the same read transaction (see `lock`: two point lookups that miss adjacent leaves
+        // are no scan) and not an interior B-tree page (a lookup descends from one to a child
+        // anywhere in the file, so the page after it predicts nothing). Any other miss (a point
         // lookup's interior or leaf page, anywhere in the file) fetches only its chunk, since
         // nothing says which chunk comes next; it leaves the run in place with half its window,
         // because a scan's run is broken now and then by a page out of file order (an interior
-        // page) and goes on right after it.
+        // page) and goes on right after it, until the window falls under READ_AHEAD_START.
         let window = if idx == f.ra_next {
             f.ra_window
                 .saturating_mul(8)
@@ -180,6 +184,11 @@ impl DbState {
         } else {
             f.ra_single = next;
             f.ra_window /= 2;
+            if f.ra_window < READ_AHEAD_START {
+                // Interrupted more often than a scan is (the open's own first chunks, then
+                // point lookups): no run any more.
+                f.ra_next = u32::MAX;
+            }
         }
         let keys: Vec<Key> = idxs.iter().map(|&i| f.meta.live_key(i)).collect();
         let vals = self.kv_get(&keys).map_err(kv_err(Op::Read))?;
@@ -205,6 +214,9 @@ impl DbState {
                 continue;
             }
             if pos == 0 {
+                if window == 1 && is_interior_page((kind, idx), &v) {
+                    inner.file(kind).ra_single = u32::MAX;
+                }
                 first = Some(v.clone());
             }
             wasted += inner.cache.insert((kind, *i), v, pos != 0);
