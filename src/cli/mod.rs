@@ -149,6 +149,27 @@ enum Command {
     Restore(history::RestoreArgs),
     /// Create a new actor holding another's database as of a bookmark, a time or a seq.
     Fork(history::ForkArgs),
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh) on standard
+    /// output, e.g. `kvsqlite completions bash > ~/.local/share/bash-completion/completions/kvsqlite`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes the completion script for `shell` to standard output. It is generated into memory
+/// first: clap_complete panics on a failed write, and a closed pipe or a full disk must end the
+/// command with an error, not a panic.
+fn completions(shell: clap_complete::Shell) -> Result<i32, Stop> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kvsqlite", &mut script);
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .map_err(output_error)?;
+    Ok(0)
 }
 
 /// Logs `tracing` events on standard error, one line per event with its fields as `key=value`,
@@ -178,5 +199,6 @@ pub fn main() -> i32 {
         Command::History(args) => history::run_history(&cli.global, args),
         Command::Restore(args) => history::run_restore(&cli.global, args),
         Command::Fork(args) => history::run_fork(&cli.global, args),
+        Command::Completions { shell } => finish("completions", completions(shell)),
     }
 }
