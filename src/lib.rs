@@ -7,7 +7,7 @@
 //! - [`actor`]: the actor shim over a database: one-round-trip wake, creation in one put,
 //!   fencing, migrations, startup timings, the per-query log; [`metrics`]: its JSON document.
 //! - [`slt`]: sqllogictest scripts run through kvsqlite databases (or stock SQLite, to compare).
-//! - [`bench`]: benchmark workloads behind `kvsqlite bench` (startup, commit, scan, speedtest,
+//! - [`bench`](mod@bench): benchmark workloads behind `kvsqlite bench` (startup, commit, scan, speedtest,
 //!   actors, http, pg-batch).
 //! - `testkit` (feature `testkit`): the KV conformance suite for any `KvStore`.
 //! - [`interop`]: plain SQLite files in and out of actors (`kvsqlite import`/`export`).

@@ -11,7 +11,7 @@
 //! process memory. `PRAGMA kvsqlite_stats` returns a database's counters as JSON.
 //!
 //! This file holds the registry and the open API; the C callbacks SQLite calls are in `ffi.rs`,
-//! and each database's shared state and I/O in [`file`].
+//! and each database's shared state and I/O in [`file`](mod@file).
 //!
 //! Guarantees:
 //! - A write transaction within the store's limits commits with exactly one KV `write` (the

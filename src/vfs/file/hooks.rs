@@ -18,7 +18,7 @@ impl DbState {
         *self.fence.lock() = preconditions;
     }
 
-    /// Installs the hook told the database's [`Fingerprint`] after every write to its main
+    /// Installs the hook told the database's [`Fingerprint`](super::Fingerprint) after every write to its main
     /// file. The registry uses it to recognise a preload read before a later commit of this
     /// process (a stale preload), which must not seed a new state.
     pub fn set_commit_hook(&self, hook: CommitHook) {
