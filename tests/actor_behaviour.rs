@@ -7,32 +7,16 @@
 #[path = "common/sqlite.rs"]
 mod sqlite;
 
+#[path = "common/actors.rs"]
+mod actors;
+use actors::{base, cfg, m};
+
 use std::sync::{Arc, Mutex};
 
-use kvsqlite::actor::{Actor, ActorConfig, ActorError, Hooks, Migration, MigrationError};
+use kvsqlite::actor::{Actor, ActorConfig, ActorError, Hooks, MigrationError};
 use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::SharedStore;
-
-fn m(name: &str, sql: &str) -> Migration {
-    Migration::new(name, sql).unwrap()
-}
-
-fn base() -> Vec<Migration> {
-    vec![
-        m("0001_t.sql", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);"),
-        m(
-            "0002_seed.sql",
-            "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200) SELECT printf('v%03d', i) FROM s;",
-        ),
-    ]
-}
-
-fn cfg(list: Vec<Migration>) -> ActorConfig {
-    let mut c = ActorConfig::default().with_migrations(list);
-    c.strict = true;
-    c
-}
 
 fn mem() -> (Arc<MemoryStore>, SharedStore) {
     let m = Arc::new(MemoryStore::new());

@@ -12,12 +12,16 @@
 //! - refused starts (edited, gapped, duplicate migrations): the whole store, fence included, is
 //!   byte-equal before and after, and the counting store saw no write.
 
+#[path = "common/actors.rs"]
+mod actors;
+use actors::{base, cfg, counted, m};
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use kvsqlite::actor::startup::{startup_gauge_names, STARTUP_GAUGES};
-use kvsqlite::actor::{records, Actor, ActorConfig, ActorError, Migration, MigrationError};
+use kvsqlite::actor::{records, Actor, ActorError, MigrationError};
 use kvsqlite::actor::{QueryRecord, StartupReport};
 use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
 use kvsqlite::kv::memory::MemoryStore;
@@ -27,33 +31,6 @@ use kvsqlite::kv::{
 };
 use kvsqlite::vfs::stats::Snapshot;
 use serde_json::Value as Json;
-
-fn m(name: &str, sql: &str) -> Migration {
-    Migration::new(name, sql).unwrap()
-}
-
-fn base() -> Vec<Migration> {
-    vec![
-        m("0001_t.sql", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);"),
-        m(
-            "0002_seed.sql",
-            "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 200) SELECT printf('v%03d', i) FROM s;",
-        ),
-    ]
-}
-
-fn cfg(list: Vec<Migration>) -> ActorConfig {
-    let mut c = ActorConfig::default().with_migrations(list);
-    c.strict = true;
-    c
-}
-
-fn counted() -> (Arc<MemoryStore>, Arc<CountingStore>, SharedStore) {
-    let mem = Arc::new(MemoryStore::new());
-    let counting = CountingStore::wrap(mem.clone());
-    let shared = counting.shared();
-    (mem, counting, shared)
-}
 
 /// The integer value of gauge or counter `name` in a metrics document.
 fn int(doc: &Json, name: &str) -> u64 {

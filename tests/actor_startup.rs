@@ -3,12 +3,12 @@
 //! an index and a 200-row insert included) costs one read and one write, queries on preloaded
 //! pages cost none, and the hinted pages fetched after a wake cost none either.
 
-use std::sync::Arc;
+#[path = "common/actors.rs"]
+mod actors;
+use actors::counted;
 
 use kvsqlite::actor::{Actor, ActorConfig, Migration};
-use kvsqlite::kv::counting::{CountingStore, OpKind};
-use kvsqlite::kv::memory::MemoryStore;
-use kvsqlite::kv::SharedStore;
+use kvsqlite::kv::counting::OpKind;
 
 fn migrations() -> Vec<Migration> {
     vec![
@@ -30,13 +30,6 @@ fn config() -> ActorConfig {
     let mut c = ActorConfig::default().with_migrations(migrations());
     c.strict = true;
     c
-}
-
-fn counted() -> (Arc<MemoryStore>, Arc<CountingStore>, SharedStore) {
-    let mem = Arc::new(MemoryStore::new());
-    let counting = CountingStore::wrap(mem.clone());
-    let shared = counting.shared();
-    (mem, counting, shared)
 }
 
 fn count(a: &Actor, sql: &str) -> i64 {

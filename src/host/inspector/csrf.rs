@@ -74,16 +74,22 @@ pub fn token_matches(posted: &str, expected: &str) -> bool {
     !posted.is_empty() && !expected.is_empty() && tokens_equal(posted, expected)
 }
 
-/// True when the sign-in form's posted token equals the one of its cookie.
-pub fn signin_cookie_matches(headers: &HeaderMap, posted: &str) -> bool {
+/// The values of every cookie named `name` the request carries (over all its `Cookie`
+/// headers), in order.
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .filter(|(k, _)| *k == SIGNIN_COOKIE)
-        .any(|(_, v)| token_matches(posted, v))
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// True when the sign-in form's posted token equals the one of its cookie.
+pub fn signin_cookie_matches(headers: &HeaderMap, posted: &str) -> bool {
+    cookie_values(headers, SIGNIN_COOKIE).any(|v| token_matches(posted, v))
 }
 
 #[cfg(test)]

@@ -217,14 +217,9 @@ fn error_page(s: &AppState, e: HostError) -> Response {
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
+    csrf::cookie_values(headers, COOKIE)
+        .next()
+        .map(str::to_string)
 }
 
 /// The request's access from its bearer token or session cookie; `actor` is the page's actor
