@@ -249,6 +249,11 @@ pub async fn fork(
             })?
             .to_string();
         check_actor_id(&to)?;
+        if to == id {
+            return Err(HostError::BadRequest(
+                "a fork needs a new actor id in \"to\", not the source's".into(),
+            ));
+        }
         let at = target_from(&body, "at", true)?;
         must_exist(&s, &id).await?;
         if s.registry.is_awake(&to) {
