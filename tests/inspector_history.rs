@@ -159,7 +159,11 @@ fn timeline_restore_form_confirmation_and_csrf() {
         assert!(html.contains(b.as_str()), "bookmark {b}");
     }
     // A restore form per bookmark but the current one, each with the session's CSRF token.
-    assert_eq!(html.matches("action=\"/actors/a/inspector/restore\"").count(), 3);
+    assert_eq!(
+        html.matches("action=\"/actors/a/inspector/restore\"")
+            .count(),
+        3
+    );
     let csrf = hidden(html, "csrf");
     let to = &marks[1]; // seq 3: rows 1 and 2
     assert!(html.contains(&format!("name=\"to\" value=\"{to}\"")));
@@ -200,7 +204,13 @@ fn timeline_restore_form_confirmation_and_csrf() {
     assert_eq!(rows(&s), json!([]));
 
     // Confirmed: restored, and the page offers the undo.
-    let done = post_form(&s, path, &s.base, Some(&cookie), &format!("{form}&confirm=yes"));
+    let done = post_form(
+        &s,
+        path,
+        &s.base,
+        Some(&cookie),
+        &format!("{form}&confirm=yes"),
+    );
     assert_eq!(done.0, 200, "{}", done.2);
     assert!(done.2.contains("<b id=\"restored-to\">3</b>"), "{}", done.2);
     assert!(

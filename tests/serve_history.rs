@@ -175,7 +175,10 @@ fn history_restore_undo_and_fork_over_http() {
     assert!(error_of(&v).contains("is not in the history"), "{v}");
     let (st, v) = post(&s, "/actors/a/restore", json!({ "seq": 999 }));
     assert_eq!(st, 404, "{v}");
-    assert!(error_of(&v).contains("seq 999 is not in the history"), "{v}");
+    assert!(
+        error_of(&v).contains("seq 999 is not in the history"),
+        "{v}"
+    );
     let (st, v) = post(&s, "/actors/a/restore", json!({ "time": 1 }));
     assert_eq!(st, 404, "{v}");
     assert!(error_of(&v).contains("no commit at or before 1 ms"), "{v}");
@@ -276,13 +279,21 @@ fn a_stale_hosts_restore_is_refused_and_writes_nothing() {
     // b wakes the actor and writes: a's instance is stale.
     b.sql(&actor, "INSERT INTO t VALUES ('b1')", json!([]));
     let before = dump(&store, &actor);
-    let (st, v) = post(&a, &format!("/actors/{actor}/restore"), json!({ "to": mark }));
+    let (st, v) = post(
+        &a,
+        &format!("/actors/{actor}/restore"),
+        json!({ "to": mark }),
+    );
     assert_eq!(st, 503, "{v}");
     assert!(error_of(&v).contains("actor moved"), "{v}");
     assert_eq!(dump(&store, &actor), before, "the refused restore wrote");
     assert_eq!(rows(&b, &actor), json!([["a1"], ["b1"]]));
     // a woke afresh: its restore lands, and b's instance is stale in turn.
-    let (st, v) = post(&a, &format!("/actors/{actor}/restore"), json!({ "to": mark }));
+    let (st, v) = post(
+        &a,
+        &format!("/actors/{actor}/restore"),
+        json!({ "to": mark }),
+    );
     assert_eq!(st, 200, "{v}");
     assert_eq!(rows(&a, &actor), json!([["a1"]]));
     let (st, v) = call(
@@ -423,7 +434,10 @@ fn retention_flags_on_run() {
     // History off writes no history key: the same bytes either way, fewer than with it on.
     assert_eq!((off_hist, off_b_hist), (0, 0));
     assert_eq!(off, off_b);
-    assert!(on_hist > 0 && on > off, "on {on} ({on_hist} keys), off {off}");
+    assert!(
+        on_hist > 0 && on > off,
+        "on {on} ({on_hist} keys), off {off}"
+    );
     let err = cli::kvsqlite(&[
         "--kv",
         &kv,

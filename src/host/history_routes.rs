@@ -174,8 +174,7 @@ pub async fn history(
         on_actor(&s, &id, move |actor| {
             let all = actor.history()?;
             let current = actor.bookmark()?;
-            let mut page: Vec<&CommitInfo> =
-                all.iter().rev().filter(|c| c.seq < before).collect();
+            let mut page: Vec<&CommitInfo> = all.iter().rev().filter(|c| c.seq < before).collect();
             let more = page.len() > limit;
             page.truncate(limit);
             let next_before = if more {
@@ -318,10 +317,7 @@ pub async fn restore_actor(
 
 /// Shared by the inspector's timeline: the commits kept (oldest first) and the current
 /// bookmark, on the actor's queue.
-pub async fn actor_history(
-    s: &AppState,
-    id: &str,
-) -> Result<(Vec<CommitInfo>, String), HostError> {
+pub async fn actor_history(s: &AppState, id: &str) -> Result<(Vec<CommitInfo>, String), HostError> {
     let slot = Arc::new(parking_lot::Mutex::new(None));
     let out = slot.clone();
     on_actor(s, id, move |actor| {
@@ -365,7 +361,10 @@ mod tests {
             t(json!({ "to": "nope" })),
             Err(HostError::BadRequest(_))
         ));
-        assert!(matches!(t(json!({ "seq": -1 })), Err(HostError::BadRequest(_))));
+        assert!(matches!(
+            t(json!({ "seq": -1 })),
+            Err(HostError::BadRequest(_))
+        ));
         assert!(matches!(t(json!([1])), Err(HostError::BadRequest(_))));
         assert_eq!(target_from(&json!({}), "at", true).unwrap(), None);
     }

@@ -3,8 +3,9 @@
 //!
 //! Why it exists: actors are woken by requests and put to sleep when idle in production; this
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
-//! statuses), [`history_routes`] (history, restore and fork over HTTP), [`auth`] (who a request is, from its headers alone), [`conn`] (the accept loop:
-//! timeouts, connection cap, shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
+//! statuses), [`history_routes`] (history, restore and fork over HTTP), [`auth`] (who a
+//! request is, from its headers alone), [`conn`] (the accept loop: timeouts, connection cap,
+//! shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
 //! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`prom_families`] (what the store
 //! and the VFS do, host-wide), [`top`] (the costliest actors lately), [`inspector`] (the HTML
 //! pages).

@@ -28,13 +28,8 @@ use crate::vfs::history::{parse_bookmark, CommitInfo, Target};
 pub const TABLE_ROWS: usize = 100;
 
 fn csrf_field(csrf: Option<&str>) -> String {
-    csrf.map(|c| {
-        format!(
-            "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-            esc(c)
-        )
-    })
-    .unwrap_or_default()
+    csrf.map(|c| format!("<input type=\"hidden\" name=\"csrf\" value=\"{}\">", esc(c)))
+        .unwrap_or_default()
 }
 
 /// A form that posts `to` (and `confirm=yes` when `confirm`) to the restore route.
