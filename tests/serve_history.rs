@@ -350,6 +350,15 @@ fn the_host_compacts_history_past_the_window_when_an_actor_goes_idle() {
     let (st, v) = post(&s, "/actors/a/restore", json!({ "seq": 2 }));
     assert_eq!(st, 404, "{v}");
     assert_eq!(rows(&s, "a"), json!([[1], [2], [3]]));
+    // A fork onto an actor that exists in the store but sleeps: 409 from the store's records.
+    s.sql("z", "CREATE TABLE z(y)", json!([]));
+    wait_all_asleep(&s);
+    let (st, v) = post(&s, "/actors/a/fork", json!({ "to": "z" }));
+    assert_eq!(st, 409, "{v}");
+    assert_eq!(
+        s.sql("z", "SELECT name FROM sqlite_schema", json!([]))["rows"],
+        json!([["z"]])
+    );
     let (status, stderr) = s.terminate();
     assert!(status.success(), "{status:?}: {stderr}");
     // No record of seqs 1–3 is left in the store.
