@@ -315,20 +315,6 @@ pub async fn restore_actor(
     r.ok_or_else(|| HostError::Internal("the restore did not run".into()))
 }
 
-/// Shared by the inspector's timeline: the commits kept (oldest first) and the current
-/// bookmark, on the actor's queue.
-pub async fn actor_history(s: &AppState, id: &str) -> Result<(Vec<CommitInfo>, String), HostError> {
-    let slot = Arc::new(parking_lot::Mutex::new(None));
-    let out = slot.clone();
-    on_actor(s, id, move |actor| {
-        *out.lock() = Some((actor.history()?, actor.bookmark()?));
-        Ok(Value::Null)
-    })
-    .await?;
-    let r = slot.lock().take();
-    r.ok_or_else(|| HostError::Internal("the history was not read".into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
