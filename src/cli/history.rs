@@ -27,7 +27,8 @@ pub struct RetentionArgs {
 }
 
 impl RetentionArgs {
-    fn options(&self) -> HistoryOptions {
+    /// The history options these arguments ask for.
+    pub fn options(&self) -> HistoryOptions {
         HistoryOptions {
             retention: self.retention,
             max_bytes: self.retention_bytes,

@@ -53,6 +53,9 @@ pub struct RunArgs {
     /// Print one JSON object per statement per line instead of tables.
     #[arg(long)]
     json: bool,
+    /// How much history the actor keeps (`--retention`, `--retention-bytes`).
+    #[command(flatten)]
+    retention: super::history::RetentionArgs,
     /// SQL files, run in order.
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -98,10 +101,11 @@ fn run_files(global: &GlobalArgs, args: &RunArgs) -> Result<i32, Stop> {
         .map(|p| read_file(p))
         .collect::<Result<Vec<_>, _>>()?;
     let store = global.open_store()?;
-    let config = match list {
+    let mut config = match list {
         Some(list) => ActorConfig::default().with_migrations(list),
         None => ActorConfig::default(),
     };
+    config.retention = args.retention.options();
     let actor = Actor::start(store, &args.actor, &config)
         .map_err(|e| format!("cannot start actor {:?}: {e}", args.actor))?;
 

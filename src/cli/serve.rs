@@ -52,6 +52,10 @@ pub struct ServeArgs {
     #[arg(long = "sqlite-heap-limit", value_name = "BYTES",
           default_value_t = host::DEFAULT_SQLITE_HEAP_LIMIT)]
     sqlite_heap_limit: u64,
+    /// How much history every actor keeps (`--retention`, `--retention-bytes`); compacted
+    /// when an actor goes idle.
+    #[command(flatten)]
+    retention: super::history::RetentionArgs,
     /// The connection and timing limits of the HTTP side.
     #[command(flatten)]
     conn: ConnArgs,
@@ -104,12 +108,13 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
 }
 
 fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
-    let actor = match &args.migrations {
+    let mut actor = match &args.migrations {
         Some(dir) => ActorConfig::default().with_migrations(
             migrations::load_dir(dir).map_err(|e| format!("migrations {}: {e}", dir.display()))?,
         ),
         None => ActorConfig::default(),
     };
+    actor.retention = args.retention.options();
     let store = global.open_store()?;
     // The store is dropped last, outside the async runtime: the PostgreSQL backend's client
     // blocks when it closes, which a runtime thread must not do.

@@ -134,6 +134,11 @@ impl TokenMemory {
         }
     }
 
+    /// Forgets that the store did not hold actor `id` (the host just created it, as a fork).
+    pub fn forget_absent(&self, id: &str) {
+        self.absent.lock().remove(id);
+    }
+
     /// True when `token` is actor `id`'s token (see [`TokenMemory::lookup`]).
     pub async fn check<F, Fut>(
         &self,

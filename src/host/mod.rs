@@ -3,8 +3,9 @@
 //!
 //! Why it exists: actors are woken by requests and put to sleep when idle in production; this
 //! is the process that does it for real. The modules: [`routes`] (the HTTP surface and its
-//! statuses), [`auth`] (who a request is, from its headers alone), [`conn`] (the accept loop:
-//! timeouts, connection cap, shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
+//! statuses), [`history_routes`] (history, restore and fork over HTTP), [`auth`] (who a
+//! request is, from its headers alone), [`conn`] (the accept loop: timeouts, connection cap,
+//! shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
 //! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`prom_families`] (what the store
 //! and the VFS do, host-wide), [`top`] (the costliest actors lately), [`inspector`] (the HTML
 //! pages).
@@ -12,6 +13,7 @@
 
 pub mod auth;
 pub mod conn;
+pub mod history_routes;
 pub mod inspector;
 pub mod prom;
 pub mod prom_families;
@@ -42,6 +44,8 @@ pub enum HostError {
     Forbidden(String),
     /// No such route or actor (404).
     NotFound(String),
+    /// The request conflicts with what exists: a fork onto an existing actor (409).
+    Conflict(String),
     /// The statement ran past the timeout and was interrupted (408).
     Timeout(String),
     /// The body is over `--max-body` (413).
@@ -60,6 +64,7 @@ impl HostError {
             HostError::Unauthorized => 401,
             HostError::Forbidden(_) => 403,
             HostError::NotFound(_) => 404,
+            HostError::Conflict(_) => 409,
             HostError::Timeout(_) => 408,
             HostError::TooLarge(_) => 413,
             HostError::Unavailable(_) => 503,
@@ -75,6 +80,7 @@ impl HostError {
             HostError::Unauthorized => "unauthorized",
             HostError::Forbidden(_) => "forbidden",
             HostError::NotFound(_) => "not_found",
+            HostError::Conflict(_) => "conflict",
             HostError::Timeout(_) => "timeout",
             HostError::TooLarge(_) => "too_large",
             HostError::Unavailable(_) => "unavailable",
@@ -92,6 +98,7 @@ impl HostError {
             | HostError::Forbidden(m)
             | HostError::Sql(m)
             | HostError::NotFound(m)
+            | HostError::Conflict(m)
             | HostError::Timeout(m)
             | HostError::TooLarge(m)
             | HostError::Unavailable(m)

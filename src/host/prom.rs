@@ -115,6 +115,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "sql",
     "timeout",
     "unavailable",
+    "conflict",
     "internal",
 ];
 

@@ -16,6 +16,8 @@
 //! - **Statement timeout.** The blocking task hands the connection's interrupt handle to the
 //!   async side just before running statements; when the timeout passes first,
 //!   `sqlite3_interrupt` stops the statement.
+//! - **History compaction in the background.** An actor idle past `--idle-sleep-ms` has its
+//!   history compacted (fenced) just before it sleeps: never on a commit's or a wake's path.
 //! - **Store failures.** An actor whose store call failed (or that moved) is put to sleep at
 //!   once; the next request wakes it again, which succeeds once the store is back.
 
@@ -139,6 +141,11 @@ impl Registry {
     pub fn with_lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
+    }
+
+    /// How actors start here (their retention, for a fork's new actor).
+    pub fn actor_config(&self) -> &ActorConfig {
+        &self.config
     }
 
     /// The store the actors live in.
@@ -352,6 +359,29 @@ impl Registry {
         false
     }
 
+    /// Compacts the history of the actor of a locked slot: what is past its retention window
+    /// or byte bound is deleted by fenced writes (a stale instance is refused and writes
+    /// nothing). The idle sweep calls it just before the actor sleeps, so no commit and no wake
+    /// ever waits on it; an eviction (which a wake waits on) or a shutdown does not.
+    fn compact_locked(&self, slot: &Arc<Slot>, state: &mut SlotState) {
+        let SlotState::Awake(awake) = state else {
+            return;
+        };
+        match awake.actor.compact_history() {
+            Ok(r) => {
+                if r.records_deleted > 0 {
+                    tracing::debug!(
+                        actor = %slot.id,
+                        deleted = r.records_deleted,
+                        kept = r.records_kept,
+                        "history compacted"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(actor = %slot.id, "history compaction failed: {e}"),
+        }
+    }
+
     /// Puts the actor of a locked slot to sleep (keeping its last document) and retires the
     /// slot.
     fn sleep_locked(&self, slot: &Arc<Slot>, state: &mut SlotState) {
@@ -470,8 +500,11 @@ impl Registry {
             if let Ok(mut guard) = slot.state.clone().try_lock_owned() {
                 if slot.last_used.load(Ordering::Relaxed) <= cutoff {
                     let me = self.clone();
-                    let _ = tokio::task::spawn_blocking(move || me.sleep_locked(&slot, &mut guard))
-                        .await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        me.compact_locked(&slot, &mut guard);
+                        me.sleep_locked(&slot, &mut guard)
+                    })
+                    .await;
                 }
             }
         }

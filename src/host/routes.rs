@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         let handler = move |s, id, h, b| actor_route(route, s, id, h, b);
         router = router.route(path, if is_post { post(handler) } else { get(handler) });
     }
+    let router = super::history_routes::routes(router);
     super::inspector::routes(router)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -154,6 +155,19 @@ pub(crate) fn admin_json(
     work: impl FnOnce() -> Result<Value, HostError>,
 ) -> Response {
     respond(&s.metrics, require_admin(s, headers).and_then(|()| work()))
+}
+
+/// [`admin_json`] for async work: the token from the headers first (401), then `work`.
+pub(crate) async fn admin_json_async(
+    s: &AppState,
+    headers: &HeaderMap,
+    work: impl std::future::Future<Output = Result<Value, HostError>>,
+) -> Response {
+    let r = match require_admin(s, headers) {
+        Ok(()) => work.await,
+        Err(e) => Err(e),
+    };
+    respond(&s.metrics, r)
 }
 
 fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {

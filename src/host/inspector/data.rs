@@ -1,6 +1,6 @@
 //! What the actor page shows, gathered on the actor's own single-writer queue: the last
-//! wake, the query log, the latency summary, the tables, one table's rows and the admin's
-//! read-only query.
+//! wake, the query log, the latency summary, the history, the tables, one table's rows and the
+//! admin's read-only query.
 //!
 //! Why it exists: the page must see one consistent actor, and the actor's connection is only
 //! touched by its queue; so one unit of work collects everything, then the page is rendered
@@ -14,6 +14,7 @@ use crate::actor::query_log::QueryRecord;
 use crate::actor::startup::StartupReport;
 use crate::actor::Actor;
 use crate::metrics::HistogramSummary;
+use crate::vfs::history::CommitInfo;
 
 /// The comment that starts every statement the inspector itself runs.
 pub const MARK: &str = "/* kvsqlite inspector */";
@@ -68,6 +69,9 @@ pub struct ActorView {
     pub page: Option<TablePage>,
     /// The read-only query's rows, or why it was refused or failed.
     pub query: Option<Result<Grid, String>>,
+    /// The commits kept (oldest first) and the current bookmark, when asked for; or why they
+    /// could not be read.
+    pub history: Option<Result<(Vec<CommitInfo>, String), String>>,
 }
 
 /// What the page asks for.
@@ -79,6 +83,8 @@ pub struct ViewRequest {
     pub offset: usize,
     /// A read-only query to run (admin only; checked by the caller).
     pub query: Option<String>,
+    /// List the history (one KV round trip).
+    pub history: bool,
 }
 
 /// Characters of a text cell shown at most.
@@ -238,6 +244,12 @@ pub fn collect(actor: &Actor, req: &ViewRequest) -> ActorView {
         tables,
         page,
         query,
+        history: req.history.then(|| {
+            actor
+                .history()
+                .and_then(|h| Ok((h, actor.bookmark()?)))
+                .map_err(|e| e.to_string())
+        }),
     }
 }
 
@@ -256,5 +268,6 @@ pub fn collect_live(actor: &Actor) -> ActorView {
         tables: Vec::new(),
         page: None,
         query: None,
+        history: None,
     }
 }

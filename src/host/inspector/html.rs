@@ -28,7 +28,7 @@ tr.slow td{background:#fde2e2}tr.kv td{background:#fff3cd}tr.slow.kv td{backgrou
 .badge{font-size:11px;padding:0 4px;border-radius:3px;color:#fff}.b-slow{background:#c0392b}.b-kv{background:#b9770e}\
 .facts span{display:inline-block;margin-right:18px}.err{color:#b00;font-weight:bold}\
 .legend i{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px}.legend i.int{background:#3b75af}.legend i.user{background:#e07b39}\
-nav a{margin-right:14px}nav form{display:inline}textarea{width:100%;font-family:monospace}";
+nav a{margin-right:14px}nav form{display:inline}form.restore{display:inline;margin:0}textarea{width:100%;font-family:monospace}";
 
 /// The pages' script (`GET /assets/inspector.js`).
 pub const SCRIPT: &str = r#"(function(){
@@ -200,6 +200,10 @@ pub fn actor_page(p: &ActorPage<'_>, v: &ActorView) -> String {
             ]
         )
     );
+    // The history: the timeline and a restore form per bookmark (admin).
+    if let Some(h) = &v.history {
+        b.push_str(&super::history::section(p.id, h, p.admin, p.csrf));
+    }
     // The query log, newest first.
     let needle = p.filter.to_lowercase();
     let _ = write!(

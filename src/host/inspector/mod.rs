@@ -1,7 +1,9 @@
 //! The inspector as web pages: `GET /` (the host overview), `GET /actors/{id}/inspector` (one
-//! actor: wake waterfall, query log, latency, tables), `POST /actors/{id}/inspector/query`
-//! (the admin's read-only query), `POST /signin` (a session cookie), `POST /signout` and the
-//! pages' script and style sheet under `/assets/`, served by `kvsqlite serve`.
+//! actor: wake waterfall, query log, latency, history, tables), `POST
+//! /actors/{id}/inspector/query` (the admin's read-only query), `POST
+//! /actors/{id}/inspector/restore` (the admin's restore to a bookmark, after a confirmation
+//! page: [`history`]), `POST /signin` (a session cookie), `POST /signout` and the pages' script
+//! and style sheet under `/assets/`, served by `kvsqlite serve`.
 //!
 //! Why it exists: the JSON inspector is for machines; people profiling an actor would rather
 //! look. The pages are rendered on the server ([`html`], [`svg`]); all assets are compiled in.
@@ -9,13 +11,14 @@
 //! Access: the admin token, or the actor's inspector token for that actor's page only, given
 //! as `Authorization: Bearer` or exchanged at `POST /signin` for an HttpOnly, SameSite=Strict
 //! session cookie (random id, kept here). Without either, pages answer 401 with the sign-in
-//! form. The overview and the query box are admin only. Every form POST that a cookie
-//! authenticates (or, for sign-in, that a cookie could make on a victim's behalf) must come
-//! from this origin and carry its CSRF token ([`csrf`]).
+//! form. The overview, the query box and the restore forms are admin only. Every form POST
+//! that a cookie authenticates (or, for sign-in, that a cookie could make on a victim's
+//! behalf) must come from this origin and carry its CSRF token ([`csrf`]).
 
 pub mod csrf;
 pub mod data;
 pub mod escape;
+pub mod history;
 pub mod html;
 pub mod overview;
 pub mod svg;
@@ -133,6 +136,10 @@ pub fn routes(router: Router<AppState>) -> Router<AppState> {
         .route("/assets/inspector.css", get(style))
         .route("/actors/{id}/inspector", get(actor_get))
         .route("/actors/{id}/inspector/query", post(actor_query))
+        .route(
+            "/actors/{id}/inspector/restore",
+            post(history::restore_post),
+        )
 }
 
 fn html(status: StatusCode, body: String) -> Response {
@@ -506,6 +513,7 @@ async fn actor_get(
             .unwrap_or(0)
             .min(1_000_000_000),
         query: None,
+        history: true,
     };
     let filter = field(&pairs, "q").unwrap_or("").to_string();
     match view(&s, &id, req).await {
@@ -560,6 +568,7 @@ async fn actor_query(
     }
     let req = ViewRequest {
         query: Some(sql.clone()),
+        history: true,
         ..Default::default()
     };
     match view(&s, &id, req).await {

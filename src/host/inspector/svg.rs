@@ -1,4 +1,5 @@
-//! Inline SVG charts: the wake waterfall and plain bar charts (histograms).
+//! Inline SVG charts: the wake waterfall, plain bar charts (histograms) and the history
+//! timeline.
 //!
 //! Why it exists: the pages must read without script and without assets from elsewhere, so
 //! the charts are drawn on the server as SVG elements with every label escaped.
@@ -122,6 +123,88 @@ pub fn bars(title: &str, data: &[(String, u64)]) -> String {
     out
 }
 
+/// One commit on the history timeline.
+pub struct Commit {
+    /// Its commit seq.
+    pub seq: u64,
+    /// Its time, ms since the epoch.
+    pub time_ms: u64,
+    /// Bytes of its redo record.
+    pub bytes: u64,
+    /// True for a restore (drawn in the second colour).
+    pub restore: bool,
+    /// Its time as shown.
+    pub label: String,
+}
+
+/// The history timeline: one bar per commit at its time, as tall as its bytes (restores in
+/// the second colour), and a line of the commits kept so far, on a time axis from the oldest
+/// kept commit to the newest.
+pub fn timeline(commits: &[Commit]) -> String {
+    let (w, h, pad, axis) = (1100.0, 190.0, 40.0, 18.0);
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r#"<svg class="timeline" role="img" aria-label="history: commits and bytes over time" width="{w}" height="{h}" viewBox="0 0 {w} {h}" xmlns="http://www.w3.org/2000/svg">"#
+    );
+    let (Some(first), Some(last)) = (commits.first(), commits.last()) else {
+        let _ = write!(
+            out,
+            r##"<text x="{pad}" y="{:.1}" font-size="12" fill="#555">no commit kept</text></svg>"##,
+            h / 2.0
+        );
+        return out;
+    };
+    let (t0, t1) = (first.time_ms, last.time_ms.max(first.time_ms + 1));
+    let plot_w = w - 2.0 * pad;
+    let plot_h = h - pad - axis;
+    let x_of = |t: u64| pad + plot_w * (t.saturating_sub(t0)) as f64 / (t1 - t0) as f64;
+    let max_bytes = commits.iter().map(|c| c.bytes).max().unwrap_or(1).max(1) as f64;
+    let n = commits.len() as f64;
+    let _ = write!(
+        out,
+        r##"<line x1="{pad}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="#999"/><text x="{pad}" y="{:.1}" font-size="10" fill="#555">{}</text><text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end" fill="#555">{}</text><text x="{pad}" y="12" font-size="10" fill="#555">bytes per commit (max {}) · line: commits kept ({})</text>"##,
+        h - axis,
+        w - pad,
+        h - axis,
+        h - 4.0,
+        esc(&first.label),
+        w - pad,
+        h - 4.0,
+        esc(&last.label),
+        max_bytes as u64,
+        commits.len()
+    );
+    let mut line = String::new();
+    for (i, c) in commits.iter().enumerate() {
+        let x = x_of(c.time_ms);
+        let bh = (plot_h * c.bytes as f64 / max_bytes).max(1.0);
+        let (class, colour) = if c.restore {
+            ("restore", "#e07b39")
+        } else {
+            ("commit", "#3b75af")
+        };
+        let _ = write!(
+            out,
+            r##"<rect class="{class}" data-seq="{}" x="{:.1}" y="{:.1}" width="3" height="{bh:.1}" fill="{colour}"><title>seq {} at {}: {} bytes ({class})</title></rect>"##,
+            c.seq,
+            x - 1.5,
+            h - axis - bh,
+            c.seq,
+            esc(&c.label),
+            c.bytes
+        );
+        let y = h - axis - plot_h * (i + 1) as f64 / n;
+        let _ = write!(line, "{x:.1},{y:.1} ");
+    }
+    let _ = write!(
+        out,
+        r##"<polyline points="{}" fill="none" stroke="#2a2" stroke-width="1.5"/></svg>"##,
+        line.trim_end()
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +224,24 @@ mod tests {
         assert!(s.contains("1.000 ms · 1 RT"));
         let s = bars("t<", &[("<i>".into(), 3)]);
         assert!(!s.contains("<i>"));
+        let s = timeline(&[
+            Commit {
+                seq: 1,
+                time_ms: 1_000,
+                bytes: 10,
+                restore: false,
+                label: "<a>".into(),
+            },
+            Commit {
+                seq: 2,
+                time_ms: 2_000,
+                bytes: 20,
+                restore: true,
+                label: "b".into(),
+            },
+        ]);
+        assert!(!s.contains("<a>") && s.contains("&lt;a&gt;"));
+        assert!(s.contains("data-seq=\"1\"") && s.contains("class=\"restore\" data-seq=\"2\""));
+        assert!(timeline(&[]).contains("no commit kept"));
     }
 }
