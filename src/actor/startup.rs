@@ -13,6 +13,7 @@
 //! | `init_inspector_token` | internal | the token, read or made |
 //! | `setup_database_client` | internal | opening the database on the preload |
 //! | `db_migrate` | user | migrations (whenever configured) |
+//! | `init_alarms` | internal | arms the earliest pending alarm from the preload (alarms configured) |
 //! | `create_vars`, `on_wake` | user | callbacks |
 //! | `on_before_actor_start` | internal | the last callback (before anything is written) |
 //! | `flush_writes` | internal | a new actor's one put (the write collector) |
@@ -51,6 +52,9 @@ pub enum GaugeWhen {
     Hook(&'static str),
     /// After a start with this hook set that created the actor.
     NewHook(&'static str),
+    /// After a start with this feature configured (`alarms`: `ActorConfig::alarms`), passed
+    /// to [`GaugeWhen::holds`] in its `hooks` list.
+    Feature(&'static str),
 }
 
 impl GaugeWhen {
@@ -62,10 +66,12 @@ impl GaugeWhen {
             GaugeWhen::Migrate => "migrations configured".into(),
             GaugeWhen::Hook(h) => format!("hook `{h}` set"),
             GaugeWhen::NewHook(h) => format!("new actor, hook `{h}` set"),
+            GaugeWhen::Feature(f) => format!("{f} configured"),
         }
     }
 
-    /// True when a start with these properties has the gauge.
+    /// True when a start with these properties has the gauge (`hooks`: the hooks set and the
+    /// features configured).
     pub fn holds(self, is_new: bool, migrate: bool, hooks: &[&str]) -> bool {
         match self {
             GaugeWhen::Always => true,
@@ -73,6 +79,7 @@ impl GaugeWhen {
             GaugeWhen::Migrate => migrate,
             GaugeWhen::Hook(h) => hooks.contains(&h),
             GaugeWhen::NewHook(h) => is_new && hooks.contains(&h),
+            GaugeWhen::Feature(f) => hooks.contains(&f),
         }
     }
 }
@@ -100,6 +107,10 @@ pub const STARTUP_GAUGES: &[(&str, GaugeWhen)] = &[
         GaugeWhen::Always,
     ),
     ("startup_user_db_migrate_ms", GaugeWhen::Migrate),
+    (
+        "startup_internal_init_alarms_ms",
+        GaugeWhen::Feature("alarms"),
+    ),
     (
         "startup_user_create_vars_ms",
         GaugeWhen::Hook("create_vars"),
@@ -557,6 +568,13 @@ pub(super) fn start(
     config: &ActorConfig,
 ) -> Result<Actor, ActorError> {
     crate::kv::check_actor_id(actor_id).map_err(ActorError::InvalidActor)?;
+    if super::alarms::is_reserved_namespace(actor_id) {
+        return Err(ActorError::InvalidActor(
+            crate::kv::KvError::InvalidActorId {
+                reason: "ids starting with `_kvsqlite/` are reserved".into(),
+            },
+        ));
+    }
     check_config(config)?;
     let running = RunningEntry::claim(&store, actor_id)?;
     let counting = CountingStore::wrap(store.clone());
@@ -678,6 +696,12 @@ pub(super) fn start(
         }
     }
 
+    let next_alarm = if config.alarms {
+        ph.internal("init_alarms", true, || Ok(super::alarms::earliest(&db)?))?
+    } else {
+        None
+    };
+
     let mut vars = None;
     if let Some(f) = &config.hooks.create_vars {
         let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
@@ -759,6 +783,8 @@ pub(super) fn start(
         startup_pages,
         old_copies: wake.copies,
         preload_budget: config.preload_budget,
+        alarm_state: super::alarms::AlarmState::armed(config.alarms, next_alarm),
+        kv: shared,
         _running: running,
     })
 }
