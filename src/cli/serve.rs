@@ -104,12 +104,14 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
 }
 
 fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
-    let actor = match &args.migrations {
+    let mut actor = match &args.migrations {
         Some(dir) => ActorConfig::default().with_migrations(
             migrations::load_dir(dir).map_err(|e| format!("migrations {}: {e}", dir.display()))?,
         ),
         None => ActorConfig::default(),
     };
+    // Every served actor may have alarms (`POST /actors/{id}/alarms`): the host ticks.
+    actor.alarms = true;
     let store = global.open_store()?;
     // The store is dropped last, outside the async runtime: the PostgreSQL backend's client
     // blocks when it closes, which a runtime thread must not do.

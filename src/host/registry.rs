@@ -477,6 +477,17 @@ impl Registry {
         }
     }
 
+    /// Puts actor `id` to sleep now if it is awake, after the requests in flight on it (the
+    /// alarm tick uses it for the actors it woke).
+    pub async fn sleep_now(self: &Arc<Self>, id: &str) {
+        let slot = self.slots.lock().get(id).cloned();
+        if let Some(slot) = slot {
+            let mut guard = slot.state.clone().lock_owned().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.sleep_locked(&slot, &mut guard)).await;
+        }
+    }
+
     /// Puts every actor to sleep, waiting for requests in flight on them.
     pub async fn sleep_all(self: &Arc<Self>) {
         let all: Vec<Arc<Slot>> = self.slots.lock().values().cloned().collect();

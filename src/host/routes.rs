@@ -69,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         let handler = move |s, id, h, b| actor_route(route, s, id, h, b);
         router = router.route(path, if is_post { post(handler) } else { get(handler) });
     }
+    let router = super::alarm_tick::routes(router);
     super::inspector::routes(router)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -140,7 +141,7 @@ pub(crate) fn add_error_headers(resp: &mut Response, status: StatusCode) {
     }
 }
 
-fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
+pub(crate) fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
     match r {
         Ok(v) => ok_json(v),
         Err(e) => error_response(metrics, e),
@@ -156,7 +157,7 @@ pub(crate) fn admin_json(
     respond(&s.metrics, require_admin(s, headers).and_then(|()| work()))
 }
 
-fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
+pub(crate) fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
     match bearer(headers) {
         Some(t) if tokens_equal(t, &s.admin_token) => Ok(()),
         _ => Err(HostError::Unauthorized),
@@ -164,7 +165,7 @@ fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
 }
 
 /// The actor id of the path, checked (a path that does not decode is 400 too).
-fn actor_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError> {
+pub(crate) fn actor_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError> {
     let Path(id) = id.map_err(|e| HostError::BadRequest(format!("invalid actor id: {e}")))?;
     check_actor_id(&id)?;
     Ok(id)
@@ -212,7 +213,11 @@ pub(crate) async fn read_body(
 }
 
 /// [`read_body`] as JSON.
-async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, HostError> {
+pub(crate) async fn read_json(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, HostError> {
     let bytes = read_body(s, headers, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| HostError::BadRequest(format!("the body is not valid JSON: {e}")))
@@ -220,7 +225,7 @@ async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Valu
 
 /// Maps a failed statement: interrupted → 408, too big (a value over the length limit, an answer
 /// over `--max-result-bytes`) → 413, store failure or moved actor → 503, else 400.
-fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
+pub(crate) fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
     if sql::is_interrupt(e) {
         HostError::Timeout(format!(
             "the statement ran past the statement timeout of {} ms and was interrupted; its transaction was rolled back",
