@@ -19,6 +19,7 @@ pub mod guard;
 pub mod history;
 pub mod migrations;
 pub mod query_log;
+pub mod queue;
 pub mod records;
 pub mod startup;
 pub mod statements;
@@ -163,6 +164,9 @@ pub struct ActorConfig {
     /// True when the actor uses alarms ([`alarms`]): the `init_alarms` phase then arms the
     /// earliest pending alarm from the preload at every wake (0 round trips).
     pub alarms: bool,
+    /// True when the actor has a queue ([`queue`]): the wake batch then reads its messages
+    /// too and the `init_queue` phase takes them (0 extra round trips).
+    pub queue: bool,
 }
 
 impl Default for ActorConfig {
@@ -180,6 +184,7 @@ impl Default for ActorConfig {
             guard: guard::GuardConfig::default(),
             retention: crate::vfs::history::HistoryOptions::default(),
             alarms: false,
+            queue: false,
         }
     }
 }
@@ -364,6 +369,8 @@ pub struct Actor {
     preload_budget: usize,
     /// Alarm bookkeeping ([`alarms`]).
     alarm_state: alarms::AlarmState,
+    /// The queue's messages in memory ([`queue`]).
+    queue: queue::QueueState,
     _running: RunningEntry,
 }
 
@@ -508,6 +515,7 @@ impl Actor {
             self.log.latency(),
         );
         self.alarm_state.fill(&mut doc);
+        self.queue.fill(&mut doc);
         let s = self.db().snapshot();
         doc.counter(
             "history_image_bytes",

@@ -14,6 +14,7 @@
 //! | `setup_database_client` | internal | opening the database on the preload |
 //! | `db_migrate` | user | migrations (whenever configured) |
 //! | `init_alarms` | internal | arms the earliest pending alarm from the preload (alarms configured) |
+//! | `init_queue` | internal | takes the queued messages the wake batch read (queue configured) |
 //! | `create_vars`, `on_wake` | user | callbacks |
 //! | `on_before_actor_start` | internal | the last callback (before anything is written) |
 //! | `flush_writes` | internal | a new actor's one put (the write collector) |
@@ -110,6 +111,10 @@ pub const STARTUP_GAUGES: &[(&str, GaugeWhen)] = &[
     (
         "startup_internal_init_alarms_ms",
         GaugeWhen::Feature("alarms"),
+    ),
+    (
+        "startup_internal_init_queue_ms",
+        GaugeWhen::Feature("queue"),
     ),
     (
         "startup_user_create_vars_ms",
@@ -404,6 +409,9 @@ fn wake_ops(config: &ActorConfig) -> Vec<ReadOp> {
         ops.push(ReadOp::List(
             ListRequest::prefix(p.prefix.clone()).with_max_bytes(p.max_bytes.max(1)),
         ));
+    }
+    if config.queue {
+        ops.push(super::queue::wake_op());
     }
     ops
 }
@@ -702,6 +710,13 @@ pub(super) fn start(
         None
     };
 
+    let queue = if config.queue {
+        let res = &results[OP_PREFIXES + config.prefixes.len()];
+        ph.internal("init_queue", true, || super::queue::init(&db, res))?
+    } else {
+        super::queue::QueueState::off()
+    };
+
     let mut vars = None;
     if let Some(f) = &config.hooks.create_vars {
         let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
@@ -785,6 +800,7 @@ pub(super) fn start(
         preload_budget: config.preload_budget,
         alarm_state: super::alarms::AlarmState::armed(config.alarms, next_alarm),
         kv: shared,
+        queue,
         _running: running,
     })
 }
