@@ -16,6 +16,7 @@ pub mod conn;
 pub mod inspector;
 pub mod prom;
 pub mod prom_families;
+pub mod queue_route;
 pub mod registry;
 pub mod routes;
 pub mod sql;

@@ -239,6 +239,10 @@ impl Registry {
             return Err(HostError::Internal("the actor is not awake".into()));
         };
         let _ = tx.send(awake.actor.db().get_interrupt_handle());
+        if awake.actor.queued() > 0 {
+            // Messages queued while it slept run before the request that woke it.
+            super::queue_route::drain(&awake.actor);
+        }
         let started = Instant::now();
         let result = work(&awake.actor);
         self.metrics.families.after_request(

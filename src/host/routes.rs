@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, if is_post { post(handler) } else { get(handler) });
     }
     let router = super::alarm_tick::routes(router);
+    let router = super::queue_route::routes(router);
     super::inspector::routes(router)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
