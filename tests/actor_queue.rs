@@ -208,3 +208,36 @@ fn a_crash_at_every_kv_call_of_a_drain_delivers_each_message_once_in_effect_and_
         }
     }
 }
+
+#[test]
+fn a_database_past_the_preload_budget_with_alarms_and_a_queue_still_wakes_in_one_round_trip() {
+    let mem = Arc::new(MemoryStore::new());
+    let store: SharedStore = mem.clone();
+    let mut c = config();
+    c.alarms = true;
+    c.preload_budget = 32 << 10;
+    let a = Actor::start(store.clone(), "big", &c).unwrap();
+    a.db()
+        .execute_batch(
+            "CREATE TABLE blobs(b BLOB); INSERT INTO blobs WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 100) SELECT randomblob(3000) FROM s;",
+        )
+        .unwrap();
+    // The alarm and done tables' pages lie past the budget's listing.
+    a.schedule_at(1_700_000_000_000, "late", b"").unwrap();
+    queue::enqueue(&store, "big", b"m").unwrap();
+    a.poll_queue().unwrap();
+    a.drain_queue(&mut handler).unwrap();
+    let pages: i64 = a
+        .db()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    assert!(pages * 4096 > 4 * (32 << 10), "{pages} pages");
+    a.sleep().unwrap();
+    queue::enqueue(&store, "big", b"n").unwrap();
+
+    let counting = CountingStore::wrap(mem.clone());
+    let a = Actor::start(counting.shared(), "big", &c).unwrap();
+    assert_eq!(a.startup().kv_round_trips, 1);
+    assert_eq!(a.next_alarm(), Some(1_700_000_000_000));
+    assert_eq!(a.queued(), 1);
+}

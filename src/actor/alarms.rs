@@ -36,7 +36,8 @@ pub const TABLE: &str = "_kvsqlite_alarms";
 
 const CREATE: &str = "CREATE TABLE IF NOT EXISTS _kvsqlite_alarms(\
     id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, name TEXT NOT NULL, \
-    payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)";
+    payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0); \
+    CREATE INDEX IF NOT EXISTS _kvsqlite_alarms_at ON _kvsqlite_alarms(at_ms)";
 
 /// First retry delay after a failed handler; doubled per attempt up to [`MAX_BACKOFF_MS`].
 pub const FIRST_BACKOFF_MS: u64 = 1_000;
@@ -163,7 +164,7 @@ impl AlarmState {
 
 /// `init_alarms`: the earliest pending alarm, read from the database (served by the preload at
 /// wake: 0 round trips).
-pub fn earliest(db: &Database) -> Result<Option<u64>, rusqlite::Error> {
+pub fn earliest(db: &rusqlite::Connection) -> Result<Option<u64>, rusqlite::Error> {
     if !table_exists(db)? {
         return Ok(None);
     }
@@ -172,7 +173,7 @@ pub fn earliest(db: &Database) -> Result<Option<u64>, rusqlite::Error> {
     Ok(v.map(|v| v.max(0) as u64))
 }
 
-fn table_exists(db: &Database) -> Result<bool, rusqlite::Error> {
+fn table_exists(db: &rusqlite::Connection) -> Result<bool, rusqlite::Error> {
     Ok(db
         .query_row(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_kvsqlite_alarms'",

@@ -166,7 +166,8 @@ impl QueueState {
     }
 }
 
-fn done_keys(db: &Database) -> Result<BTreeSet<Key>, rusqlite::Error> {
+/// The keys of handled messages whose done rows remain (what `init_queue` reads).
+pub fn done_keys(db: &rusqlite::Connection) -> Result<BTreeSet<Key>, rusqlite::Error> {
     let exists = db
         .query_row(
             "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_kvsqlite_queue_done'",

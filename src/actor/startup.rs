@@ -915,7 +915,7 @@ pub(super) fn sleep_hints(
 
 /// The pages a wake's startup reads, found by doing what it does on a second connection whose
 /// SQLite cache is empty (its reads come from this database's cache, no round trip): read the
-/// schema and the migrations table. A creating instance never read them through the VFS (it
+/// schema, the migrations table, the earliest alarm and the queue's done rows. A creating instance never read them through the VFS (it
 /// wrote them), so its own log cannot tell.
 fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
     let flags =
@@ -934,6 +934,9 @@ fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
     }
+    // What `init_alarms` and `init_queue` read (nothing when their tables do not exist).
+    super::alarms::earliest(&conn)?;
+    super::queue::done_keys(&conn)?;
     let pages = db.recent_reads();
     db.track_reads(true);
     Ok(pages)
