@@ -261,3 +261,22 @@ fn a_crash_at_every_kv_call_of_schedule_and_fire_keeps_the_index_covering_the_ta
         }
     }
 }
+
+#[test]
+fn a_handler_that_commits_on_its_own_still_fires_once() {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let a = Actor::start(store.clone(), "a5", &config()).unwrap();
+    a.schedule_at(T, "self-committing", b"").unwrap();
+    let mut commits = |db: &Database, al: &Alarm| -> Result<(), HookError> {
+        log_handler(db, al)?;
+        db.execute_batch("COMMIT")?;
+        Ok(())
+    };
+    let r = a.fire_due_alarms(T, &mut commits).unwrap();
+    assert_eq!((r.fired.len(), r.next_ms), (1, None));
+    assert_eq!(
+        a.fire_due_alarms(T, &mut commits).unwrap().fired,
+        Vec::<i64>::new()
+    );
+    assert_eq!(log_rows(&a).len(), 1);
+}

@@ -323,9 +323,21 @@ impl Actor {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(db, &alarm)));
                 let ok = matches!(r, Ok(Ok(())));
                 if ok {
+                    // A handler that ended the transaction itself has its work committed
+                    // already: the deletion follows in its own commit (one more round trip).
+                    let ended = db.is_autocommit();
+                    if ended {
+                        tracing::warn!(actor = %self.id(), alarm = alarm.id, "an alarm handler ended the alarm's transaction");
+                    }
                     let done = db
                         .execute("DELETE FROM _kvsqlite_alarms WHERE id = ?1", [alarm.id])
-                        .and_then(|_| db.execute_batch("COMMIT"));
+                        .and_then(|_| {
+                            if ended {
+                                Ok(())
+                            } else {
+                                db.execute_batch("COMMIT")
+                            }
+                        });
                     if let Err(e) = done {
                         let _ = db.execute_batch("ROLLBACK");
                         return Err(e.into());

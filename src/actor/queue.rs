@@ -288,12 +288,24 @@ impl Actor {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(db, &msg)));
             match r {
                 Ok(Ok(())) => {
+                    // A handler that ended the transaction itself has its work committed
+                    // already: the acknowledgement follows in its own commit.
+                    let ended = db.is_autocommit();
+                    if ended {
+                        tracing::warn!(actor = %self.id(), "a queue handler ended the message's transaction");
+                    }
                     let done = db
                         .execute(
                             "INSERT INTO _kvsqlite_queue_done(seq) VALUES (?1)",
                             [&msg.key],
                         )
-                        .and_then(|_| db.execute_batch("COMMIT"));
+                        .and_then(|_| {
+                            if ended {
+                                Ok(())
+                            } else {
+                                db.execute_batch("COMMIT")
+                            }
+                        });
                     if let Err(e) = done {
                         let _ = db.execute_batch("ROLLBACK");
                         return Err(e.into());
