@@ -14,10 +14,12 @@
 //! statement), [`guard`] (what SQL may reach: the authorizer and limits on every connection).
 //! Layering: this module uses the VFS and the KV layer, never the other way round.
 
+pub mod alarms;
 pub mod guard;
 pub mod history;
 pub mod migrations;
 pub mod query_log;
+pub mod queue;
 pub mod records;
 pub mod startup;
 pub mod statements;
@@ -163,6 +165,12 @@ pub struct ActorConfig {
     /// and 256 MiB; [`crate::vfs::history::HistoryOptions::off`] keeps none and costs
     /// nothing). It replaces `open.history`.
     pub retention: crate::vfs::history::HistoryOptions,
+    /// True when the actor uses alarms ([`alarms`]): the `init_alarms` phase then arms the
+    /// earliest pending alarm from the preload at every wake (0 round trips).
+    pub alarms: bool,
+    /// True when the actor has a queue ([`queue`]): the wake batch then reads its messages
+    /// too and the `init_queue` phase takes them (0 extra round trips).
+    pub queue: bool,
 }
 
 impl Default for ActorConfig {
@@ -180,6 +188,8 @@ impl Default for ActorConfig {
             open: crate::vfs::OpenOptions::default(),
             guard: guard::GuardConfig::default(),
             retention: crate::vfs::history::HistoryOptions::default(),
+            alarms: false,
+            queue: false,
         }
     }
 }
@@ -350,6 +360,8 @@ pub struct Actor {
     vars: Option<Vars>,
     token: String,
     counting: Arc<CountingStore>,
+    /// `counting` as a store handle.
+    kv: SharedStore,
     report: StartupReport,
     log: Arc<QueryLog>,
     prefixes: Vec<PrefixData>,
@@ -360,6 +372,10 @@ pub struct Actor {
     /// Pages whose startup copies the wake found (deleted at sleep when no longer wanted).
     old_copies: Vec<u32>,
     preload_budget: usize,
+    /// Alarm bookkeeping ([`alarms`]).
+    alarm_state: alarms::AlarmState,
+    /// The queue's messages in memory ([`queue`]).
+    queue: queue::QueueState,
     _running: RunningEntry,
 }
 
@@ -375,6 +391,15 @@ impl Actor {
         config: &ActorConfig,
     ) -> Result<Actor, ActorError> {
         startup::start(store, actor_id, config)
+    }
+
+    /// The store handle this instance counts its round trips on.
+    fn counting_store(&self) -> &SharedStore {
+        &self.kv
+    }
+
+    fn alarm_state(&self) -> &alarms::AlarmState {
+        &self.alarm_state
     }
 
     /// The actor's id.
@@ -494,6 +519,8 @@ impl Actor {
             "SQL statement latency in microseconds",
             self.log.latency(),
         );
+        self.alarm_state.fill(&mut doc);
+        self.queue.fill(&mut doc);
         let s = self.db().snapshot();
         doc.counter(
             "history_image_bytes",

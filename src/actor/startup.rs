@@ -13,6 +13,8 @@
 //! | `init_inspector_token` | internal | the token, read or made |
 //! | `setup_database_client` | internal | opening the database on the preload |
 //! | `db_migrate` | user | migrations (whenever configured) |
+//! | `init_alarms` | internal | arms the earliest pending alarm from the preload (alarms configured) |
+//! | `init_queue` | internal | takes the queued messages the wake batch read (queue configured) |
 //! | `create_vars`, `on_wake` | user | callbacks |
 //! | `on_before_actor_start` | internal | the last callback (before anything is written) |
 //! | `flush_writes` | internal | a new actor's one put (the write collector) |
@@ -51,6 +53,9 @@ pub enum GaugeWhen {
     Hook(&'static str),
     /// After a start with this hook set that created the actor.
     NewHook(&'static str),
+    /// After a start with this feature configured (`alarms`: `ActorConfig::alarms`), passed
+    /// to [`GaugeWhen::holds`] in its `hooks` list.
+    Feature(&'static str),
 }
 
 impl GaugeWhen {
@@ -62,10 +67,12 @@ impl GaugeWhen {
             GaugeWhen::Migrate => "migrations configured".into(),
             GaugeWhen::Hook(h) => format!("hook `{h}` set"),
             GaugeWhen::NewHook(h) => format!("new actor, hook `{h}` set"),
+            GaugeWhen::Feature(f) => format!("{f} configured"),
         }
     }
 
-    /// True when a start with these properties has the gauge.
+    /// True when a start with these properties has the gauge (`hooks`: the hooks set and the
+    /// features configured).
     pub fn holds(self, is_new: bool, migrate: bool, hooks: &[&str]) -> bool {
         match self {
             GaugeWhen::Always => true,
@@ -73,6 +80,7 @@ impl GaugeWhen {
             GaugeWhen::Migrate => migrate,
             GaugeWhen::Hook(h) => hooks.contains(&h),
             GaugeWhen::NewHook(h) => is_new && hooks.contains(&h),
+            GaugeWhen::Feature(f) => hooks.contains(&f),
         }
     }
 }
@@ -100,6 +108,14 @@ pub const STARTUP_GAUGES: &[(&str, GaugeWhen)] = &[
         GaugeWhen::Always,
     ),
     ("startup_user_db_migrate_ms", GaugeWhen::Migrate),
+    (
+        "startup_internal_init_alarms_ms",
+        GaugeWhen::Feature("alarms"),
+    ),
+    (
+        "startup_internal_init_queue_ms",
+        GaugeWhen::Feature("queue"),
+    ),
     (
         "startup_user_create_vars_ms",
         GaugeWhen::Hook("create_vars"),
@@ -394,6 +410,9 @@ fn wake_ops(config: &ActorConfig) -> Vec<ReadOp> {
             ListRequest::prefix(p.prefix.clone()).with_max_bytes(p.max_bytes.max(1)),
         ));
     }
+    if config.queue {
+        ops.push(super::queue::wake_op());
+    }
     ops
 }
 
@@ -557,6 +576,13 @@ pub(super) fn start(
     config: &ActorConfig,
 ) -> Result<Actor, ActorError> {
     crate::kv::check_actor_id(actor_id).map_err(ActorError::InvalidActor)?;
+    if super::alarms::is_reserved_namespace(actor_id) {
+        return Err(ActorError::InvalidActor(
+            crate::kv::KvError::InvalidActorId {
+                reason: "ids starting with `_kvsqlite/` are reserved".into(),
+            },
+        ));
+    }
     check_config(config)?;
     let running = RunningEntry::claim(&store, actor_id)?;
     let counting = CountingStore::wrap(store.clone());
@@ -678,6 +704,19 @@ pub(super) fn start(
         }
     }
 
+    let next_alarm = if config.alarms {
+        ph.internal("init_alarms", true, || Ok(super::alarms::earliest(&db)?))?
+    } else {
+        None
+    };
+
+    let queue = if config.queue {
+        let res = &results[OP_PREFIXES + config.prefixes.len()];
+        ph.internal("init_queue", true, || super::queue::init(&db, res))?
+    } else {
+        super::queue::QueueState::off()
+    };
+
     let mut vars = None;
     if let Some(f) = &config.hooks.create_vars {
         let mut ctx = HookCtx::new(actor_id, is_new, &mut state, Some(&db), &prefixes);
@@ -759,6 +798,9 @@ pub(super) fn start(
         startup_pages,
         old_copies: wake.copies,
         preload_budget: config.preload_budget,
+        alarm_state: super::alarms::AlarmState::armed(config.alarms, next_alarm),
+        kv: shared,
+        queue,
         _running: running,
     })
 }
@@ -873,7 +915,7 @@ pub(super) fn sleep_hints(
 
 /// The pages a wake's startup reads, found by doing what it does on a second connection whose
 /// SQLite cache is empty (its reads come from this database's cache, no round trip): read the
-/// schema and the migrations table. A creating instance never read them through the VFS (it
+/// schema, the migrations table, the earliest alarm and the queue's done rows. A creating instance never read them through the VFS (it
 /// wrote them), so its own log cannot tell.
 fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
     let flags =
@@ -892,6 +934,9 @@ fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
     }
+    // What `init_alarms` and `init_queue` read (nothing when their tables do not exist).
+    super::alarms::earliest(&conn)?;
+    super::queue::done_keys(&conn)?;
     let pages = db.recent_reads();
     db.track_reads(true);
     Ok(pages)

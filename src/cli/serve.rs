@@ -115,6 +115,10 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
         None => ActorConfig::default(),
     };
     actor.retention = args.retention.options();
+    // Every served actor may have alarms (`POST /actors/{id}/alarms`: the host ticks) and a
+    // queue (`POST /actors/{id}/queue`: the wake batch reads it).
+    actor.alarms = true;
+    actor.queue = true;
     let store = global.open_store()?;
     // The store is dropped last, outside the async runtime: the PostgreSQL backend's client
     // blocks when it closes, which a runtime thread must not do.

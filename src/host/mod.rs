@@ -11,12 +11,14 @@
 //! pages).
 //! The CLI (`src/cli/serve.rs`) only parses arguments and calls [`serve`].
 
+pub mod alarm_tick;
 pub mod auth;
 pub mod conn;
 pub mod history_routes;
 pub mod inspector;
 pub mod prom;
 pub mod prom_families;
+pub mod queue_route;
 pub mod registry;
 pub mod routes;
 pub mod sql;
@@ -223,6 +225,7 @@ pub async fn serve(
     actor.guard =
         crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
     crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
+    let actor_alarms = actor.alarms;
     // Every KV call of the host goes through the families' counting and timing wrapper.
     let store = metrics.families.wrap_store(config.store.clone());
     let registry = Arc::new(
@@ -272,6 +275,9 @@ pub async fn serve(
             }
         })
     };
+    // The alarm tick runs when the actors use alarms (`ActorConfig::alarms`).
+    let alarm_loop = actor_alarms
+        .then(|| tokio::spawn(alarm_tick::run(registry.clone(), state.statement_timeout)));
     let app = routes::router(state);
     let drained = conn::run(listener, app, config.limits, shutdown).await;
     sleeper.abort();
@@ -280,6 +286,10 @@ pub async fn serve(
     let _ = sampler.await;
     hour_sampler.abort();
     let _ = hour_sampler.await;
+    if let Some(a) = alarm_loop {
+        a.abort();
+        let _ = a.await;
+    }
     if !drained {
         // Whatever still runs on an actor (a request dropped at the deadline) is stopped, so
         // that every actor can be put to sleep now.

@@ -246,6 +246,10 @@ impl Registry {
             return Err(HostError::Internal("the actor is not awake".into()));
         };
         let _ = tx.send(awake.actor.db().get_interrupt_handle());
+        if awake.actor.queued() > 0 {
+            // Messages queued while it slept run before the request that woke it.
+            super::queue_route::drain(&awake.actor);
+        }
         let started = Instant::now();
         let result = work(&awake.actor);
         self.metrics.families.after_request(
@@ -507,6 +511,17 @@ impl Registry {
                     .await;
                 }
             }
+        }
+    }
+
+    /// Puts actor `id` to sleep now if it is awake, after the requests in flight on it (the
+    /// alarm tick uses it for the actors it woke).
+    pub async fn sleep_now(self: &Arc<Self>, id: &str) {
+        let slot = self.slots.lock().get(id).cloned();
+        if let Some(slot) = slot {
+            let mut guard = slot.state.clone().lock_owned().await;
+            let me = self.clone();
+            let _ = tokio::task::spawn_blocking(move || me.sleep_locked(&slot, &mut guard)).await;
         }
     }
 

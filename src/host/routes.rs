@@ -70,6 +70,8 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, if is_post { post(handler) } else { get(handler) });
     }
     let router = super::history_routes::routes(router);
+    let router = super::alarm_tick::routes(router);
+    let router = super::queue_route::routes(router);
     super::inspector::routes(router)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -141,7 +143,7 @@ pub(crate) fn add_error_headers(resp: &mut Response, status: StatusCode) {
     }
 }
 
-fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
+pub(crate) fn respond(metrics: &HostMetrics, r: Result<Value, HostError>) -> Response {
     match r {
         Ok(v) => ok_json(v),
         Err(e) => error_response(metrics, e),
@@ -170,7 +172,7 @@ pub(crate) async fn admin_json_async(
     respond(&s.metrics, r)
 }
 
-fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
+pub(crate) fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
     match bearer(headers) {
         Some(t) if tokens_equal(t, &s.admin_token) => Ok(()),
         _ => Err(HostError::Unauthorized),
@@ -178,7 +180,7 @@ fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
 }
 
 /// The actor id of the path, checked (a path that does not decode is 400 too).
-fn actor_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError> {
+pub(crate) fn actor_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError> {
     let Path(id) = id.map_err(|e| HostError::BadRequest(format!("invalid actor id: {e}")))?;
     check_actor_id(&id)?;
     Ok(id)
@@ -226,7 +228,11 @@ pub(crate) async fn read_body(
 }
 
 /// [`read_body`] as JSON.
-async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, HostError> {
+pub(crate) async fn read_json(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, HostError> {
     let bytes = read_body(s, headers, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| HostError::BadRequest(format!("the body is not valid JSON: {e}")))
@@ -234,7 +240,7 @@ async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Valu
 
 /// Maps a failed statement: interrupted → 408, too big (a value over the length limit, an answer
 /// over `--max-result-bytes`) → 413, store failure or moved actor → 503, else 400.
-fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
+pub(crate) fn statement_error(e: &rusqlite::Error, timeout: Duration) -> HostError {
     if sql::is_interrupt(e) {
         HostError::Timeout(format!(
             "the statement ran past the statement timeout of {} ms and was interrupted; its transaction was rolled back",
