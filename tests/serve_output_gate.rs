@@ -45,7 +45,11 @@ fn kill_9_under_pipelined_load_loses_no_answered_write() {
     for (round, &kill_after) in ANSWERS_BEFORE_KILL.iter().enumerate() {
         let s = Server::start(&kv, &["--rtt", "5", "--idle-sleep-ms", "600000"]);
         if round == 0 {
-            s.sql("gate", "CREATE TABLE t(id INTEGER PRIMARY KEY, c INTEGER)", json!([]));
+            s.sql(
+                "gate",
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, c INTEGER)",
+                json!([]),
+            );
         }
         let answered = Arc::new(Mutex::new(Vec::<i64>::new()));
         let count = Arc::new(AtomicU64::new(0));
@@ -67,13 +71,8 @@ fn kill_9_under_pipelined_load_loses_no_answered_write() {
                         "params": [id, c]
                     })
                     .to_string();
-                    let (status, _) = serve::post(
-                        &agent,
-                        &base,
-                        "/actors/gate/query",
-                        Some(&admin),
-                        &body,
-                    );
+                    let (status, _) =
+                        serve::post(&agent, &base, "/actors/gate/query", Some(&admin), &body);
                     if status != 200 {
                         // The host is gone (or refused): this client stops.
                         return;

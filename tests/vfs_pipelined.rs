@@ -19,8 +19,8 @@ use kvsqlite::kv::counting::CountingStore;
 use kvsqlite::kv::faults::{CrashWrite, FaultPlan, FaultStore};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{
-    Key, KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult, SharedStore,
-    Value, WriteBatch,
+    Key, KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult, SharedStore, Value,
+    WriteBatch,
 };
 use kvsqlite::vfs::{open_database, Database, OpenOptions, VfsError};
 
@@ -162,7 +162,10 @@ fn commits_queued_behind_one_put_go_out_in_one_put() {
     gate.open();
     db.wait_durable().unwrap();
     let d = db.snapshot() - before;
-    assert_eq!(d.kv_round_trips, 2, "one put in flight, then the five in one put");
+    assert_eq!(
+        d.kv_round_trips, 2,
+        "one put in flight, then the five in one put"
+    );
     assert_eq!(d.kv_writes, 2);
     assert_eq!(d.kv_reads, 0);
     assert_eq!(stored_ids(&mem, "p"), (1..8).collect::<Vec<_>>());
@@ -204,7 +207,11 @@ fn a_failed_put_poisons_the_database_and_the_commits_behind_it_are_not_written()
         Err(VfsError::Poisoned(m)) => assert!(m.contains("not written"), "{m}"),
         other => panic!("expected poisoned, got {other:?}"),
     }
-    assert_eq!(gate.entered(), entered + 1, "the queued commits were never sent");
+    assert_eq!(
+        gate.entered(),
+        entered + 1,
+        "the queued commits were never sent"
+    );
     assert!(matches!(db.unusable(), Some(VfsError::Poisoned(_))));
     // Every later statement is refused: reads, writes, a transaction, and wait_durable again.
     for sql in [
@@ -327,7 +334,10 @@ fn a_crash_at_every_kv_call_leaves_a_prefix_holding_every_durable_commit() {
                 .unwrap()
             };
             if table == 0 {
-                assert_eq!(covered, 0, "crash at {k} ({write:?}): a durable commit lost");
+                assert_eq!(
+                    covered, 0,
+                    "crash at {k} ({write:?}): a durable commit lost"
+                );
                 continue;
             }
             let got = stored_ids(&mem, "crash");
@@ -389,7 +399,11 @@ fn the_loser_of_two_instances_lands_none_of_its_queued_commits() {
         Err(ActorError::Moved) => {}
         other => panic!("expected moved, got {other:?}"),
     }
-    assert_eq!(gate.entered(), entered + 1, "the queued commits were never sent");
+    assert_eq!(
+        gate.entered(),
+        entered + 1,
+        "the queued commits were never sent"
+    );
     let e = old
         .db()
         .execute("INSERT INTO t VALUES (5, 'old')", [])

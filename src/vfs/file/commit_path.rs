@@ -238,7 +238,9 @@ impl DbState {
         let limits = self.write_limits();
         let mut batches = commit::pack(Vec::new(), record, &limits).map_err(VfsError::TooBig)?;
         let Some(mut batch) = batches.pop().filter(|_| batches.is_empty()) else {
-            return Err(VfsError::TooBig("a pipelined commit needs one write".into()));
+            return Err(VfsError::TooBig(
+                "a pipelined commit needs one write".into(),
+            ));
         };
         let mut garbage: Vec<Key> = inner.garbage.clone();
         garbage.extend_from_slice(new_garbage);

@@ -133,14 +133,18 @@ impl DbState {
             })
             .count();
         s.add(&s.pages_written, pages as u64);
+        // No lock is held across the store call: a pipelined put in flight must not stop the
+        // next transaction (which reads the limits and the fence) from running.
         let mut moving = self.moving.lock();
         let fence = self.fence.lock();
         if fence.is_empty() && moving.is_none() {
+            drop((fence, moving));
             return self.kv.write(batch);
         }
         batch.preconditions.extend(fence.iter().cloned());
         drop(fence);
         let Some(m) = moving.as_mut() else {
+            drop(moving);
             return self.kv.write(batch);
         };
         if self.moved.load(Ordering::SeqCst) {
@@ -148,12 +152,18 @@ impl DbState {
         }
         let added = batch.puts.len();
         let next = m.guard(batch);
+        drop(moving);
         // The fence record rides in the same write: it is written too.
         for (k, v) in &batch.puts[added.min(batch.puts.len())..] {
             s.add(&s.keys_written, 1);
             s.add(&s.bytes_written, (k.len() + v.len()) as u64);
         }
-        match self.kv.write(batch) {
+        let r = self.kv.write(batch);
+        let mut moving = self.moving.lock();
+        let Some(m) = moving.as_mut() else {
+            return r;
+        };
+        match r {
             Ok(()) => {
                 m.advance(next);
                 Ok(())

@@ -71,10 +71,16 @@ impl DbState {
 
     /// Queues `batch` (one whole commit, already within the write limits) and starts the
     /// writer if no put is in flight. The caller updated its in-memory state as committed.
-    pub(super) fn queue_commit(&self, _inner: &mut Inner, batch: WriteBatch) -> Result<(), VfsError> {
+    pub(super) fn queue_commit(
+        &self,
+        _inner: &mut Inner,
+        batch: WriteBatch,
+    ) -> Result<(), VfsError> {
         let me = self.pipe.me.lock().as_ref().and_then(Weak::upgrade);
         let Some(me) = me else {
-            return Err(VfsError::Misuse("pipelined database without a shared state".into()));
+            return Err(VfsError::Misuse(
+                "pipelined database without a shared state".into(),
+            ));
         };
         let mut st = self.pipe.st.lock();
         if let Some(p) = &st.poison {
@@ -231,10 +237,14 @@ fn take_group(queued: &mut Vec<Queued>, limits: &KvLimits) -> Vec<Queued> {
     let (mut entries, mut bytes, mut n) = (0usize, 0usize, 0usize);
     for q in queued.iter() {
         let e = q.batch.puts.len() + q.batch.deletes.len();
-        let b = q.batch.puts.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        let b = q
+            .batch
+            .puts
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
             + q.batch.deletes.iter().map(|k| k.len()).sum::<usize>();
-        if n > 0 && (entries + e > limits.max_write_entries || bytes + b > limits.max_write_bytes)
-        {
+        if n > 0 && (entries + e > limits.max_write_entries || bytes + b > limits.max_write_bytes) {
             break;
         }
         entries += e;
@@ -248,7 +258,11 @@ fn take_group(queued: &mut Vec<Queued>, limits: &KvLimits) -> Vec<Queued> {
 /// deletion), so no key appears twice.
 fn merge(group: Vec<Queued>) -> WriteBatch {
     if group.len() == 1 {
-        return group.into_iter().next().map(|q| q.batch).unwrap_or_default();
+        return group
+            .into_iter()
+            .next()
+            .map(|q| q.batch)
+            .unwrap_or_default();
     }
     let mut order: Vec<(Key, Option<Value>)> = Vec::new();
     let mut at: HashMap<Key, usize> = HashMap::new();
