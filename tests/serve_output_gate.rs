@@ -25,7 +25,7 @@ const CLIENTS: u64 = 16;
 const ANSWERS_BEFORE_KILL: [u64; 3] = [150, 317, 89];
 
 fn stored_ids(kv: &str) -> BTreeSet<i64> {
-    let store = open_store(kv).expect("open the store");
+    let store = open_store(kv, kvsqlite::kv::KvLimits::default(), None).expect("open the store");
     let db = open_database(store, "gate", &OpenOptions::default()).expect("open the actor");
     assert_integrity(&db);
     let mut stmt = db.prepare("SELECT id FROM t").unwrap();
