@@ -240,7 +240,6 @@ impl Registry {
         }
     }
 
-    #[allow(clippy::type_complexity)]
     fn run_locked(
         &self,
         slot: &Arc<Slot>,

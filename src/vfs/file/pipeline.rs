@@ -337,7 +337,8 @@ mod tests {
         ];
         assert_eq!(take_group(&mut queued, &limits).len(), 2);
         assert_eq!(take_group(&mut queued, &limits).len(), 1);
-        let mut big = vec![q(1, &[(b"a", b"1"); 5], &[])];
+        let one: (&[u8], &[u8]) = (b"a", b"1");
+        let mut big = vec![q(1, &[one; 5], &[])];
         assert_eq!(take_group(&mut big, &limits).len(), 1);
     }
 }
