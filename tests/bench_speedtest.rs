@@ -37,7 +37,7 @@ fn tiny_script() -> String {
     s
 }
 
-const TEST_FIELDS: [&str; 10] = [
+const TEST_FIELDS: [&str; 14] = [
     "id",
     "name",
     "kvsqlite_ms",
@@ -47,6 +47,10 @@ const TEST_FIELDS: [&str; 10] = [
     "speed_ratio",
     "speed_ratio_wal",
     "speed_ratio_mem",
+    "native_wal_full_ms",
+    "kvsqlite_pipelined_ms",
+    "speed_ratio_wal_full",
+    "speed_ratio_pipelined_wal",
     "kv_round_trips",
 ];
 

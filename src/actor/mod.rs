@@ -535,6 +535,14 @@ impl Actor {
         doc
     }
 
+    /// Blocks until every commit the actor made so far is acknowledged by the store (see
+    /// [`crate::vfs::OpenOptions::pipelined`], which `ActorConfig::open` sets; immediate
+    /// when commits are not pipelined). Fails once a pipelined put failed: the actor must then
+    /// be woken again.
+    pub fn wait_durable(&self) -> Result<(), ActorError> {
+        self.db().wait_durable().map_err(ActorError::from)
+    }
+
     /// Ends the actor: saves the hot-page hints (with copies of the pages its startup read that
     /// the next wake's listing may miss) and any unsaved state, in one fenced write, then closes
     /// the database. An actor that moved writes nothing.

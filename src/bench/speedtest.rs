@@ -6,19 +6,24 @@
 //! `-- begin test N name` comments mark the tests (SQL before the first marker is an untimed
 //! preamble; SQL between an `-- end test` and the next marker counts with the test before it).
 //!
-//! Each run replays the script, on a fresh database each time, in four ways, in an order that
-//! rotates from run to run (alternating, so drift on the machine hits all four alike):
+//! Each run replays the script, on a fresh database each time, in six ways, in an order that
+//! rotates from run to run (alternating, so drift on the machine hits all alike):
 //! - `kvsqlite`: an actor's database on the given store ([`open_database`], default options);
 //! - `native`: stock SQLite on a temporary file, `journal_mode=DELETE`;
 //! - `native_wal`: the same in `journal_mode=WAL`;
-//! - `native_mem`: stock SQLite on an in-memory database.
+//! - `native_mem`: stock SQLite on an in-memory database;
+//! - `native_wal_full`: WAL with `synchronous=FULL` (an fsync per commit, as durable per commit
+//!   as kvsqlite: the like-for-like comparison);
+//! - `kvsqlite_pipelined`: kvsqlite with pipelined commits, one `wait_durable` at the end of
+//!   each test (inside its time).
 //!
-//! All four get kvsqlite's pragmas (`synchronous=NORMAL`, `temp_store=MEMORY`, the same
-//! `cache_size` and `cache_spill`). Every statement is stepped to its last row. Times are
-//! medians over the runs, per test and in total (the total is the median of each run's sum);
-//! `kv_round_trips` is the median of the kvsqlite replay's round trips.
+//! All get kvsqlite's pragmas (`synchronous=NORMAL` but for `native_wal_full`,
+//! `temp_store=MEMORY`, the same `cache_size` and `cache_spill`). Every statement is stepped to
+//! its last row. Times are medians over the runs, per test and in total (the total is the
+//! median of each run's sum); `kv_round_trips` is the median of the `kvsqlite` replay's round
+//! trips.
 //!
-//! After every run the four final databases are compared (schema, and every row of every
+//! After every run the six final databases are compared (schema, and every row of every
 //! table, as a digest per table): any difference is an error, so a ratio is never reported for
 //! a replay that went wrong.
 
@@ -102,24 +107,35 @@ pub enum Target {
     NativeWal,
     /// Stock SQLite, in-memory database.
     NativeMem,
+    /// Stock SQLite, temporary file, WAL with `synchronous=FULL` (an fsync per commit: as
+    /// durable per commit as kvsqlite).
+    NativeWalFull,
+    /// kvsqlite with pipelined commits (`OpenOptions::pipelined`), one `wait_durable` at the
+    /// end of each test (inside its time).
+    KvsqlitePipelined,
 }
 
 /// All targets, in report order.
-pub const TARGETS: [Target; 4] = [
+pub const TARGETS: [Target; 6] = [
     Target::Kvsqlite,
     Target::Native,
     Target::NativeWal,
     Target::NativeMem,
+    Target::NativeWalFull,
+    Target::KvsqlitePipelined,
 ];
 
 impl Target {
-    /// The target's name in reports (`kvsqlite`, `native`, `native_wal`, `native_mem`).
+    /// The target's name in reports (`kvsqlite`, `native`, `native_wal`, `native_mem`,
+    /// `native_wal_full`, `kvsqlite_pipelined`).
     pub fn name(self) -> &'static str {
         match self {
             Target::Kvsqlite => "kvsqlite",
             Target::Native => "native",
             Target::NativeWal => "native_wal",
             Target::NativeMem => "native_mem",
+            Target::NativeWalFull => "native_wal_full",
+            Target::KvsqlitePipelined => "kvsqlite_pipelined",
         }
     }
 }
@@ -150,7 +166,7 @@ pub struct TestResult {
     /// The test's description.
     pub name: String,
     /// Median milliseconds of each target, in [`TARGETS`] order.
-    pub ms: [f64; 4],
+    pub ms: [f64; 6],
     /// Median KV round trips of the kvsqlite replay.
     pub kv_round_trips: u64,
 }
@@ -171,12 +187,27 @@ impl TestResult {
         ratio(self.ms[3], self.ms[0])
     }
 
+    /// `native_wal_full_ms / kvsqlite_ms`: like-for-like durability (an fsync per commit).
+    pub fn speed_ratio_wal_full(&self) -> f64 {
+        ratio(self.ms[4], self.ms[0])
+    }
+
+    /// `native_wal_ms / kvsqlite_pipelined_ms`: pipelined commits against WAL with
+    /// `synchronous=NORMAL`.
+    pub fn speed_ratio_pipelined_wal(&self) -> f64 {
+        ratio(self.ms[2], self.ms[5])
+    }
+
     fn to_json(&self, with_id: bool) -> Value {
         let mut v = json!({
             "kvsqlite_ms": round3(self.ms[0]),
             "native_ms": round3(self.ms[1]),
             "native_wal_ms": round3(self.ms[2]),
             "native_mem_ms": round3(self.ms[3]),
+            "native_wal_full_ms": round3(self.ms[4]),
+            "kvsqlite_pipelined_ms": round3(self.ms[5]),
+            "speed_ratio_wal_full": round3(self.speed_ratio_wal_full()),
+            "speed_ratio_pipelined_wal": round3(self.speed_ratio_pipelined_wal()),
             "speed_ratio": round3(self.speed_ratio()),
             "speed_ratio_wal": round3(self.speed_ratio_wal()),
             "speed_ratio_mem": round3(self.speed_ratio_mem()),
@@ -230,20 +261,36 @@ impl SpeedtestReport {
     /// A readable table: one line per test, then the total.
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "{:<6}{:>12}{:>11}{:>11}{:>11}{:>8}{:>8}{:>8}{:>6}  name\n",
-            "test", "kvsqlite_ms", "native", "wal", "mem", "ratio", "r_wal", "r_mem", "rt"
+            "{:<6}{:>12}{:>11}{:>11}{:>11}{:>11}{:>11}{:>8}{:>8}{:>8}{:>8}{:>8}{:>6}  name\n",
+            "test",
+            "kvsqlite_ms",
+            "native",
+            "wal",
+            "mem",
+            "wal_full",
+            "pipelined",
+            "ratio",
+            "r_wal",
+            "r_mem",
+            "r_full",
+            "r_pipe",
+            "rt"
         );
         let line = |t: &TestResult| {
             format!(
-                "{:<6}{:>12.2}{:>11.2}{:>11.2}{:>11.2}{:>8.2}{:>8.2}{:>8.2}{:>6}  {}\n",
+                "{:<6}{:>12.2}{:>11.2}{:>11.2}{:>11.2}{:>11.2}{:>11.2}{:>8.2}{:>8.2}{:>8.2}{:>8.2}{:>8.2}{:>6}  {}\n",
                 t.id,
                 t.ms[0],
                 t.ms[1],
                 t.ms[2],
                 t.ms[3],
+                t.ms[4],
+                t.ms[5],
                 t.speed_ratio(),
                 t.speed_ratio_wal(),
                 t.speed_ratio_mem(),
+                t.speed_ratio_wal_full(),
+                t.speed_ratio_pipelined_wal(),
                 t.kv_round_trips,
                 t.name
             )
@@ -343,20 +390,29 @@ fn replay(
     let mut ms = Vec::with_capacity(script.tests.len());
     let mut round_trips = Vec::with_capacity(script.tests.len());
     match target {
-        Target::Kvsqlite => {
+        Target::Kvsqlite | Target::KvsqlitePipelined => {
+            let pipelined = target == Target::KvsqlitePipelined;
+            let opts = OpenOptions {
+                pipelined,
+                ..config.open.clone()
+            };
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
             let actor = format!("bench-speedtest-{}-{run_no}-{nanos}", std::process::id());
             let outcome = (|| {
-                let db = open_database(store.clone(), &actor, &config.open)
+                let db = open_database(store.clone(), &actor, &opts)
                     .map_err(|e| format!("kvsqlite open: {e}"))?;
                 run_sql(&db, &script.preamble).map_err(sql_err("preamble"))?;
                 for t in &script.tests {
                     let before = db.snapshot();
                     let start = Instant::now();
                     run_sql(&db, &t.sql).map_err(sql_err(&t.id))?;
+                    if pipelined {
+                        db.wait_durable()
+                            .map_err(|e| format!("{} test {}: {e}", target.name(), t.id))?;
+                    }
                     ms.push(start.elapsed().as_secs_f64() * 1000.0);
                     round_trips.push((db.snapshot() - before).kv_round_trips);
                 }
@@ -371,7 +427,7 @@ fn replay(
                 digest,
             })
         }
-        Target::Native | Target::NativeWal | Target::NativeMem => {
+        Target::Native | Target::NativeWal | Target::NativeMem | Target::NativeWalFull => {
             let path = dir.join(format!("{}-{run_no}.db", target.name()));
             let conn = if target == Target::NativeMem {
                 Connection::open_in_memory()
@@ -380,11 +436,15 @@ fn replay(
             }
             .map_err(|e| format!("{}: open: {e}", target.name()))?;
             let journal = match target {
-                Target::NativeWal => "wal",
+                Target::NativeWal | Target::NativeWalFull => "wal",
                 Target::NativeMem => "memory",
                 _ => "delete",
             };
             stock_pragmas(&conn, &config.open, journal)?;
+            if target == Target::NativeWalFull {
+                conn.execute_batch("PRAGMA synchronous=FULL")
+                    .map_err(|e| format!("{}: {e}", target.name()))?;
+            }
             run_sql(&conn, &script.preamble).map_err(sql_err("preamble"))?;
             for t in &script.tests {
                 let start = Instant::now();
@@ -529,17 +589,18 @@ pub fn run(
     let dir = TempDir::new()?;
     let n = script.tests.len();
     // samples[target][test] → ms of each run; totals[target] → each run's sum.
-    let mut samples = vec![vec![Vec::new(); n]; 4];
-    let mut totals = vec![Vec::new(); 4];
+    let nt = TARGETS.len();
+    let mut samples = vec![vec![Vec::new(); n]; nt];
+    let mut totals = vec![Vec::new(); nt];
     let mut rts = vec![Vec::new(); n];
     let mut total_rts = Vec::new();
     let mut tables_compared = 0;
-    let all = config.runs * 4;
+    let all = config.runs * nt;
     for run_no in 0..config.runs {
         let mut digests: Vec<(Target, BTreeMap<String, String>)> = Vec::new();
-        for k in 0..4 {
-            let target = TARGETS[(run_no + k) % 4];
-            progress(run_no * 4 + k, all, target.name());
+        for k in 0..nt {
+            let target = TARGETS[(run_no + k) % nt];
+            progress(run_no * nt + k, all, target.name());
             let r = replay(script, target, store, config, &dir.0, run_no)?;
             let ti = TARGETS.iter().position(|t| *t == target).unwrap_or(0);
             for (i, ms) in r.ms.iter().enumerate() {

@@ -118,11 +118,14 @@ impl Registry {
     /// A registry on `store`; at most `max_awake` actors are awake at once (at least 1).
     pub fn new(
         store: SharedStore,
-        config: ActorConfig,
+        mut config: ActorConfig,
         max_awake: usize,
         metrics: Arc<HostMetrics>,
     ) -> Self {
         let max_awake = max_awake.max(1);
+        // The host pipelines commits: its output gate (see `run`) holds every answer until the
+        // commits it saw are durable.
+        config.open.pipelined = true;
         Registry {
             store,
             config,
@@ -202,7 +205,20 @@ impl Registry {
         let (slot, guard) = self.lock(id).await?;
         let (tx, rx) = oneshot::channel::<InterruptHandle>();
         let me = self.clone();
-        let mut task = tokio::task::spawn_blocking(move || me.run_locked(&slot, guard, tx, work));
+        let mut task = tokio::task::spawn_blocking(move || {
+            let (result, gate) = me.run_locked(&slot, guard, tx, work);
+            // The output gate, outside the actor's lock (the next request's transaction runs
+            // while this one's put is in flight): no answer leaves before every commit it saw
+            // (its own and earlier ones) is durable.
+            if let Some((durability, ticket)) = gate {
+                if let Err(e) = durability.wait_for(ticket) {
+                    return Err(HostError::Unavailable(format!(
+                        "{e}; the actor wakes afresh at the next request: retry"
+                    )));
+                }
+            }
+            result
+        });
         // The watchdog is a task of its own: if the client goes away (and this future is
         // dropped), the statement is still interrupted at the timeout.
         let watchdog = tokio::spawn(async move {
@@ -237,13 +253,29 @@ impl Registry {
         mut guard: OwnedMutexGuard<SlotState>,
         tx: oneshot::Sender<InterruptHandle>,
         work: Work,
-    ) -> Result<serde_json::Value, HostError> {
+    ) -> (Result<serde_json::Value, HostError>, Option<Gate>) {
+        if let SlotState::Awake(awake) = &*guard {
+            if let Some(e) = awake.actor.db().unusable() {
+                // A pipelined put failed (or another instance wrote) after the last request:
+                // this instance must not serve again.
+                self.sleep_locked(slot, &mut guard);
+                return (
+                    Err(HostError::Unavailable(format!(
+                        "{e}; the actor wakes afresh at the next request: retry"
+                    ))),
+                    None,
+                );
+            }
+        }
         if let Err(e) = self.ensure_awake(slot, &mut guard) {
             self.retire(slot, &mut guard);
-            return Err(e);
+            return (Err(e), None);
         }
         let SlotState::Awake(awake) = &mut *guard else {
-            return Err(HostError::Internal("the actor is not awake".into()));
+            return (
+                Err(HostError::Internal("the actor is not awake".into())),
+                None,
+            );
         };
         let _ = tx.send(awake.actor.db().get_interrupt_handle());
         if awake.actor.queued() > 0 {
@@ -252,6 +284,8 @@ impl Registry {
         }
         let started = Instant::now();
         let result = work(&awake.actor);
+        let durability = awake.actor.db().durability();
+        let gate = Some((durability.clone(), durability.ticket()));
         self.metrics.families.after_request(
             &slot.id,
             &awake.actor,
@@ -269,7 +303,7 @@ impl Registry {
             // time rather than trust its cache.
             self.sleep_locked(slot, &mut guard);
         }
-        result
+        (result, gate)
     }
 
     fn ensure_awake(&self, slot: &Arc<Slot>, state: &mut SlotState) -> Result<(), HostError> {
@@ -615,3 +649,6 @@ fn wake_error(e: ActorError) -> HostError {
         e => HostError::Internal(format!("cannot wake the actor: {e}")),
     }
 }
+
+/// What a request's answer waits for: the actor's commits up to the ticket (the output gate).
+type Gate = (crate::vfs::Durability, u64);

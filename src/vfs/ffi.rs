@@ -83,6 +83,7 @@ fn error_code(e: &VfsError, op: Op) -> c_int {
         VfsError::Moved => ffi::SQLITE_IOERR_VNODE,
         VfsError::Misuse(_) => ffi::SQLITE_MISUSE,
         VfsError::History(_) => ffi::SQLITE_ERROR,
+        VfsError::Poisoned(_) => ffi::SQLITE_IOERR,
         VfsError::Kv(o, _) => match o.max_op(op) {
             Op::Read => ffi::SQLITE_IOERR_READ,
             Op::Write => ffi::SQLITE_IOERR_WRITE,
@@ -418,6 +419,12 @@ unsafe extern "C" fn x_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int
                 lock,
                 ..
             } => {
+                if *lock == super::file::lock::NONE {
+                    // Every statement starts here: a poisoned database refuses them all.
+                    if let Err(e) = state.check_usable() {
+                        return error_code(&e, Op::Read);
+                    }
+                }
                 let (ok, new) = state.lock(*id, *lock, level);
                 *lock = new;
                 if ok {

@@ -33,6 +33,7 @@ mod history_io;
 mod hooks;
 mod kv_io;
 mod locks;
+mod pipeline;
 mod read_path;
 mod recovery;
 mod truncate;
@@ -72,6 +73,10 @@ pub enum VfsError {
     /// The history cannot answer: no such bookmark or seq, a time before the window, history
     /// off (see [`super::history`]).
     History(String),
+    /// A pipelined commit's put failed or its outcome is unknown (see
+    /// [`super::OpenOptions::pipelined`]): the commits queued behind it were not written, and
+    /// this instance refuses every later operation (wake the actor again).
+    Poisoned(String),
 }
 
 impl fmt::Display for VfsError {
@@ -86,6 +91,7 @@ impl fmt::Display for VfsError {
             ),
             VfsError::Misuse(m) => write!(f, "{m}"),
             VfsError::History(m) => write!(f, "history: {m}"),
+            VfsError::Poisoned(m) => write!(f, "database poisoned: {m}"),
         }
     }
 }
@@ -123,6 +129,8 @@ pub struct StateOptions {
     pub batch_atomic: bool,
     /// How much history commits keep (see [`super::history`]).
     pub history: HistoryOptions,
+    /// Queue each one-put commit and return (see [`super::OpenOptions::pipelined`]).
+    pub pipelined: bool,
 }
 
 impl Default for StateOptions {
@@ -137,6 +145,7 @@ impl Default for StateOptions {
             hold: false,
             batch_atomic: true,
             history: HistoryOptions::default(),
+            pipelined: false,
         }
     }
 }
@@ -339,6 +348,8 @@ pub struct DbState {
     /// Told the database's [`Fingerprint`] after every write that may have changed its main
     /// file (`None` when the outcome is uncertain); see [`DbState::set_commit_hook`].
     commit_hook: Mutex<Option<CommitHook>>,
+    /// Commits queued or in flight (see `file/pipeline.rs`).
+    pipe: pipeline::Pipeline,
 }
 
 /// What the state tells its commit hook: a hash of the main file's stored metadata and page 1
@@ -579,6 +590,7 @@ impl DbState {
             fence: Mutex::new(Vec::new()),
             extra: Mutex::new(Vec::new()),
             commit_hook: Mutex::new(None),
+            pipe: pipeline::Pipeline::default(),
             inner: Mutex::new(Inner {
                 main,
                 journal,

@@ -282,6 +282,7 @@ fn db_state(
             }
     });
     let state = Arc::new(DbState::open(kv, opts.clone(), preload)?);
+    state.set_self(Arc::downgrade(&state));
     state.set_commit_hook(Box::new(move |fp| {
         let mut reg = REGISTRY.lock();
         if reg.fingerprints.len() >= MAX_FINGERPRINTS && !reg.fingerprints.contains_key(&key) {
@@ -351,6 +352,18 @@ pub struct OpenOptions {
     /// [`history`]). [`history::HistoryOptions::off`] turns it off: commits then write no
     /// redo record. Taken from the open that creates the database's shared state.
     pub history: history::HistoryOptions,
+    /// Pipelined commits (default `false`; the host turns them on): a COMMIT that fits one put
+    /// returns once its put is queued, and later transactions read and write on top of it. One
+    /// put is in flight per database; the commits queued meanwhile go out together in the next
+    /// put, in order, each with its own redo record. [`Database::wait_durable`] blocks until
+    /// every commit so far is acknowledged: answer no one about a commit before it returns.
+    /// A put that fails (or whose outcome is unknown) poisons the database: the commits queued
+    /// behind it are not written, and every later statement and `wait_durable` fail
+    /// ([`VfsError::Poisoned`]); open it again (the store is the truth). A crash loses only
+    /// commits not yet acknowledged, always a suffix. Staged commits, journal fallbacks,
+    /// truncation and history reads wait for the pipeline first and stay synchronous. Taken
+    /// from the open that creates the database's shared state.
+    pub pipelined: bool,
 }
 
 impl Default for OpenOptions {
@@ -369,6 +382,7 @@ impl Default for OpenOptions {
             create: true,
             batch_atomic: true,
             history: history::HistoryOptions::default(),
+            pipelined: false,
         }
     }
 }
@@ -583,6 +597,26 @@ impl Database {
         self.state.offer_pages(seq, pages)
     }
 
+    /// Blocks until every commit made so far (on any connection of this database) is
+    /// acknowledged by the store. Immediate when commits are not pipelined
+    /// ([`OpenOptions::pipelined`]): each COMMIT then returned only once durable. Fails with
+    /// [`VfsError::Poisoned`] (or [`VfsError::Moved`]) once a pipelined put failed.
+    pub fn wait_durable(&self) -> Result<(), VfsError> {
+        self.state.wait_durable()
+    }
+
+    /// A handle to wait for this database's commits from another thread, without the
+    /// connection (see [`Durability`]).
+    pub fn durability(&self) -> Durability {
+        Durability(self.state.clone())
+    }
+
+    /// The reason this database refuses every operation: another instance took the fence, or
+    /// a pipelined put failed. `None` while it is usable.
+    pub fn unusable(&self) -> Option<VfsError> {
+        self.state.check_usable().err()
+    }
+
     /// The bookmark of the current commit: an opaque string that sorts by time. No round
     /// trip.
     pub fn bookmark(&self) -> Result<String, VfsError> {
@@ -622,6 +656,26 @@ impl Database {
     /// of deleted records 1 get and 1 write (more for a record too large for one write).
     pub fn compact_history(&self) -> Result<history::CompactReport, VfsError> {
         self.state.compact_history()
+    }
+}
+
+/// Waits for a database's pipelined commits (see [`OpenOptions::pipelined`]) from any thread:
+/// take a [`Durability::ticket`] after the work whose commits must be durable (it covers every
+/// commit made so far), then [`Durability::wait_for`] it — the host's output gate, which
+/// releases the actor for the next request before it waits.
+#[derive(Clone)]
+pub struct Durability(Arc<DbState>);
+
+impl Durability {
+    /// A ticket covering every commit made so far (0 when none was pipelined).
+    pub fn ticket(&self) -> u64 {
+        self.0.durable_ticket()
+    }
+
+    /// Blocks until every commit the ticket covers is acknowledged by the store; fails with
+    /// [`VfsError::Poisoned`] (or [`VfsError::Moved`]) once a pipelined put failed.
+    pub fn wait_for(&self, ticket: u64) -> Result<(), VfsError> {
+        self.0.wait_durable_for(ticket)
     }
 }
 
@@ -733,6 +787,7 @@ pub fn open_database(
         hold: opts.hold_writes,
         batch_atomic: opts.batch_atomic,
         history: opts.history.clone(),
+        pipelined: opts.pipelined,
         ..StateOptions::default()
     };
     let state = db_state(

@@ -227,6 +227,31 @@ impl DbState {
         Ok(())
     }
 
+    /// [`DbState::write_batches`] of one commit that fits one write, pipelined: the write
+    /// (with as much garbage collection as fits) is queued, not sent (see `file/pipeline.rs`).
+    fn queue_batch(
+        &self,
+        inner: &mut Inner,
+        record: Vec<(Key, Vec<u8>)>,
+        new_garbage: &[Key],
+    ) -> Result<(), VfsError> {
+        let limits = self.write_limits();
+        let mut batches = commit::pack(Vec::new(), record, &limits).map_err(VfsError::TooBig)?;
+        let Some(mut batch) = batches.pop().filter(|_| batches.is_empty()) else {
+            return Err(VfsError::TooBig(
+                "a pipelined commit needs one write".into(),
+            ));
+        };
+        let mut garbage: Vec<Key> = inner.garbage.clone();
+        garbage.extend_from_slice(new_garbage);
+        let taken = commit::piggyback_deletes(&mut batch, &garbage, &limits);
+        self.apply_to_preload(inner, &batch);
+        self.queue_commit(inner, batch)?;
+        garbage.drain(..taken);
+        inner.garbage = garbage;
+        Ok(())
+    }
+
     /// Once this fenced instance has written (so it holds the fence and no other instance can
     /// be staging any more), lists an unfinished stage found at open and queues its keys as
     /// garbage, deleted by later fenced writes. One read, only after a crash left a stage.
@@ -400,7 +425,11 @@ impl DbState {
             all.extend(header);
             all.extend(extra);
             all.push((layout::meta_key(FileKind::Main), meta.encode()));
-            self.write_batches(inner, Vec::new(), all, &new_garbage)?;
+            if self.pipelining() {
+                self.queue_batch(inner, all, &new_garbage)?;
+            } else {
+                self.write_batches(inner, Vec::new(), all, &new_garbage)?;
+            }
             self.stats.add(&self.stats.atomic_commits, 1);
         } else {
             // Upper bound of the record with every page staged.

@@ -130,8 +130,10 @@ impl DbState {
         let mut first = None;
         if let (Some(key), false) = (fence_key, self.is_held()) {
             let ops = vec![ReadOp::List(list(from.clone())), ReadOp::Get(vec![key])];
-            let res =
-                kv_batch_read(&self.kv, &self.stats, &ops).map_err(super::kv_err(Op::Read))?;
+            let res = {
+                self.settle()?;
+                kv_batch_read(&self.kv, &self.stats, &ops).map_err(super::kv_err(Op::Read))?
+            };
             let mut it = res.into_iter();
             let (Some(ReadResult::List(page)), Some(ReadResult::Get(mut vals))) =
                 (it.next(), it.next())

@@ -22,6 +22,35 @@ impl DbState {
             // Held: the store holds no live key of this database; what was written is here.
             return Ok(keys.iter().map(|k| h.get(k).cloned()).collect());
         }
+        // Keys a queued or in-flight commit writes are answered from the pipeline's overlay;
+        // only the others are asked of the store (which they are the same in before and after
+        // those puts).
+        let known = self.overlay_get(keys);
+        if known.iter().any(Option::is_some) {
+            let ask: Vec<Key> = keys
+                .iter()
+                .zip(&known)
+                .filter(|(_, k)| k.is_none())
+                .map(|(key, _)| key.clone())
+                .collect();
+            let mut got = if ask.is_empty() {
+                Vec::new()
+            } else {
+                self.kv_get_store(&ask)?
+            }
+            .into_iter();
+            return Ok(known
+                .into_iter()
+                .map(|k| match k {
+                    Some(v) => v,
+                    None => got.next().flatten(),
+                })
+                .collect());
+        }
+        self.kv_get_store(keys)
+    }
+
+    fn kv_get_store(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, KvError> {
         let s = &self.stats;
         s.add(&s.kv_round_trips, 1);
         s.add(&s.kv_reads, 1);
@@ -34,6 +63,7 @@ impl DbState {
 
     /// Lists one page of `req` (counted; answered from the held writes while held).
     pub(super) fn kv_list(&self, req: &ListRequest) -> Result<ListPage, VfsError> {
+        self.settle()?;
         if self.held.lock().is_some() {
             return Ok(ListPage {
                 entries: Vec::new(),
@@ -52,8 +82,20 @@ impl DbState {
 
     /// Writes `batch`, with the fence's precondition and record added while it is sent (to the
     /// batch itself, not a copy of it: every actor database is fenced, so this is every
-    /// commit) and taken off again before returning, whatever the outcome.
+    /// commit) and taken off again before returning, whatever the outcome. Waits first until
+    /// no pipelined put is queued or in flight.
     pub(super) fn kv_write(&self, batch: &mut WriteBatch) -> Result<(), KvError> {
+        if let Err(e) = self.settle() {
+            return Err(KvError::Backend {
+                backend: "vfs",
+                message: e.to_string(),
+            });
+        }
+        self.kv_write_now(batch)
+    }
+
+    /// [`DbState::kv_write`] without waiting for the pipeline (its writer's own call).
+    pub(super) fn kv_write_now(&self, batch: &mut WriteBatch) -> Result<(), KvError> {
         let (puts, preconditions) = (batch.puts.len(), batch.preconditions.len());
         let out = self.kv_write_fenced(batch);
         batch.puts.truncate(puts);
@@ -91,14 +133,18 @@ impl DbState {
             })
             .count();
         s.add(&s.pages_written, pages as u64);
+        // No lock is held across the store call: a pipelined put in flight must not stop the
+        // next transaction (which reads the limits and the fence) from running.
         let mut moving = self.moving.lock();
         let fence = self.fence.lock();
         if fence.is_empty() && moving.is_none() {
+            drop((fence, moving));
             return self.kv.write(batch);
         }
         batch.preconditions.extend(fence.iter().cloned());
         drop(fence);
         let Some(m) = moving.as_mut() else {
+            drop(moving);
             return self.kv.write(batch);
         };
         if self.moved.load(Ordering::SeqCst) {
@@ -106,12 +152,18 @@ impl DbState {
         }
         let added = batch.puts.len();
         let next = m.guard(batch);
+        drop(moving);
         // The fence record rides in the same write: it is written too.
         for (k, v) in &batch.puts[added.min(batch.puts.len())..] {
             s.add(&s.keys_written, 1);
             s.add(&s.bytes_written, (k.len() + v.len()) as u64);
         }
-        match self.kv.write(batch) {
+        let r = self.kv.write(batch);
+        let mut moving = self.moving.lock();
+        let Some(m) = moving.as_mut() else {
+            return r;
+        };
+        match r {
             Ok(()) => {
                 m.advance(next);
                 Ok(())
@@ -148,15 +200,19 @@ impl DbState {
     pub(super) fn kv_failed(&self, op: Op, e: KvError) -> VfsError {
         if self.moved.load(Ordering::SeqCst) {
             VfsError::Moved
+        } else if let Some(p) = self.poisoned() {
+            VfsError::Poisoned(p)
         } else {
             VfsError::Kv(op, e)
         }
     }
 
-    /// Fails every operation once another instance took the fence.
+    /// Fails every operation once another instance took the fence, or a pipelined put failed.
     pub(super) fn check_moved(&self) -> Result<(), VfsError> {
         if self.moved.load(Ordering::SeqCst) {
             Err(VfsError::Moved)
+        } else if let Some(p) = self.poisoned() {
+            Err(VfsError::Poisoned(p))
         } else {
             Ok(())
         }

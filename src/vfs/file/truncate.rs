@@ -48,6 +48,7 @@ impl DbState {
             let start = layout::chunk_key(kind, from);
             let end = layout::chunk_range_end(kind);
             let result = if !self.fenced() {
+                self.settle()?;
                 kv_delete_range(&self.kv, &self.stats, &start, Some(&end))
             } else {
                 let from = chunk_index(new_count).unwrap_or(u32::MAX);
@@ -93,6 +94,7 @@ impl DbState {
                 FileKind::Main => Vec::new(),
             };
             let result = if !self.fenced() && completes.is_empty() {
+                self.settle()?;
                 kv_delete_range(&self.kv, &self.stats, &s, Some(&e))
             } else {
                 // A fenced database (or one whose history header must lose its flag in the
