@@ -97,6 +97,9 @@ impl Host {
             limits: Default::default(),
             max_result_bytes: kvsqlite::host::DEFAULT_MAX_RESULT_BYTES,
             sqlite_heap_limit: kvsqlite::host::DEFAULT_SQLITE_HEAP_LIMIT,
+            // Each step's deltas are exact only when a request's put is done at its answer's
+            // accounting: with pipelining it is counted at the actor's next request.
+            pipelined: false,
         };
         let done = rt.spawn(async move {
             let _ = host_serve(listener, config, async move {

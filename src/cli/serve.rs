@@ -170,6 +170,7 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
             },
             max_result_bytes: args.max_result_bytes,
             sqlite_heap_limit: args.sqlite_heap_limit,
+            pipelined: true,
         };
         host::serve(listener, config, shutdown_signal())
             .await

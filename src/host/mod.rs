@@ -138,6 +138,11 @@ pub struct HostConfig {
     /// SQLite's hard heap limit for the whole process, in bytes (0: none). See
     /// [`DEFAULT_SQLITE_HEAP_LIMIT`].
     pub sqlite_heap_limit: u64,
+    /// Pipelined commits (`kvsqlite serve`: on): a commit returns once its put is queued and
+    /// the output gate holds every answer until the commits it saw are durable. Off, each
+    /// commit waits for its put; per-request metrics then count a request's own put (with
+    /// pipelining a put still in flight at the answer is counted at the actor's next request).
+    pub pipelined: bool,
 }
 
 /// Shortest admin token accepted, in bytes.
@@ -222,6 +227,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
     let mut actor = config.actor;
+    actor.open.pipelined = config.pipelined;
     actor.guard =
         crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
     crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);

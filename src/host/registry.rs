@@ -35,6 +35,7 @@ use super::HostError;
 use crate::actor::{Actor, ActorConfig, ActorError};
 use crate::kv::{KvError, SharedStore};
 use crate::metrics::MetricsDoc;
+use crate::vfs::VfsError;
 
 /// How long a wake waits for a place among `max_awake` when every awake actor is busy.
 const RESERVE_WAIT: Duration = Duration::from_secs(30);
@@ -118,14 +119,11 @@ impl Registry {
     /// A registry on `store`; at most `max_awake` actors are awake at once (at least 1).
     pub fn new(
         store: SharedStore,
-        mut config: ActorConfig,
+        config: ActorConfig,
         max_awake: usize,
         metrics: Arc<HostMetrics>,
     ) -> Self {
         let max_awake = max_awake.max(1);
-        // The host pipelines commits: its output gate (see `run`) holds every answer until the
-        // commits it saw are durable.
-        config.open.pipelined = true;
         Registry {
             store,
             config,
@@ -212,9 +210,10 @@ impl Registry {
             // (its own and earlier ones) is durable.
             if let Some((durability, ticket)) = gate {
                 if let Err(e) = durability.wait_for(ticket) {
-                    return Err(HostError::Unavailable(format!(
-                        "{e}; the actor wakes afresh at the next request: retry"
-                    )));
+                    // This instance must not serve again (moved, or a put failed): put it to
+                    // sleep now, so the next request wakes the actor afresh from the store.
+                    me.sleep_if_unusable(&slot);
+                    return Err(gate_error(e));
                 }
             }
             result
@@ -259,12 +258,7 @@ impl Registry {
                 // A pipelined put failed (or another instance wrote) after the last request:
                 // this instance must not serve again.
                 self.sleep_locked(slot, &mut guard);
-                return (
-                    Err(HostError::Unavailable(format!(
-                        "{e}; the actor wakes afresh at the next request: retry"
-                    ))),
-                    None,
-                );
+                return (Err(gate_error(e)), None);
             }
         }
         if let Err(e) = self.ensure_awake(slot, &mut guard) {
@@ -548,6 +542,17 @@ impl Registry {
         }
     }
 
+    /// Puts the actor of `slot` to sleep if its database can no longer be used (moved, or a
+    /// pipelined put failed); blocking, for a request's task after its lock was released.
+    fn sleep_if_unusable(&self, slot: &Arc<Slot>) {
+        let mut guard = slot.state.clone().blocking_lock_owned();
+        if let SlotState::Awake(awake) = &*guard {
+            if awake.actor.db().unusable().is_some() {
+                self.sleep_locked(slot, &mut guard);
+            }
+        }
+    }
+
     /// Puts actor `id` to sleep now if it is awake, after the requests in flight on it (the
     /// alarm tick uses it for the actors it woke).
     pub async fn sleep_now(self: &Arc<Self>, id: &str) {
@@ -620,6 +625,17 @@ pub fn store_unavailable(detail: impl std::fmt::Display) -> HostError {
     // At error level: the default log filter shows it (the client sees none of it).
     tracing::error!("store unavailable: {detail}");
     HostError::Unavailable(STORE_UNAVAILABLE.into())
+}
+
+/// The answer to a request whose actor can no longer serve (it moved, or a pipelined put
+/// failed): 503 either way; a store failure's details go to the log only.
+fn gate_error(e: VfsError) -> HostError {
+    match e {
+        VfsError::Moved => HostError::Unavailable(format!(
+            "{e}; the actor wakes afresh at the next request: retry"
+        )),
+        e => store_unavailable(e),
+    }
 }
 
 /// The body message of every store failure (503).

@@ -53,6 +53,7 @@ impl InProcessHost {
             },
             max_result_bytes: host::DEFAULT_MAX_RESULT_BYTES,
             sqlite_heap_limit: host::DEFAULT_SQLITE_HEAP_LIMIT,
+            pipelined: true,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = runtime.spawn(host::serve(listener, host_config, async move {
