@@ -177,15 +177,15 @@ fn in_process_on_memory_and_redb_every_field_and_counts_add_up() {
         assert_eq!(u(&v["load"]["ok"]), 40);
         assert_eq!(v["actors_deleted"], true);
         // Round trips: a first request is its wake's one round trip (the read is served by the
-        // preload); in the load a write is one KV write and a read none, plus one per wake of
-        // an actor that slept in the middle (a stalled machine can cause one).
+        // preload); in the load a read costs none and the writes cost one put each, except that
+        // the host pipelines commits, so writes to one actor that arrive while its put is in
+        // flight share the next put; plus one per wake of an actor that slept in the middle (a
+        // stalled machine can cause one).
         assert_eq!(u(&v["wake"]["kv_round_trips"]), 3, "{v}");
         let l = &v["load"];
-        assert_eq!(
-            u(&l["kv_round_trips"]),
-            u(&l["writes"]) + u(&l["wakes"]),
-            "{v}"
-        );
+        let (rt, writes, wakes) = (u(&l["kv_round_trips"]), u(&l["writes"]), u(&l["wakes"]));
+        assert!(rt <= writes + wakes, "{v}");
+        assert!(rt >= wakes + u64::from(writes > 0), "{v}");
     }
     assert_eq!(stored_entries(&path), 0, "the bench's actors are deleted");
 }
