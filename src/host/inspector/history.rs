@@ -15,12 +15,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
-use super::escape::{esc, field, parse_form, url_encode};
+use super::escape::{esc, field, url_encode};
 use super::html::{fmt_time, page};
 use super::svg::{timeline, Commit};
-use super::{check_form_post, checked, error_page, html, unauthorized, Access};
+use super::{admin_form_post, error_page, html};
 use crate::host::history_routes::restore_actor;
-use crate::host::routes::{read_body, AppState};
+use crate::host::routes::AppState;
 use crate::host::HostError;
 use crate::vfs::history::{parse_bookmark, CommitInfo, Target};
 
@@ -126,29 +126,11 @@ pub(super) async fn restore_post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (id, a, sess) = match checked(&s, id, &headers, "").await {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    if a != Access::Admin {
-        return unauthorized(
-            &s,
-            &format!("/actors/{}/inspector", url_encode(&id)),
-            &id,
-            "Restoring needs the admin token.",
-        );
-    }
-    let pairs = match &sess {
-        // Signed in with a cookie: same origin and the session's CSRF token.
-        Some(sess) => match check_form_post(&s, &headers, body, sess).await {
-            Ok(p) => p,
-            Err(e) => return error_page(&s, e),
-        },
-        None => match read_body(&s, &headers, body).await {
-            Ok(b) => parse_form(&String::from_utf8_lossy(&b)),
-            Err(e) => return error_page(&s, e),
-        },
-    };
+    let (id, sess, pairs) =
+        match admin_form_post(&s, id, &headers, body, "Restoring needs the admin token.").await {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
     let csrf = sess.as_ref().map(|x| x.csrf.as_str());
     let to = field(&pairs, "to").unwrap_or("").trim().to_string();
     let target = match Target::parse(&to) {

@@ -425,6 +425,36 @@ async fn check_form_post(
     Ok(pairs)
 }
 
+/// An admin's form POST on actor `id`'s page (the query box, a restore): the access check,
+/// then the fields — a cookie session's through [`check_form_post`] (origin and CSRF token), a
+/// bearer token's as they are. `needs` says what the non-admin's sign-in page explains.
+async fn admin_form_post(
+    s: &AppState,
+    id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    body: Body,
+    needs: &str,
+) -> Result<(String, Option<Session>, Vec<(String, String)>), Response> {
+    let (id, a, sess) = checked(s, id, headers, "").await?;
+    if a != Access::Admin {
+        return Err(unauthorized(
+            s,
+            &format!("/actors/{}/inspector", url_encode(&id)),
+            &id,
+            needs,
+        ));
+    }
+    let pairs = match &sess {
+        // Signed in with a cookie: same origin and the session's CSRF token.
+        Some(sess) => check_form_post(s, headers, body, sess).await,
+        None => read_body(s, headers, body)
+            .await
+            .map(|b| parse_form(&String::from_utf8_lossy(&b))),
+    }
+    .map_err(|e| error_page(s, e))?;
+    Ok((id, sess, pairs))
+}
+
 /// Collects the view on the actor's own queue (waking it). Like the JSON inspector routes,
 /// the page never creates an actor: an id the store never held is 404.
 async fn view(s: &AppState, id: &str, req: ViewRequest) -> Result<ActorView, HostError> {
@@ -539,28 +569,17 @@ async fn actor_query(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (id, a, sess) = match checked(&s, id, &headers, "").await {
+    let (id, sess, pairs) = match admin_form_post(
+        &s,
+        id,
+        &headers,
+        body,
+        "The query box needs the admin token.",
+    )
+    .await
+    {
         Ok(x) => x,
         Err(r) => return r,
-    };
-    if a != Access::Admin {
-        return unauthorized(
-            &s,
-            &format!("/actors/{}/inspector", url_encode(&id)),
-            &id,
-            "The query box needs the admin token.",
-        );
-    }
-    let pairs = match &sess {
-        // Signed in with a cookie: same origin and the session's CSRF token.
-        Some(sess) => match check_form_post(&s, &headers, body, sess).await {
-            Ok(p) => p,
-            Err(e) => return error_page(&s, e),
-        },
-        None => match read_body(&s, &headers, body).await {
-            Ok(b) => parse_form(&String::from_utf8_lossy(&b)),
-            Err(e) => return error_page(&s, e),
-        },
     };
     let sql = field(&pairs, "sql").unwrap_or("").to_string();
     if sql.trim().is_empty() {
