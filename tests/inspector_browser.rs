@@ -395,17 +395,19 @@ fn inspector_in_headless_chromium() {
 }
 
 impl Browser {
-    /// True when `el` is displayed (WebDriver's own visibility rule).
-    fn displayed(&self, el: &str) -> bool {
-        self.call("GET", &self.s(&format!("/element/{el}/displayed")), None) == json!(true)
-    }
-
-    /// The SQL cells of the query log's rows that are displayed.
+    /// The SQL cells of the query log's rows that are displayed, read in one script so the
+    /// page's own refresh (which replaces the rows) cannot stale an element between two
+    /// WebDriver calls.
     fn shown_log(&self) -> Vec<String> {
-        self.find_all("#log tbody tr")
+        let v = self.script(
+            "return Array.from(document.querySelectorAll('#log tbody tr'))\
+             .filter(r => r.checkVisibility())\
+             .map(r => r.querySelector('td.sql').innerText);",
+        );
+        v.as_array()
+            .unwrap_or_else(|| panic!("the log's rows: {v}"))
             .iter()
-            .filter(|r| self.displayed(r))
-            .map(|r| self.text(&self.find_in(r, "td.sql")))
+            .map(|s| s.as_str().unwrap_or_default().to_string())
             .collect()
     }
 }
@@ -484,12 +486,18 @@ fn inspector_filter_refresh_and_markup_in_names_in_headless_chromium() {
             "SELECT 'banana' AS fruit"
         ]
     );
-    let cherry = b
-        .find_all("#log tbody tr")
-        .into_iter()
-        .find(|r| b.attr(r, "data-sql").contains("cherry"))
-        .expect("the refresh brought the cherry row");
-    assert!(!b.displayed(&cherry), "the new non-matching row is hidden");
+    // Whether the cherry row is there and shown, read in one script (the refresh may replace
+    // the rows between two WebDriver calls).
+    let cherry = b.script(
+        "const r = Array.from(document.querySelectorAll('#log tbody tr'))\
+         .find(r => (r.getAttribute('data-sql') || '').includes('cherry'));\
+         return r ? [true, r.checkVisibility()] : [false, false];",
+    );
+    assert_eq!(
+        cherry,
+        json!([true, false]),
+        "the refresh brought the cherry row, and hides it (it does not match the filter)"
+    );
 
     // Markup in `?q=`: the filter box holds it as its value, and the log is filtered by it.
     let q = "<script>window.pwned=6</script>\"><img src=x onerror=\"window.pwned=7\">";
