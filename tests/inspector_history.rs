@@ -3,113 +3,14 @@
 //! (a missing or wrong token and a cross-origin post are refused with 403 and restore
 //! nothing), and a confirmed restore that restores and offers its undo.
 
+#[path = "common/pages.rs"]
+mod pages;
 #[path = "common/serve.rs"]
 mod serve;
 
-use std::time::Duration;
-
+use pages::{answer, client, enc, get_cookie, hidden, post_form, sign_in};
 use serde_json::{json, Value};
 use serve::{Server, ADMIN};
-
-fn client() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// (status, headers, body).
-type Answer = (u16, Vec<(String, String)>, String);
-
-fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let resp = r.expect("HTTP exchange");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    (
-        status,
-        headers,
-        resp.into_body().read_to_string().unwrap_or_default(),
-    )
-}
-
-fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-    a.1.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// The value of the first hidden `name` field of a page.
-fn hidden(html: &str, name: &str) -> String {
-    let pat = format!("name=\"{name}\" value=\"");
-    let at = html
-        .find(&pat)
-        .unwrap_or_else(|| panic!("no {name} field in {html}"));
-    let rest = &html[at + pat.len()..];
-    rest[..rest.find('"').expect("end of the value")].to_string()
-}
-
-/// POSTs a form from `origin` with `cookie`.
-fn post_form(s: &Server, path: &str, origin: &str, cookie: Option<&str>, form: &str) -> Answer {
-    let mut req = client()
-        .post(format!("{}{path}", s.base))
-        .header("Origin", origin)
-        .header("Content-Type", "application/x-www-form-urlencoded");
-    if let Some(c) = cookie {
-        req = req.header("Cookie", c);
-    }
-    answer(req.send(form))
-}
-
-fn get_cookie(s: &Server, path: &str, cookie: &str) -> Answer {
-    answer(
-        client()
-            .get(format!("{}{path}", s.base))
-            .header("Cookie", cookie)
-            .call(),
-    )
-}
-
-/// Signs in with `token` (and `actor`) as a browser shown the form would: the session cookie.
-fn sign_in(s: &Server, token: &str, actor: &str) -> String {
-    let page = answer(client().get(format!("{}/", s.base)).call());
-    assert_eq!(page.0, 401);
-    let set = header(&page, "set-cookie").expect("the sign-in cookie");
-    let cookie = set.split(';').next().unwrap_or_default().trim().to_string();
-    let csrf = hidden(&page.2, "csrf");
-    let a = post_form(
-        s,
-        "/signin",
-        &s.base,
-        Some(&cookie),
-        &format!(
-            "token={}&actor={}&csrf={}",
-            enc(token),
-            enc(actor),
-            enc(&csrf)
-        ),
-    );
-    assert_eq!(a.0, 303, "sign-in answered {}: {}", a.0, a.2);
-    let set = header(&a, "set-cookie").expect("Set-Cookie").to_string();
-    set.split(';').next().unwrap_or_default().trim().to_string()
-}
 
 fn rows(s: &Server) -> Value {
     s.sql("a", "SELECT x FROM t ORDER BY rowid", json!([]))["rows"].clone()

@@ -2,124 +2,28 @@
 //! without it, the waterfall's phases, the query log's round trips, table paging, the
 //! read-only query box, and escaping of markup in values and SQL.
 
+#[path = "common/pages.rs"]
+mod pages;
 #[path = "common/serve.rs"]
 mod serve;
 
-use std::time::Duration;
-
+use pages::{
+    answer, client, enc, get_cookie, header, hidden, post_form, sign_in, signin_post, Answer,
+};
 use serde_json::{json, Value};
 use serve::{Server, ADMIN};
-
-/// A client that does not follow redirects (to see `Set-Cookie` on the 303).
-fn client() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .timeout_global(Some(Duration::from_secs(60)))
-        .build()
-        .into()
-}
-
-/// (status, headers as (name, value), body).
-type Answer = (u16, Vec<(String, String)>, String);
-
-fn answer(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Answer {
-    let resp = r.expect("HTTP exchange");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
-    (
-        status,
-        headers,
-        resp.into_body().read_to_string().unwrap_or_default(),
-    )
-}
-
-fn header<'a>(a: &'a Answer, name: &str) -> Option<&'a str> {
-    a.1.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
-}
-
-fn get_cookie(s: &Server, path: &str, cookie: &str) -> Answer {
-    answer(
-        client()
-            .get(format!("{}{path}", s.base))
-            .header("Cookie", cookie)
-            .call(),
-    )
-}
-
-/// POSTs a form as a browser on the host's own page would (with `Origin`).
-fn post_form(s: &Server, path: &str, cookie: Option<&str>, form: &str) -> Answer {
-    let mut req = client()
-        .post(format!("{}{path}", s.base))
-        .header("Origin", &s.base)
-        .header("Content-Type", "application/x-www-form-urlencoded");
-    if let Some(c) = cookie {
-        req = req.header("Cookie", c);
-    }
-    answer(req.send(form))
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-/// The value of the hidden `csrf` field of a page's form.
-fn form_csrf(html: &str) -> String {
-    let at = html
-        .find("name=\"csrf\" value=\"")
-        .expect("a csrf field in the page");
-    let rest = &html[at + "name=\"csrf\" value=\"".len()..];
-    rest[..rest.find('"').expect("end of the value")].to_string()
-}
-
-/// POSTs the sign-in form `form` as a browser that was shown the form would: with the form's
-/// CSRF token and its cookie.
-fn signin_post(s: &Server, form: &str) -> Answer {
-    let page = answer(client().get(format!("{}/", s.base)).call());
-    assert_eq!(page.0, 401);
-    let set = header(&page, "set-cookie").expect("the sign-in cookie");
-    let cookie = set.split(';').next().unwrap_or_default().trim().to_string();
-    let csrf = form_csrf(&page.2);
-    post_form(
-        s,
-        "/signin",
-        Some(&cookie),
-        &format!("{form}&csrf={}", enc(&csrf)),
-    )
-}
 
 /// The admin's query box on `actor`'s page, signed in with `cookie`.
 fn query_box(s: &Server, actor: &str, cookie: &str, sql: &str) -> Answer {
     let page = get_cookie(s, &format!("/actors/{actor}/inspector"), cookie);
-    let csrf = form_csrf(&page.2);
+    let csrf = hidden(&page.2, "csrf");
     post_form(
         s,
         &format!("/actors/{actor}/inspector/query"),
+        &s.base,
         Some(cookie),
         &format!("csrf={}&sql={}", enc(&csrf), enc(sql)),
     )
-}
-
-/// Signs in with `token` (and `actor`): the `name=value` cookie.
-fn sign_in(s: &Server, token: &str, actor: &str) -> String {
-    let a = signin_post(s, &format!("token={}&actor={}", enc(token), enc(actor)));
-    assert_eq!(a.0, 303, "sign-in answered {}: {}", a.0, a.2);
-    let set = header(&a, "set-cookie").expect("Set-Cookie").to_string();
-    set.split(';').next().unwrap_or_default().trim().to_string()
 }
 
 /// The startup phase names from the JSON inspector document.
@@ -225,6 +129,7 @@ fn sign_in_cookie_and_401() {
     let q = post_form(
         &s,
         "/actors/alpha/inspector/query",
+        &s.base,
         Some(&actor_cookie),
         "sql=SELECT+1",
     );

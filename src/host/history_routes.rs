@@ -202,12 +202,7 @@ pub async fn restore(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let s2 = s.clone();
-    let h2 = headers.clone();
-    admin_json_async(&s, &headers, async move {
-        let (s, headers) = (s2, h2);
-        let id = path_id(id)?;
-        let body = read_json(&s, &headers, body).await?;
+    admin_post_json(s, id, headers, body, |s, id, body| async move {
         let target = target_from(&body, "to", false)?
             .ok_or_else(|| HostError::Internal("no target".into()))?;
         must_exist(&s, &id).await?;
@@ -234,12 +229,7 @@ pub async fn fork(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let s2 = s.clone();
-    let h2 = headers.clone();
-    admin_json_async(&s, &headers, async move {
-        let (s, headers) = (s2, h2);
-        let id = path_id(id)?;
-        let body = read_json(&s, &headers, body).await?;
+    admin_post_json(s, id, headers, body, |s, id, body| async move {
         let to = body
             .get("to")
             .and_then(Value::as_str)
@@ -277,6 +267,29 @@ pub async fn fork(
         // The id may be remembered as absent from an earlier lookup: it exists now.
         s.tokens.forget_absent(&to);
         Ok(v)
+    })
+    .await
+}
+
+/// An admin POST on actor `id` with a JSON body: the admin token is checked first, then the id,
+/// then the body is read and parsed; `work` gets the state, the id and the body.
+async fn admin_post_json<F, Fut>(
+    s: AppState,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+    work: F,
+) -> Response
+where
+    F: FnOnce(AppState, String, Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, HostError>>,
+{
+    let s2 = s.clone();
+    let h2 = headers.clone();
+    admin_json_async(&s, &headers, async move {
+        let id = path_id(id)?;
+        let body = read_json(&s2, &h2, body).await?;
+        work(s2, id, body).await
     })
     .await
 }
