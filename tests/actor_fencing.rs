@@ -4,11 +4,11 @@
 //! winner's alone; a commit the old instance lands between the new one's wake read and first
 //! write is never overwritten.
 
+#[path = "common/fence_child.rs"]
+mod fence_child;
 #[path = "common/pg.rs"]
 mod pg;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use kvsqlite::actor::{Actor, ActorConfig, ActorError, Migration};
@@ -119,7 +119,7 @@ fn first_to_commit_wins_and_the_other_is_moved_with_nothing_written() {
 #[test]
 #[ignore = "the child process of two_processes_on_postgres_first_commit_wins, started by it"]
 fn fence_child() {
-    let Ok(actor) = std::env::var("KVSQLITE_FENCE_CHILD") else {
+    let Ok(actor) = std::env::var(fence_child::ACTOR_VAR) else {
         return;
     };
     let store: SharedStore = Arc::new(
@@ -127,17 +127,7 @@ fn fence_child() {
             .expect("the parent reached the server"),
     );
     let a = Actor::start(store, &actor, &config()).unwrap();
-    println!("woke");
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let who = line.strip_prefix("commit ").unwrap();
-        match insert(&a, who, 1) {
-            Ok(_) => println!("ok"),
-            Err(e) if kvsqlite::actor::is_moved_error(&e) => println!("moved"),
-            Err(e) => println!("error {e}"),
-        }
-        std::io::stdout().flush().unwrap();
-    }
+    fence_child::serve_commits(|who| insert(&a, who, 1));
 }
 
 #[test]
@@ -150,44 +140,14 @@ fn two_processes_on_postgres_first_commit_wins() {
     let setup = Actor::start(store.clone(), &actor, &config()).unwrap();
     insert(&setup, "setup", 0).unwrap();
     setup.sleep().unwrap();
-    let spawn = || {
-        let mut c = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "fence_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("KVSQLITE_FENCE_CHILD", &actor)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(c.stdout.take().unwrap());
-        (c, out)
-    };
-    let next_line = |out: &mut BufReader<std::process::ChildStdout>| loop {
-        let mut l = String::new();
-        assert!(out.read_line(&mut l).unwrap() > 0, "child ended early");
-        // The harness prints `test fence_child ... ` before the test's own first line.
-        let l = l.trim().rsplit("... ").next().unwrap_or("").to_string();
-        if ["woke", "ok", "moved"].contains(&l.as_str()) || l.starts_with("error") {
-            return l;
-        }
-    };
-    let (mut c1, mut o1) = spawn();
-    let (mut c2, mut o2) = spawn();
-    assert_eq!(next_line(&mut o1), "woke");
-    assert_eq!(next_line(&mut o2), "woke");
-    writeln!(c2.stdin.as_mut().unwrap(), "commit second-process").unwrap();
-    assert_eq!(next_line(&mut o2), "ok");
-    writeln!(c1.stdin.as_mut().unwrap(), "commit first-process").unwrap();
-    assert_eq!(next_line(&mut o1), "moved");
-    drop(c1.stdin.take());
-    drop(c2.stdin.take());
-    assert!(c1.wait().unwrap().success());
-    assert!(c2.wait().unwrap().success());
+    let mut c1 = fence_child::spawn(&actor, &[]);
+    let mut c2 = fence_child::spawn(&actor, &[]);
+    assert_eq!(c1.next_line(), "woke");
+    assert_eq!(c2.next_line(), "woke");
+    assert_eq!(c2.commit("second-process"), "ok");
+    assert_eq!(c1.commit("first-process"), "moved");
+    c1.finish();
+    c2.finish();
     let check = Actor::start(store, &actor, &config()).unwrap();
     assert_eq!(
         rows(&check),

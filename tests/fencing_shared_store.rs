@@ -11,15 +11,14 @@
 //! Without `redis-server` (or the PostgreSQL test server) the tests print `SKIPPED: …`, or fail
 //! under `CI=true`.
 
+#[path = "common/fence_child.rs"]
+mod fence_child;
 #[path = "common/pg.rs"]
 mod pg;
 #[path = "common/redis_cluster.rs"]
 mod redis_cluster;
 #[path = "common/serve.rs"]
 mod serve;
-
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 
 use kvsqlite::actor::{Actor, ActorConfig, Migration};
 use kvsqlite::kv::{KvLimits, SharedStore};
@@ -68,26 +67,16 @@ fn unique(tag: &str) -> String {
 #[ignore = "the child process of two_processes_on_redis_cluster_first_commit_wins, started by it"]
 fn fence_child() {
     let (Ok(actor), Ok(url)) = (
-        std::env::var("KVSQLITE_FENCE_CHILD"),
+        std::env::var(fence_child::ACTOR_VAR),
         std::env::var("KVSQLITE_FENCE_URL"),
     ) else {
         return;
     };
     let a = Actor::start(open(&url), &actor, &config()).unwrap();
-    println!("woke");
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let who = line.strip_prefix("commit ").unwrap();
-        match a
-            .db()
+    fence_child::serve_commits(|who| {
+        a.db()
             .execute("INSERT INTO t VALUES (?1, 1)", rusqlite::params![who])
-        {
-            Ok(_) => println!("ok"),
-            Err(e) if kvsqlite::actor::is_moved_error(&e) => println!("moved"),
-            Err(e) => println!("error {e}"),
-        }
-        std::io::stdout().flush().unwrap();
-    }
+    });
 }
 
 #[test]
@@ -104,48 +93,17 @@ fn two_processes_on_redis_cluster_first_commit_wins() {
         .execute("INSERT INTO t VALUES ('setup', 0)", [])
         .unwrap();
     setup.sleep().unwrap();
-    let spawn = || {
-        let mut c = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "fence_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("KVSQLITE_FENCE_CHILD", &actor)
-            .env("KVSQLITE_FENCE_URL", &url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = BufReader::new(c.stdout.take().unwrap());
-        (c, out)
-    };
-    let next_line = |out: &mut BufReader<std::process::ChildStdout>| loop {
-        let mut l = String::new();
-        assert!(out.read_line(&mut l).unwrap() > 0, "child ended early");
-        // The harness prints `test fence_child ... ` before the test's own first line.
-        let l = l.trim().rsplit("... ").next().unwrap_or("").to_string();
-        if ["woke", "ok", "moved"].contains(&l.as_str()) || l.starts_with("error") {
-            return l;
-        }
-    };
-    let (mut c1, mut o1) = spawn();
-    let (mut c2, mut o2) = spawn();
-    assert_eq!(next_line(&mut o1), "woke");
-    assert_eq!(next_line(&mut o2), "woke");
-    writeln!(c2.stdin.as_mut().unwrap(), "commit second-process").unwrap();
-    assert_eq!(next_line(&mut o2), "ok");
-    writeln!(c1.stdin.as_mut().unwrap(), "commit first-process").unwrap();
-    assert_eq!(next_line(&mut o1), "moved");
+    let env = [("KVSQLITE_FENCE_URL", url.as_str())];
+    let mut c1 = fence_child::spawn(&actor, &env);
+    let mut c2 = fence_child::spawn(&actor, &env);
+    assert_eq!(c1.next_line(), "woke");
+    assert_eq!(c2.next_line(), "woke");
+    assert_eq!(c2.commit("second-process"), "ok");
+    assert_eq!(c1.commit("first-process"), "moved");
     // The stale process stays refused.
-    writeln!(c1.stdin.as_mut().unwrap(), "commit first-process-again").unwrap();
-    assert_eq!(next_line(&mut o1), "moved");
-    drop(c1.stdin.take());
-    drop(c2.stdin.take());
-    assert!(c1.wait().unwrap().success());
-    assert!(c2.wait().unwrap().success());
+    assert_eq!(c1.commit("first-process-again"), "moved");
+    c1.finish();
+    c2.finish();
     let check = Actor::start(store, &actor, &config()).unwrap();
     assert_eq!(
         rows(&check),
