@@ -1,5 +1,6 @@
-//! What a user checks of the binary before anything else: `--version` and the shell
-//! completion scripts, through the built binary (exact output and exit codes, never a panic).
+//! What a user checks of the binary before anything else: `--version`, the shell completion
+//! scripts and how long work shows its progress, through the built binary (exact output and
+//! exit codes, never a panic).
 
 use std::process::{Command, Stdio};
 
@@ -67,4 +68,50 @@ fn completions_refuse_an_unknown_shell_and_report_a_failed_write() {
         String::from_utf8_lossy(&out.stderr),
         "kvsqlite completions: cannot write to standard output: No space left on device (os error 28)\n"
     );
+}
+
+/// Four or more scripts make `slt` a long run: on a terminal (a pseudo-terminal from
+/// util-linux's `script`) it draws a progress bar on standard error; piped, it writes no bar
+/// and no control sequence at all, and the report on standard output is the same.
+#[test]
+fn progress_is_drawn_on_a_terminal_and_silent_when_piped() {
+    let scripts = [
+        "sql/tests/alter_table.test",
+        "sql/tests/blobs.test",
+        "sql/tests/fts5.test",
+        "sql/tests/generated.test",
+    ];
+    let mut args = vec!["--kv", "memory:", "slt"];
+    args.extend(scripts);
+    let piped = Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+        .args(&args)
+        .env_remove("KVSQLITE_KV")
+        .stdin(Stdio::null())
+        .output()
+        .expect("the kvsqlite binary runs");
+    assert_eq!(piped.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains('\x1b') && !err.contains("[#"),
+        "piped stderr holds a bar: {err:?}"
+    );
+    let out = String::from_utf8_lossy(&piped.stdout);
+    for s in scripts {
+        assert!(out.contains(&format!("ok   {s}: ")), "{out}");
+    }
+
+    let line = format!("{} {}", env!("CARGO_BIN_EXE_kvsqlite"), args.join(" "));
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("KVSQLITE_KV")
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux's script runs (Debian's bsdutils, an essential package)");
+    assert_eq!(tty.status.code(), Some(0));
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(shown.contains("] 0/4 "), "no bar on a terminal: {shown:?}");
+    assert!(shown.contains("\x1b[2K"), "the bar is erased: {shown:?}");
+    for s in scripts {
+        assert!(shown.contains(&format!("ok   {s}: ")), "{shown}");
+    }
 }

@@ -33,7 +33,7 @@ use kvsqlite::bench::actors::{self, ActorsConfig, ActorsReport, RunResult, StopA
 use kvsqlite::bench::{http, speedtest};
 use kvsqlite::vfs::{open_database, OpenOptions};
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use super::{output_error, GlobalArgs, Stop};
 
@@ -409,21 +409,7 @@ fn sweep_table(reports: &[ActorsReport]) -> String {
     s
 }
 
-/// Runs `f` with a progress-bar drawer (drawing on standard error only when it is a
-/// terminal), then erases the bar.
-pub(super) fn with_progress<T>(f: impl FnOnce(&dyn Fn(usize, usize, &str)) -> T) -> T {
-    let terminal = std::io::stderr().is_terminal();
-    let draw = |done: usize, all: usize, what: &str| {
-        if terminal {
-            super::slt::draw_progress(done, all, what);
-        }
-    };
-    let out = f(&draw);
-    if terminal {
-        super::slt::clear_progress();
-    }
-    out
-}
+pub(super) use super::progress::with_progress;
 
 /// Prints a report: its JSON with `--json`, else its table; exit code 0.
 pub(super) fn print_report(

@@ -13,6 +13,7 @@ mod bench_startup;
 mod history;
 mod interop;
 mod kv;
+mod progress;
 mod run;
 mod serve;
 mod slt;

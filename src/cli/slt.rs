@@ -6,11 +6,12 @@
 //! when there are any). Exit code 0 when nothing failed, 1 on any failure, 2 when the runner
 //! itself cannot start (bad arguments, unreadable paths or deviation list, unreachable store).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use kvsqlite::slt::{self, KnownDeviations, RunConfig, Target};
 
+use super::progress::Progress;
 use super::{output_error, GlobalArgs, Stop};
 
 /// The deviation list used when `--known-deviations` is not given: this path under the current
@@ -76,46 +77,51 @@ fn run_inner(global: &GlobalArgs, args: SltArgs) -> Result<i32, Stop> {
         collect_outputs: args.complete,
         ..RunConfig::default()
     };
-    let progress = scripts.len() >= PROGRESS_MIN_FILES && std::io::stderr().is_terminal();
     let total = scripts.len();
+    let progress = (total >= PROGRESS_MIN_FILES).then(|| Progress::new(total as u64));
     let mut stdout = std::io::stdout().lock();
     let mut summary = slt::Summary::default();
     for (done, path) in scripts.iter().enumerate() {
-        if progress {
-            draw_progress(done, total, &path.display().to_string());
+        if let Some(p) = &progress {
+            p.set(done, total, &path.display().to_string());
         }
         let report = slt::run_file(target.as_mut(), path, &config);
         summary.add(&report);
-        if progress {
-            clear_progress();
-        }
-        writeln!(stdout, "{}", report.summary_line()).map_err(output_error)?;
-        for f in report
-            .failures
-            .iter()
-            .chain(&report.expected_different_records)
-        {
-            writeln!(stdout, "{f}").map_err(output_error)?;
-        }
-        for n in &report.notes {
-            writeln!(stdout, "  note: {n}").map_err(output_error)?;
-        }
-        if args.keep {
-            if let Some(actor) = &report.actor {
-                writeln!(stdout, "  kept: actor {actor}").map_err(output_error)?;
+        // The report's lines are written with the bar erased, then the bar comes back.
+        let mut write_report = || -> Result<(), Stop> {
+            writeln!(stdout, "{}", report.summary_line()).map_err(output_error)?;
+            for f in report
+                .failures
+                .iter()
+                .chain(&report.expected_different_records)
+            {
+                writeln!(stdout, "{f}").map_err(output_error)?;
             }
+            for n in &report.notes {
+                writeln!(stdout, "  note: {n}").map_err(output_error)?;
+            }
+            if args.keep {
+                if let Some(actor) = &report.actor {
+                    writeln!(stdout, "  kept: actor {actor}").map_err(output_error)?;
+                }
+            }
+            // A script that could not be read or run at all (a failure at line 0) is left alone.
+            if args.complete && report.failures.iter().all(|f| f.line > 0) {
+                complete_file(path, &report)?;
+                writeln!(
+                    stdout,
+                    "  completed: {} query result(s) written",
+                    report.outputs.len()
+                )
+                .map_err(output_error)?;
+            }
+            stdout.flush().map_err(output_error)?;
+            Ok(())
+        };
+        match &progress {
+            Some(p) => p.suspend(write_report)?,
+            None => write_report()?,
         }
-        // A script that could not be read or run at all (a failure at line 0) is left alone.
-        if args.complete && report.failures.iter().all(|f| f.line > 0) {
-            complete_file(path, &report)?;
-            writeln!(
-                stdout,
-                "  completed: {} query result(s) written",
-                report.outputs.len()
-            )
-            .map_err(output_error)?;
-        }
-        stdout.flush().map_err(output_error)?;
     }
     let deviations_note = deviations_file
         .map(|p| format!(" (known deviations: {})", p.display()))
@@ -164,30 +170,4 @@ fn make_target(global: &GlobalArgs, native: bool, keep: bool) -> Result<Box<dyn 
     }
     let store = global.open_store()?;
     Ok(Box::new(slt::KvTarget::new(store).keep_data(keep)))
-}
-
-/// Draws a progress bar on standard error: `done` of `total`, and what is running now.
-pub(super) fn draw_progress(done: usize, total: usize, current: &str) {
-    const WIDTH: usize = 30;
-    let filled = done * WIDTH / total.max(1);
-    let name: String = current
-        .chars()
-        .rev()
-        .take(40)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    eprint!(
-        "\r[{}{}] {done}/{total} {name}\x1b[K",
-        "#".repeat(filled),
-        " ".repeat(WIDTH - filled)
-    );
-    let _ = std::io::stderr().flush();
-}
-
-/// Erases the progress bar.
-pub(super) fn clear_progress() {
-    eprint!("\r\x1b[K");
-    let _ = std::io::stderr().flush();
 }
