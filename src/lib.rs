@@ -41,3 +41,16 @@ pub mod vfs;
 #[cfg(all(doctest, feature = "full"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The book's Rust examples (`docs/src`), compiled and run as doctests like the README's.
+#[cfg(all(doctest, feature = "full"))]
+pub mod book_doctests {
+    #[doc = include_str!("../docs/src/library/rust.md")]
+    pub struct LibraryRust;
+    #[doc = include_str!("../docs/src/library/actors.md")]
+    pub struct LibraryActors;
+    #[doc = include_str!("../docs/src/library/history.md")]
+    pub struct LibraryHistory;
+    #[doc = include_str!("../docs/src/stores/custom.md")]
+    pub struct StoresCustom;
+}

@@ -1,6 +1,6 @@
 //! Every number the actor layer names, checked against what was measured around it:
 //!
-//! - the startup gauges: the README's table is `actor::startup::STARTUP_GAUGES`, a new actor's
+//! - the startup gauges: the book's table (docs/src/library/actors.md) is `actor::startup::STARTUP_GAUGES`, a new actor's
 //!   and a wake's documents hold exactly the names it gives them, and every count equals what a
 //!   `CountingStore` around the actor's store and `Database::snapshot()` measured over the start;
 //!   an over-budget wake is counted alone on the outer store (1 round trip) and its background
@@ -76,9 +76,12 @@ fn value_len(mem: &MemoryStore, actor: &str, key: &[u8]) -> u64 {
 }
 
 #[test]
-fn the_readme_table_of_startup_gauges_is_the_code_list() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+fn the_book_table_of_startup_gauges_is_the_code_list() {
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/src/library/actors.md"
+    ))
+    .expect("docs/src/library/actors.md");
     let begin = readme
         .find("<!-- startup-gauges: begin -->")
         .expect("the begin marker");

@@ -59,7 +59,7 @@ pub enum GaugeWhen {
 }
 
 impl GaugeWhen {
-    /// The condition in words, as the README's table of startup gauges shows it.
+    /// The condition in words, as the book's table of startup gauges shows it.
     pub fn describe(self) -> String {
         match self {
             GaugeWhen::Always => "always".into(),
@@ -86,8 +86,8 @@ impl GaugeWhen {
 }
 
 /// Every startup gauge of [`crate::actor::Actor::metrics`], with when it is there: the one list
-/// the code, the README's table (section "Actors") and the tests share
-/// (`tests/actor_numbers.rs` keeps the README equal to it and the documents equal to it).
+/// the code, the book's table (docs/src/library/actors.md) and the tests share
+/// (`tests/actor_numbers.rs` keeps that table equal to it and the documents equal to it).
 pub const STARTUP_GAUGES: &[(&str, GaugeWhen)] = &[
     ("startup_internal_check_persist_data_ms", GaugeWhen::Always),
     ("startup_internal_preload_kv_ms", GaugeWhen::Always),
