@@ -222,7 +222,12 @@ fn a_format_1_store_opens_reads_right_and_starts_its_history_at_its_next_commit(
     let chunks: Vec<Vec<u8>> = keys(&store)
         .entries
         .into_iter()
-        .filter(|(k, _)| matches!(layout::parse_key(k), Some(ParsedKey::Chunk(FileKind::Main, _))))
+        .filter(|(k, _)| {
+            matches!(
+                layout::parse_key(k),
+                Some(ParsedKey::Chunk(FileKind::Main, _))
+            )
+        })
         .map(|(_, v)| v)
         .collect();
     assert!(chunks.iter().any(|v| v.len() < 4096) && chunks.iter().any(|v| v.len() == 4096));

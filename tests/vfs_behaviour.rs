@@ -91,7 +91,11 @@ fn layout_is_pinned() {
     // mostly empty pages compress), length and bytes.
     // The two pages, decoded from their values (format 3: `01` ‖ an LZ4 block, used because
     // these mostly empty pages compress).
-    let chunk = |i: usize| kvsqlite::vfs::codec::decode(&kv[i].1, 4096).unwrap().into_owned();
+    let chunk = |i: usize| {
+        kvsqlite::vfs::codec::decode(&kv[i].1, 4096)
+            .unwrap()
+            .into_owned()
+    };
     let part = &kv[6].1;
     let entries = kvsqlite::vfs::history::record::part_entries(2, part).unwrap();
     assert_eq!(entries.len(), 2);
@@ -166,9 +170,7 @@ fn page_sizes_work_or_are_refused_clearly() {
             .unwrap();
         assert_eq!(n, 200);
         assert_integrity(&db);
-        assert!(chunks_of(&m, &actor)
-            .iter()
-            .all(|(_, v)| is_page(v, ps)));
+        assert!(chunks_of(&m, &actor).iter().all(|(_, v)| is_page(v, ps)));
     }
     for ps in [0u32, 256, 1000, 131072] {
         let opts = OpenOptions {
@@ -276,9 +278,7 @@ fn page_size_pragma_before_the_first_write_works_as_in_stock_sqlite() {
         assert_eq!(ours, theirs, "page size {ps}");
         assert_eq!(ours[3], Ok(Some(format!("Integer({ps})"))));
         // The store holds pages of the new size, and a reopen (a restart) reads them back.
-        assert!(chunks_of(&m, &actor)
-            .iter()
-            .all(|(_, v)| is_page(v, ps)));
+        assert!(chunks_of(&m, &actor).iter().all(|(_, v)| is_page(v, ps)));
         let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
         assert_eq!(db.page_size(), ps);
         let (got, ok, sum): (i64, String, i64) = db

@@ -131,7 +131,10 @@ fn every_page_kind_round_trips_through_its_compressed_value() {
     let mut kinds = std::collections::BTreeSet::new();
     for (i, v) in &chunks {
         let page = codec::decode(v, cs).unwrap();
-        assert!(page.as_ref() == &p.db.read_page(*i).unwrap()[..], "page {i}");
+        assert!(
+            page.as_ref() == &p.db.read_page(*i).unwrap()[..],
+            "page {i}"
+        );
         if codec::is_compressed(v, cs) {
             compressed += 1;
         } else {
@@ -144,13 +147,20 @@ fn every_page_kind_round_trips_through_its_compressed_value() {
     }
     // Interior and leaf pages of table and index B-trees.
     for kind in [0x02, 0x05, 0x0a, 0x0d] {
-        assert!(kinds.contains(&kind), "no page of kind {kind:#04x}: {kinds:?}");
+        assert!(
+            kinds.contains(&kind),
+            "no page of kind {kind:#04x}: {kinds:?}"
+        );
     }
     let freelist = u32::from_be_bytes(file[36..40].try_into().unwrap());
     assert!(freelist > 10, "{freelist} free pages");
     // The random overflow pages do not compress: stored as they are.
     assert!(raw >= 12, "{raw} raw of {}", chunks.len());
-    assert!(compressed > chunks.len() / 2, "{compressed} of {}", chunks.len());
+    assert!(
+        compressed > chunks.len() / 2,
+        "{compressed} of {}",
+        chunks.len()
+    );
     // The decoded chunks are the database file.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decoded.db");
@@ -206,7 +216,10 @@ fn incompressible_pages_are_stored_raw_with_exact_byte_counts() {
         stored += v.len();
     }
     // Page 1 (the schema) and the table's leaf compress; the full overflow pages do not.
-    assert!(raw >= 2 && compressed >= 2, "{raw} raw, {compressed} compressed");
+    assert!(
+        raw >= 2 && compressed >= 2,
+        "{raw} raw, {compressed} compressed"
+    );
     assert_eq!(d.page_image_bytes, pages * 4096);
     assert_eq!(d.page_stored_bytes, stored as u64);
     // The write sent the chunks and the metadata record: keys and values, nothing else.
@@ -285,10 +298,7 @@ fn a_mixed_store_of_format_2_raw_values_and_compressed_ones_reads_like_the_oracl
             "UPDATE t SET v = ?1 WHERE id % 50 = ?2",
             &[format!("round {round}").into(), round.into()],
         );
-        p.run(
-            "INSERT INTO t(v, b) VALUES ('new', zeroblob(3000))",
-            &[],
-        );
+        p.run("INSERT INTO t(v, b) VALUES ('new', zeroblob(3000))", &[]);
         p.same();
     }
     let Pair { db, oracle, _dir } = p;
@@ -364,11 +374,20 @@ fn corrupt_compressed_pages_are_a_clear_corruption_error() {
         let e = db
             .query_row("SELECT x FROM t", [], |r| r.get::<_, String>(0))
             .unwrap_err();
-        assert_eq!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt), "{what}: {e}");
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DatabaseCorrupt),
+            "{what}: {e}"
+        );
         drop(db);
         // The reason, as the VFS says it.
         let kv = kvsqlite::kv::ActorKv::new(store.clone(), "bad").unwrap();
-        let v = kv.get(&[key.clone()]).unwrap().pop().flatten().unwrap();
+        let v = kv
+            .get(std::slice::from_ref(&key))
+            .unwrap()
+            .pop()
+            .flatten()
+            .unwrap();
         let err = codec::decode(&v, 4096).unwrap_err();
         assert!(err.0.contains(says), "{what}: {err}");
     }
@@ -403,8 +422,14 @@ fn compression_adds_no_round_trip_to_a_commit_or_an_open() {
         drop(db);
         let kv0 = counting.snapshot();
         let db = open_database(counting.shared(), &actor, &opts).unwrap();
-        let n: i64 = db.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 20);
-        assert_eq!((counting.snapshot() - kv0).round_trips(), 1, "reopen and read");
+        assert_eq!(
+            (counting.snapshot() - kv0).round_trips(),
+            1,
+            "reopen and read"
+        );
     }
 }

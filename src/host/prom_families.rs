@@ -300,12 +300,16 @@ impl Families {
         add(&self.readahead_prefetched, d.readahead_prefetched);
         add(&self.readahead_used, d.readahead_used);
         add(&self.readahead_wasted, d.readahead_wasted);
-        let sizes = [
-            d.page_image_bytes,
-            d.page_stored_bytes,
-            d.history_image_bytes,
-            d.history_stored_bytes,
-        ];
+        let sizes = if moved {
+            [0; 4]
+        } else {
+            [
+                d.page_image_bytes,
+                d.page_stored_bytes,
+                d.history_image_bytes,
+                d.history_stored_bytes,
+            ]
+        };
         for (c, n) in self.compression.iter().zip(sizes) {
             add(c, n);
         }

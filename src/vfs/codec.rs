@@ -79,7 +79,8 @@ pub fn decode_owned(value: Vec<u8>, chunk_size: usize) -> Result<Vec<u8>, Layout
 /// the LZ4 tag), without decompressing it: a cheap filter before a value is kept for later
 /// ([`decode`] still checks it when it is read).
 pub fn plausible(value: &[u8], chunk_size: usize) -> bool {
-    value.len() == chunk_size || (value.len() > 1 && value.len() < chunk_size && value[0] == TAG_LZ4)
+    value.len() == chunk_size
+        || (value.len() > 1 && value.len() < chunk_size && value[0] == TAG_LZ4)
 }
 
 /// True when `value` is stored compressed (shorter than a page, with the tag).
@@ -123,9 +124,15 @@ mod tests {
         assert!(decode(&[], 4096).is_err());
         let mut tag = enc.clone();
         tag[0] = 9;
-        assert!(decode(&tag, 4096).unwrap_err().0.contains("unknown encoding"));
+        assert!(decode(&tag, 4096)
+            .unwrap_err()
+            .0
+            .contains("unknown encoding"));
         // A valid block of the wrong length (decoded as a smaller page).
-        assert!(decode(&enc, 8192).unwrap_err().0.contains("decodes to 4096"));
+        assert!(decode(&enc, 8192)
+            .unwrap_err()
+            .0
+            .contains("decodes to 4096"));
         // Truncated and garbled blocks.
         for cut in 1..enc.len() {
             let _ = decode(&enc[..cut], 4096);

@@ -43,11 +43,9 @@ impl DbState {
             let page1 = match inner.cache.peek((FileKind::Main, 0)) {
                 Some(p) => Some(p.to_vec()),
                 None => match inner.preload.as_ref().map(|p| p.lookup(&key)) {
-                    Some(Lookup::Found(p)) => {
-                        codec::decode(p, inner.main.meta.chunk_size as usize)
-                            .ok()
-                            .map(|p| p.into_owned())
-                    }
+                    Some(Lookup::Found(p)) => codec::decode(p, inner.main.meta.chunk_size as usize)
+                        .ok()
+                        .map(|p| p.into_owned()),
                     _ => None,
                 },
             };

@@ -211,7 +211,11 @@ impl DbState {
             let v = match codec::decode_owned(v, cs) {
                 Ok(d) => d,
                 Err(e) if pos == 0 => {
-                    return Err(VfsError::Corrupt(format!("{} chunk {i}: {}", kind.name(), e.0)))
+                    return Err(VfsError::Corrupt(format!(
+                        "{} chunk {i}: {}",
+                        kind.name(),
+                        e.0
+                    )))
                 }
                 Err(_) => continue, // reported when (if) it is read
             };
