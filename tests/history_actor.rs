@@ -204,7 +204,8 @@ fn a_format_1_store_opens_reads_right_and_starts_its_history_at_its_next_commit(
         before,
         "reading wrote nothing under the VFS prefix"
     );
-    // The first commit upgrades the metadata to format 2 and writes a base image of every page.
+    // The first commit upgrades the metadata to format 3 (pages it writes may be compressed)
+    // and writes a base image of every page.
     a.db()
         .execute("DELETE FROM notes WHERE id > 3", [])
         .unwrap();
@@ -215,7 +216,21 @@ fn a_format_1_store_opens_reads_right_and_starts_its_history_at_its_next_commit(
         .flatten()
         .unwrap();
     let meta = Meta::decode(FileKind::Main, &raw).unwrap();
-    assert_eq!((raw[0], meta.seq, meta.hist_start), (2, 1, 1));
+    assert_eq!((raw[0], meta.seq, meta.hist_start), (3, 1, 1));
+    // The pages that commit wrote are compressed; the others are still the raw values the
+    // format-1 build wrote, and both read back (below).
+    let chunks: Vec<Vec<u8>> = keys(&store)
+        .entries
+        .into_iter()
+        .filter(|(k, _)| {
+            matches!(
+                layout::parse_key(k),
+                Some(ParsedKey::Chunk(FileKind::Main, _))
+            )
+        })
+        .map(|(_, v)| v)
+        .collect();
+    assert!(chunks.iter().any(|v| v.len() < 4096) && chunks.iter().any(|v| v.len() == 4096));
     let bases = keys(&store)
         .entries
         .iter()

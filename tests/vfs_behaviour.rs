@@ -38,6 +38,12 @@ fn chunks_of(m: &MemoryStore, actor: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// True when a stored chunk value holds a page of `ps` bytes (raw, or compressed and decoding
+/// to exactly that).
+fn is_page(v: &[u8], ps: u32) -> bool {
+    kvsqlite::vfs::codec::decode(v, ps as usize).is_ok()
+}
+
 fn code(e: &rusqlite::Error) -> Option<ErrorCode> {
     e.sqlite_error_code()
 }
@@ -72,7 +78,7 @@ fn layout_is_pinned() {
             &[0x08, 0x21, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0][..],
         ]
     );
-    let mut meta = vec![2u8, 0];
+    let mut meta = vec![3u8, 0];
     meta.extend_from_slice(&4096u32.to_be_bytes());
     meta.extend_from_slice(&8192u64.to_be_bytes());
     meta.extend_from_slice(&0u64.to_be_bytes()); // next stage
@@ -83,13 +89,20 @@ fn layout_is_pinned() {
     assert_eq!(kv[0].1, meta);
     // The second commit's part: version, then per page its index, encoding (1: LZ4, these
     // mostly empty pages compress), length and bytes.
+    // The two pages, decoded from their values (format 3: `01` ‖ an LZ4 block, used because
+    // these mostly empty pages compress).
+    let chunk = |i: usize| {
+        kvsqlite::vfs::codec::decode(&kv[i].1, 4096)
+            .unwrap()
+            .into_owned()
+    };
     let part = &kv[6].1;
     let entries = kvsqlite::vfs::history::record::part_entries(2, part).unwrap();
     assert_eq!(entries.len(), 2);
     for (i, (page, enc, data)) in entries.iter().enumerate() {
         assert_eq!((*page, *enc), (i as u32, 1));
         let img = kvsqlite::vfs::history::record::decode_image(*enc, data, 4096).unwrap();
-        assert_eq!(img, kv[1 + i].1, "the image is the page");
+        assert!(img == chunk(1 + i), "the image is the page");
     }
     // Its header: version, flags, time, size, chunk size, bytes, 1 part, 2 pages (0 and 1),
     // 2 pages in the part.
@@ -109,9 +122,17 @@ fn layout_is_pinned() {
         &part[..10],
         &[1, 0, 0, 0, 0, 1, 0, 0, 0, entries[0].2.len() as u8][..]
     );
-    assert_eq!(kv[1].1.len(), 4096);
-    assert_eq!(&kv[1].1[..16], b"SQLite format 3\0");
-    assert_eq!(kv[2].1.len(), 4096);
+    for i in [1, 2] {
+        assert_eq!(kv[i].1[0], kvsqlite::vfs::codec::TAG_LZ4);
+        assert_eq!(
+            kv[i].1,
+            kvsqlite::vfs::codec::encode(&chunk(i)).unwrap(),
+            "chunk {i} is its page compressed"
+        );
+        assert!(kv[i].1.len() < 200, "{}", kv[i].1.len());
+    }
+    assert_eq!(&chunk(1)[..16], b"SQLite format 3\0");
+    assert_eq!(chunk(2).len(), 4096);
     assert_eq!(layout::stage_key(1, 2), {
         let mut k = vec![0x08, 0x10];
         k.extend_from_slice(&(u64::MAX - 1).to_be_bytes());
@@ -149,9 +170,7 @@ fn page_sizes_work_or_are_refused_clearly() {
             .unwrap();
         assert_eq!(n, 200);
         assert_integrity(&db);
-        assert!(chunks_of(&m, &actor)
-            .iter()
-            .all(|(_, v)| v.len() == ps as usize));
+        assert!(chunks_of(&m, &actor).iter().all(|(_, v)| is_page(v, ps)));
     }
     for ps in [0u32, 256, 1000, 131072] {
         let opts = OpenOptions {
@@ -259,9 +278,7 @@ fn page_size_pragma_before_the_first_write_works_as_in_stock_sqlite() {
         assert_eq!(ours, theirs, "page size {ps}");
         assert_eq!(ours[3], Ok(Some(format!("Integer({ps})"))));
         // The store holds pages of the new size, and a reopen (a restart) reads them back.
-        assert!(chunks_of(&m, &actor)
-            .iter()
-            .all(|(_, v)| v.len() == ps as usize));
+        assert!(chunks_of(&m, &actor).iter().all(|(_, v)| is_page(v, ps)));
         let db = open_database(m.clone(), &actor, &OpenOptions::default()).unwrap();
         assert_eq!(db.page_size(), ps);
         let (got, ok, sum): (i64, String, i64) = db
@@ -438,7 +455,7 @@ fn page_size_pragma_is_refused_clearly_when_it_cannot_work() {
     db.execute_batch("INSERT INTO t VALUES (1)").unwrap();
     let got: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
     assert_eq!(got, 8192);
-    assert!(chunks_of(&m, "txn").iter().all(|(_, v)| v.len() == 8192));
+    assert!(chunks_of(&m, "txn").iter().all(|(_, v)| is_page(v, 8192)));
 }
 
 #[test]

@@ -350,7 +350,9 @@ fn page_size_pragma_before_the_first_write_costs_nothing_and_the_first_commit_on
             5,
             "metadata, page 1 (schema), page 2 (the table), the history header and part"
         );
-        assert!(stored[1..3].iter().all(|(_, _, v)| v.len() == ps as usize));
+        assert!(stored[1..3]
+            .iter()
+            .all(|(_, _, v)| kvsqlite::vfs::codec::decode(v, ps as usize).is_ok()));
         let before = Meter::start(&db);
         db.execute("INSERT INTO t VALUES (zeroblob(100))", [])
             .unwrap();

@@ -532,6 +532,16 @@ impl Actor {
             "Bytes of those page images as stored (LZ4 where smaller)",
             s.history_stored_bytes,
         );
+        doc.counter(
+            "page_image_bytes",
+            "Bytes of the current database's pages sent to the store, before compression",
+            s.page_image_bytes,
+        );
+        doc.counter(
+            "page_stored_bytes",
+            "Bytes of those pages as sent and stored (LZ4 where smaller)",
+            s.page_stored_bytes,
+        );
         doc
     }
 

@@ -519,7 +519,7 @@ fn read_wake(
                 let live = meta.live_key(idx);
                 if h.startup.contains(&idx)
                     && (idx as u64) < meta.chunk_count()
-                    && v.len() == meta.chunk_size as usize
+                    && crate::vfs::codec::plausible(v, meta.chunk_size as usize)
                     && matches!(preload.lookup(&live), Lookup::NotPreloaded)
                 {
                     preload.add_entry(live, v.clone());
@@ -895,7 +895,10 @@ pub(super) fn sleep_hints(
         }
         if let Ok(page) = db.read_page(idx) {
             startup.push(idx);
-            bytes += cs;
+            // Stored like the page itself: compressed when shorter (the wake's preload holds
+            // it under the page's live key, where the VFS decodes it).
+            let page = crate::vfs::codec::encode(&page).unwrap_or(page);
+            bytes += page.len();
             entries.push((records::startup_copy_key(idx), page));
         }
     }

@@ -96,7 +96,8 @@ enum BenchCommand {
     /// `kvsqlite::bench::http`).
     Http(HttpArgs),
     /// History: restoring the last commit and one 1,000 commits back, forking an 8 MB actor,
-    /// and a small commit's bytes with history on and off (see `kvsqlite::bench::history`).
+    /// a small commit's bytes with history and page compression on and off, and speedtest1's
+    /// round trips and bytes in those configurations (see `kvsqlite::bench::history`).
     History {
         /// Commits between the second restore's target and now.
         #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -104,6 +105,10 @@ enum BenchCommand {
         /// Rows of 4,000 bytes in the forked actor (2,000: about 8 MB).
         #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
         fork_rows: u64,
+        /// A speedtest1 script to replay with history on and off, page compression on and
+        /// off (round trips and KV bytes written); said plainly when absent. `none` skips it.
+        #[arg(long, default_value = "../shared/corpus/speedtest1/main_size10.sql")]
+        speedtest: String,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -258,10 +263,11 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
         BenchCommand::History {
             back,
             fork_rows,
+            speedtest,
             json,
         } => super::finish(
             "bench history",
-            bench_history(global, back, fork_rows, json),
+            bench_history(global, back, fork_rows, &speedtest, json),
         ),
         BenchCommand::Speedtest { file, runs, json } => super::finish(
             "bench speedtest",
@@ -496,9 +502,20 @@ fn actors_table(r: &ActorsReport) -> String {
     s
 }
 
-fn bench_history(global: &GlobalArgs, back: u64, fork_rows: u64, json: bool) -> Result<i32, Stop> {
+fn bench_history(
+    global: &GlobalArgs,
+    back: u64,
+    fork_rows: u64,
+    speedtest: &str,
+    json: bool,
+) -> Result<i32, Stop> {
     let store = global.open_store()?;
-    let plan = kvsqlite::bench::history::HistoryPlan { back, fork_rows };
+    let speedtest = (speedtest != "none").then(|| std::path::PathBuf::from(speedtest));
+    let plan = kvsqlite::bench::history::HistoryPlan {
+        back,
+        fork_rows,
+        speedtest,
+    };
     let r = kvsqlite::bench::history::run(&store, &plan)?;
     print_report(json, r.to_json(), || r.table())
 }

@@ -141,8 +141,8 @@ fn history(global: &GlobalArgs, args: HistoryArgs) -> Result<i32, Stop> {
     if args.compact {
         let r = actor.compact_history().map_err(|e| e.to_string())?;
         eprintln!(
-            "compacted: {} records deleted, {} base images written, {} records ({} bytes) kept",
-            r.records_deleted, r.base_images, r.records_kept, r.bytes_kept
+            "compacted: {} records deleted, {} base images written, {} records ({} bytes) kept, {} orphan parts deleted",
+            r.records_deleted, r.base_images, r.records_kept, r.bytes_kept, r.orphan_parts
         );
     }
     let commits = actor.history().map_err(|e| e.to_string())?;

@@ -112,6 +112,8 @@ pub struct Families {
     readahead_prefetched: AtomicU64,
     readahead_used: AtomicU64,
     readahead_wasted: AtomicU64,
+    /// Page images before and after compression: current pages, then the history's.
+    compression: [AtomicU64; 4],
     phases: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     moved: AtomicU64,
     statements: AtomicU64,
@@ -135,6 +137,7 @@ impl Default for Families {
             readahead_prefetched: AtomicU64::new(0),
             readahead_used: AtomicU64::new(0),
             readahead_wasted: AtomicU64::new(0),
+            compression: Default::default(),
             phases: Mutex::new(BTreeMap::new()),
             moved: AtomicU64::new(0),
             statements: AtomicU64::new(0),
@@ -297,6 +300,19 @@ impl Families {
         add(&self.readahead_prefetched, d.readahead_prefetched);
         add(&self.readahead_used, d.readahead_used);
         add(&self.readahead_wasted, d.readahead_wasted);
+        let sizes = if moved {
+            [0; 4]
+        } else {
+            [
+                d.page_image_bytes,
+                d.page_stored_bytes,
+                d.history_image_bytes,
+                d.history_stored_bytes,
+            ]
+        };
+        for (c, n) in self.compression.iter().zip(sizes) {
+            add(c, n);
+        }
     }
 
     /// The awake actors the host holds figures for, sorted by id.
@@ -482,6 +498,22 @@ impl Families {
             "Read-ahead pages dropped without being read.",
             &self.readahead_wasted,
         );
+        let name = "kvsqlite_compression_bytes_total";
+        head(
+            out,
+            name,
+            "counter",
+            "Bytes of page images written, by what (page: the current database's pages; history: its redo records and base images) and side (before or after LZ4, which is used only where it is shorter).",
+        );
+        for (i, c) in self.compression.iter().enumerate() {
+            let what = ["page", "history"][i / 2];
+            let side = ["before", "after"][i % 2];
+            let _ = writeln!(
+                out,
+                "{name}{{what=\"{what}\",side=\"{side}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
         let name = "kvsqlite_wake_phase_duration_seconds";
         head(
             out,

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::cache::PageCache;
+use super::codec;
 use super::fence::{FenceSpec, MovingFence};
 use super::history::HistoryOptions;
 use super::hold::Held;
@@ -131,6 +132,8 @@ pub struct StateOptions {
     pub history: HistoryOptions,
     /// Queue each one-put commit and return (see [`super::OpenOptions::pipelined`]).
     pub pipelined: bool,
+    /// Send page values LZ4-compressed where that is shorter (see [`super::codec`]).
+    pub compress: bool,
 }
 
 impl Default for StateOptions {
@@ -146,6 +149,7 @@ impl Default for StateOptions {
             batch_atomic: true,
             history: HistoryOptions::default(),
             pipelined: false,
+            compress: true,
         }
     }
 }
@@ -360,7 +364,8 @@ pub type Fingerprint = Option<u64>;
 /// lock is held, so calls are in commit order).
 pub type CommitHook = Box<dyn Fn(Fingerprint) + Send + Sync>;
 
-/// FNV-1a over the main file's stored metadata (absent or its bytes) and page 1's bytes.
+/// FNV-1a over the main file's stored metadata (absent or its bytes) and page 1 (decoded: the
+/// same page stored raw or compressed has one fingerprint).
 fn fingerprint_of(meta: Option<&[u8]>, page1: Option<&[u8]>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -391,7 +396,10 @@ pub fn preload_fingerprint(p: &Preload) -> Fingerprint {
         Lookup::Found(raw) => {
             let meta = Meta::decode(FileKind::Main, raw).ok()?;
             match p.lookup(&meta.live_key(0)) {
-                Lookup::Found(page1) => Some(fingerprint_of(Some(raw), Some(page1))),
+                Lookup::Found(page1) => {
+                    let page1 = codec::decode(page1, meta.chunk_size as usize).ok()?;
+                    Some(fingerprint_of(Some(raw), Some(&page1)))
+                }
                 _ => None,
             }
         }
@@ -575,7 +583,11 @@ impl DbState {
         let mut used_prefetch = 0;
         let mut main = main;
         for (i, v) in prefetched {
-            if (i as u64) < count && !main.meta.overlay.contains_key(&i) && v.len() == main.cs() {
+            // A malformed chunk is left out here and reported when (if) it is read.
+            let Ok(v) = codec::decode_owned(v, main.cs()) else {
+                continue;
+            };
+            if (i as u64) < count && !main.meta.overlay.contains_key(&i) {
                 cache.insert((FileKind::Main, i), v, i != 0);
                 used_prefetch += (i != 0) as u64;
                 // A miss right after the chunks the open fetched continues their run.

@@ -9,24 +9,25 @@
 //! | key | bytes | value |
 //! |---|---|---|
 //! | metadata of file `tag` | `08 tag 00` | [`Meta`] (below) |
-//! | chunk `i` of file `tag` | `08 tag 01 i:u32be` | exactly `chunk_size` bytes |
-//! | staged page `i` of stage `s` | `08 10 (!s):u64be i:u32be` | exactly `chunk_size` bytes |
+//! | chunk `i` of file `tag` | `08 tag 01 i:u32be` | a page value: `chunk_size` bytes, or fewer compressed |
+//! | staged page `i` of stage `s` | `08 10 (!s):u64be i:u32be` | a page value, like a chunk |
 //!
 //! File tags: `00` the main database, `01` its rollback journal. Keys sort as: main metadata,
 //! main chunks in page order (page 1 is chunk 0), journal metadata, journal chunks, stages.
 //! A stage id is stored inverted (`!s`, i.e. `u64::MAX - s`) so that the newest stage sorts
 //! first: a list of the stage area with limit 1 finds an unfinished stage.
 //!
-//! Chunk `i` holds file bytes `[i*chunk_size, (i+1)*chunk_size)`; a chunk is always stored at
-//! full length, zero-padded past the end of the file. Every chunk below
+//! Chunk `i` holds file bytes `[i*chunk_size, (i+1)*chunk_size)`, zero-padded past the end of
+//! the file, as a *page value* ([`crate::vfs::codec`]): exactly `chunk_size` bytes as they are,
+//! or (format 3) `01` ‖ an LZ4 block of them when that is shorter. Every chunk below
 //! `ceil(size / chunk_size)` must exist (a missing one is corruption); chunks at or past that
 //! count are ignored (a crash may leave some; they are overwritten or deleted later).
 //!
-//! # Metadata value (format version 2), big-endian
+//! # Metadata value (format version 3; version 2 has the same bytes), big-endian
 //!
 //! | offset | size | field |
 //! |---|---|---|
-//! | 0 | 1 | format version, `2` |
+//! | 0 | 1 | format version, `3` (`2`: every page value is raw) |
 //! | 1 | 1 | file tag (must equal the key's) |
 //! | 2 | 4 | chunk size: a power of two, 512..=65536 |
 //! | 6 | 8 | file size in bytes |
@@ -53,9 +54,13 @@ use crate::kv::{Key, KeyRange, ListRequest, ReadOp};
 
 /// The byte every VFS key starts with.
 pub const PREFIX: u8 = 0x08;
-/// The metadata format version this build writes (it reads this one and
-/// [`FORMAT_VERSION_1`]).
-pub const FORMAT_VERSION: u8 = 2;
+/// The metadata format version this build writes (it reads this one, [`FORMAT_VERSION_2`] and
+/// [`FORMAT_VERSION_1`]). Version 3 is version 2's record; what it adds is that page values may
+/// be compressed (see [`crate::vfs::codec`]), so a build that reads only 1 and 2 refuses it
+/// instead of misreading a compressed page.
+pub const FORMAT_VERSION: u8 = 3;
+/// The second format version (history; every page value raw): read, never written.
+pub const FORMAT_VERSION_2: u8 = 2;
 /// The first format version: read (a database written by an older build), never written.
 pub const FORMAT_VERSION_1: u8 = 1;
 /// File tag of the main database file.
@@ -76,7 +81,7 @@ const KIND_CHUNK: u8 = 0x01;
 pub const MIN_CHUNK_SIZE: u32 = 512;
 /// Largest supported chunk (page) size.
 pub const MAX_CHUNK_SIZE: u32 = 65536;
-/// Bytes of the metadata value before the overlay groups (format version 2).
+/// Bytes of the metadata value before the overlay groups (format versions 2 and 3).
 pub const META_HEADER_LEN: usize = 50;
 /// Bytes of a format-1 metadata value before the overlay groups.
 pub const META_HEADER_LEN_V1: usize = 26;
@@ -330,7 +335,7 @@ impl Meta {
         META_HEADER_LEN + groups.len() * 12 + self.overlay.len() * 4
     }
 
-    /// Encodes the value (format version 2).
+    /// Encodes the value (format version 3).
     pub fn encode(&self) -> Vec<u8> {
         let mut groups: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
         for (&page, &stage) in &self.overlay {
@@ -356,16 +361,16 @@ impl Meta {
         out
     }
 
-    /// Decodes and validates a value stored under `file`'s metadata key (format version 2, or
-    /// 1 with seq, time and history start 0).
+    /// Decodes and validates a value stored under `file`'s metadata key (format version 3 or 2,
+    /// or 1 with seq, time and history start 0).
     pub fn decode(file: FileKind, bytes: &[u8]) -> Result<Meta, LayoutError> {
         let err = |m: String| Err(LayoutError(format!("{} metadata: {m}", file.name())));
         let header = match bytes.first() {
-            Some(&FORMAT_VERSION) => META_HEADER_LEN,
+            Some(&FORMAT_VERSION | &FORMAT_VERSION_2) => META_HEADER_LEN,
             Some(&FORMAT_VERSION_1) => META_HEADER_LEN_V1,
             Some(v) => {
                 return err(format!(
-                    "format version {v} (this build reads versions {FORMAT_VERSION_1} and {FORMAT_VERSION})"
+                    "format version {v} (this build reads versions {FORMAT_VERSION_1} to {FORMAT_VERSION})"
                 ))
             }
             None => return err("empty value".into()),
@@ -498,8 +503,13 @@ pub struct FileSummary {
     pub meta: Option<Result<Meta, LayoutError>>,
     /// Chunk keys present.
     pub chunks: u64,
-    /// Chunk keys present whose value is not exactly one chunk long.
+    /// Chunk keys present whose value is no page of the chunk size (neither exactly one chunk
+    /// long nor a compressed page that decodes to one).
     pub bad_chunks: u64,
+    /// Chunk keys inside the size stored compressed (see [`crate::vfs::codec`]).
+    pub compressed_chunks: u64,
+    /// Bytes of the chunk values inside the size as stored.
+    pub stored_bytes: u64,
     /// Chunk keys present at or past the chunk count (left over, ignored).
     pub chunks_past_end: u64,
     /// Chunks inside the size with no live key (neither chunk key nor overlay stage key).
@@ -528,13 +538,15 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
             meta: None,
             chunks: 0,
             bad_chunks: 0,
+            compressed_chunks: 0,
+            stored_bytes: 0,
             chunks_past_end: 0,
             missing_chunks: 0,
         })
         .collect();
     let mut stages: BTreeMap<u64, u64> = BTreeMap::new();
     let mut stage_keys = std::collections::BTreeSet::new();
-    let mut chunk_keys: BTreeMap<FileKind, Vec<(u32, usize)>> = BTreeMap::new();
+    let mut chunk_keys: BTreeMap<FileKind, Vec<(u32, &[u8])>> = BTreeMap::new();
     let mut unknown_keys = 0;
     let mut history_keys = 0;
     for (k, v) in entries {
@@ -542,7 +554,7 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
             Some(ParsedKey::Meta(f)) => {
                 files[f as usize].meta = Some(Meta::decode(f, v));
             }
-            Some(ParsedKey::Chunk(f, i)) => chunk_keys.entry(f).or_default().push((i, v.len())),
+            Some(ParsedKey::Chunk(f, i)) => chunk_keys.entry(f).or_default().push((i, v)),
             Some(ParsedKey::Stage(s, i)) => {
                 *stages.entry(s).or_default() += 1;
                 stage_keys.insert((s, i));
@@ -560,11 +572,17 @@ pub fn summarize(entries: &[(Key, Vec<u8>)]) -> LayoutSummary {
         let Some(meta) = meta else { continue };
         let count = meta.chunk_count();
         let present: std::collections::BTreeSet<u32> = chunks.iter().map(|c| c.0).collect();
-        for (i, len) in &chunks {
+        let cs = meta.chunk_size as usize;
+        for (i, v) in &chunks {
             if *i as u64 >= count {
                 fs.chunks_past_end += 1;
-            } else if *len != meta.chunk_size as usize {
+                continue;
+            }
+            fs.stored_bytes += v.len() as u64;
+            if crate::vfs::codec::decode(v, cs).is_err() {
                 fs.bad_chunks += 1;
+            } else if crate::vfs::codec::is_compressed(v, cs) {
+                fs.compressed_chunks += 1;
             }
         }
         for i in 0..count {
@@ -599,13 +617,15 @@ pub fn describe(s: &LayoutSummary) -> String {
             )),
             Some(Err(e)) => out.push_str(&format!("{:<8} {e}\n", f.file.name())),
             Some(Ok(m)) => out.push_str(&format!(
-                "{:<8} size {} bytes, chunk size {}, {} chunks ({} in stages), {} chunk keys, {} missing, {} malformed, {} past the end\n",
+                "{:<8} size {} bytes, chunk size {}, {} chunks ({} in stages), {} chunk keys ({} compressed, {} bytes stored), {} missing, {} malformed, {} past the end\n",
                 f.file.name(),
                 m.size,
                 m.chunk_size,
                 m.chunk_count(),
                 m.overlay.len(),
                 f.chunks,
+                f.compressed_chunks,
+                f.stored_bytes,
                 f.missing_chunks,
                 f.bad_chunks,
                 f.chunks_past_end
@@ -673,8 +693,12 @@ mod tests {
         assert_eq!(Meta::decode(FileKind::Main, &bytes), Ok(m.clone()));
         assert!(Meta::decode(FileKind::Journal, &bytes).is_err());
         let mut bad = bytes.clone();
-        bad[0] = 3;
+        bad[0] = 4;
         assert!(Meta::decode(FileKind::Main, &bad).is_err());
+        // Format 2 (the same record, every page raw) still reads.
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert_eq!(Meta::decode(FileKind::Main, &v2), Ok(m.clone()));
         // Format 1: no seq, time or history start.
         let mut v1 = vec![1u8, 0];
         v1.extend_from_slice(&4096u32.to_be_bytes());
@@ -683,9 +707,11 @@ mod tests {
         v1.extend_from_slice(&0u32.to_be_bytes());
         let d = Meta::decode(FileKind::Main, &v1).unwrap();
         assert_eq!((d.size, d.seq, d.time_ms, d.hist_start), (8192, 0, 0, 0));
-        let mut v1_as_v2 = v1.clone();
-        v1_as_v2[0] = 2;
-        assert!(Meta::decode(FileKind::Main, &v1_as_v2).is_err());
+        for v in [2, 3] {
+            let mut v1_as_v2 = v1.clone();
+            v1_as_v2[0] = v;
+            assert!(Meta::decode(FileKind::Main, &v1_as_v2).is_err());
+        }
         let mut h = m.clone();
         h.seq = 5;
         h.hist_start = 6;

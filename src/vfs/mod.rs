@@ -34,6 +34,7 @@
 //!   commit of the retention window, with no round trip added to a commit or an open.
 
 pub mod cache;
+pub mod codec;
 pub mod commit;
 pub mod fence;
 mod ffi;
@@ -364,6 +365,12 @@ pub struct OpenOptions {
     /// truncation and history reads wait for the pipeline first and stay synchronous. Taken
     /// from the open that creates the database's shared state.
     pub pipelined: bool,
+    /// Compress each page value sent to the store with LZ4 when that makes it shorter
+    /// (default `true`; see [`codec`]): on the wire and at rest. `false` sends pages as they
+    /// are (a baseline for benchmarks). Either way every page value read is decoded, so a
+    /// database holds raw and compressed pages side by side. Taken from the open that creates
+    /// the database's shared state.
+    pub compress_pages: bool,
 }
 
 impl Default for OpenOptions {
@@ -383,6 +390,7 @@ impl Default for OpenOptions {
             batch_atomic: true,
             history: history::HistoryOptions::default(),
             pipelined: false,
+            compress_pages: true,
         }
     }
 }
@@ -591,8 +599,10 @@ impl Database {
         self.state.prefetch_plan(pages)
     }
 
-    /// Offers pages fetched in the background: cached only when nothing was written since the
-    /// plan's sequence, never over a page the cache holds. Returns how many were taken.
+    /// Offers pages fetched in the background, values as the store holds them (raw or
+    /// compressed, see [`codec`]; a malformed one is not taken): cached only when nothing was
+    /// written since the plan's sequence, never over a page the cache holds. Returns how many
+    /// were taken.
     pub fn offer_pages(&self, seq: u64, pages: Vec<(u32, Vec<u8>)>) -> usize {
         self.state.offer_pages(seq, pages)
     }
@@ -788,6 +798,7 @@ pub fn open_database(
         batch_atomic: opts.batch_atomic,
         history: opts.history.clone(),
         pipelined: opts.pipelined,
+        compress: opts.compress_pages,
         ..StateOptions::default()
     };
     let state = db_state(

@@ -85,6 +85,11 @@ stats! {
     history_image_bytes,
     /// The same images as stored (LZ4 where that was smaller, else as they are).
     history_stored_bytes,
+    /// Bytes of the current database's pages (chunk and stage values) sent to the store,
+    /// before compression.
+    page_image_bytes,
+    /// The same pages as sent and stored (LZ4 where that was smaller, else as they are).
+    page_stored_bytes,
 }
 
 impl Stats {

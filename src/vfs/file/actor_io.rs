@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use super::{DbState, Op, VfsError};
 use crate::kv::{Key, WriteBatch};
 use crate::preload::Lookup;
+use crate::vfs::codec;
 use crate::vfs::layout::{self, FileKind, Meta, ParsedKey};
 
 impl DbState {
@@ -86,9 +87,9 @@ impl DbState {
         let mut pages = BTreeMap::new();
         for i in 0..image.chunk_count() {
             let i = u32::try_from(i).map_err(|_| VfsError::TooBig("file too big".into()))?;
-            match held.get(&image.live_key(i)) {
-                Some(v) if v.len() == cs => {
-                    pages.insert(i, v.clone());
+            match held.get(&image.live_key(i)).map(|v| codec::decode(v, cs)) {
+                Some(Ok(v)) => {
+                    pages.insert(i, v.into_owned());
                 }
                 _ => {
                     return Err(VfsError::Corrupt(format!(
@@ -183,13 +184,16 @@ impl DbState {
             };
             let id = (FileKind::Main, idx);
             if (idx as u64) >= count
-                || v.len() != cs
                 || inner.cache.contains(id)
                 || inner.main.pending.contains_key(&idx)
             {
                 continue;
             }
-            inner.cache.insert(id, v.clone(), false);
+            // A malformed value stays out of the cache (the store reports it when read).
+            let Ok(v) = codec::decode(v, cs) else {
+                continue;
+            };
+            inner.cache.insert(id, v.into_owned(), false);
             moved += 1;
         }
         moved
@@ -261,7 +265,11 @@ impl DbState {
         let mut taken = 0;
         for (i, v) in pages {
             let id = (FileKind::Main, i);
-            if v.len() == cs && !inner.cache.contains(id) && !inner.main.pending.contains_key(&i) {
+            if inner.cache.contains(id) || inner.main.pending.contains_key(&i) {
+                continue;
+            }
+            // Values as the store holds them: decoded; a malformed one is not taken.
+            if let Ok(v) = codec::decode_owned(v, cs) {
                 inner.cache.insert(id, v, false);
                 taken += 1;
             }

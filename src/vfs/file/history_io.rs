@@ -115,6 +115,15 @@ impl DbState {
     /// fails with [`VfsError::Moved`] when another instance wrote since: a stale instance can
     /// neither restore, compact nor fork from what it no longer owns.
     fn read_headers(&self) -> Result<Vec<Header>, VfsError> {
+        Ok(self.read_headers_and(None)?.0)
+    }
+
+    /// [`DbState::read_headers`], and the keys of `extra` listed in the same round trip (all
+    /// of them: a rare further page is listed after).
+    fn read_headers_and(
+        &self,
+        extra: Option<ListRequest>,
+    ) -> Result<(Vec<Header>, Vec<Key>), VfsError> {
         let (start, end) = layout::history_area(layout::TAG_HISTORY);
         let mut out = Vec::new();
         let mut from = start;
@@ -128,23 +137,44 @@ impl DbState {
         };
         let fence_key = self.moving.lock().as_ref().map(|m| m.key.clone());
         let mut first = None;
-        if let (Some(key), false) = (fence_key, self.is_held()) {
-            let ops = vec![ReadOp::List(list(from.clone())), ReadOp::Get(vec![key])];
+        let mut extra_keys = Vec::new();
+        let extra = extra.filter(|_| !self.is_held());
+        if fence_key.is_some() && !self.is_held() || extra.is_some() {
+            let mut ops = vec![ReadOp::List(list(from.clone()))];
+            ops.extend(fence_key.iter().map(|k| ReadOp::Get(vec![k.clone()])));
+            ops.extend(extra.iter().map(|r| ReadOp::List(r.clone())));
             let res = {
                 self.settle()?;
                 kv_batch_read(&self.kv, &self.stats, &ops).map_err(super::kv_err(Op::Read))?
             };
             let mut it = res.into_iter();
-            let (Some(ReadResult::List(page)), Some(ReadResult::Get(mut vals))) =
-                (it.next(), it.next())
-            else {
+            let Some(ReadResult::List(page)) = it.next() else {
                 return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
             };
-            let stored = vals.pop().flatten();
-            if let Some(m) = self.moving.lock().as_mut() {
-                if m.resolve(stored.as_deref()).is_err() {
-                    self.moved.store(true, std::sync::atomic::Ordering::SeqCst);
-                    return Err(VfsError::Moved);
+            if fence_key.is_some() {
+                let Some(ReadResult::Get(mut vals)) = it.next() else {
+                    return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
+                };
+                let stored = vals.pop().flatten();
+                if let Some(m) = self.moving.lock().as_mut() {
+                    if m.resolve(stored.as_deref()).is_err() {
+                        self.moved.store(true, std::sync::atomic::Ordering::SeqCst);
+                        return Err(VfsError::Moved);
+                    }
+                }
+            }
+            if let Some(req) = extra {
+                let Some(ReadResult::List(mut listed)) = it.next() else {
+                    return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
+                };
+                loop {
+                    extra_keys.extend(listed.entries.into_iter().map(|(k, _)| k));
+                    let Some(next) = listed.next_start else { break };
+                    let mut more = req.clone();
+                    if let KeyRange::Range { start, .. } = &mut more.range {
+                        *start = next;
+                    }
+                    listed = self.kv_list(&more)?;
                 }
             }
             first = Some(page);
@@ -165,7 +195,7 @@ impl DbState {
             }
             match page.next_start {
                 Some(n) => from = n,
-                None => return Ok(out),
+                None => return Ok((out, extra_keys)),
             }
         }
     }
@@ -357,6 +387,45 @@ impl DbState {
         Ok((out, at.size))
     }
 
+    /// [`DbState::get_many`], with the keys of `lists` listed in the round trip of the first
+    /// get (all of them: a rare further page is listed after).
+    fn get_many_and_list(
+        &self,
+        keys: &[Key],
+        lists: Vec<ListRequest>,
+    ) -> Result<(Vec<Option<Value>>, Vec<Key>), VfsError> {
+        let max = self.kv.limits().max_get_keys.max(1);
+        if lists.is_empty() || self.is_held() {
+            return Ok((self.get_many(keys)?, Vec::new()));
+        }
+        let first = keys.len().min(max);
+        let mut ops = vec![ReadOp::Get(keys[..first].to_vec())];
+        ops.extend(lists.iter().cloned().map(ReadOp::List));
+        self.settle()?;
+        let res = kv_batch_read(&self.kv, &self.stats, &ops).map_err(super::kv_err(Op::Read))?;
+        let mut it = res.into_iter();
+        let Some(ReadResult::Get(mut vals)) = it.next() else {
+            return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
+        };
+        let mut listed = Vec::new();
+        for req in lists {
+            let Some(ReadResult::List(mut page)) = it.next() else {
+                return Err(VfsError::Corrupt("batch_read answered out of shape".into()));
+            };
+            loop {
+                listed.extend(page.entries.into_iter().map(|(k, _)| k));
+                let Some(next) = page.next_start else { break };
+                let mut more = req.clone();
+                if let KeyRange::Range { start, .. } = &mut more.range {
+                    *start = next;
+                }
+                page = self.kv_list(&more)?;
+            }
+        }
+        vals.extend(self.get_many(&keys[first..])?);
+        Ok((vals, listed))
+    }
+
     /// Gets `keys` in as few round trips as `max_get_keys` allows.
     fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Value>>, VfsError> {
         let mut out = Vec::with_capacity(keys.len());
@@ -487,7 +556,17 @@ impl DbState {
 
     /// [`DbState::compact_history`] with the state's lock held (no commit in between).
     fn compact_locked(&self, meta: &Meta) -> Result<CompactReport, VfsError> {
-        let all = self.read_headers()?;
+        // Parts past the current seq belong to no commit: a staged commit's parts whose commit
+        // record never landed (listed in the same round trip as the headers).
+        let orphans = ListRequest {
+            range: KeyRange::Range {
+                start: layout::history_part_key(meta.seq.saturating_add(1), 0),
+                end: Some(layout::history_area(layout::TAG_HISTORY_PARTS).1),
+            },
+            limit: None,
+            max_bytes: None,
+        };
+        let (all, orphan_keys) = self.read_headers_and(Some(orphans))?;
         let (mut live, stale): (Vec<Header>, Vec<Header>) = all
             .into_iter()
             .partition(|h| meta.hist_start > 0 && h.seq >= meta.hist_start && h.seq <= meta.seq);
@@ -515,7 +594,8 @@ impl DbState {
         report.bytes_kept = total;
         // Records of an older history or of commits that never landed: no image of them is
         // needed by any listed commit.
-        let mut deletes: Vec<Key> = Vec::new();
+        let mut deletes: Vec<Key> = orphan_keys;
+        report.orphan_parts = deletes.len() as u64;
         for r in &stale {
             deletes.push(layout::history_key(r.seq));
             deletes.extend(
@@ -544,7 +624,9 @@ impl DbState {
                 bytes += b;
                 j += 1;
             }
-            report.base_images += self.compact_group(&live[i..j])?;
+            let (bases, orphans) = self.compact_group(&live[i..j])?;
+            report.base_images += bases;
+            report.orphan_parts += orphans;
             i = j;
         }
         Ok(report)
@@ -552,14 +634,32 @@ impl DbState {
 
     /// Deletes the records `group` (the oldest listed ones), writing the latest image of each
     /// of their pages as its base image: in the deleting write when all fits, else first.
-    fn compact_group(&self, group: &[Header]) -> Result<u64, VfsError> {
+    /// Parts stored under a record's seq past its part count (left by a staged commit that
+    /// never landed, whose seq the next commit took with fewer parts) go with it: they are
+    /// listed in the same round trip as the record's parts are read. Returns the base images
+    /// written and those orphan parts.
+    fn compact_group(&self, group: &[Header]) -> Result<(u64, u64), VfsError> {
         let mut keys = Vec::new();
+        let mut lists = Vec::new();
         for r in group {
             keys.extend(
                 (0..r.part_counts.len()).map(|n| layout::history_part_key(r.seq, n as u16)),
             );
+            let end = match r.seq.checked_add(1) {
+                Some(next) => layout::history_part_key(next, 0),
+                None => layout::history_area(layout::TAG_HISTORY_PARTS).1,
+            };
+            lists.push(ListRequest {
+                range: KeyRange::Range {
+                    start: layout::history_part_key(r.seq, r.part_counts.len() as u16),
+                    end: Some(end),
+                },
+                limit: None,
+                max_bytes: None,
+            });
         }
-        let vals = self.get_many(&keys)?;
+        let (vals, orphan_keys) = self.get_many_and_list(&keys, lists)?;
+        let orphans = orphan_keys.len() as u64;
         let mut latest: BTreeMap<u32, Value> = BTreeMap::new();
         let mut it = vals.into_iter();
         for r in group {
@@ -577,7 +677,7 @@ impl DbState {
             .into_iter()
             .map(|(p, v)| (layout::history_base_key(p), v))
             .collect();
-        let mut deletes = Vec::new();
+        let mut deletes = orphan_keys;
         for r in group {
             deletes.push(layout::history_key(r.seq));
         }
@@ -595,7 +695,7 @@ impl DbState {
             };
             self.kv_write(&mut b)
                 .map_err(|e| self.kv_failed(Op::Write, e))?;
-            return Ok(n);
+            return Ok((n, orphans));
         }
         // Too big for one write (one large record): base images first — the record is still
         // listed and they equal its images, so a crash here changes no restore — then the
@@ -607,7 +707,7 @@ impl DbState {
         deletes.extend(keys);
         self.fenced_deletes(deletes, Vec::new())
             .map_err(|e| self.kv_failed(Op::Write, e))?;
-        Ok(n)
+        Ok((n, orphans))
     }
 }
 

@@ -8,6 +8,7 @@
 use super::{fingerprint_of, CommitHook, DbState, Inner};
 use crate::kv::{Key, Precondition};
 use crate::preload::Lookup;
+use crate::vfs::codec;
 use crate::vfs::layout::{self, FileKind};
 
 impl DbState {
@@ -42,7 +43,9 @@ impl DbState {
             let page1 = match inner.cache.peek((FileKind::Main, 0)) {
                 Some(p) => Some(p.to_vec()),
                 None => match inner.preload.as_ref().map(|p| p.lookup(&key)) {
-                    Some(Lookup::Found(p)) => Some(p.to_vec()),
+                    Some(Lookup::Found(p)) => codec::decode(p, inner.main.meta.chunk_size as usize)
+                        .ok()
+                        .map(|p| p.into_owned()),
                     _ => None,
                 },
             };

@@ -11,6 +11,7 @@ use super::{DbState, Op, VfsError};
 use crate::kv::{
     ActorKv, Key, KvError, KvLimits, ListPage, ListRequest, ReadOp, ReadResult, WriteBatch,
 };
+use crate::vfs::codec;
 use crate::vfs::layout::{self};
 use crate::vfs::stats::Stats;
 
@@ -97,17 +98,27 @@ impl DbState {
     /// [`DbState::kv_write`] without waiting for the pipeline (its writer's own call).
     pub(super) fn kv_write_now(&self, batch: &mut WriteBatch) -> Result<(), KvError> {
         let (puts, preconditions) = (batch.puts.len(), batch.preconditions.len());
-        let out = self.kv_write_fenced(batch);
+        let mut raw = Vec::new();
+        let out = self.kv_write_fenced(batch, &mut raw);
+        // The caller keeps the pages as they are (its preload, cache and pipeline overlay).
+        for (i, v) in raw {
+            batch.puts[i].1 = v;
+        }
         batch.puts.truncate(puts);
         batch.preconditions.truncate(preconditions);
         out
     }
 
-    fn kv_write_fenced(&self, batch: &mut WriteBatch) -> Result<(), KvError> {
+    fn kv_write_fenced(
+        &self,
+        batch: &mut WriteBatch,
+        raw: &mut Vec<(usize, Vec<u8>)>,
+    ) -> Result<(), KvError> {
         if let Some(h) = self.held.lock().as_mut() {
             h.apply(batch);
             return Ok(());
         }
+        *raw = self.compress_pages(batch);
         let s = &self.stats;
         s.add(&s.kv_round_trips, 1);
         s.add(&s.kv_writes, 1);
@@ -179,6 +190,31 @@ impl DbState {
                 Err(e)
             }
         }
+    }
+
+    /// Replaces each page value of `batch` (a chunk or stage key) by its compressed form where
+    /// that is shorter (see [`crate::vfs::codec`]), counting the bytes before and after; returns
+    /// the replaced values with their positions, to be put back once the write returned.
+    fn compress_pages(&self, batch: &mut WriteBatch) -> Vec<(usize, Vec<u8>)> {
+        let mut raw = Vec::new();
+        let (mut before, mut after) = (0u64, 0u64);
+        for (i, (k, v)) in batch.puts.iter_mut().enumerate() {
+            if !matches!(
+                layout::parse_key(k),
+                Some(layout::ParsedKey::Chunk(..) | layout::ParsedKey::Stage(..))
+            ) {
+                continue;
+            }
+            before += v.len() as u64;
+            if let Some(c) = self.opts.compress.then(|| codec::encode(v)).flatten() {
+                raw.push((i, std::mem::replace(v, c)));
+            }
+            after += v.len() as u64;
+        }
+        let s = &self.stats;
+        s.add(&s.page_image_bytes, before);
+        s.add(&s.page_stored_bytes, after);
+        raw
     }
 
     /// True when writes are fenced (deletes then use fenced writes, never `delete_range`).

@@ -11,6 +11,7 @@ use super::{
 use crate::kv::Key;
 use crate::preload::Lookup;
 use crate::vfs::cache::is_interior_page;
+use crate::vfs::codec;
 use crate::vfs::layout::FileKind;
 
 impl DbState {
@@ -90,7 +91,7 @@ impl DbState {
         if let Some(p) = &inner.preload {
             match p.lookup(&key) {
                 Lookup::Found(v) => {
-                    check_chunk(kind, idx, v.len(), cs)?;
+                    let v = decode_chunk(kind, idx, v, cs)?;
                     dst.copy_from_slice(&v[within..end]);
                     self.stats.add(&self.stats.preload_hits, 1);
                     return Ok(());
@@ -207,12 +208,17 @@ impl DbState {
                 }
                 continue; // reported when (if) it is read
             };
-            if v.len() != cs {
-                if pos == 0 {
-                    check_chunk(kind, *i, v.len(), cs)?;
+            let v = match codec::decode_owned(v, cs) {
+                Ok(d) => d,
+                Err(e) if pos == 0 => {
+                    return Err(VfsError::Corrupt(format!(
+                        "{} chunk {i}: {}",
+                        kind.name(),
+                        e.0
+                    )))
                 }
-                continue;
-            }
+                Err(_) => continue, // reported when (if) it is read
+            };
             if pos == 0 {
                 if window == 1 && is_interior_page((kind, idx), &v) {
                     inner.file(kind).ra_single = u32::MAX;
@@ -226,12 +232,14 @@ impl DbState {
     }
 }
 
-pub(super) fn check_chunk(kind: FileKind, idx: u32, len: usize, cs: usize) -> Result<(), VfsError> {
-    if len != cs {
-        return Err(VfsError::Corrupt(format!(
-            "{} chunk {idx} holds {len} bytes, expected {cs}",
-            kind.name()
-        )));
-    }
-    Ok(())
+/// The page a stored value of chunk `idx` holds (see [`codec::decode`]); a malformed value is
+/// [`VfsError::Corrupt`] naming the chunk.
+pub(super) fn decode_chunk(
+    kind: FileKind,
+    idx: u32,
+    v: &[u8],
+    cs: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, VfsError> {
+    codec::decode(v, cs)
+        .map_err(|e| VfsError::Corrupt(format!("{} chunk {idx}: {}", kind.name(), e.0)))
 }

@@ -309,6 +309,9 @@ pub struct CompactReport {
     pub bytes_kept: u64,
     /// Redo records kept.
     pub records_kept: u64,
+    /// Redo-record parts deleted that belonged to no listed record: left by staged commits
+    /// whose commit record never landed.
+    pub orphan_parts: u64,
 }
 
 #[cfg(test)]
