@@ -473,6 +473,12 @@ impl Actor {
         self.counting.snapshot().round_trips()
     }
 
+    /// The counting store behind [`Actor::kv_round_trips`], to read the counters without the
+    /// actor (a host reads them after its output gate, while the next request holds the actor).
+    pub fn kv_counting(&self) -> Arc<CountingStore> {
+        Arc::clone(&self.counting)
+    }
+
     /// Every KV call of this instance so far, by kind, with its keys and bytes (the same
     /// counting store as [`Actor::kv_round_trips`]; the background prefetch not included).
     pub fn kv_counters(&self) -> crate::kv::counting::KvCounters {

@@ -53,7 +53,26 @@ enum SlotState {
 struct Awake {
     actor: Actor,
     /// The actor's KV round trips already added to the host counter.
-    round_trips_seen: u64,
+    round_trips: RoundTrips,
+}
+
+/// An awake actor's KV round trips as the host counts them: its counting store and how much of
+/// it the host counter already holds. Readable without the actor's lock, so a request adds
+/// them after its output gate (the pipelined put that made its commit durable included).
+#[derive(Clone)]
+struct RoundTrips {
+    counting: Arc<crate::kv::counting::CountingStore>,
+    seen: Arc<AtomicU64>,
+}
+
+impl RoundTrips {
+    /// Adds the round trips not yet counted to `total`; each one exactly once, whichever
+    /// request (or the sleep) gets there first.
+    fn settle(&self, total: &AtomicU64) {
+        let rt = self.counting.snapshot().round_trips();
+        let before = self.seen.fetch_max(rt, Ordering::Relaxed);
+        total.fetch_add(rt.saturating_sub(before), Ordering::Relaxed);
+    }
 }
 
 /// One actor's place in the host.
@@ -208,8 +227,11 @@ impl Registry {
             // The output gate, outside the actor's lock (the next request's transaction runs
             // while this one's put is in flight): no answer leaves before every commit it saw
             // (its own and earlier ones) is durable.
-            if let Some((durability, ticket)) = gate {
-                if let Err(e) = durability.wait_for(ticket) {
+            if let Some((durability, ticket, round_trips)) = gate {
+                let waited = durability.wait_for(ticket);
+                // Counted once the gate is passed: the put it waited for is in the figure.
+                round_trips.settle(&me.metrics.kv_round_trips);
+                if let Err(e) = waited {
                     // This instance must not serve again (moved, or a put failed): put it to
                     // sleep now, so the next request wakes the actor afresh from the store.
                     me.sleep_if_unusable(&slot);
@@ -279,18 +301,17 @@ impl Registry {
         let started = Instant::now();
         let result = work(&awake.actor);
         let durability = awake.actor.db().durability();
-        let gate = Some((durability.clone(), durability.ticket()));
+        let gate = Some((
+            durability.clone(),
+            durability.ticket(),
+            awake.round_trips.clone(),
+        ));
         self.metrics.families.after_request(
             &slot.id,
             &awake.actor,
             started.elapsed(),
             matches!(result, Err(HostError::Unavailable(_))) && awake.actor.db().moved(),
         );
-        let rt = awake.actor.kv_round_trips();
-        self.metrics
-            .kv_round_trips
-            .fetch_add(rt.saturating_sub(awake.round_trips_seen), Ordering::Relaxed);
-        awake.round_trips_seen = rt;
         slot.last_used.store(self.now_ms(), Ordering::Relaxed);
         if matches!(result, Err(HostError::Unavailable(_))) {
             // The store failed under the actor (or another instance wrote): wake it afresh next
@@ -322,10 +343,11 @@ impl Registry {
                 slot.awake.store(true, Ordering::Relaxed);
                 *slot.token.lock() = Some(actor.inspector_token().to_string());
                 *slot.interrupt.lock() = Some(actor.db().get_interrupt_handle());
-                *state = SlotState::Awake(Box::new(Awake {
-                    actor,
-                    round_trips_seen: rt,
-                }));
+                let round_trips = RoundTrips {
+                    counting: actor.kv_counting(),
+                    seen: Arc::new(AtomicU64::new(rt)),
+                };
+                *state = SlotState::Awake(Box::new(Awake { actor, round_trips }));
                 Ok(())
             }
             Err(e) => {
@@ -418,19 +440,13 @@ impl Registry {
     /// slot.
     fn sleep_locked(&self, slot: &Arc<Slot>, state: &mut SlotState) {
         if let SlotState::Awake(awake) = std::mem::replace(state, SlotState::Retired) {
-            let Awake {
-                actor,
-                round_trips_seen,
-            } = *awake;
+            let Awake { actor, round_trips } = *awake;
             let doc = actor.metrics();
             let token = actor.inspector_token().to_string();
             self.docs
                 .lock()
                 .insert(slot.id.clone(), token, doc, self.doc_cap);
-            let rt = actor.kv_round_trips();
-            self.metrics
-                .kv_round_trips
-                .fetch_add(rt.saturating_sub(round_trips_seen), Ordering::Relaxed);
+            round_trips.settle(&self.metrics.kv_round_trips);
             self.metrics.families.before_sleep(&slot.id, &actor);
             if let Err(e) = actor.sleep() {
                 tracing::warn!(actor = %slot.id, "actor sleep failed: {e}");
@@ -667,4 +683,5 @@ fn wake_error(e: ActorError) -> HostError {
 }
 
 /// What a request's answer waits for: the actor's commits up to the ticket (the output gate).
-type Gate = (crate::vfs::Durability, u64);
+/// Its round trips are added to the host counter once the gate is passed.
+type Gate = (crate::vfs::Durability, u64, RoundTrips);
