@@ -74,7 +74,7 @@ pub struct Push {
 impl Push {
     /// True when this push reaches a connection with id `id` and topics `topics`.
     pub fn reaches(&self, id: &str, topics: &[String]) -> bool {
-        self.target == ALL || self.target == id || topics.iter().any(|t| *t == self.target)
+        self.target == ALL || self.target == id || topics.contains(&self.target)
     }
 }
 
@@ -96,10 +96,18 @@ impl ConnState {
     }
 }
 
+/// The statements kvsqlite runs for its own bookkeeping here start with the query log's
+/// internal mark: recorded, but not counted as the actor's statements.
+macro_rules! internal {
+    ($sql:literal) => {
+        concat!("/* kvsqlite inspector */ ", $sql)
+    };
+}
+
 fn table_exists(db: &rusqlite::Connection) -> Result<bool, rusqlite::Error> {
     Ok(db
         .query_row(
-            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_kvsqlite_connections'",
+            internal!("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_kvsqlite_connections'"),
             [],
             |_| Ok(()),
         )
@@ -124,9 +132,9 @@ pub fn records(db: &rusqlite::Connection) -> Result<Vec<ConnectionRecord>, rusql
     if !table_exists(db)? {
         return Ok(Vec::new());
     }
-    let mut st = db.prepare(
-        "SELECT id, params, topics, state, opened_ms FROM _kvsqlite_connections ORDER BY id",
-    )?;
+    let mut st = db.prepare(internal!(
+        "SELECT id, params, topics, state, opened_ms FROM _kvsqlite_connections ORDER BY id"
+    ))?;
     let rows = st.query_map([], row_record)?;
     rows.collect()
 }
@@ -152,16 +160,18 @@ fn insert_push(conn: &rusqlite::Connection, target: &str, body: &str) -> rusqlit
         )));
     }
     let insert = |conn: &rusqlite::Connection| -> rusqlite::Result<()> {
-        let n: i64 = conn.query_row("SELECT count(*) FROM temp._kvsqlite_outbox", [], |r| {
-            r.get(0)
-        })?;
+        let n: i64 = conn.query_row(
+            internal!("SELECT count(*) FROM temp._kvsqlite_outbox"),
+            [],
+            |r| r.get(0),
+        )?;
         if n >= MAX_PUSHES_PER_TRANSACTION {
             return Err(sql_error(format!(
                 "kvsqlite_send: more than {MAX_PUSHES_PER_TRANSACTION} pushes in one transaction"
             )));
         }
         conn.execute(
-            "INSERT INTO temp._kvsqlite_outbox(target, body) VALUES (?1, ?2)",
+            internal!("INSERT INTO temp._kvsqlite_outbox(target, body) VALUES (?1, ?2)"),
             params![target, body],
         )?;
         Ok(())
@@ -358,9 +368,9 @@ impl Actor {
             return Ok(Vec::new());
         }
         let pushes: Vec<(i64, Push)> = {
-            let mut st = match db
-                .prepare_cached("SELECT seq, target, body FROM temp._kvsqlite_outbox ORDER BY seq")
-            {
+            let mut st = match db.prepare_cached(internal!(
+                "SELECT seq, target, body FROM temp._kvsqlite_outbox ORDER BY seq"
+            )) {
                 Ok(st) => st,
                 // Dropped by SQL of the caller's: nothing to take.
                 Err(rusqlite::Error::SqliteFailure(_, Some(m))) if m.contains("no such table") => {
@@ -381,7 +391,10 @@ impl Actor {
             rows.collect::<Result<_, _>>()?
         };
         if let Some((last, _)) = pushes.last() {
-            db.execute("DELETE FROM temp._kvsqlite_outbox WHERE seq <= ?1", [last])?;
+            db.execute(
+                internal!("DELETE FROM temp._kvsqlite_outbox WHERE seq <= ?1"),
+                [last],
+            )?;
         }
         Ok(pushes.into_iter().map(|(_, p)| p).collect())
     }
@@ -398,6 +411,11 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bookkeeping_statements_carry_the_query_logs_internal_mark() {
+        assert!(internal!("SELECT 1").starts_with(crate::actor::query_log::INTERNAL_MARK));
+    }
 
     #[test]
     fn targets() {
