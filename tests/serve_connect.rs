@@ -434,3 +434,26 @@ fn a_receiver_that_does_not_read_is_closed_with_1008_and_its_bytes_released() {
     assert_eq!(metric(&s, "kvsqlite_ws_buffered_bytes"), 0.0);
     assert_eq!(metric(&s, "kvsqlite_ws_connections"), 1.0);
 }
+
+#[test]
+fn the_readme_chat_example_stores_a_message_and_pushes_it_to_the_room() {
+    let (_dir, kv) = kv();
+    let s = Server::start(&kv, &["--migrations", "sql/migrations"]);
+    let handler = json!({"sql": "INSERT INTO messages(room_id, author_id, body, sent_at) SELECT id, 1, :message, unixepoch() FROM rooms WHERE slug = 'general' RETURNING kvsqlite_send('general', json_object('body', body))"});
+    let (st, v) = set_handler(&s, "main", handler);
+    assert_eq!(st, 200, "{v}");
+    let mut ws = connect(&s, "main", Some(&s.admin), "?topic=general").unwrap();
+    send(&mut ws, "hello from the README");
+    // The reply, then the push its transaction made (both after the commit is durable).
+    let reply = recv(&mut ws);
+    assert_eq!(reply["reply"]["changes"], json!(1), "{reply}");
+    assert_eq!(recv(&mut ws), json!({"body": "hello from the README"}));
+    assert_eq!(
+        s.sql(
+            "main",
+            "SELECT count(*) FROM messages WHERE body = 'hello from the README'",
+            json!([])
+        )["rows"],
+        json!([[1]])
+    );
+}
