@@ -133,7 +133,8 @@ fn kv() -> (tempfile::TempDir, String) {
 #[test]
 fn a_client_connected_to_a_sleeping_actor_gets_its_reply_and_the_actor_sleeps_again() {
     let (_dir, kv) = kv();
-    let s = Server::start(&kv, &["--idle-sleep-ms", "300"]);
+    // The HTTP idle timeout is shorter than the waits below: an upgraded socket outlives it.
+    let s = Server::start(&kv, &["--idle-sleep-ms", "300", "--idle-timeout-ms", "100"]);
     s.sql(
         "room",
         "CREATE TABLE msgs(id INTEGER PRIMARY KEY, conn TEXT, body TEXT)",
@@ -153,6 +154,7 @@ fn a_client_connected_to_a_sleeping_actor_gets_its_reply_and_the_actor_sleeps_ag
     }
     let handler = json!({"sql": [
         "INSERT INTO msgs(conn, body) VALUES (:conn, :message)",
+        "UPDATE _kvsqlite_connections SET state = json_set(state, '$.seen', :message) WHERE id = :conn",
         "SELECT id, body, conn = kvsqlite_conn_id() AS mine FROM msgs ORDER BY id DESC LIMIT 1",
     ]});
     let (st, v) = set_handler(&s, "room", handler.clone());
@@ -186,6 +188,11 @@ fn a_client_connected_to_a_sleeping_actor_gets_its_reply_and_the_actor_sleeps_ag
     assert_eq!(metric(&s, "kvsqlite_ws_connections"), 1.0);
     send(&mut ws, "again");
     assert_eq!(recv(&mut ws)["reply"]["rows"], json!([[2, "again", 1]]));
+    // The handler keeps per-connection state in the connection's row.
+    assert_eq!(
+        connections(&s, "room")[0]["state"],
+        json!({"seen": "again"})
+    );
 
     // A failing handler answers an error on the socket and writes nothing.
     s.sql(

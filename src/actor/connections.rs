@@ -126,6 +126,12 @@ fn row_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<ConnectionRecord> {
     })
 }
 
+/// Creates the connection records' table if it does not exist (so that SQL written before the
+/// first connection, such as a host's message handler, can name it).
+pub fn create_table(db: &rusqlite::Connection) -> Result<(), rusqlite::Error> {
+    db.execute_batch(CREATE)
+}
+
 /// Every connection record of the database, by id (none when the table does not exist). At
 /// wake this is `restore_connections`, served by the preload.
 pub fn records(db: &rusqlite::Connection) -> Result<Vec<ConnectionRecord>, rusqlite::Error> {

@@ -495,6 +495,9 @@ async fn set_handler_route(
         let timeout = s.statement_timeout;
         let work: Work = Box::new(move |actor: &Actor| {
             let db = actor.db();
+            // The handler may name the connections' table before the first connection.
+            crate::actor::connections::create_table(db)
+                .map_err(|e| statement_error(&e, timeout))?;
             for (i, text) in statements.iter().enumerate() {
                 if actor.sql_guard().transaction_control(db, text).is_some() {
                     return Err(HostError::BadRequest(format!(
