@@ -12,9 +12,9 @@
 //! anywhere. After [`IDLE_TICKS`] ticks in a row that found nothing, the host lists only every
 //! [`IDLE_LIST_EVERY`] ticks — except when an alarm this host scheduled (a route, a retry, an
 //! alarm a handler scheduled) is due, which is listed at the next tick as before. So an alarm
-//! scheduled through this host fires within one tick of its time, always; one scheduled
-//! elsewhere (another host, a library process on the same store) within [`IDLE_LIST_EVERY`]
-//! ticks when this host is idle.
+//! scheduled through this host, or in the index when the host started, fires within one tick
+//! of its time, always; one scheduled elsewhere meanwhile (another host, a library process on
+//! the same store) within [`IDLE_LIST_EVERY`] ticks when this host is idle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -69,6 +69,12 @@ impl Known {
         }
     }
 
+    /// Notes that the host cannot know every due time (too many, or a listing cut short): the
+    /// back-off is off for good (every tick lists).
+    pub fn saturate(&self) {
+        self.times.lock().1 = true;
+    }
+
     /// True when a noted alarm is due at `now_ms` (or too many were noted to tell).
     fn due(&self, now_ms: u64) -> bool {
         let t = self.times.lock();
@@ -80,7 +86,6 @@ impl Known {
         let mut t = self.times.lock();
         let rest = t.0.split_off(&now_ms.saturating_add(1));
         t.0 = rest;
-        t.1 = false;
     }
 }
 
@@ -353,10 +358,45 @@ pub async fn tick_once(registry: &Arc<Registry>, now_ms: u64, timeout: Duration)
     handled
 }
 
+/// At start: the due times already in the index (alarms scheduled before a restart), noted so
+/// that the back-off still lists at their time. One list per shard; a shard with more than
+/// [`LIST_LIMIT`] entries turns the back-off off.
+async fn learn_index(registry: &Arc<Registry>) {
+    let store = registry.store().clone();
+    let listed =
+        tokio::task::spawn_blocking(move || alarms::list_due(&store, u64::MAX - 1, LIST_LIMIT))
+            .await;
+    registry
+        .metrics()
+        .families
+        .realtime
+        .alarm_index_lists
+        .fetch_add(
+            alarms::DUE_SHARDS as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    let known = registry.known_alarms();
+    match listed {
+        Ok(Ok(entries)) => {
+            let mut per_shard = BTreeMap::<u32, usize>::new();
+            for (shard, at, _) in entries {
+                known.note(at);
+                *per_shard.entry(shard).or_default() += 1;
+            }
+            if per_shard.values().any(|&n| n >= LIST_LIMIT) {
+                known.saturate();
+            }
+        }
+        _ => known.saturate(),
+    }
+}
+
 /// The host's alarm loop: a tick every `tick` (backed off when idle, see the module comment),
-/// forever (the host aborts it at shutdown). The first tick lists at once: alarms that fell
-/// due while no host ran fire at start.
+/// forever (the host aborts it at shutdown). At start it learns the due times already in the
+/// index, and the first tick lists at once: alarms that fell due while no host ran fire at
+/// start, later ones at their tick.
 pub async fn run(registry: Arc<Registry>, timeout: Duration, tick: Duration) {
+    learn_index(&registry).await;
     let mut backoff = Backoff::default();
     let mut first = true;
     loop {
@@ -411,5 +451,8 @@ mod tests {
         k.listed(150);
         assert!(!k.due(199));
         assert!(k.due(200));
+        k.saturate();
+        k.listed(300);
+        assert!(k.due(0));
     }
 }
