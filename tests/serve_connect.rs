@@ -464,3 +464,32 @@ fn the_readme_chat_example_stores_a_message_and_pushes_it_to_the_room() {
         json!([[1]])
     );
 }
+
+#[test]
+fn max_sockets_0_turns_connections_off_and_the_restore_phase_with_them() {
+    let (_dir, kv) = kv();
+    let s = Server::start(&kv, &["--max-sockets", "0"]);
+    s.sql("off", "CREATE TABLE t(x)", json!([]));
+    assert_eq!(connect(&s, "off", Some(&s.admin), "").err(), Some(404));
+    let (st, text) = s.get("/actors/off/inspector/metrics", Some(&s.admin));
+    assert_eq!(st, 200, "{text}");
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc.get("startup_internal_init_alarms_ms").is_some(),
+        "{doc}"
+    );
+    assert!(
+        doc.get("startup_internal_restore_connections_ms").is_none(),
+        "{doc}"
+    );
+    // With connections on (the default) the phase is there.
+    let (_dir2, kv2) = self::kv();
+    let on = Server::start(&kv2, &[]);
+    on.sql("on", "CREATE TABLE t(x)", json!([]));
+    let (_, text) = on.get("/actors/on/inspector/metrics", Some(&on.admin));
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc.get("startup_internal_restore_connections_ms").is_some(),
+        "{doc}"
+    );
+}

@@ -182,6 +182,11 @@ async fn connect_route(
         let ws = ws.map_err(|e| HostError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
         let (params, topics) = connect_params(&uri)?;
         let hub = s.registry.hub().clone();
+        if hub.limits().max_sockets == 0 {
+            return Err(HostError::NotFound(
+                "connections are off on this host (--max-sockets 0)".into(),
+            ));
+        }
         let reservation = hub.reserve().ok_or_else(|| {
             HostError::Unavailable(format!(
                 "too many sockets: the host holds its limit of {}",
