@@ -151,7 +151,12 @@ fn waterfall_log_tables_query_and_escaping() {
     let page = get_cookie(&s, "/actors/shop/inspector", &cookie);
     assert_eq!(page.0, 200, "{}", page.2);
     let html = &page.2;
-    // Every startup phase is in the waterfall.
+    // Every startup phase is in the waterfall, `restore_connections` among them (serve
+    // configures connections).
+    assert!(
+        phases.iter().any(|p| p == "restore_connections"),
+        "{phases:?}"
+    );
     for p in &phases {
         assert!(
             html.contains(&format!("data-phase=\"{p}\"")),

@@ -371,6 +371,33 @@ impl Actor {
     }
 }
 
+impl Actor {
+    /// True when the config set an `on_alarm` hook.
+    pub fn has_alarm_hook(&self) -> bool {
+        self.on_alarm.is_some()
+    }
+
+    /// Runs the `on_alarm` hook on `alarm` (inside the caller's transaction); an error when no
+    /// hook is set.
+    pub fn call_on_alarm(&self, alarm: &Alarm) -> Result<(), HookError> {
+        match &self.on_alarm {
+            Some(h) => h(self, alarm),
+            None => Err(format!("no on_alarm hook for the alarm named {:?}", alarm.name).into()),
+        }
+    }
+
+    /// [`Actor::fire_due_alarms`] with the `on_alarm` hook of the config as the handler: each
+    /// due alarm's hook runs in the transaction that deletes the alarm.
+    pub fn run_alarms(&self, now_ms: u64) -> Result<FireReport, ActorError> {
+        if self.on_alarm.is_none() {
+            return Err(ActorError::InvalidConfig(
+                "run_alarms needs Hooks::on_alarm".into(),
+            ));
+        }
+        self.fire_due_alarms(now_ms, &mut |_, a| self.call_on_alarm(a))
+    }
+}
+
 /// What one [`tick`] saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TickReport {

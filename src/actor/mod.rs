@@ -11,10 +11,12 @@
 //!
 //! Modules: [`records`] (the actor's keys), [`startup`] (the start sequence and its timings),
 //! [`migrations`], [`statements`] (SQL split as SQLite does), [`query_log`] (one event per
-//! statement), [`guard`] (what SQL may reach: the authorizer and limits on every connection).
+//! statement), [`guard`] (what SQL may reach: the authorizer and limits on every connection),
+//! [`alarms`], [`queue`] and [`connections`] (work for later, messages and client connections).
 //! Layering: this module uses the VFS and the KV layer, never the other way round.
 
 pub mod alarms;
+pub mod connections;
 pub mod guard;
 pub mod history;
 pub mod migrations;
@@ -107,7 +109,23 @@ pub struct Hooks {
     pub on_wake: Option<Hook>,
     /// Runs last, before a new actor's creation is written (its failure writes nothing).
     pub on_before_actor_start: Option<Hook>,
+    /// Handles a due alarm, inside the transaction that deletes it ([`Actor::run_alarms`]; a
+    /// host's tick calls it for alarms it has no handler of its own for).
+    pub on_alarm: Option<AlarmHook>,
+    /// Handles a queued message, inside the transaction that acknowledges it
+    /// ([`Actor::run_queue`]; a host's drain calls it instead of its own handler).
+    pub on_message: Option<MessageHook>,
 }
+
+/// A hook that handles a due alarm: it runs inside the transaction that deletes the alarm (its
+/// writes and the deletion commit together); an error rolls both back and the alarm is retried
+/// later with a backoff.
+pub type AlarmHook = Arc<dyn Fn(&Actor, &alarms::Alarm) -> Result<(), HookError> + Send + Sync>;
+
+/// A hook that handles a queued message: it runs inside the transaction that acknowledges the
+/// message (its writes and the acknowledgement commit together); an error rolls both back and
+/// the message stays first in line.
+pub type MessageHook = Arc<dyn Fn(&Actor, &queue::Message) -> Result<(), HookError> + Send + Sync>;
 
 /// A KV prefix of the actor's own that the wake batch reads too.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +189,10 @@ pub struct ActorConfig {
     /// True when the actor has a queue ([`queue`]): the wake batch then reads its messages
     /// too and the `init_queue` phase takes them (0 extra round trips).
     pub queue: bool,
+    /// True when the actor has connections ([`connections`]): `kvsqlite_send` and
+    /// `kvsqlite_conn_id` are installed on its database and the `restore_connections` phase
+    /// reads its connection records from the preload at every wake (0 round trips).
+    pub connections: bool,
 }
 
 impl Default for ActorConfig {
@@ -190,6 +212,7 @@ impl Default for ActorConfig {
             retention: crate::vfs::history::HistoryOptions::default(),
             alarms: false,
             queue: false,
+            connections: false,
         }
     }
 }
@@ -376,6 +399,11 @@ pub struct Actor {
     alarm_state: alarms::AlarmState,
     /// The queue's messages in memory ([`queue`]).
     queue: queue::QueueState,
+    /// Connection records and the current connection ([`connections`]).
+    conns: connections::ConnState,
+    /// The alarm and message hooks of the config.
+    on_alarm: Option<AlarmHook>,
+    on_message: Option<MessageHook>,
     _running: RunningEntry,
 }
 

@@ -365,6 +365,33 @@ impl Actor {
     }
 }
 
+impl Actor {
+    /// True when the config set an `on_message` hook.
+    pub fn has_message_hook(&self) -> bool {
+        self.on_message.is_some()
+    }
+
+    /// Runs the `on_message` hook on `message` (inside the caller's transaction); an error
+    /// when no hook is set.
+    pub fn call_on_message(&self, message: &Message) -> Result<(), HookError> {
+        match &self.on_message {
+            Some(h) => h(self, message),
+            None => Err("no on_message hook".into()),
+        }
+    }
+
+    /// [`Actor::drain_queue`] with the `on_message` hook of the config as the handler: each
+    /// message's hook runs in the transaction that acknowledges it.
+    pub fn run_queue(&self) -> Result<DrainReport, ActorError> {
+        if self.on_message.is_none() {
+            return Err(ActorError::InvalidConfig(
+                "run_queue needs Hooks::on_message".into(),
+            ));
+        }
+        self.drain_queue(&mut |_, m| self.call_on_message(m))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 //! | `db_migrate` | user | migrations (whenever configured) |
 //! | `init_alarms` | internal | arms the earliest pending alarm from the preload (alarms configured) |
 //! | `init_queue` | internal | takes the queued messages the wake batch read (queue configured) |
+//! | `restore_connections` | internal | reads the connection records from the preload (connections configured) |
 //! | `create_vars`, `on_wake` | user | callbacks |
 //! | `on_before_actor_start` | internal | the last callback (before anything is written) |
 //! | `flush_writes` | internal | a new actor's one put (the write collector) |
@@ -115,6 +116,10 @@ pub const STARTUP_GAUGES: &[(&str, GaugeWhen)] = &[
     (
         "startup_internal_init_queue_ms",
         GaugeWhen::Feature("queue"),
+    ),
+    (
+        "startup_internal_restore_connections_ms",
+        GaugeWhen::Feature("connections"),
     ),
     (
         "startup_user_create_vars_ms",
@@ -655,9 +660,14 @@ pub(super) fn start(
         read: wake.fence.clone(),
         instance,
     });
+    let current_conn = Arc::new(parking_lot::Mutex::new(None));
     let (db, log, hook, guard) = ph.internal("setup_database_client", true, || {
         let db = open_database(shared.clone(), actor_id, &open).map_err(ActorError::Open)?;
         db.track_reads(true);
+        if config.connections {
+            // Before the query log: its temporary outbox is not a statement of the actor's.
+            super::connections::install(&db, &current_conn)?;
+        }
         let (log, hook) = query_log::install_mode(&db, actor_id, db.stats(), config.query_log);
         let guard = guard::install(&db, &config.guard);
         Ok((db, log, hook, guard))
@@ -715,6 +725,14 @@ pub(super) fn start(
         ph.internal("init_queue", true, || super::queue::init(&db, res))?
     } else {
         super::queue::QueueState::off()
+    };
+
+    let conns = if config.connections {
+        ph.internal("restore_connections", true, || {
+            super::connections::restore(&db, current_conn)
+        })?
+    } else {
+        super::connections::ConnState::off()
     };
 
     let mut vars = None;
@@ -801,6 +819,9 @@ pub(super) fn start(
         alarm_state: super::alarms::AlarmState::armed(config.alarms, next_alarm),
         kv: shared,
         queue,
+        conns,
+        on_alarm: config.hooks.on_alarm.clone(),
+        on_message: config.hooks.on_message.clone(),
         _running: running,
     })
 }
@@ -918,7 +939,8 @@ pub(super) fn sleep_hints(
 
 /// The pages a wake's startup reads, found by doing what it does on a second connection whose
 /// SQLite cache is empty (its reads come from this database's cache, no round trip): read the
-/// schema, the migrations table, the earliest alarm and the queue's done rows. A creating instance never read them through the VFS (it
+/// schema, the migrations table, the earliest alarm, the queue's done rows and the connection
+/// records. A creating instance never read them through the VFS (it
 /// wrote them), so its own log cannot tell.
 fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
     let flags =
@@ -937,9 +959,11 @@ fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
     }
-    // What `init_alarms` and `init_queue` read (nothing when their tables do not exist).
+    // What `init_alarms`, `init_queue` and `restore_connections` read (nothing when their
+    // tables do not exist).
     super::alarms::earliest(&conn)?;
     super::queue::done_keys(&conn)?;
+    super::connections::records(&conn)?;
     let pages = db.recent_reads();
     db.track_reads(true);
     Ok(pages)

@@ -59,6 +59,30 @@ pub struct ServeArgs {
     /// The connection and timing limits of the HTTP side.
     #[command(flatten)]
     conn: ConnArgs,
+    /// Alarms and WebSockets.
+    #[command(flatten)]
+    realtime: RealtimeArgs,
+}
+
+/// The alarm tick and the WebSockets' limits of `kvsqlite serve` (see
+/// `kvsqlite::host::alarm_tick` and `kvsqlite::host::sockets`).
+#[derive(Args, Debug)]
+struct RealtimeArgs {
+    /// List the alarms' due index every this many milliseconds: an alarm fires at most this
+    /// long after it is due (an idle host backs off for alarms scheduled by other hosts).
+    #[arg(long = "alarm-tick-ms", value_name = "N", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    alarm_tick_ms: u64,
+    /// Most WebSockets (`GET /actors/{id}/connect`) open at once; past it a connect is
+    /// answered 503. 0 turns connections off.
+    #[arg(long = "max-sockets", value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    max_sockets: u64,
+    /// Most bytes queued for one WebSocket; a receiver that falls further behind is closed
+    /// with code 1008.
+    #[arg(long = "socket-buffer-bytes", value_name = "BYTES", default_value_t = 256 << 10,
+          value_parser = clap::value_parser!(u64).range(4096..=(1 << 30)))]
+    socket_buffer_bytes: u64,
 }
 
 /// The connection limits of `kvsqlite serve` (see `kvsqlite::host::conn`).
@@ -171,6 +195,14 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
             max_result_bytes: args.max_result_bytes,
             sqlite_heap_limit: args.sqlite_heap_limit,
             pipelined: true,
+            sockets: host::sockets::SocketLimits {
+                max_sockets: usize::try_from(args.realtime.max_sockets).unwrap_or(usize::MAX),
+                buffer_bytes: usize::try_from(args.realtime.socket_buffer_bytes)
+                    .unwrap_or(usize::MAX),
+                max_message_bytes: args.max_body,
+                ..Default::default()
+            },
+            alarm_tick: Duration::from_millis(args.realtime.alarm_tick_ms),
         };
         host::serve(listener, config, shutdown_signal())
             .await

@@ -7,8 +7,16 @@
 //! stored SQL — each in the transaction that deletes it — and puts the actor back to sleep if
 //! the tick woke it. An alarm whose SQL fails is rolled back and retried with a backoff
 //! (counted in the actor's `alarm_retries`).
+//!
+//! **Idle back-off.** Listing the 16 shards costs 16 KV calls per tick even with no alarm
+//! anywhere. After [`IDLE_TICKS`] ticks in a row that found nothing, the host lists only every
+//! [`IDLE_LIST_EVERY`] ticks — except when an alarm this host scheduled (a route, a retry, an
+//! alarm a handler scheduled) is due, which is listed at the next tick as before. So an alarm
+//! scheduled through this host, or in the index when the host started, fires within one tick
+//! of its time, always; one scheduled elsewhere meanwhile (another host, a library process on
+//! the same store) within [`IDLE_LIST_EVERY`] ticks when this host is idle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +38,85 @@ use crate::actor::guard::Mode;
 use crate::actor::{Actor, ActorError, HookError};
 use crate::vfs::Database;
 
-/// How often the host lists the due index: an alarm fires at most this long after it is due
-/// (plus the time its actor takes to wake and run it).
+/// How often the host lists the due index by default (`--alarm-tick-ms`): an alarm fires at
+/// most this long after it is due (plus the time its actor takes to wake and run it).
 pub const TICK: Duration = Duration::from_secs(1);
+
+/// Empty ticks in a row after which the host backs off (see the module comment).
+pub const IDLE_TICKS: u32 = 5;
+
+/// When backed off, the host lists every this many ticks (or when a known alarm is due).
+pub const IDLE_LIST_EVERY: u32 = 30;
+
+/// Due times this host knows of, most kept (past it the host lists every tick).
+const KNOWN_CAP: usize = 4096;
+
+/// The alarm times this host scheduled or learned of, so that an idle host that backed off
+/// still lists when one of them is due.
+#[derive(Default)]
+pub struct Known {
+    times: parking_lot::Mutex<(BTreeSet<u64>, bool)>,
+}
+
+impl Known {
+    /// Notes an alarm due at `at_ms`.
+    pub fn note(&self, at_ms: u64) {
+        let mut t = self.times.lock();
+        if t.0.len() >= KNOWN_CAP {
+            t.1 = true;
+        } else {
+            t.0.insert(at_ms);
+        }
+    }
+
+    /// Notes that the host cannot know every due time (too many, or a listing cut short): the
+    /// back-off is off for good (every tick lists).
+    pub fn saturate(&self) {
+        self.times.lock().1 = true;
+    }
+
+    /// True when a noted alarm is due at `now_ms` (or too many were noted to tell).
+    fn due(&self, now_ms: u64) -> bool {
+        let t = self.times.lock();
+        t.1 || t.0.first().is_some_and(|&f| f <= now_ms)
+    }
+
+    /// Forgets what a listing at `now_ms` covered.
+    fn listed(&self, now_ms: u64) {
+        let mut t = self.times.lock();
+        let rest = t.0.split_off(&now_ms.saturating_add(1));
+        t.0 = rest;
+    }
+}
+
+/// Whether a tick lists the due index: the back-off's state.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    empty: u32,
+    skipped: u32,
+}
+
+impl Backoff {
+    /// True when this tick lists (`known_due`: an alarm this host knows of is due).
+    pub fn should_list(&mut self, known_due: bool) -> bool {
+        if known_due || self.empty < IDLE_TICKS || self.skipped + 1 >= IDLE_LIST_EVERY {
+            self.skipped = 0;
+            true
+        } else {
+            self.skipped += 1;
+            false
+        }
+    }
+
+    /// Records what a listing found.
+    pub fn found(&mut self, anything: bool) {
+        self.empty = if anything {
+            0
+        } else {
+            self.empty.saturating_add(1)
+        };
+    }
+}
 
 /// Most due entries read from one shard per tick (the rest wait for the next tick).
 pub const LIST_LIMIT: usize = 1024;
@@ -59,7 +143,8 @@ fn alarm_json(a: &Alarm) -> Value {
     })
 }
 
-fn actor_error(e: ActorError, timeout: Duration) -> HostError {
+/// An actor operation's error as the host answers it.
+pub(crate) fn actor_error(e: ActorError, timeout: Duration) -> HostError {
     match e {
         ActorError::Sqlite(e) => statement_error(&e, timeout),
         ActorError::Moved => HostError::Unavailable(
@@ -123,7 +208,11 @@ async fn schedule_route(
                 .map_err(|e| actor_error(e, timeout))?;
             Ok(json!({ "id": aid, "at": at }))
         });
-        s.registry.run(&id, timeout, work).await
+        let r = s.registry.run(&id, timeout, work).await;
+        if r.is_ok() {
+            s.registry.known_alarms().note(at);
+        }
+        r
     }
     .await;
     respond(&s.metrics, r)
@@ -193,9 +282,13 @@ async fn cancel_route(
     respond(&s.metrics, r)
 }
 
-/// Runs a host alarm: its stored statement under the remote guard.
+/// Runs a host alarm: its stored statement under the remote guard; an alarm of another name
+/// goes to the actor's `on_alarm` hook (when the host's actor config sets one).
 fn run_sql_alarm(actor: &Actor, db: &Database, a: &Alarm) -> Result<(), HookError> {
     if a.name != SQL_ALARM {
+        if actor.has_alarm_hook() {
+            return actor.call_on_alarm(a);
+        }
         return Err(format!("the host has no handler for alarms named {:?}", a.name).into());
     }
     let v: Value = serde_json::from_slice(&a.payload)?;
@@ -209,6 +302,12 @@ fn run_sql_alarm(actor: &Actor, db: &Database, a: &Alarm) -> Result<(), HookErro
 /// One tick at `now_ms`: list the due index, fire each listed actor's due alarms, and put the
 /// actors the tick woke back to sleep. Returns the actors handled.
 pub async fn tick_once(registry: &Arc<Registry>, now_ms: u64, timeout: Duration) -> Vec<String> {
+    let rt = &registry.metrics().families.realtime;
+    rt.alarm_index_lists.fetch_add(
+        alarms::DUE_SHARDS as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    registry.known_alarms().listed(now_ms);
     let store = registry.store().clone();
     let listed =
         tokio::task::spawn_blocking(move || alarms::list_due(&store, now_ms, LIST_LIMIT)).await;
@@ -237,10 +336,19 @@ pub async fn tick_once(registry: &Arc<Registry>, now_ms: u64, timeout: Duration)
             let r = actor
                 .fire_and_clear(now_ms, &ats, &mut |db, a| run_sql_alarm(actor, db, a))
                 .map_err(|e| actor_error(e, timeout))?;
-            Ok(json!({ "fired": r.fired, "failed": r.failed }))
+            Ok(json!({ "fired": r.fired.len(), "failed": r.failed.len(), "next": r.next_ms }))
         });
-        if let Err(e) = registry.run(&actor_id, timeout, work).await {
-            tracing::warn!(actor = %actor_id, "alarm tick failed: {}", e.message());
+        match registry.run(&actor_id, timeout, work).await {
+            Ok(v) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
+                rt.alarms_fired.fetch_add(n("fired"), Relaxed);
+                rt.alarm_retries.fetch_add(n("failed"), Relaxed);
+                if let Some(next) = v.get("next").and_then(Value::as_u64) {
+                    registry.known_alarms().note(next);
+                }
+            }
+            Err(e) => tracing::warn!(actor = %actor_id, "alarm tick failed: {}", e.message()),
         }
         if !was_awake {
             registry.sleep_now(&actor_id).await;
@@ -250,10 +358,101 @@ pub async fn tick_once(registry: &Arc<Registry>, now_ms: u64, timeout: Duration)
     handled
 }
 
-/// The host's alarm loop: a tick every [`TICK`], forever (the host aborts it at shutdown).
-pub async fn run(registry: Arc<Registry>, timeout: Duration) {
+/// At start: the due times already in the index (alarms scheduled before a restart), noted so
+/// that the back-off still lists at their time. One list per shard; a shard with more than
+/// [`LIST_LIMIT`] entries turns the back-off off.
+async fn learn_index(registry: &Arc<Registry>) {
+    let store = registry.store().clone();
+    let listed =
+        tokio::task::spawn_blocking(move || alarms::list_due(&store, u64::MAX - 1, LIST_LIMIT))
+            .await;
+    registry
+        .metrics()
+        .families
+        .realtime
+        .alarm_index_lists
+        .fetch_add(
+            alarms::DUE_SHARDS as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    let known = registry.known_alarms();
+    match listed {
+        Ok(Ok(entries)) => {
+            let mut per_shard = BTreeMap::<u32, usize>::new();
+            for (shard, at, _) in entries {
+                known.note(at);
+                *per_shard.entry(shard).or_default() += 1;
+            }
+            if per_shard.values().any(|&n| n >= LIST_LIMIT) {
+                known.saturate();
+            }
+        }
+        _ => known.saturate(),
+    }
+}
+
+/// The host's alarm loop: a tick every `tick` (backed off when idle, see the module comment),
+/// forever (the host aborts it at shutdown). At start it learns the due times already in the
+/// index, and the first tick lists at once: alarms that fell due while no host ran fire at
+/// start, later ones at their tick.
+pub async fn run(registry: Arc<Registry>, timeout: Duration, tick: Duration) {
+    learn_index(&registry).await;
+    let mut backoff = Backoff::default();
+    let mut first = true;
     loop {
-        tokio::time::sleep(TICK).await;
-        tick_once(&registry, alarms::now_ms(), timeout).await;
+        if !first {
+            tokio::time::sleep(tick).await;
+        }
+        first = false;
+        registry
+            .metrics()
+            .families
+            .realtime
+            .alarm_ticks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = alarms::now_ms();
+        if !backoff.should_list(registry.known_alarms().due(now)) {
+            continue;
+        }
+        let handled = tick_once(&registry, now, timeout).await;
+        backoff.found(!handled.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_host_lists_every_idle_list_every_ticks_and_a_known_alarm_at_once() {
+        let mut b = Backoff::default();
+        // The first IDLE_TICKS empty listings: every tick.
+        for _ in 0..IDLE_TICKS {
+            assert!(b.should_list(false));
+            b.found(false);
+        }
+        let mut lists = 0;
+        for _ in 0..(IDLE_LIST_EVERY * 2) {
+            if b.should_list(false) {
+                lists += 1;
+                b.found(false);
+            }
+        }
+        assert_eq!(lists, 2);
+        // A known alarm due: listed now; something found: every tick again.
+        assert!(b.should_list(true));
+        b.found(true);
+        assert!(b.should_list(false));
+        let k = Known::default();
+        k.note(100);
+        k.note(200);
+        assert!(!k.due(99));
+        assert!(k.due(100));
+        k.listed(150);
+        assert!(!k.due(199));
+        assert!(k.due(200));
+        k.saturate();
+        k.listed(300);
+        assert!(k.due(0));
     }
 }

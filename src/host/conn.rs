@@ -71,6 +71,9 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 #[derive(Default)]
 struct ConnState {
     busy: AtomicU64,
+    /// Set once the connection was upgraded (a WebSocket): the idle timeout no longer
+    /// applies (the socket's session pings instead).
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 /// A TCP stream whose reads fail with `TimedOut` once no request is in progress and no byte
@@ -96,7 +99,9 @@ impl AsyncRead for Guarded {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                if me.state.busy.load(Ordering::Acquire) > 0 {
+                if me.state.busy.load(Ordering::Acquire) > 0
+                    || me.state.upgraded.load(Ordering::Acquire)
+                {
                     me.armed = false;
                     return Poll::Pending;
                 }
@@ -171,9 +176,14 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         self.state.busy.fetch_add(1, Ordering::AcqRel);
         let guard = BusyGuard(self.state.clone());
+        let state = self.state.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let r = fut.await;
+            if matches!(&r, Ok(resp) if resp.status() == axum::http::StatusCode::SWITCHING_PROTOCOLS)
+            {
+                state.upgraded.store(true, Ordering::Release);
+            }
             drop(guard);
             r
         })
@@ -241,7 +251,11 @@ pub async fn run(
         let mut stop = stop_rx.clone();
         conns.spawn(async move {
             let _permit = permit;
-            let conn = builder.serve_connection(TokioIo::new(io), service);
+            // With upgrades: a WebSocket leaves the loop's connections once upgraded (the
+            // host's sockets bound it, see `super::sockets`).
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => return,

@@ -8,12 +8,13 @@
 //! shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
 //! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`prom_families`] (what the store
 //! and the VFS do, host-wide), [`top`] (the costliest actors lately), [`inspector`] (the HTML
-//! pages).
+//! pages), [`sockets`] and [`connect_route`] (WebSockets kept while their actors sleep).
 //! The CLI (`src/cli/serve.rs`) only parses arguments and calls [`serve`].
 
 pub mod alarm_tick;
 pub mod auth;
 pub mod conn;
+pub mod connect_route;
 pub mod history_routes;
 pub mod inspector;
 pub mod prom;
@@ -21,6 +22,7 @@ pub mod prom_families;
 pub mod queue_route;
 pub mod registry;
 pub mod routes;
+pub mod sockets;
 pub mod sql;
 pub mod top;
 
@@ -143,6 +145,11 @@ pub struct HostConfig {
     /// commit waits for its put; per-request metrics then count a request's own put (with
     /// pipelining a put still in flight at the answer is counted at the actor's next request).
     pub pipelined: bool,
+    /// The WebSockets' limits (`--max-sockets 0` turns connections off: no connect route
+    /// works and the actors have no `restore_connections` phase).
+    pub sockets: sockets::SocketLimits,
+    /// How often the alarm loop ticks (`--alarm-tick-ms`; default [`alarm_tick::TICK`]).
+    pub alarm_tick: Duration,
 }
 
 /// Shortest admin token accepted, in bytes.
@@ -232,11 +239,13 @@ pub async fn serve(
         crate::actor::guard::GuardConfig::host(config.max_result_bytes.max(MIN_MAX_RESULT_BYTES));
     crate::actor::guard::set_heap_limit(config.sqlite_heap_limit);
     let actor_alarms = actor.alarms;
+    actor.connections = config.sockets.max_sockets > 0;
     // Every KV call of the host goes through the families' counting and timing wrapper.
     let store = metrics.families.wrap_store(config.store.clone());
     let registry = Arc::new(
         registry::Registry::new(store, actor, config.max_awake, metrics.clone())
-            .with_lock_wait(config.statement_timeout),
+            .with_lock_wait(config.statement_timeout)
+            .with_sockets(config.sockets),
     );
     let state = routes::AppState {
         registry: registry.clone(),
@@ -282,9 +291,21 @@ pub async fn serve(
         })
     };
     // The alarm tick runs when the actors use alarms (`ActorConfig::alarms`).
-    let alarm_loop = actor_alarms
-        .then(|| tokio::spawn(alarm_tick::run(registry.clone(), state.statement_timeout)));
+    let alarm_loop = actor_alarms.then(|| {
+        let tick = config.alarm_tick.max(Duration::from_millis(1));
+        tokio::spawn(alarm_tick::run(
+            registry.clone(),
+            state.statement_timeout,
+            tick,
+        ))
+    });
     let app = routes::router(state);
+    let hub = registry.hub().clone();
+    let shutdown = async move {
+        shutdown.await;
+        // WebSockets are not the accept loop's connections: told to close (1001) here.
+        hub.close_all();
+    };
     let drained = conn::run(listener, app, config.limits, shutdown).await;
     sleeper.abort();
     let _ = sleeper.await;

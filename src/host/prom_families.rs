@@ -121,6 +121,8 @@ pub struct Families {
     hour: Mutex<VecDeque<HourSample>>,
     /// What each actor cost lately (`GET /inspector/top`).
     pub costs: Costs,
+    /// Alarms, the queue and the WebSockets, host-wide.
+    pub realtime: Realtime,
 }
 
 impl Default for Families {
@@ -144,6 +146,7 @@ impl Default for Families {
             live: Mutex::new(HashMap::new()),
             hour: Mutex::new(VecDeque::new()),
             costs: Costs::default(),
+            realtime: Realtime::default(),
         }
     }
 }
@@ -536,6 +539,87 @@ impl Families {
             "SQL statements the actors ran (requests, wakes and migrations; not the inspector's pages).",
             &self.statements,
         );
+        self.realtime.render(out);
+    }
+}
+
+/// The host-wide families of alarms, the queue and the WebSockets (never per actor).
+#[derive(Default)]
+pub struct Realtime {
+    /// Ticks of the alarm loop.
+    pub alarm_ticks: AtomicU64,
+    /// Due-index lists the ticks made (one per shard per tick that listed).
+    pub alarm_index_lists: AtomicU64,
+    /// Alarms fired (handler committed with the deletion).
+    pub alarms_fired: AtomicU64,
+    /// Alarm handler failures (rolled back, retried later).
+    pub alarm_retries: AtomicU64,
+    /// Messages put on queues through the host.
+    pub queue_enqueued: AtomicU64,
+    /// Queued messages handled (committed with their acknowledgement).
+    pub queue_handled: AtomicU64,
+    /// Queue drains stopped by a failure (the message stays first in line).
+    pub queue_failures: AtomicU64,
+    /// WebSockets open now (a gauge).
+    pub ws_open: AtomicU64,
+    /// WebSockets opened.
+    pub ws_opened: AtomicU64,
+    /// Connects refused at the socket cap.
+    pub ws_refused: AtomicU64,
+    /// Sockets closed because their receiver fell behind.
+    pub ws_closed_slow: AtomicU64,
+    /// Messages received on sockets.
+    pub ws_messages: AtomicU64,
+    /// Pushes queued to a socket.
+    pub ws_pushes_delivered: AtomicU64,
+    /// Pushes not delivered: their socket was closing or too slow, or their commit did not
+    /// become durable.
+    pub ws_pushes_dropped: AtomicU64,
+    /// Pushes that reached no open socket.
+    pub ws_pushes_unrouted: AtomicU64,
+    /// Bytes queued for sockets now (a gauge).
+    pub ws_buffered_bytes: AtomicU64,
+}
+
+impl Realtime {
+    /// Counts a queue drain's outcome.
+    pub fn count_drain(&self, r: &crate::actor::queue::DrainReport) {
+        self.queue_handled
+            .fetch_add(r.handled as u64, Ordering::Relaxed);
+        if r.failed.is_some() {
+            self.queue_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The text exposition of these families, appended to `out`.
+    pub fn render(&self, out: &mut String) {
+        let one = |out: &mut String, name: &str, ty: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {ty}");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        };
+        let c = "counter";
+        let g = "gauge";
+        for (name, ty, help, v) in [
+            ("kvsqlite_alarm_ticks_total", c, "Ticks of the host's alarm loop (idle ticks that skipped listing included).", &self.alarm_ticks),
+            ("kvsqlite_alarm_index_lists_total", c, "KV lists of the due index made by the alarm ticks (one per shard per listing tick).", &self.alarm_index_lists),
+            ("kvsqlite_alarms_fired_total", c, "Alarms fired: handler committed with the alarm's deletion.", &self.alarms_fired),
+            ("kvsqlite_alarm_retries_total", c, "Alarm handler failures, each rolled back and retried later with a backoff.", &self.alarm_retries),
+            ("kvsqlite_queue_enqueued_total", c, "Messages put on actors' queues through this host (one put each, no wake).", &self.queue_enqueued),
+            ("kvsqlite_queue_handled_total", c, "Queued messages handled, each committed with its acknowledgement.", &self.queue_handled),
+            ("kvsqlite_queue_handler_failures_total", c, "Queue drains stopped by a handler or store failure (the message stays first in line).", &self.queue_failures),
+            ("kvsqlite_ws_connections", g, "WebSockets open now (including connects being accepted).", &self.ws_open),
+            ("kvsqlite_ws_connections_opened_total", c, "WebSockets opened.", &self.ws_opened),
+            ("kvsqlite_ws_connections_refused_total", c, "Connects refused at --max-sockets (answered 503 before the upgrade).", &self.ws_refused),
+            ("kvsqlite_ws_slow_closed_total", c, "Sockets closed (code 1008) because their receiver fell behind by more than --socket-buffer-bytes.", &self.ws_closed_slow),
+            ("kvsqlite_ws_messages_received_total", c, "Messages received on WebSockets (each runs the actor's handler).", &self.ws_messages),
+            ("kvsqlite_ws_pushes_delivered_total", c, "Pushes queued to a socket after their commit was durable (one per socket reached).", &self.ws_pushes_delivered),
+            ("kvsqlite_ws_pushes_dropped_total", c, "Pushes not delivered: the socket was closing or too slow, or the commit did not become durable.", &self.ws_pushes_dropped),
+            ("kvsqlite_ws_pushes_unrouted_total", c, "Pushes whose target matched no open socket.", &self.ws_pushes_unrouted),
+            ("kvsqlite_ws_buffered_bytes", g, "Bytes queued for WebSockets now (at most --max-sockets x --socket-buffer-bytes).", &self.ws_buffered_bytes),
+        ] {
+            one(out, name, ty, help, v);
+        }
     }
 }
 

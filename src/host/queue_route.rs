@@ -58,13 +58,19 @@ async fn enqueue_route(
                 }
                 e => store_unavailable(format!("enqueue failed: {e}")),
             })?;
+        s.metrics
+            .families
+            .realtime
+            .queue_enqueued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if s.registry.is_awake(&id) {
             let timeout = s.statement_timeout;
+            let metrics = s.metrics.clone();
             let work: Work = Box::new(move |actor: &Actor| {
                 actor
                     .poll_queue()
                     .map_err(|e| store_unavailable(format!("polling the queue failed: {e}")))?;
-                drain(actor);
+                metrics.families.realtime.count_drain(&drain(actor));
                 Ok(json!({}))
             });
             s.registry.run(&id, timeout, work).await?;
@@ -126,7 +132,12 @@ fn run_statement(actor: &Actor, db: &Database, m: &Message) -> Result<(), Failur
     }
 }
 
+/// Runs a queued message: the actor's `on_message` hook when the host's actor config sets one,
+/// else the message's statement.
 fn run_message(actor: &Actor, db: &Database, m: &Message) -> Result<(), HookError> {
+    if actor.has_message_hook() {
+        return actor.call_on_message(m);
+    }
     match run_statement(actor, db, m) {
         Ok(()) => Ok(()),
         Err(Failure::Store(e)) => Err(e.into()),

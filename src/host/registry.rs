@@ -32,6 +32,7 @@ use tokio::sync::{oneshot, OwnedMutexGuard};
 
 use super::prom::HostMetrics;
 use super::HostError;
+use crate::actor::connections::Push;
 use crate::actor::{Actor, ActorConfig, ActorError};
 use crate::kv::{KvError, SharedStore};
 use crate::metrics::MetricsDoc;
@@ -132,6 +133,10 @@ pub struct Registry {
     started: Instant,
     /// Longest wait for an actor's lock (behind other requests) before a 503.
     lock_wait: Duration,
+    /// The WebSockets kept for the actors, awake or asleep.
+    hub: Arc<super::sockets::Hub>,
+    /// Alarm times this host scheduled or learned of (the alarm tick's back-off).
+    known_alarms: super::alarm_tick::Known,
 }
 
 impl Registry {
@@ -150,9 +155,14 @@ impl Registry {
             doc_cap: (max_awake * 16).max(1024),
             slots: Mutex::new(HashMap::new()),
             docs: Mutex::new(DocCache::default()),
-            metrics,
             started: Instant::now(),
             lock_wait: RESERVE_WAIT,
+            hub: Arc::new(super::sockets::Hub::new(
+                super::sockets::SocketLimits::default(),
+                metrics.clone(),
+            )),
+            metrics,
+            known_alarms: Default::default(),
         }
     }
 
@@ -161,6 +171,27 @@ impl Registry {
     pub fn with_lock_wait(mut self, wait: Duration) -> Self {
         self.lock_wait = wait;
         self
+    }
+
+    /// The same registry with its sockets bounded by `limits`.
+    pub fn with_sockets(mut self, limits: super::sockets::SocketLimits) -> Self {
+        self.hub = Arc::new(super::sockets::Hub::new(limits, self.metrics.clone()));
+        self
+    }
+
+    /// The host metrics.
+    pub fn metrics(&self) -> &Arc<HostMetrics> {
+        &self.metrics
+    }
+
+    /// Alarm times this host scheduled or learned of.
+    pub fn known_alarms(&self) -> &super::alarm_tick::Known {
+        &self.known_alarms
+    }
+
+    /// The host's WebSockets.
+    pub fn hub(&self) -> &Arc<super::sockets::Hub> {
+        &self.hub
     }
 
     /// How actors start here (their retention, for a fork's new actor).
@@ -223,7 +254,7 @@ impl Registry {
         let (tx, rx) = oneshot::channel::<InterruptHandle>();
         let me = self.clone();
         let mut task = tokio::task::spawn_blocking(move || {
-            let (result, gate) = me.run_locked(&slot, guard, tx, work);
+            let (result, gate, pushes) = me.run_locked(&slot, guard, tx, work);
             // The output gate, outside the actor's lock (the next request's transaction runs
             // while this one's put is in flight): no answer leaves before every commit it saw
             // (its own and earlier ones) is durable.
@@ -235,9 +266,12 @@ impl Registry {
                     // This instance must not serve again (moved, or a put failed): put it to
                     // sleep now, so the next request wakes the actor afresh from the store.
                     me.sleep_if_unusable(&slot);
+                    me.hub.discard(pushes);
                     return Err(gate_error(e));
                 }
             }
+            // The pushes of the commits the gate saw durable.
+            me.hub.deliver(&slot.id, pushes);
             result
         });
         // The watchdog is a task of its own: if the client goes away (and this future is
@@ -274,32 +308,46 @@ impl Registry {
         mut guard: OwnedMutexGuard<SlotState>,
         tx: oneshot::Sender<InterruptHandle>,
         work: Work,
-    ) -> (Result<serde_json::Value, HostError>, Option<Gate>) {
+    ) -> (
+        Result<serde_json::Value, HostError>,
+        Option<Gate>,
+        Vec<Push>,
+    ) {
         if let SlotState::Awake(awake) = &*guard {
             if let Some(e) = awake.actor.db().unusable() {
                 // A pipelined put failed (or another instance wrote) after the last request:
                 // this instance must not serve again.
                 self.sleep_locked(slot, &mut guard);
-                return (Err(gate_error(e)), None);
+                return (Err(gate_error(e)), None, Vec::new());
             }
         }
+        let was_awake = matches!(&*guard, SlotState::Awake(_));
         if let Err(e) = self.ensure_awake(slot, &mut guard) {
             self.retire(slot, &mut guard);
-            return (Err(e), None);
+            return (Err(e), None, Vec::new());
         }
         let SlotState::Awake(awake) = &mut *guard else {
             return (
                 Err(HostError::Internal("the actor is not awake".into())),
                 None,
+                Vec::new(),
             );
         };
         let _ = tx.send(awake.actor.db().get_interrupt_handle());
+        if !was_awake {
+            self.drop_stale_connections(&awake.actor);
+        }
         if awake.actor.queued() > 0 {
             // Messages queued while it slept run before the request that woke it.
-            super::queue_route::drain(&awake.actor);
+            let r = super::queue_route::drain(&awake.actor);
+            self.metrics.families.realtime.count_drain(&r);
         }
         let started = Instant::now();
         let result = work(&awake.actor);
+        let pushes = awake.actor.take_pushes().unwrap_or_else(|e| {
+            tracing::warn!(actor = %slot.id, "taking the pushes failed: {e}");
+            Vec::new()
+        });
         let durability = awake.actor.db().durability();
         let gate = Some((
             durability.clone(),
@@ -318,7 +366,23 @@ impl Registry {
             // time rather than trust its cache.
             self.sleep_locked(slot, &mut guard);
         }
-        (result, gate)
+        (result, gate, pushes)
+    }
+
+    /// After a wake: deletes the connection records the actor restored whose socket this
+    /// host no longer holds (closed while the actor slept, or before a restart).
+    fn drop_stale_connections(&self, actor: &Actor) {
+        let restored: Vec<String> = actor
+            .restored_connections()
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        let stale = self.hub.stale(actor.id(), &restored);
+        if !stale.is_empty() {
+            if let Err(e) = actor.close_connections(&stale) {
+                tracing::warn!(actor = %actor.id(), "dropping stale connection records failed: {e}");
+            }
+        }
     }
 
     fn ensure_awake(&self, slot: &Arc<Slot>, state: &mut SlotState) -> Result<(), HostError> {

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     let router = super::history_routes::routes(router);
     let router = super::alarm_tick::routes(router);
     let router = super::queue_route::routes(router);
+    let router = super::connect_route::routes(router);
     super::inspector::routes(router)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))

@@ -54,6 +54,8 @@ impl InProcessHost {
             max_result_bytes: host::DEFAULT_MAX_RESULT_BYTES,
             sqlite_heap_limit: host::DEFAULT_SQLITE_HEAP_LIMIT,
             pipelined: true,
+            sockets: Default::default(),
+            alarm_tick: host::alarm_tick::TICK,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = runtime.spawn(host::serve(listener, host_config, async move {
