@@ -119,6 +119,8 @@ pub struct Families {
     hour: Mutex<VecDeque<HourSample>>,
     /// What each actor cost lately (`GET /inspector/top`).
     pub costs: Costs,
+    /// The cluster's figures (`serve --cluster`; rendered only then).
+    pub cluster: Arc<super::cluster::Status>,
 }
 
 impl Default for Families {
@@ -141,6 +143,7 @@ impl Default for Families {
             live: Mutex::new(HashMap::new()),
             hour: Mutex::new(VecDeque::new()),
             costs: Costs::default(),
+            cluster: Arc::default(),
         }
     }
 }
@@ -346,6 +349,7 @@ impl Families {
 
     /// The families' text exposition, appended to `out`.
     pub fn render(&self, out: &mut String) {
+        self.cluster.render(out);
         let head = |out: &mut String, name: &str, ty: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {ty}");
