@@ -229,12 +229,22 @@ impl Table {
 
     /// The addresses actors are placed on at `now`: live members not leaving, one per address
     /// (a restarted host's old record and its new one share it), sorted; `except` (this
-    /// host's own id) left out.
-    pub fn placement(&self, now: Instant, except: Option<&str>) -> Vec<String> {
+    /// host's own id) and the records in `excluded` left out.
+    pub fn placement<V>(
+        &self,
+        now: Instant,
+        except: Option<&str>,
+        excluded: &HashMap<String, V>,
+    ) -> Vec<String> {
         let mut addrs: Vec<String> = self
             .seen
             .values()
-            .filter(|s| s.is_live(now) && !s.record.leaving && Some(s.id.as_str()) != except)
+            .filter(|s| {
+                s.is_live(now)
+                    && !s.record.leaving
+                    && Some(s.id.as_str()) != except
+                    && !excluded.contains_key(&s.id)
+            })
             .map(|s| s.record.addr.clone())
             .collect();
         addrs.sort();
@@ -291,8 +301,11 @@ mod tests {
             (member_key("d"), b"junk".to_vec()),
         ];
         t.observe(&listing, t0);
-        assert_eq!(t.placement(t0, None), vec!["h:1", "h:2"]);
-        assert_eq!(t.placement(t0, Some("a")), vec!["h:2"]);
+        let none: HashMap<String, ()> = HashMap::new();
+        assert_eq!(t.placement(t0, None, &none), vec!["h:1", "h:2"]);
+        assert_eq!(t.placement(t0, Some("a"), &none), vec!["h:2"]);
+        let b: HashMap<String, ()> = [("b".to_string(), ())].into();
+        assert_eq!(t.placement(t0, None, &b), vec!["h:1"]);
         assert_eq!(t.live_count(t0), 3);
         // b heartbeats, a does not: 1.2 s later a is dead, b is not.
         let t1 = t0 + Duration::from_millis(600);
@@ -304,7 +317,7 @@ mod tests {
         let t2 = t0 + Duration::from_millis(1200);
         let dead: Vec<String> = t.dead(t2).into_iter().map(|s| s.id).collect();
         assert_eq!(dead, vec!["a".to_string()]);
-        assert_eq!(t.placement(t2, None), vec!["h:2"]);
+        assert_eq!(t.placement(t2, None, &none), vec!["h:2"]);
         assert_eq!(t.all().len(), 2, "c's record left the store: forgotten");
     }
 }

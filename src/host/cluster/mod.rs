@@ -163,7 +163,8 @@ struct State {
     leaving: bool,
     stopped: bool,
     table: Table,
-    /// Addresses that answered a forward with "leaving", and when.
+    /// Member records (by id) whose host answered a forward with "leaving", and when: a
+    /// record that host writes after it (re)joins has a new id and is not excluded.
     hinted: HashMap<String, Instant>,
 }
 
@@ -311,12 +312,22 @@ impl Cluster {
         p.joined && placement::owner(&p.members, actor) == Some(self.config.advertise.as_str())
     }
 
-    /// A forward to `addr` was answered "leaving": place nothing there for a TTL (or until
-    /// its record says otherwise at a later heartbeat).
+    /// A forward to `addr` was answered "leaving": place nothing on the records that address
+    /// holds now (a TTL at most; a record it writes when it joins again counts as usual).
     pub fn hint_leaving(&self, addr: &str) {
         let mut st = self.state.lock();
-        st.hinted.insert(addr.to_string(), Instant::now());
-        let p = self.rebuild(&mut st, Instant::now());
+        let now = Instant::now();
+        let ids: Vec<String> = st
+            .table
+            .all()
+            .into_iter()
+            .filter(|s| s.record.addr == addr)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in ids {
+            st.hinted.insert(id, now);
+        }
+        let p = self.rebuild(&mut st, now);
         *self.placement.lock() = Arc::new(p);
     }
 
@@ -324,8 +335,8 @@ impl Cluster {
         let ttl = self.config.ttl;
         st.hinted.retain(|_, t| now.saturating_duration_since(*t) < ttl);
         let me = &self.config.advertise;
-        let mut members = st.table.placement(now, Some(&st.id));
-        members.retain(|a| a != me && !st.hinted.contains_key(a));
+        let mut members = st.table.placement(now, Some(&st.id), &st.hinted);
+        members.retain(|a| a != me);
         let joined = st.written.is_some() && !st.leaving && !st.stopped;
         if joined {
             members.push(me.clone());
