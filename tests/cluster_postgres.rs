@@ -28,7 +28,9 @@ fn sum(hosts: &[&Host], name: &str) -> f64 {
 
 #[test]
 fn three_hosts_place_each_actor_on_one_host_and_forward_the_rest() {
-    let Some(url) = kit::postgres_url() else { return };
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
     let table = PgTable::new(&url, "steady");
     let hosts = kit::three_hosts(&table.kv(), "steady", &[]);
     let refs: Vec<&Host> = hosts.iter().collect();
@@ -47,7 +49,11 @@ fn three_hosts_place_each_actor_on_one_host_and_forward_the_rest() {
     for (actor, on) in &awake {
         assert_eq!(on.len(), 1, "{actor} awake on {on:?}");
         let by: Vec<&String> = served[actor].iter().collect();
-        assert_eq!(by, vec![&on[0]], "{actor}: served by {by:?}, awake on {on:?}");
+        assert_eq!(
+            by,
+            vec![&on[0]],
+            "{actor}: served by {by:?}, awake on {on:?}"
+        );
     }
     // Each actor woke once in the whole cluster (its creation), and no write was refused.
     assert_eq!(sum(&refs, "kvsqlite_wakes_total"), ACTORS as f64);
@@ -68,7 +74,9 @@ fn three_hosts_place_each_actor_on_one_host_and_forward_the_rest() {
 
 #[test]
 fn a_wake_stays_one_round_trip_in_cluster_mode() {
-    let Some(url) = kit::postgres_url() else { return };
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
     let table = PgTable::new(&url, "wake");
     let hosts = kit::three_hosts(&table.kv(), "wake", &["--idle-sleep-ms", "300"]);
     let refs: Vec<&Host> = hosts.iter().collect();
@@ -96,7 +104,12 @@ fn a_wake_stays_one_round_trip_in_cluster_mode() {
     for a in 0..n {
         // Through the host after the one that created it: most of these are forwarded.
         let base = &hosts[(a + 1) % 3].base;
-        let ans = post(&agent, base, &format!("/actors/w{a}/query"), &json!({"sql": "SELECT x FROM t"}));
+        let ans = post(
+            &agent,
+            base,
+            &format!("/actors/w{a}/query"),
+            &json!({"sql": "SELECT x FROM t"}),
+        );
         assert_eq!(ans.status, 200, "{}", ans.body);
         assert_eq!(kit::values(&ans.body).unwrap(), vec![a as i64]);
         forwarded += ans.forwarded_by.is_some() as usize;
@@ -116,7 +129,9 @@ fn a_wake_stays_one_round_trip_in_cluster_mode() {
 
 #[test]
 fn a_killed_host_s_actors_answer_after_its_lease_and_no_acknowledged_write_is_lost() {
-    let Some(url) = kit::postgres_url() else { return };
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
     let table = PgTable::new(&url, "kill");
     let mut hosts = kit::three_hosts(&table.kv(), "kill", &[]);
     let refs: Vec<&Host> = hosts.iter().collect();
@@ -142,7 +157,9 @@ fn a_killed_host_s_actors_answer_after_its_lease_and_no_acknowledged_write_is_lo
 
 #[test]
 fn a_host_stopped_past_its_ttl_writes_nothing_when_it_resumes_and_joins_again() {
-    let Some(url) = kit::postgres_url() else { return };
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
     let table = PgTable::new(&url, "stop");
     let hosts = kit::three_hosts(&table.kv(), "stop", &[]);
     let refs: Vec<&Host> = hosts.iter().collect();
@@ -155,7 +172,10 @@ fn a_host_stopped_past_its_ttl_writes_nothing_when_it_resumes_and_joins_again() 
         .map(|(a, _)| a.clone())
         .take(10)
         .collect();
-    assert!(theirs.len() >= 5, "the stopped host holds actors: {theirs:?}");
+    assert!(
+        theirs.len() >= 5,
+        "the stopped host holds actors: {theirs:?}"
+    );
     let id_before = stopped.cluster()["members"]
         .as_array()
         .unwrap()
@@ -203,7 +223,12 @@ fn a_host_stopped_past_its_ttl_writes_nothing_when_it_resumes_and_joins_again() 
             // Taken after it joined again: forwarded to the actor's owner, never run here
             // while its lease had lapsed.
             200 => {
-                assert_eq!(ans.forwarded_by.as_deref(), Some(stopped.addr.as_str()), "{}", ans.body);
+                assert_eq!(
+                    ans.forwarded_by.as_deref(),
+                    Some(stopped.addr.as_str()),
+                    "{}",
+                    ans.body
+                );
                 assert_ne!(ans.served_by.as_deref(), Some(stopped.addr.as_str()));
                 landed_elsewhere.insert(marker);
             }
@@ -221,10 +246,18 @@ fn a_host_stopped_past_its_ttl_writes_nothing_when_it_resumes_and_joins_again() 
     assert_ne!(id_before, id_after, "it joined again under a new id");
     assert_eq!(stopped.metrics()["kvsqlite_cluster_expulsions_total"], 1.0);
     for (i, a) in theirs.iter().enumerate() {
-        let ans = post(&agent, &hosts[0].base, &format!("/actors/{a}/query"), &json!({"sql": "SELECT v FROM log ORDER BY id"}));
+        let ans = post(
+            &agent,
+            &hosts[0].base,
+            &format!("/actors/{a}/query"),
+            &json!({"sql": "SELECT v FROM log ORDER BY id"}),
+        );
         assert_eq!(ans.status, 200, "{}", ans.body);
         let rows: BTreeSet<i64> = kit::values(&ans.body).unwrap().into_iter().collect();
-        assert!(rows.contains(&(i as i64)), "{a}: the others' write is there: {rows:?}");
+        assert!(
+            rows.contains(&(i as i64)),
+            "{a}: the others' write is there: {rows:?}"
+        );
         let marker = 900_000 + i as i64;
         assert_eq!(
             rows.contains(&marker),
@@ -238,7 +271,9 @@ fn a_host_stopped_past_its_ttl_writes_nothing_when_it_resumes_and_joins_again() 
 
 #[test]
 fn a_rolling_restart_under_load_loses_nothing_and_answers_99_percent() {
-    let Some(url) = kit::postgres_url() else { return };
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
     let table = PgTable::new(&url, "roll");
     let mut hosts = kit::three_hosts(&table.kv(), "roll", &[]);
     let refs: Vec<&Host> = hosts.iter().collect();
@@ -248,7 +283,11 @@ fn a_rolling_restart_under_load_loses_nothing_and_answers_99_percent() {
     for i in 0..3 {
         let status = hosts[i].terminate();
         assert!(status.success(), "host {i} exit: {status:?}");
-        assert!(hosts[i].stderr_text().contains("left the cluster"), "{}", hosts[i].stderr_text());
+        assert!(
+            hosts[i].stderr_text().contains("left the cluster"),
+            "{}",
+            hosts[i].stderr_text()
+        );
         load.run_for_answers(200);
         hosts[i].restart();
         kit::wait_members(&hosts.iter().collect::<Vec<_>>(), 3);
@@ -266,7 +305,15 @@ fn a_rolling_restart_under_load_loses_nothing_and_answers_99_percent() {
 fn cluster_mode_refuses_a_store_that_is_not_shared() {
     for kv in ["memory:", "redb:/tmp/kvsqlite-cluster-refused.redb"] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
-            .args(["--kv", kv, "serve", "--listen", "127.0.0.1:0", "--cluster", "c"])
+            .args([
+                "--kv",
+                kv,
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster",
+                "c",
+            ])
             .env("KVSQLITE_ADMIN_TOKEN", kit::ADMIN)
             .output()
             .expect("run kvsqlite");

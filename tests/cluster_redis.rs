@@ -47,7 +47,10 @@ fn three_hosts_on_redis_cluster_serve_each_actor_once_and_survive_a_kill() {
             assert_eq!(by, vec![&on[0]], "{actor}");
         }
     }
-    let wakes: f64 = hosts.iter().map(|h| h.metrics()["kvsqlite_wakes_total"]).sum();
+    let wakes: f64 = hosts
+        .iter()
+        .map(|h| h.metrics()["kvsqlite_wakes_total"])
+        .sum();
     assert_eq!(wakes, ACTORS as f64, "each actor woke once in the cluster");
 
     load.start();

@@ -67,9 +67,13 @@ impl Host {
         if !self.extra.iter().any(|a| a == "--idle-sleep-ms") {
             cmd.args(["--idle-sleep-ms", "600000"]);
         }
-        cmd
-            .args(["--cluster", &self.cluster, "--member-ttl", TTL])
-            .args(["--statement-timeout-ms", "5000", "--shutdown-deadline-ms", "5000"])
+        cmd.args(["--cluster", &self.cluster, "--member-ttl", TTL])
+            .args([
+                "--statement-timeout-ms",
+                "5000",
+                "--shutdown-deadline-ms",
+                "5000",
+            ])
             .args(&self.extra)
             .env_remove("KVSQLITE_KV")
             .env("RUST_LOG", "kvsqlite=info")
@@ -184,7 +188,9 @@ impl Host {
 impl Drop for Host {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -218,7 +224,10 @@ pub fn wait_members(hosts: &[&Host], n: usize) {
             std::thread::sleep(TTL_D / 2);
             return;
         }
-        assert!(Instant::now() < deadline, "the hosts never agreed on {n} members");
+        assert!(
+            Instant::now() < deadline,
+            "the hosts never agreed on {n} members"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -441,7 +450,10 @@ impl Load {
                         break;
                     }
                     let Some(ans) = ans else {
-                        failures.lock().unwrap().push(format!("{path}: no host answered"));
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{path}: no host answered"));
                         continue;
                     };
                     let mut m = models[a].lock().unwrap();
@@ -469,7 +481,12 @@ impl Load {
                                 counts.forwarded.fetch_add(1, Ordering::Relaxed);
                             }
                             if let Some(s) = ans.served_by {
-                                served.lock().unwrap().entry(format!("{prefix}{a}")).or_default().insert(s);
+                                served
+                                    .lock()
+                                    .unwrap()
+                                    .entry(format!("{prefix}{a}"))
+                                    .or_default()
+                                    .insert(s);
                             }
                             if write {
                                 m.acked.push(v);
@@ -479,20 +496,29 @@ impl Load {
                                     Ok(()) => {
                                         counts.reads_checked.fetch_add(1, Ordering::Relaxed);
                                     }
-                                    Err(e) => failures.lock().unwrap().push(format!("{path}: {e}; last requests {:?}", m.recent)),
+                                    Err(e) => failures
+                                        .lock()
+                                        .unwrap()
+                                        .push(format!("{path}: {e}; last requests {:?}", m.recent)),
                                 }
                             }
                         }
                         503 => {
                             counts.unavailable.fetch_add(1, Ordering::Relaxed);
                             if ans.retry_after.is_none() {
-                                failures.lock().unwrap().push(format!("{path}: 503 without Retry-After: {}", ans.body));
+                                failures
+                                    .lock()
+                                    .unwrap()
+                                    .push(format!("{path}: 503 without Retry-After: {}", ans.body));
                             }
                             if write {
                                 m.maybe.insert(v);
                             }
                         }
-                        s => failures.lock().unwrap().push(format!("{path}: {s} {}", ans.body)),
+                        s => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{path}: {s} {}", ans.body)),
                     }
                 }
             }));
@@ -525,7 +551,12 @@ impl Load {
     /// Panics with the failures, if any.
     pub fn assert_no_failures(&self) {
         let f = self.failures.lock().unwrap();
-        assert!(f.is_empty(), "{} failures, first ones: {:#?}", f.len(), &f[..f.len().min(10)]);
+        assert!(
+            f.is_empty(),
+            "{} failures, first ones: {:#?}",
+            f.len(),
+            &f[..f.len().min(10)]
+        );
     }
 
     /// After the load: every actor, through `base`, answers its read at once (200) and matches
@@ -534,12 +565,22 @@ impl Load {
         let agent = serve::agent();
         for a in 0..ACTORS {
             let path = format!("/actors/{}{a}/query", self.prefix);
-            let ans = post(&agent, base, &path, &json!({"sql": "SELECT v FROM log ORDER BY id"}));
+            let ans = post(
+                &agent,
+                base,
+                &path,
+                &json!({"sql": "SELECT v FROM log ORDER BY id"}),
+            );
             assert_eq!(ans.status, 200, "{path}: {}", ans.body);
             let rows = values(&ans.body).expect("rows");
             let mut m = self.models[a].lock().unwrap();
             check_read(&mut m, &rows).unwrap_or_else(|e| panic!("{path}: {e}"));
-            let ic = post(&agent, base, &path, &json!({"sql": "PRAGMA integrity_check"}));
+            let ic = post(
+                &agent,
+                base,
+                &path,
+                &json!({"sql": "PRAGMA integrity_check"}),
+            );
             assert_eq!(ic.status, 200, "{path}: {}", ic.body);
             let v: Value = serde_json::from_str(&ic.body).expect("JSON");
             assert_eq!(v["rows"], json!([["ok"]]), "{path}");
@@ -553,8 +594,13 @@ pub fn awake_map(h: &Host) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for m in v["members"].as_array().expect("members") {
         let addr = m["addr"].as_str().expect("addr").to_string();
-        for a in m["awake"].as_array().unwrap_or_else(|| panic!("member {m} did not answer")) {
-            out.entry(a.as_str().expect("id").to_string()).or_default().push(addr.clone());
+        for a in m["awake"]
+            .as_array()
+            .unwrap_or_else(|| panic!("member {m} did not answer"))
+        {
+            out.entry(a.as_str().expect("id").to_string())
+                .or_default()
+                .push(addr.clone());
         }
     }
     out

@@ -311,7 +311,12 @@ async fn forward(c: &Cluster, req: Request, next: Next, actor: &str, first: Stri
     parts.headers.remove(header::CONTENT_LENGTH);
     let me = match HeaderValue::from_str(c.advertise()) {
         Ok(v) => v,
-        Err(_) => return unavailable("this host's advertised address is not a header value", false),
+        Err(_) => {
+            return unavailable(
+                "this host's advertised address is not a header value",
+                false,
+            )
+        }
     };
     parts.headers.insert(FORWARDED_BY, me.clone());
     let path = parts
@@ -393,9 +398,15 @@ mod tests {
         assert_eq!(actor_of_path("/actors/"), None);
         assert_eq!(actor_of_path("/metrics"), None);
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
         strip(&mut h);
         assert_eq!(h.len(), 1);

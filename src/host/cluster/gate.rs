@@ -41,7 +41,8 @@ impl Lease {
     /// Extends the lease to `until` (a later heartbeat's deadline never shortens it, except
     /// through [`Lease::revoke`]).
     pub fn extend(&self, until: Instant) {
-        self.until_us.fetch_max(self.micros(until), Ordering::AcqRel);
+        self.until_us
+            .fetch_max(self.micros(until), Ordering::AcqRel);
     }
 
     /// Ends the lease now: every later write is refused until the next [`Lease::extend`].
@@ -133,7 +134,9 @@ mod tests {
         assert!(matches!(e, Err(KvError::Unavailable { .. })), "{e:?}");
         assert_eq!(inner.get("a", &[b"k".to_vec()]).unwrap(), vec![None]);
         lease.extend(Instant::now() + Duration::from_secs(60));
-        gated.put("a", vec![(b"k".to_vec(), b"v".to_vec())]).unwrap();
+        gated
+            .put("a", vec![(b"k".to_vec(), b"v".to_vec())])
+            .unwrap();
         assert_eq!(
             gated.get("a", &[b"k".to_vec()]).unwrap(),
             vec![Some(b"v".to_vec())]

@@ -282,7 +282,10 @@ mod tests {
         };
         assert_eq!(Record::decode(&r.encode()), Some(r));
         assert_eq!(Record::decode(b"not json"), None);
-        assert_eq!(Record::decode(br#"{"v":2,"addr":"x","seq":1,"leaving":false,"ttl_ms":1}"#), None);
+        assert_eq!(
+            Record::decode(br#"{"v":2,"addr":"x","seq":1,"leaving":false,"ttl_ms":1}"#),
+            None
+        );
         assert!(check_name("prod-1.eu_west").is_ok());
         assert!(check_name("").is_err());
         assert!(check_name("a/b").is_err());

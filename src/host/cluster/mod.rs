@@ -301,7 +301,10 @@ impl Cluster {
                 }
             }
             Some(o) => Route::Forward(o.to_string()),
-            None => Route::Refuse("no live cluster member serves actors now; retry".into(), false),
+            None => Route::Refuse(
+                "no live cluster member serves actors now; retry".into(),
+                false,
+            ),
         }
     }
 
@@ -333,7 +336,8 @@ impl Cluster {
 
     fn rebuild(&self, st: &mut State, now: Instant) -> Placement {
         let ttl = self.config.ttl;
-        st.hinted.retain(|_, t| now.saturating_duration_since(*t) < ttl);
+        st.hinted
+            .retain(|_, t| now.saturating_duration_since(*t) < ttl);
         let me = &self.config.advertise;
         let mut members = st.table.placement(now, Some(&st.id), &st.hinted);
         members.retain(|a| a != me);
@@ -465,8 +469,11 @@ impl Cluster {
     async fn tick(self: &Arc<Self>, registry: &Arc<Registry>) {
         let joined = self.state.lock().written.is_some();
         if joined && !self.lease.valid() {
-            self.expel(registry, "the lease lapsed (this host was stopped or the store did not answer for a TTL)")
-                .await;
+            self.expel(
+                registry,
+                "the lease lapsed (this host was stopped or the store did not answer for a TTL)",
+            )
+            .await;
         }
         match self.beat_once().await {
             Ok(()) => self.spawn_sweep(registry),

@@ -12,7 +12,11 @@
 /// The score of `member` (an advertised address) for `actor`: the highest wins.
 pub fn score(member: &str, actor: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in member.bytes().chain(std::iter::once(0xff)).chain(actor.bytes()) {
+    for b in member
+        .bytes()
+        .chain(std::iter::once(0xff))
+        .chain(actor.bytes())
+    {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }

@@ -42,7 +42,10 @@ async fn cluster_route(
             ));
         };
         let (awake, _) = s.registry.actor_ids();
-        if uri.query().is_some_and(|q| q.split('&').any(|p| p == "local=1")) {
+        if uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "local=1"))
+        {
             return Ok(json!({ "addr": c.advertise(), "awake": awake }));
         }
         let auth = headers.get(header::AUTHORIZATION).cloned();
@@ -72,11 +75,7 @@ async fn cluster_route(
 }
 
 /// `GET /cluster?local=1` on another member.
-async fn ask(
-    c: &super::Cluster,
-    addr: &str,
-    auth: Option<HeaderValue>,
-) -> Result<Value, String> {
+async fn ask(c: &super::Cluster, addr: &str, auth: Option<HeaderValue>) -> Result<Value, String> {
     let mut b = axum::http::Request::builder()
         .method("GET")
         .uri("/cluster?local=1")
@@ -89,10 +88,13 @@ async fn ask(
         .await
         .map_err(|_| "unreachable: no answer in time".to_string())??;
     let status = resp.status();
-    let body = tokio::time::timeout(MEMBER_WAIT, axum::body::to_bytes(Body::new(resp.into_body()), 4 << 20))
-        .await
-        .map_err(|_| "unreachable: the answer did not arrive in time".to_string())?
-        .map_err(|e| format!("unreachable: {e}"))?;
+    let body = tokio::time::timeout(
+        MEMBER_WAIT,
+        axum::body::to_bytes(Body::new(resp.into_body()), 4 << 20),
+    )
+    .await
+    .map_err(|_| "unreachable: the answer did not arrive in time".to_string())?
+    .map_err(|e| format!("unreachable: {e}"))?;
     if !status.is_success() {
         return Err(format!("answered {status}"));
     }
@@ -116,7 +118,11 @@ pub fn overview_html(status: &Status) -> String {
             b,
             "<tr><td>{}{}</td><td>{}</td><td>{}</td></tr>",
             esc(addr),
-            if *this { " <small>(this host)</small>" } else { "" },
+            if *this {
+                " <small>(this host)</small>"
+            } else {
+                ""
+            },
             esc(id),
             if *leaving { "leaving" } else { "serving" }
         );
