@@ -66,6 +66,16 @@ fn three_hosts_place_each_actor_on_one_host_and_forward_the_rest() {
         assert_eq!(m["kvsqlite_actor_moves_total"], 0.0);
         assert_eq!(m["kvsqlite_cluster_expulsions_total"], 0.0);
     }
+    // GET /cluster is the admin's; the overview page lists the members.
+    let agent = serve::agent();
+    let (st, _) = serve::get(&agent, &hosts[0].base, "/cluster", None);
+    assert_eq!(st, 401);
+    let (st, page) = serve::get(&agent, &hosts[0].base, "/", Some(kit::ADMIN));
+    assert_eq!(st, 200);
+    assert!(page.contains("id=\"cluster\"") && page.contains("(3 members)"), "{page}");
+    for h in &hosts {
+        assert!(page.contains(&h.addr), "{} missing from the overview", h.addr);
+    }
     // Three hosts hold the actors between them (rendezvous hashing spreads them).
     let per_host: BTreeSet<&String> = awake.values().map(|v| &v[0]).collect();
     assert_eq!(per_host.len(), 3);
@@ -125,6 +135,44 @@ fn a_wake_stays_one_round_trip_in_cluster_mode() {
         n as f64,
         "every wake took exactly one KV round trip"
     );
+}
+
+#[test]
+fn alarms_fire_on_the_owner_only() {
+    let Some(url) = kit::postgres_url() else { return };
+    let table = PgTable::new(&url, "alarm");
+    let hosts = kit::three_hosts(&table.kv(), "alarm", &[]);
+    let refs: Vec<&Host> = hosts.iter().collect();
+    let agent = serve::agent();
+    let n = 12;
+    for a in 0..n {
+        let base = &hosts[a % 3].base;
+        let ans = post(&agent, base, &format!("/actors/al{a}/query"), &json!({"sql": "CREATE TABLE fired(x)"}));
+        assert_eq!(ans.status, 200, "{}", ans.body);
+        let ans = post(
+            &agent,
+            &hosts[(a + 1) % 3].base,
+            &format!("/actors/al{a}/alarms"),
+            &json!({"after_ms": 100, "sql": "INSERT INTO fired VALUES (?)", "params": [a]}),
+        );
+        assert_eq!(ans.status, 200, "{}", ans.body);
+    }
+    let mut all = false;
+    for _ in 0..100 {
+        all = (0..n).all(|a| {
+            let ans = post(&agent, &hosts[a % 3].base, &format!("/actors/al{a}/query"), &json!({"sql": "SELECT x FROM fired"}));
+            ans.status == 200 && kit::values(&ans.body).unwrap() == vec![a as i64]
+        });
+        if all {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(all, "every alarm fired once");
+    // Only the owner fired them, on the instance it held: no other host woke an actor for its
+    // tick, and no fence moved.
+    assert_eq!(sum(&refs, "kvsqlite_wakes_total"), n as f64);
+    assert_eq!(sum(&refs, "kvsqlite_moved_conflicts_total"), 0.0);
 }
 
 #[test]
