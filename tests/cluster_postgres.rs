@@ -72,9 +72,16 @@ fn three_hosts_place_each_actor_on_one_host_and_forward_the_rest() {
     assert_eq!(st, 401);
     let (st, page) = serve::get(&agent, &hosts[0].base, "/", Some(kit::ADMIN));
     assert_eq!(st, 200);
-    assert!(page.contains("id=\"cluster\"") && page.contains("(3 members)"), "{page}");
+    assert!(
+        page.contains("id=\"cluster\"") && page.contains("(3 members)"),
+        "{page}"
+    );
     for h in &hosts {
-        assert!(page.contains(&h.addr), "{} missing from the overview", h.addr);
+        assert!(
+            page.contains(&h.addr),
+            "{} missing from the overview",
+            h.addr
+        );
     }
     // Three hosts hold the actors between them (rendezvous hashing spreads them).
     let per_host: BTreeSet<&String> = awake.values().map(|v| &v[0]).collect();
@@ -139,7 +146,9 @@ fn a_wake_stays_one_round_trip_in_cluster_mode() {
 
 #[test]
 fn alarms_fire_on_the_owner_only() {
-    let Some(url) = kit::postgres_url() else { return };
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
     let table = PgTable::new(&url, "alarm");
     let hosts = kit::three_hosts(&table.kv(), "alarm", &[]);
     let refs: Vec<&Host> = hosts.iter().collect();
@@ -147,7 +156,12 @@ fn alarms_fire_on_the_owner_only() {
     let n = 12;
     for a in 0..n {
         let base = &hosts[a % 3].base;
-        let ans = post(&agent, base, &format!("/actors/al{a}/query"), &json!({"sql": "CREATE TABLE fired(x)"}));
+        let ans = post(
+            &agent,
+            base,
+            &format!("/actors/al{a}/query"),
+            &json!({"sql": "CREATE TABLE fired(x)"}),
+        );
         assert_eq!(ans.status, 200, "{}", ans.body);
         let ans = post(
             &agent,
@@ -160,7 +174,12 @@ fn alarms_fire_on_the_owner_only() {
     let mut all = false;
     for _ in 0..100 {
         all = (0..n).all(|a| {
-            let ans = post(&agent, &hosts[a % 3].base, &format!("/actors/al{a}/query"), &json!({"sql": "SELECT x FROM fired"}));
+            let ans = post(
+                &agent,
+                &hosts[a % 3].base,
+                &format!("/actors/al{a}/query"),
+                &json!({"sql": "SELECT x FROM fired"}),
+            );
             ans.status == 200 && kit::values(&ans.body).unwrap() == vec![a as i64]
         });
         if all {
@@ -377,4 +396,69 @@ fn cluster_mode_refuses_a_store_that_is_not_shared() {
         .output()
         .expect("run kvsqlite");
     assert_eq!(out.status.code(), Some(2), "--advertise needs --cluster");
+}
+
+#[test]
+fn bench_http_spreads_over_the_hosts_and_times_a_kill() {
+    let Some(url) = kit::postgres_url() else {
+        return;
+    };
+    let table = PgTable::new(&url, "bench");
+    let hosts = kit::three_hosts(&table.kv(), "bench", &["--idle-sleep-ms", "300"]);
+    let urls: Vec<String> = hosts.iter().map(|h| h.base.clone()).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kvsqlite"))
+        .args([
+            "bench",
+            "http",
+            "--url",
+            &urls.join(","),
+            "--actors",
+            "30",
+            "--rows",
+            "10",
+        ])
+        .args(["--requests", "600", "--kill-one", "--json"])
+        .env("KVSQLITE_ADMIN_TOKEN", kit::ADMIN)
+        .output()
+        .expect("run kvsqlite bench http");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(v["errors"], json!(0), "{v}");
+    assert_eq!(v["url"], json!(urls.join(",")));
+    let c = &v["cluster"];
+    assert_eq!(c["hosts"], json!(urls));
+    let (direct, forwarded) = (
+        c["direct"].as_u64().unwrap(),
+        c["forwarded"].as_u64().unwrap(),
+    );
+    assert_eq!(direct + forwarded, v["load"]["ok"].as_u64().unwrap());
+    assert!(direct > 0 && forwarded > 0, "{c}");
+    assert_eq!(v["load"]["ok"], json!(600));
+    let k = &c["kill"];
+    assert_eq!(k["killed"], json!(urls[2]));
+    assert!(k["actors_interrupted"].as_u64().unwrap() > 0, "{k}");
+    assert!(k["failed_answers"].as_u64().unwrap() >= k["actors_interrupted"].as_u64().unwrap());
+    assert!(k["recovery_s"].as_f64().is_some());
+    assert_eq!(k["pid"], json!(hosts[2].pid()));
+    // The survivors serve every actor.
+    let agent = serve::agent();
+    for h in &hosts[..2] {
+        let m = h.metrics();
+        assert_eq!(m["kvsqlite_cluster_members"], 2.0);
+    }
+    let prefix = v["actor_prefix"].as_str().unwrap();
+    for i in 0..30 {
+        let ans = post(
+            &agent,
+            &hosts[i % 2].base,
+            &format!("/actors/{prefix}-{i}/query"),
+            &json!({"sql": "SELECT count(*) FROM kv"}),
+        );
+        assert_eq!(ans.status, 200, "{}", ans.body);
+    }
 }

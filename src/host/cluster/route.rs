@@ -46,7 +46,11 @@ async fn cluster_route(
             .query()
             .is_some_and(|q| q.split('&').any(|p| p == "local=1"))
         {
-            return Ok(json!({ "addr": c.advertise(), "awake": awake }));
+            return Ok(json!({
+                "addr": c.advertise(),
+                "awake": awake,
+                "pid": std::process::id(),
+            }));
         }
         let auth = headers.get(header::AUTHORIZATION).cloned();
         let mut members = Vec::new();
