@@ -293,9 +293,11 @@ fn http_server(url: &str, kill_one: bool) -> Result<http::Server, String> {
         let base = one.trim().trim_end_matches('/');
         let authority = base.strip_prefix("http://").unwrap_or("");
         if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
-            return Err(format!(
-                "--url must be http://HOST:PORT, or several of them separated by commas (got {url:?})"
-            ));
+            return Err(if url.contains(',') {
+                format!("--url must be http://HOST:PORT[,http://HOST:PORT…] (got {url:?})")
+            } else {
+                format!("--url must be http://HOST:PORT (got {url:?})")
+            });
         }
         bases.push(base.to_string());
     }
