@@ -560,3 +560,71 @@ impl Cluster {
         self.status.view.lock().clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::memory::MemoryStore;
+
+    fn limits() -> forward::ForwardLimits {
+        forward::ForwardLimits {
+            max_body: 1 << 20,
+            body_timeout: Duration::from_secs(1),
+            answer_timeout: Duration::from_secs(1),
+        }
+    }
+
+    async fn member(store: &SharedStore, addr: &str) -> Arc<Cluster> {
+        let config = ClusterConfig {
+            name: "t".into(),
+            advertise: addr.into(),
+            ttl: Duration::from_millis(600),
+        };
+        Cluster::join(config, store.clone(), Arc::default(), limits())
+            .await
+            .expect("join")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn members_agree_on_owners_and_a_silent_member_is_removed_and_expelled() {
+        let store: SharedStore = Arc::new(MemoryStore::new());
+        let a = member(&store, "a:1").await;
+        let b = member(&store, "b:2").await;
+        a.beat_once().await.expect("beat");
+        let both = vec!["a:1".to_string(), "b:2".to_string()];
+        for i in 0..50 {
+            let actor = format!("actor-{i}");
+            let owner = placement::owner(&both, &actor).expect("an owner");
+            for (c, me) in [(&a, "a:1"), (&b, "b:2")] {
+                match c.route(&actor, false) {
+                    Route::Local(_) => assert_eq!(owner, me, "{actor}"),
+                    Route::Forward(to) => assert_eq!((to.as_str(), owner == me), (owner, false)),
+                    r => panic!("{actor}: {r:?}"),
+                }
+                assert_eq!(c.owns(&actor), owner == me);
+                // A forwarded request is served where it lands, never forwarded again.
+                assert!(matches!(c.route(&actor, true), Route::Local(_)));
+            }
+        }
+        assert_eq!(a.status.members.load(Ordering::Relaxed), 2);
+        // Without a lease a host serves nothing: forwarders are told to re-route.
+        a.lease.revoke();
+        let mine = (0..50)
+            .map(|i| format!("actor-{i}"))
+            .find(|x| a.owns(x))
+            .expect("a owns some actor");
+        assert!(matches!(a.route(&mine, false), Route::Refuse(_, true)));
+        assert!(matches!(a.route(&mine, true), Route::Refuse(_, true)));
+        // b stops beating: once its record stayed unchanged for its TTL, a removes it and owns
+        // every actor; b's next heartbeat finds its record taken.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        a.beat_once().await.expect("beat");
+        let ns = membership::namespace("t");
+        let left = membership::list(&store, &ns).expect("list");
+        assert_eq!(left.len(), 1, "b's record was removed");
+        for i in 0..50 {
+            assert!(a.owns(&format!("actor-{i}")));
+        }
+        assert!(matches!(b.beat_once().await, Err(KvError::Conflict { .. })));
+    }
+}
