@@ -364,6 +364,7 @@ fn a_rolling_restart_under_load_loses_nothing_and_answers_99_percent() {
     load.assert_no_failures();
     let ok = load.counts.ok.load(std::sync::atomic::Ordering::Relaxed) as f64;
     let answered = load.answered() as f64;
+    eprintln!("rolling restart: {:?}", load.counts);
     assert!(ok / answered >= 0.99, "{ok} of {answered} answered 200");
     load.verify_all(&hosts[0].base);
 }
