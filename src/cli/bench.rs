@@ -174,9 +174,14 @@ struct HttpArgs {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Load a running `kvsqlite serve` at http://HOST:PORT instead of starting one (its admin
-    /// token from KVSQLITE_ADMIN_TOKEN; --kv and --rtt are then not used).
-    #[arg(long, value_name = "URL")]
+    /// token from KVSQLITE_ADMIN_TOKEN; --kv and --rtt are then not used); several URLs
+    /// separated by commas: the hosts of a cluster, each request sent to one at random.
+    #[arg(long, value_name = "URL[,URL…]")]
     url: Option<String>,
+    /// After the load, kill -9 the last host of --url (it must run on this machine) and
+    /// report the time until every actor answers again through the others.
+    #[arg(long = "kill-one", requires = "url")]
+    kill_one: bool,
     /// Print one JSON object (fields in the README) instead of a table.
     #[arg(long)]
     json: bool,
@@ -288,11 +293,22 @@ fn bench_actors(global: &GlobalArgs, config: &ActorsConfig, json: bool) -> Resul
 
 /// The server of `bench http --url URL`: `http://HOST:PORT` (a trailing `/` allowed) and the
 /// admin token from `KVSQLITE_ADMIN_TOKEN`.
-fn http_server(url: &str) -> Result<http::Server, String> {
-    let base = url.trim().trim_end_matches('/');
-    let authority = base.strip_prefix("http://").unwrap_or("");
-    if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
-        return Err(format!("--url must be http://HOST:PORT (got {url:?})"));
+fn http_server(url: &str, kill_one: bool) -> Result<http::Server, String> {
+    let mut bases = Vec::new();
+    for one in url.split(',') {
+        let base = one.trim().trim_end_matches('/');
+        let authority = base.strip_prefix("http://").unwrap_or("");
+        if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+            return Err(if url.contains(',') {
+                format!("--url must be http://HOST:PORT[,http://HOST:PORT…] (got {url:?})")
+            } else {
+                format!("--url must be http://HOST:PORT (got {url:?})")
+            });
+        }
+        bases.push(base.to_string());
+    }
+    if kill_one && bases.len() < 2 {
+        return Err("--kill-one needs the hosts of a cluster: --url A,B[,C…]".into());
     }
     let token = std::env::var(super::serve::ADMIN_TOKEN_ENV)
         .ok()
@@ -304,8 +320,15 @@ fn http_server(url: &str) -> Result<http::Server, String> {
                 super::serve::ADMIN_TOKEN_ENV
             )
         })?;
+    if bases.len() > 1 {
+        return Ok(http::Server::Cluster {
+            bases,
+            token,
+            kill_one,
+        });
+    }
     Ok(http::Server::Url {
-        base: base.to_string(),
+        base: bases.remove(0),
         token,
     })
 }
@@ -325,7 +348,7 @@ fn bench_http(global: &GlobalArgs, args: HttpArgs) -> Result<i32, Stop> {
     };
     config.check()?;
     let server = match &args.url {
-        Some(url) => http_server(url)?,
+        Some(url) => http_server(url, args.kill_one)?,
         None => http::Server::InProcess(global.open_store()?),
     };
     let report = with_progress(|draw| {

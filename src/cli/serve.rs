@@ -62,6 +62,58 @@ pub struct ServeArgs {
     /// Alarms and WebSockets.
     #[command(flatten)]
     realtime: RealtimeArgs,
+    /// Membership in a cluster of hosts on one shared store.
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// `kvsqlite serve --cluster NAME`: many hosts on one store (see `kvsqlite::host::cluster`).
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// Join the cluster NAME: hosts with the same name on the same shared store (postgres://,
+    /// redis://, redis-cluster://) place each actor on one of them and forward requests.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// The address other members reach this host at (HOST:PORT); default: the bound address
+    /// (which must then not be 0.0.0.0 or [::]).
+    #[arg(long, value_name = "ADDR", requires = "cluster")]
+    advertise: Option<String>,
+    /// A member whose lease was not renewed for this long is dead and its actors move
+    /// (e.g. 5s, 1500ms; at least 300ms).
+    #[arg(long = "member-ttl", value_name = "DURATION", default_value = "5s",
+          value_parser = parse_duration, requires = "cluster")]
+    member_ttl: Duration,
+}
+
+/// Parses `5s`, `1.5s`, `500ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err("expected a duration such as 5s or 500ms".into());
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| "expected a duration such as 5s or 500ms".to_string())?;
+    if !(v.is_finite() && v > 0.0 && v * scale <= 86_400.0) {
+        return Err("expected a positive duration of at most a day".into());
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+/// The store URL must name a store every member reaches: not `memory:` or `redb:`.
+fn check_shared_store(url: &str) -> Result<(), String> {
+    match kvsqlite::kv::url::StoreUrl::parse(url).map_err(|e| e.to_string())? {
+        kvsqlite::kv::url::StoreUrl::Memory | kvsqlite::kv::url::StoreUrl::Redb(..) => Err(
+            "--cluster needs a store every host shares (postgres://, redis:// or redis-cluster://); memory: and redb: belong to one process"
+                .into(),
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// The alarm tick and the WebSockets' limits of `kvsqlite serve` (see
@@ -143,6 +195,9 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
     // queue (`POST /actors/{id}/queue`: the wake batch reads it).
     actor.alarms = true;
     actor.queue = true;
+    if args.cluster.cluster.is_some() {
+        check_shared_store(&global.url())?;
+    }
     let store = global.open_store()?;
     // The store is dropped last, outside the async runtime: the PostgreSQL backend's client
     // blocks when it closes, which a runtime thread must not do.
@@ -204,7 +259,28 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
             },
             alarm_tick: Duration::from_millis(args.realtime.alarm_tick_ms),
         };
-        host::serve(listener, config, shutdown_signal())
+        let cluster = match args.cluster.cluster {
+            Some(name) => {
+                let advertise = match args.cluster.advertise {
+                    Some(a) => a,
+                    None if addr.ip().is_unspecified() => {
+                        return Err(format!(
+                            "--cluster: listening on {addr}, so give --advertise HOST:PORT (the \
+                             address other members reach this host at)"
+                        )
+                        .into())
+                    }
+                    None => addr.to_string(),
+                };
+                Some(host::cluster::ClusterConfig {
+                    name,
+                    advertise,
+                    ttl: args.cluster.member_ttl,
+                })
+            }
+            None => None,
+        };
+        host::serve_with(listener, config, cluster, shutdown_signal())
             .await
             .map_err(|e| format!("the server failed: {e}"))?;
         Ok(0)

@@ -328,7 +328,8 @@ pub async fn tick_once(registry: &Arc<Registry>, now_ms: u64, timeout: Duration)
     }
     let mut handled = Vec::new();
     for (actor_id, ats) in by_actor {
-        if super::check_actor_id(&actor_id).is_err() {
+        // In a cluster, another member fires the alarms of the actors it owns.
+        if super::check_actor_id(&actor_id).is_err() || !registry.owns(&actor_id) {
             continue;
         }
         let was_awake = registry.is_awake(&actor_id);

@@ -8,11 +8,13 @@
 //! shutdown deadline), [`registry`] (the actors' lifecycle), [`sql`]
 //! (JSON ⇄ SQLite), [`prom`] (the host's aggregated metrics), [`prom_families`] (what the store
 //! and the VFS do, host-wide), [`top`] (the costliest actors lately), [`inspector`] (the HTML
-//! pages), [`sockets`] and [`connect_route`] (WebSockets kept while their actors sleep).
+//! pages), [`sockets`] and [`connect_route`] (WebSockets kept while their actors sleep),
+//! [`cluster`] (many hosts on one store).
 //! The CLI (`src/cli/serve.rs`) only parses arguments and calls [`serve`].
 
 pub mod alarm_tick;
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod connect_route;
 pub mod history_routes;
@@ -232,7 +234,37 @@ pub async fn serve(
     config: HostConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, config, None, shutdown).await
+}
+
+/// [`serve`], as a member of a cluster when `cluster` is given (see [`cluster`]): the host
+/// joins before it serves (an error when it cannot), forwards requests for actors other
+/// members own, writes only while it holds its lease, and at `shutdown` leaves cleanly before
+/// it stops accepting connections. The store must be one every member shares.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    config: HostConfig,
+    cluster: Option<cluster::ClusterConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let metrics = Arc::new(prom::HostMetrics::default());
+    let cluster = match cluster {
+        Some(cc) => Some(
+            cluster::Cluster::join(
+                cc,
+                config.store.clone(),
+                metrics.families.cluster.clone(),
+                cluster::forward::ForwardLimits {
+                    max_body: config.max_body,
+                    body_timeout: config.body_timeout,
+                    answer_timeout: config.statement_timeout + config.body_timeout,
+                },
+            )
+            .await
+            .map_err(std::io::Error::other)?,
+        ),
+        None => None,
+    };
     let mut actor = config.actor;
     actor.open.pipelined = config.pipelined;
     actor.guard =
@@ -242,11 +274,23 @@ pub async fn serve(
     actor.connections = config.sockets.max_sockets > 0;
     // Every KV call of the host goes through the families' counting and timing wrapper.
     let store = metrics.families.wrap_store(config.store.clone());
+    // In a cluster, every write of an actor needs this host's lease (checked, not sent).
+    let store = match &cluster {
+        Some(c) => cluster::gate::GatedStore::wrap(store, c.lease()),
+        None => store,
+    };
     let registry = Arc::new(
         registry::Registry::new(store, actor, config.max_awake, metrics.clone())
             .with_lock_wait(config.statement_timeout)
             .with_sockets(config.sockets),
     );
+    let heartbeat = cluster.as_ref().map(|c| {
+        let weak = Arc::downgrade(c);
+        registry.set_owner_filter(Box::new(move |id| {
+            weak.upgrade().is_none_or(|c| c.owns(id))
+        }));
+        c.start(&registry)
+    });
     let state = routes::AppState {
         registry: registry.clone(),
         metrics,
@@ -257,6 +301,7 @@ pub async fn serve(
         max_result_bytes: config.max_result_bytes,
         sessions: Arc::new(inspector::Sessions::default()),
         tokens: Arc::new(auth::TokenMemory::default()),
+        cluster: cluster.clone(),
     };
     let idle = config.idle_sleep;
     let sleeper = {
@@ -300,13 +345,40 @@ pub async fn serve(
         ))
     });
     let app = routes::router(state);
+    // WebSockets are not the accept loop's connections: told to close (1001) when shutdown
+    // starts (in a cluster, before the host leaves, so their clients can reconnect elsewhere).
     let hub = registry.hub().clone();
-    let shutdown = async move {
-        shutdown.await;
-        // WebSockets are not the accept loop's connections: told to close (1001) here.
-        hub.close_all();
+    let (app, shutdown) = match cluster.clone() {
+        Some(c) => {
+            let app = app
+                .layer(axum::middleware::from_fn_with_state(
+                    c.clone(),
+                    cluster::forward::middleware,
+                ))
+                .layer(axum::middleware::map_response(routes::security_headers));
+            let registry = registry.clone();
+            let shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(async move {
+                    shutdown.await;
+                    hub.close_all();
+                    c.leave(&registry).await;
+                });
+            (app, shutdown)
+        }
+        None => {
+            let shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> =
+                Box::pin(async move {
+                    shutdown.await;
+                    hub.close_all();
+                });
+            (app, shutdown)
+        }
     };
     let drained = conn::run(listener, app, config.limits, shutdown).await;
+    if let Some(h) = heartbeat {
+        h.abort();
+        let _ = h.await;
+    }
     sleeper.abort();
     let _ = sleeper.await;
     sampler.abort();

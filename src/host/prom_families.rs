@@ -123,6 +123,8 @@ pub struct Families {
     pub costs: Costs,
     /// Alarms, the queue and the WebSockets, host-wide.
     pub realtime: Realtime,
+    /// The cluster's figures (`serve --cluster`; rendered only then).
+    pub cluster: Arc<super::cluster::Status>,
 }
 
 impl Default for Families {
@@ -147,6 +149,7 @@ impl Default for Families {
             hour: Mutex::new(VecDeque::new()),
             costs: Costs::default(),
             realtime: Realtime::default(),
+            cluster: Arc::default(),
         }
     }
 }
@@ -365,6 +368,7 @@ impl Families {
 
     /// The families' text exposition, appended to `out`.
     pub fn render(&self, out: &mut String) {
+        self.cluster.render(out);
         let head = |out: &mut String, name: &str, ty: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {ty}");

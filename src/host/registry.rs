@@ -137,7 +137,12 @@ pub struct Registry {
     hub: Arc<super::sockets::Hub>,
     /// Alarm times this host scheduled or learned of (the alarm tick's back-off).
     known_alarms: super::alarm_tick::Known,
+    /// Which actors this host owns (a cluster's placement); unset: every actor.
+    owner_filter: std::sync::OnceLock<OwnerFilter>,
 }
+
+/// Says whether this host owns an actor (see [`Registry::set_owner_filter`]).
+pub type OwnerFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Registry {
     /// A registry on `store`; at most `max_awake` actors are awake at once (at least 1).
@@ -163,7 +168,19 @@ impl Registry {
             )),
             metrics,
             known_alarms: Default::default(),
+            owner_filter: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets which actors this host owns (once; a cluster member's placement). The alarm tick
+    /// fires only those ([`Registry::owns`]).
+    pub fn set_owner_filter(&self, f: OwnerFilter) {
+        let _ = self.owner_filter.set(f);
+    }
+
+    /// True when this host owns actor `id`: always outside a cluster.
+    pub fn owns(&self, id: &str) -> bool {
+        self.owner_filter.get().is_none_or(|f| f(id))
     }
 
     /// The same registry with waits for an actor's lock bounded by `wait` (the host uses its

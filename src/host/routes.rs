@@ -51,6 +51,8 @@ pub struct AppState {
     pub sessions: Arc<super::inspector::Sessions>,
     /// Actor tokens read from the store, and ids it did not hold.
     pub tokens: Arc<TokenMemory>,
+    /// The cluster this host is a member of (`serve --cluster`), if any.
+    pub cluster: Option<Arc<super::cluster::Cluster>>,
 }
 
 /// The router with every route, the JSON 404 fallback and the security headers on every
@@ -73,6 +75,7 @@ pub fn router(state: AppState) -> Router {
     let router = super::alarm_tick::routes(router);
     let router = super::queue_route::routes(router);
     let router = super::connect_route::routes(router);
+    let router = super::cluster::route::routes(router);
     super::inspector::routes(router)
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
@@ -84,7 +87,7 @@ pub fn router(state: AppState) -> Router {
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Adds the headers every answer carries (CSP, `nosniff`, `no-referrer`).
-async fn security_headers(mut r: Response) -> Response {
+pub(crate) async fn security_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

@@ -32,6 +32,11 @@ pub const SLOW_CLOSE_CODE: u16 = 1008;
 /// The close code sent to every socket at shutdown (1001, "going away").
 pub const SHUTDOWN_CLOSE_CODE: u16 = 1001;
 
+/// Close code for the sockets of an actor this host no longer serves (a cluster moved it to
+/// another member): 1012, "service restart" — reconnect, and a non-owner answers 421 naming the
+/// owner.
+pub const MOVED_CLOSE_CODE: u16 = 1012;
+
 /// The close code of a socket that answered no ping for two ping intervals (1001).
 pub const DEAD_CLOSE_CODE: u16 = 1001;
 
@@ -241,6 +246,29 @@ impl Hub {
             .collect();
         for s in all {
             self.close(&s, SHUTDOWN_CLOSE_CODE);
+        }
+    }
+
+    /// The actors with at least one socket open here (awake or asleep).
+    pub fn actors_with_sockets(&self) -> Vec<String> {
+        self.actors
+            .lock()
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    /// Closes every socket of `actor` with `code`.
+    pub fn close_actor(&self, actor: &str, code: u16) {
+        let socks: Vec<Arc<Socket>> = self
+            .actors
+            .lock()
+            .get(actor)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        for s in socks {
+            self.close(&s, code);
         }
     }
 

@@ -107,6 +107,8 @@ pub(super) struct Answer {
     pub(super) status: u16,
     /// The body, or what went wrong.
     pub(super) text: String,
+    /// A cluster host forwarded it to the actor's owner (`kvsqlite-forwarded-by`).
+    pub(super) forwarded: bool,
 }
 
 impl Answer {
@@ -126,20 +128,27 @@ pub(super) fn post(agent: &ureq::Agent, url: &str, token: &str, body: &str) -> A
     match sent {
         Ok(resp) => {
             let status = resp.status().as_u16();
+            let forwarded = resp.headers().contains_key("kvsqlite-forwarded-by");
             let text = match resp.into_body().read_to_string() {
                 Ok(t) => t,
                 Err(e) => {
                     return Answer {
                         status: 0,
                         text: format!("reading the answer failed: {e}"),
+                        forwarded,
                     }
                 }
             };
-            Answer { status, text }
+            Answer {
+                status,
+                text,
+                forwarded,
+            }
         }
         Err(e) => Answer {
             status: 0,
             text: e.to_string(),
+            forwarded: false,
         },
     }
 }

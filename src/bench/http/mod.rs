@@ -32,8 +32,9 @@
 //! than 2xx (or a request that got no answer) is an error: counted, its latency not recorded,
 //! the first one kept with its status and body.
 //!
-//! The submodules: `client` (the in-process host, the HTTP client, the `/metrics` counters)
-//! and `report` (the JSON and the table).
+//! The submodules: `client` (the in-process host, the HTTP client, the `/metrics` counters),
+//! `report` (the JSON and the table) and `cluster` (`--url A,B,C`: the hosts of a cluster,
+//! direct and forwarded latency, `--kill-one`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -45,10 +46,13 @@ use crate::metrics::LatencyHistogram;
 use crate::rng::Rng;
 
 mod client;
+mod cluster;
 mod report;
 
+pub use cluster::{ClusterPhase, KillRecovery};
+
 pub use client::HostCounters;
-use client::{agent, counters, delta, post, Answer, InProcessHost};
+use client::{agent, delta, post, Answer, InProcessHost};
 pub use report::{HttpReport, Latency, LoadPhase, WakePhase};
 
 /// How long the bench waits for the actors to fall asleep before it gives up.
@@ -139,6 +143,16 @@ pub enum Server {
         /// Its admin token.
         token: String,
     },
+    /// The hosts of a running cluster (`serve --cluster`): each request goes to one picked at
+    /// random (setup and wake: in turn).
+    Cluster {
+        /// `http://HOST:PORT` of each host, without a trailing slash.
+        bases: Vec<String>,
+        /// Their admin token.
+        token: String,
+        /// After the load, kill -9 the last host and time until every actor answers again.
+        kill_one: bool,
+    },
 }
 
 /// What the clients of one phase share.
@@ -186,6 +200,10 @@ struct Measured {
     writes_h: LatencyHistogram,
     start: Option<Instant>,
     end: Option<Instant>,
+    /// Successful requests a cluster host forwarded, and their latency; then the direct ones.
+    forwarded: u64,
+    forwarded_h: LatencyHistogram,
+    direct_h: LatencyHistogram,
 }
 
 impl Measured {
@@ -196,6 +214,9 @@ impl Measured {
         self.writes += o.writes;
         self.reads_h.merge(&o.reads_h);
         self.writes_h.merge(&o.writes_h);
+        self.forwarded += o.forwarded;
+        self.forwarded_h.merge(&o.forwarded_h);
+        self.direct_h.merge(&o.direct_h);
         self.start = match (self.start, o.start) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -219,7 +240,14 @@ impl Measured {
         *n += 1;
         if a.ok() {
             self.ok += 1;
-            h.record((end - t0).as_micros() as u64);
+            let us = (end - t0).as_micros() as u64;
+            h.record(us);
+            if a.forwarded {
+                self.forwarded += 1;
+                self.forwarded_h.record(us);
+            } else {
+                self.direct_h.record(us);
+            }
             true
         } else {
             self.errors += 1;
@@ -296,8 +324,16 @@ pub fn run(
             (Some(h), Some(store), base, token, None)
         }
         Server::Url { base, token } => (None, None, base.clone(), token, Some(base)),
+        Server::Cluster {
+            bases,
+            token,
+            kill_one,
+        } => {
+            let url = bases.join(",");
+            return cluster_run(config, &bases, &token, &prefix, kill_one, url, progress);
+        }
     };
-    let measured = measure(config, &base, &token, &prefix, progress);
+    let measured = measure(config, &[base], &token, &prefix, progress);
     // Cleanup whatever happened: the host stops (every actor sleeps, its last write done),
     // then the actors are deleted.
     let stopped = host.as_mut().map_or(Ok(()), |h| h.stop());
@@ -311,7 +347,7 @@ pub fn run(
         }),
         None => Ok(()),
     };
-    let (wake, load, first_error) = measured?;
+    let (wake, load, first_error, _) = measured?;
     stopped?;
     deleted?;
     Ok(HttpReport {
@@ -327,22 +363,73 @@ pub fn run(
         load,
         first_error,
         actors_deleted: store.is_some(),
+        cluster: None,
     })
 }
 
-type Phases = (WakePhase, LoadPhase, Option<String>);
+/// [`run`] over the hosts of a cluster (their actors are left in the store, as over `--url`).
+fn cluster_run(
+    config: &HttpConfig,
+    bases: &[String],
+    token: &str,
+    prefix: &str,
+    kill_one: bool,
+    url: String,
+    progress: &dyn Fn(&str, f64),
+) -> Result<HttpReport, String> {
+    if bases.is_empty() {
+        return Err("--url names no host".into());
+    }
+    let (wake, load, first_error, loaded) = measure(config, bases, token, prefix, progress)?;
+    let kill = if kill_one {
+        Some(cluster::kill_and_recover(
+            bases,
+            token,
+            prefix,
+            config.actors as u64,
+            progress,
+        )?)
+    } else {
+        None
+    };
+    Ok(HttpReport {
+        config: *config,
+        backend: None,
+        rtt_ms: None,
+        url: Some(url),
+        actor_prefix: prefix.to_string(),
+        wake,
+        load,
+        first_error,
+        actors_deleted: false,
+        cluster: Some(ClusterPhase {
+            hosts: bases.to_vec(),
+            forwarded: loaded.forwarded,
+            direct: loaded.ok - loaded.forwarded,
+            direct_latency_ms: Latency::of(&loaded.direct_h),
+            forwarded_latency_ms: Latency::of(&loaded.forwarded_h),
+            kill,
+        }),
+    })
+}
+
+type Phases = (WakePhase, LoadPhase, Option<String>, Measured);
 
 fn measure(
     config: &HttpConfig,
-    base: &str,
+    bases: &[String],
     token: &str,
     prefix: &str,
     progress: &dyn Fn(&str, f64),
 ) -> Result<Phases, String> {
     let admin = agent();
-    let actor_url = |i: u64, route: &str| format!("{base}/actors/{prefix}-{i}/{route}");
+    // Setup and wake send to the hosts in turn, the load to one picked at random.
+    let actor_url_at = |b: usize, i: u64, route: &str| {
+        format!("{}/actors/{prefix}-{i}/{route}", bases[b % bases.len()])
+    };
+    let actor_url = |i: u64, route: &str| actor_url_at(i as usize, i, route);
     let actors = config.actors as u64;
-    let at_start = counters(&admin, base)?;
+    let at_start = cluster::counters(&admin, bases)?;
 
     // Setup: each actor's table, in one batch; a failure here stops the bench.
     let setup = Tally::new();
@@ -387,7 +474,7 @@ fn measure(
     // Sleep: wait until the host put every one of them to sleep.
     let begun = Instant::now();
     loop {
-        let now = counters(&admin, base)?;
+        let now = cluster::counters(&admin, bases)?;
         let slept = delta(now.sleeps, at_start.sleeps);
         progress("sleep", slept as f64 / actors as f64);
         if slept >= actors {
@@ -404,7 +491,7 @@ fn measure(
     }
 
     // Wake: the first request to each sleeping actor.
-    let before_wake = counters(&admin, base)?;
+    let before_wake = cluster::counters(&admin, bases)?;
     let wake = Tally::new();
     let read_body = |rng: &mut Rng| {
         json!({"sql": "SELECT v FROM kv WHERE k = ?1", "params": [1 + rng.below(config.rows)]})
@@ -439,7 +526,7 @@ fn measure(
             m
         },
     )?;
-    let after_wake = counters(&admin, base)?;
+    let after_wake = cluster::counters(&admin, bases)?;
     let wake_count = delta(
         after_wake.wake_round_trips_count,
         before_wake.wake_round_trips_count,
@@ -494,7 +581,8 @@ fn measure(
                     read_body(&mut rng)
                 };
                 let t0 = Instant::now();
-                let a = post(&agent, &actor_url(i, "query"), token, &body);
+                let host = rng.below(bases.len() as u64) as usize;
+                let a = post(&agent, &actor_url_at(host, i, "query"), token, &body);
                 if !m.count(write, t0, &a) {
                     load.failed("load", &format!("/actors/{prefix}-{i}/query"), &a);
                 }
@@ -503,7 +591,7 @@ fn measure(
             m
         },
     )?;
-    let after_load = counters(&admin, base)?;
+    let after_load = cluster::counters(&admin, bases)?;
     let requests = loaded.reads + loaded.writes;
     let wall_s = loaded.wall_s();
     let mut all = LatencyHistogram::new();
@@ -531,7 +619,7 @@ fn measure(
         .lock()
         .take()
         .or_else(|| load.first_error.lock().take());
-    Ok((wake_phase, load_phase, first_error))
+    Ok((wake_phase, load_phase, first_error, loaded))
 }
 
 #[cfg(test)]

@@ -77,6 +77,8 @@ pub struct LoadPhase {
 /// The whole benchmark.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpReport {
+    /// Over the hosts of a cluster (`--url A,B,C`): where the requests went, and the kill.
+    pub cluster: Option<super::ClusterPhase>,
     /// The configuration run.
     pub config: HttpConfig,
     /// The store's backend for an in-process host, `None` over `--url`.
@@ -112,7 +114,7 @@ impl HttpReport {
         };
         let w = &self.wake;
         let l = &self.load;
-        json!({
+        let mut v = json!({
             "backend": self.backend,
             "url": self.url,
             "rtt_ms": self.rtt_ms.map(round3),
@@ -152,7 +154,11 @@ impl HttpReport {
             "errors": self.errors(),
             "first_error": self.first_error,
             "actors_deleted": self.actors_deleted,
-        })
+        });
+        if let Some(c) = &self.cluster {
+            v["cluster"] = c.to_json();
+        }
+        v
     }
 
     /// The readable form: a header line, one row per phase (and per kind of load request),
@@ -228,6 +234,9 @@ impl HttpReport {
                 self.actor_prefix
             )
         });
+        if let Some(c) = &self.cluster {
+            s.push_str(&c.to_table());
+        }
         s
     }
 }

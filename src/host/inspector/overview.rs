@@ -29,6 +29,8 @@ pub struct Fleet {
     pub top_seconds: f64,
     /// The hour's points, oldest first, the last one taken now.
     pub hour: Vec<HourSample>,
+    /// The cluster section (HTML, escaped; empty outside a cluster).
+    pub cluster: String,
 }
 
 impl Fleet {
@@ -43,6 +45,7 @@ impl Fleet {
             top,
             top_seconds: span.as_secs_f64(),
             hour,
+            cluster: crate::host::cluster::route::overview_html(&f.cluster),
         }
     }
 }
@@ -82,7 +85,8 @@ fn chart(
 
 /// The sections, as HTML.
 pub fn sections(o: &Fleet) -> String {
-    let mut b = String::from(
+    let mut b = o.cluster.clone();
+    b.push_str(
         "<section id=\"fleet\" data-live><h2>Awake actors</h2><table id=\"actors\"><thead><tr><th>actor</th><th>size</th><th>woke (UTC)</th><th>statements</th><th>KV round trips</th></tr></thead><tbody>",
     );
     for (id, a) in o.actors.iter().take(MAX_ROWS) {
@@ -175,6 +179,7 @@ mod tests {
             top: vec![("<i>y".into(), Cost::default())],
             top_seconds: 1.0,
             hour: vec![p(1), p(8)],
+            cluster: String::new(),
         };
         let s = sections(&f);
         assert!(!s.contains("<b>x") && !s.contains("<i>y"));
