@@ -140,7 +140,7 @@ impl ActorsReport {
         (b.commits_per_sec > 0.0).then(|| self.run.commits_per_sec / b.commits_per_sec)
     }
 
-    /// One JSON object; the field names are documented in the README.
+    /// One JSON object; the field names are documented in docs/src/benchmarks/commands.md.
     pub fn to_json(&self) -> String {
         let (duration, commits) = match self.config.stop {
             StopAfter::Duration(d) => (num(Some(d.as_secs_f64())), "null".to_string()),

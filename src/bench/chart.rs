@@ -1,7 +1,7 @@
 //! SVG charts of benchmark results (`plotters`, SVG backend only: no system font libraries).
 //!
 //! Why it exists: a reader takes in "wake time against RTT" or "commits per second against
-//! actor count" at a glance; the README's figures come from `kvsqlite bench startup --sweep
+//! actor count" at a glance; the book's figures come from `kvsqlite bench startup --sweep
 //! --chart FILE` and `kvsqlite bench actors --sweep --chart FILE`. Both are drawn by one
 //! generic line chart ([`line_chart_svg`]); each chart only picks its series.
 

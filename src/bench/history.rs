@@ -3,7 +3,7 @@
 //! the bytes a small commit writes with history on and off, with page compression on and off,
 //! and a speedtest1 script's round trips and KV bytes written in those four configurations.
 //!
-//! Why it exists: the README's history rows are measured here, round trips exactly (they do not
+//! Why it exists: the Performance chapter's history rows are measured here, round trips exactly (they do not
 //! depend on the machine) and wall times once (they do). Each run uses fresh actors on the
 //! given store and deletes them afterwards.
 
@@ -21,7 +21,7 @@ use crate::vfs::{open_database, OpenOptions};
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct HistoryPlan {
-    /// Commits between the restore's target and now (1,000 in the README).
+    /// Commits between the restore's target and now (1,000 in the Performance chapter).
     pub back: u64,
     /// Rows of 4,000 bytes of the forked actor (2,000: about 8 MB).
     pub fork_rows: u64,

@@ -1,6 +1,6 @@
 //! Benchmark workloads, kept out of the CLI so the command only parses options and prints.
 //!
-//! Why it exists: each performance claim in the README is a ratio measured side by side in one
+//! Why it exists: each performance claim (README, book) is a ratio measured side by side in one
 //! run; the code that produces it lives here, where tests can run it with tiny sizes.
 //!
 //! - [`actors`]: many actors committing small transactions at once (group commit's gain).

@@ -94,7 +94,7 @@ impl PgBatchReport {
         self.ops.iter().find(|o| o.name == name)
     }
 
-    /// One JSON object; the fields are documented in the README.
+    /// One JSON object; the fields are documented in docs/src/benchmarks/commands.md.
     pub fn to_json(&self) -> Json {
         let ms = |v: f64| (v * 1000.0).round() / 1000.0;
         json!({

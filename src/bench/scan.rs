@@ -99,7 +99,7 @@ pub struct ScanReport {
 
 impl ScanReport {
     /// `{"db_pages", "rows", "lookups", "modes": [{"mode", "read_ahead_max", "sequential": {…},
-    /// "random": {…}}]}` (fields in the README).
+    /// "random": {…}}]}` (fields in docs/src/benchmarks/commands.md).
     pub fn to_json(&self) -> Value {
         json!({
             "db_pages": self.db_pages,

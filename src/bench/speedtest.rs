@@ -247,7 +247,7 @@ pub struct SpeedtestReport {
 }
 
 impl SpeedtestReport {
-    /// `{"tests": [...], "total": {...}, "runs": N, "tables_compared": N}` (fields in the README).
+    /// `{"tests": [...], "total": {...}, "runs": N, "tables_compared": N}` (fields in docs/src/benchmarks/commands.md).
     pub fn to_json(&self) -> Value {
         json!({
             "tests": self.tests.iter().map(|t| t.to_json(true)).collect::<Vec<_>>(),

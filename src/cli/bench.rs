@@ -87,7 +87,7 @@ enum BenchCommand {
         /// file.
         #[arg(long, value_name = "FILE", requires = "sweep")]
         chart: Option<std::path::PathBuf>,
-        /// Print one JSON object (fields in the README) instead of a table.
+        /// Print one JSON object (fields in docs/src/benchmarks/commands.md) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -125,7 +125,7 @@ enum BenchCommand {
         /// Seed of the random ids.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Print one JSON object (fields in the README) instead of a table.
+        /// Print one JSON object (fields in docs/src/benchmarks/commands.md) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -138,7 +138,7 @@ enum BenchCommand {
         /// Runs of each of the four replays; medians are reported.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
         runs: u64,
-        /// Print `{"tests": [...], "total": {...}}` (fields in the README) instead of a table.
+        /// Print `{"tests": [...], "total": {...}}` (fields in docs/src/benchmarks/commands.md) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -182,7 +182,7 @@ struct HttpArgs {
     /// report the time until every actor answers again through the others.
     #[arg(long = "kill-one", requires = "url")]
     kill_one: bool,
-    /// Print one JSON object (fields in the README) instead of a table.
+    /// Print one JSON object (fields in docs/src/benchmarks/commands.md) instead of a table.
     #[arg(long)]
     json: bool,
 }

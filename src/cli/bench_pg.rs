@@ -22,7 +22,7 @@ pub struct PgBatchArgs {
     /// Times each measurement is repeated; the table shows the median wall time.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     runs: u64,
-    /// Print one JSON object (fields in the README) instead of a table.
+    /// Print one JSON object (fields in docs/src/benchmarks/commands.md) instead of a table.
     #[arg(long)]
     json: bool,
 }

@@ -99,7 +99,7 @@ pub struct HourSample {
     pub commits: u64,
 }
 
-/// Every family of this module (see the README, "Metrics", for what each means).
+/// Every family of this module (docs/src/serving/http.md says what each means).
 pub struct Families {
     kv: OnceLock<KvSide>,
     commits: [AtomicU64; 3],

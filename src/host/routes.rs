@@ -2,7 +2,7 @@
 //! failure to a status with a `{"error": "…"}` body.
 //!
 //! Why it exists: the routes are the host's contract with its clients (documented in the
-//! README, "Serving actors over HTTP"); keeping them apart from the lifecycle makes each rule
+//! book, "Serving actors over HTTP"); keeping them apart from the lifecycle makes each rule
 //! (who may call what, which status for which failure) visible in one place.
 //!
 //! Order of checks on actor routes: the token (401), the actor id (400), the body (413, 408,

@@ -1,5 +1,5 @@
 //! The report of `bench http`: the two phases' counts and latencies, as JSON (fields
-//! documented in the README, "bench http") and as a table.
+//! documented in docs/src/benchmarks/commands.md, "bench http") and as a table.
 //!
 //! Why it exists apart: the workload (`super`) measures; this module only shapes what was
 //! measured, so the output format can be read (and changed) in one place.
@@ -105,7 +105,7 @@ impl HttpReport {
         self.wake.errors + self.load.errors
     }
 
-    /// One JSON object; the field names are documented in the README ("bench http").
+    /// One JSON object; the field names are documented in docs/src/benchmarks/commands.md ("bench http").
     pub fn to_json(&self) -> Value {
         let c = &self.config;
         let (requests_target, duration_s) = match c.stop {
