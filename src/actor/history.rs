@@ -52,9 +52,24 @@ impl Actor {
 
     /// Deletes history past the retention window and byte bound, with fenced writes (see
     /// [`crate::vfs::Database::compact_history`]). Never part of a commit or a wake: call it
-    /// when the actor is idle.
+    /// when the actor is idle, or [`Actor::compact_if_due`] between requests of a busy one.
     pub fn compact_history(&self) -> Result<CompactReport, ActorError> {
         Ok(self.db().compact_history()?)
+    }
+
+    /// True when [`Actor::compact_history`] would delete something past the retention window
+    /// or the byte bound (or the actor does not know yet, as after a wake); the rule is
+    /// [`crate::vfs::history::watch`]'s. No round trip.
+    pub fn compaction_due(&self) -> bool {
+        self.db().compaction_due()
+    }
+
+    /// [`Actor::compact_history`] when [`Actor::compaction_due`]; otherwise `None` with no
+    /// round trip. What a host's sweep does for its busy actors, for a library user without a
+    /// host: call it between requests (never inside a transaction) so that an actor that never
+    /// goes idle still keeps its history within its retention. Fenced like every write.
+    pub fn compact_if_due(&self) -> Result<Option<CompactReport>, ActorError> {
+        Ok(self.db().compact_if_due()?)
     }
 
     /// Creates actor `to` on the same store holding this actor's database as of `at` (the

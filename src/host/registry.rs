@@ -17,7 +17,10 @@
 //!   async side just before running statements; when the timeout passes first,
 //!   `sqlite3_interrupt` stops the statement.
 //! - **History compaction in the background.** An actor idle past `--idle-sleep-ms` has its
-//!   history compacted (fenced) just before it sleeps: never on a commit's or a wake's path.
+//!   history compacted (fenced) just before it sleeps; an awake actor whose compaction is due
+//!   (see [`crate::vfs::history::watch`], checked without its lock or a KV call) is compacted
+//!   by the same sweep, which takes the actor's lock in its turn like a request and holds it
+//!   for the compaction only. Never on a commit's or a wake's path.
 //! - **Store failures.** An actor whose store call failed (or that moved) is put to sleep at
 //!   once; the next request wakes it again, which succeeds once the store is back.
 
@@ -36,7 +39,7 @@ use crate::actor::connections::Push;
 use crate::actor::{Actor, ActorConfig, ActorError};
 use crate::kv::{KvError, SharedStore};
 use crate::metrics::MetricsDoc;
-use crate::vfs::VfsError;
+use crate::vfs::{CompactionWatch, VfsError};
 
 /// How long a wake waits for a place among `max_awake` when every awake actor is busy.
 const RESERVE_WAIT: Duration = Duration::from_secs(30);
@@ -87,6 +90,10 @@ struct Slot {
     token: Mutex<Option<String>>,
     /// The actor's interrupt handle while awake: the shutdown deadline stops what still runs.
     interrupt: Mutex<Option<InterruptHandle>>,
+    /// Says whether the awake actor's history compaction is due, without its lock.
+    compaction: Mutex<Option<CompactionWatch>>,
+    /// A sweep's compaction of the awake actor is queued or running (one at a time).
+    compacting: AtomicBool,
 }
 
 /// The last metrics document of sleeping actors (and their inspector tokens), bounded.
@@ -237,6 +244,8 @@ impl Registry {
                     awake: AtomicBool::new(false),
                     token: Mutex::new(None),
                     interrupt: Mutex::new(None),
+                    compaction: Mutex::new(None),
+                    compacting: AtomicBool::new(false),
                 })
             })
             .clone()
@@ -424,6 +433,7 @@ impl Registry {
                 slot.awake.store(true, Ordering::Relaxed);
                 *slot.token.lock() = Some(actor.inspector_token().to_string());
                 *slot.interrupt.lock() = Some(actor.db().get_interrupt_handle());
+                *slot.compaction.lock() = Some(actor.db().compaction_watch());
                 let round_trips = RoundTrips {
                     counting: actor.kv_counting(),
                     seen: Arc::new(AtomicU64::new(rt)),
@@ -534,6 +544,7 @@ impl Registry {
             }
             slot.awake.store(false, Ordering::Relaxed);
             *slot.interrupt.lock() = None;
+            *slot.compaction.lock() = None;
             self.metrics.actors_awake.fetch_sub(1, Ordering::Relaxed);
             self.metrics.sleeps.fetch_add(1, Ordering::Relaxed);
         }
@@ -636,6 +647,52 @@ impl Registry {
                     .await;
                 }
             }
+        }
+        self.compact_due(cutoff);
+    }
+
+    /// Compacts the awake actors (used since `cutoff`, so not about to sleep) whose compaction
+    /// is due, each in a task of its own that takes the actor's lock in its turn like a
+    /// request (giving up after the lock wait; the next sweep tries again) and holds it for
+    /// the compaction only. The compaction is fenced: a stale instance's writes nothing.
+    fn compact_due(self: &Arc<Self>, cutoff: u64) {
+        let due: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .values()
+            .filter(|s| {
+                s.awake.load(Ordering::Relaxed)
+                    && s.last_used.load(Ordering::Relaxed) > cutoff
+                    && s.compaction.lock().as_ref().is_some_and(|w| w.due())
+            })
+            .cloned()
+            .collect();
+        for slot in due {
+            if slot.compacting.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            let me = self.clone();
+            tokio::spawn(async move {
+                let lock = slot.state.clone().lock_owned();
+                if let Ok(mut guard) = tokio::time::timeout(me.lock_wait, lock).await {
+                    let (me, slot2) = (me.clone(), slot.clone());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let due = matches!(&*guard, SlotState::Awake(a) if a.actor.compaction_due());
+                        if due {
+                            me.compact_locked(&slot2, &mut guard);
+                            if let SlotState::Awake(a) = &*guard {
+                                a.round_trips.settle(&me.metrics.kv_round_trips);
+                            }
+                            if matches!(&*guard, SlotState::Awake(a) if a.actor.db().unusable().is_some())
+                            {
+                                me.sleep_locked(&slot2, &mut guard);
+                            }
+                        }
+                    })
+                    .await;
+                }
+                slot.compacting.store(false, Ordering::Release);
+            });
         }
     }
 

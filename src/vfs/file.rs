@@ -354,6 +354,8 @@ pub struct DbState {
     commit_hook: Mutex<Option<CommitHook>>,
     /// Commits queued or in flight (see `file/pipeline.rs`).
     pipe: pipeline::Pipeline,
+    /// What the history holds, known without a KV call (see [`super::history::watch`]).
+    watch: Mutex<super::history::watch::Watch>,
 }
 
 /// What the state tells its commit hook: a hash of the main file's stored metadata and page 1
@@ -596,7 +598,9 @@ impl DbState {
             }
         }
         stats.add(&stats.readahead_prefetched, used_prefetch);
+        let watch = Mutex::new(super::history::watch::Watch::at_open(main.meta.hist_start));
         Ok(DbState {
+            watch,
             kv,
             stats,
             fence: Mutex::new(Vec::new()),

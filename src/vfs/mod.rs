@@ -667,6 +667,37 @@ impl Database {
     pub fn compact_history(&self) -> Result<history::CompactReport, VfsError> {
         self.state.compact_history()
     }
+
+    /// True when [`Database::compact_history`] would delete something (or the database does
+    /// not know yet), by the rule of [`history::watch`]. No KV call.
+    pub fn compaction_due(&self) -> bool {
+        self.state.compaction_due()
+    }
+
+    /// [`Database::compact_history`] when [`Database::compaction_due`]; otherwise `None` and
+    /// no KV call. Call it now and then on a database that never goes idle (between
+    /// transactions) to keep its history within the retention window and byte bound.
+    pub fn compact_if_due(&self) -> Result<Option<history::CompactReport>, VfsError> {
+        self.state.compact_if_due()
+    }
+
+    /// A handle that answers [`Database::compaction_due`] from any thread (a host's sweep
+    /// checks it without taking the actor's lock).
+    pub fn compaction_watch(&self) -> CompactionWatch {
+        CompactionWatch(self.state.clone())
+    }
+}
+
+/// Says from any thread whether a database's history compaction is due (see
+/// [`Database::compaction_watch`]); no KV call.
+#[derive(Clone)]
+pub struct CompactionWatch(Arc<DbState>);
+
+impl CompactionWatch {
+    /// [`Database::compaction_due`].
+    pub fn due(&self) -> bool {
+        self.0.compaction_due()
+    }
 }
 
 /// Waits for a database's pipelined commits (see [`OpenOptions::pipelined`]) from any thread:

@@ -75,6 +75,11 @@ impl DbState {
         let s = &self.stats;
         s.add(&s.history_image_bytes, raw.into_inner());
         s.add(&s.history_stored_bytes, stored.into_inner());
+        // Counted before the record lands: a commit that fails leaves the summary unknown
+        // (`reload_if_needed`), one that lands is counted right.
+        self.watch
+            .lock()
+            .commit(meta.time_ms, rec.info.bytes, durable.hist_start == 0);
         Ok(Some(rec))
     }
 
@@ -554,6 +559,23 @@ impl DbState {
         r
     }
 
+    /// True when [`DbState::compact_history`] would have work to do, by the rule of
+    /// [`history::watch`]: no KV call (and not the state's lock, so a commit in flight does
+    /// not hold it up).
+    pub fn compaction_due(&self) -> bool {
+        let h = &self.opts.history;
+        self.watch.lock().due(h, h.clock.now_ms())
+    }
+
+    /// [`DbState::compact_history`] when [`DbState::compaction_due`], else nothing: `None`,
+    /// without a KV call.
+    pub fn compact_if_due(&self) -> Result<Option<CompactReport>, VfsError> {
+        if !self.compaction_due() {
+            return Ok(None);
+        }
+        self.compact_history().map(Some)
+    }
+
     /// [`DbState::compact_history`] with the state's lock held (no commit in between).
     fn compact_locked(&self, meta: &Meta) -> Result<CompactReport, VfsError> {
         // Parts past the current seq belong to no commit: a staged commit's parts whose commit
@@ -592,6 +614,7 @@ impl DbState {
         let kept = live.split_off(doomed);
         report.records_kept = kept.len() as u64;
         report.bytes_kept = total;
+        let oldest_kept = kept.first().map(|h| h.time_ms);
         // Records of an older history or of commits that never landed: no image of them is
         // needed by any listed commit.
         let mut deletes: Vec<Key> = orphan_keys;
@@ -629,6 +652,7 @@ impl DbState {
             report.orphan_parts += orphans;
             i = j;
         }
+        self.watch.lock().listed(oldest_kept, total);
         Ok(report)
     }
 

@@ -234,6 +234,8 @@ impl DbState {
 
     /// The error a failed KV call becomes: [`VfsError::Moved`] once the fence moved.
     pub(super) fn kv_failed(&self, op: Op, e: KvError) -> VfsError {
+        // The store may now hold what the history's summary does not (parts of a write).
+        self.watch.lock().forget();
         if self.moved.load(Ordering::SeqCst) {
             VfsError::Moved
         } else if let Some(p) = self.poisoned() {

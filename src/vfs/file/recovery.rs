@@ -18,6 +18,7 @@ impl DbState {
         if !inner.needs_reload {
             return Ok(());
         }
+        self.watch.lock().forget();
         let mut keys = vec![
             layout::meta_key(FileKind::Main),
             layout::meta_key(FileKind::Journal),

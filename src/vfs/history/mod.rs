@@ -32,6 +32,7 @@
 //! round trips as their size needs).
 
 pub mod record;
+pub mod watch;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
