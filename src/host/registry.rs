@@ -626,7 +626,13 @@ impl Registry {
 
     /// Puts actors idle for longer than `idle` to sleep (those busy are left for later).
     pub async fn sleep_idle(self: &Arc<Self>, idle: Duration) {
-        let cutoff = self.now_ms().saturating_sub(idle.as_millis() as u64);
+        // Until the host has run for `idle`, no actor can have been idle that long (one used in
+        // the host's first millisecond has `last_used` 0, which a saturated cutoff would match).
+        let (now, idle_ms) = (self.now_ms(), idle.as_millis() as u64);
+        let Some(cutoff) = now.checked_sub(idle_ms) else {
+            self.compact_due(None);
+            return;
+        };
         let idle_slots: Vec<Arc<Slot>> = self
             .slots
             .lock()
@@ -648,21 +654,22 @@ impl Registry {
                 }
             }
         }
-        self.compact_due(cutoff);
+        self.compact_due(Some(cutoff));
     }
 
-    /// Compacts the awake actors (used since `cutoff`, so not about to sleep) whose compaction
-    /// is due, each in a task of its own that takes the actor's lock in its turn like a
-    /// request (giving up after the lock wait; the next sweep tries again) and holds it for
-    /// the compaction only. The compaction is fenced: a stale instance's writes nothing.
-    fn compact_due(self: &Arc<Self>, cutoff: u64) {
+    /// Compacts the awake actors whose compaction is due and that were used since `cutoff` (so
+    /// are not about to sleep; `None`: every awake actor, as none can be idle yet), each in a
+    /// task of its own that takes the actor's lock in its turn like a request (giving up after
+    /// the lock wait; the next sweep tries again) and holds it for the compaction only. The
+    /// compaction is fenced: a stale instance's writes nothing.
+    fn compact_due(self: &Arc<Self>, cutoff: Option<u64>) {
         let due: Vec<Arc<Slot>> = self
             .slots
             .lock()
             .values()
             .filter(|s| {
                 s.awake.load(Ordering::Relaxed)
-                    && s.last_used.load(Ordering::Relaxed) > cutoff
+                    && cutoff.is_none_or(|c| s.last_used.load(Ordering::Relaxed) > c)
                     && s.compaction.lock().as_ref().is_some_and(|w| w.due())
             })
             .cloned()
