@@ -30,7 +30,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::registry::{store_unavailable, Registry, Work};
-use super::routes::{actor_id, read_json, require_admin, respond, statement_error, AppState};
+use super::routes::{admin_json_async, admin_on_actor, admin_post_json, statement_error, AppState};
 use super::sql::{self, StatementRequest};
 use super::HostError;
 use crate::actor::alarms::{self, Alarm};
@@ -164,10 +164,7 @@ async fn schedule_route(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let body = read_json(&s, &headers, body).await?;
+    admin_post_json(s, id, headers, body, |s, id, body| async move {
         let at = match (body.get("at"), body.get("after_ms")) {
             (Some(at), None) => at
                 .as_u64()
@@ -213,9 +210,8 @@ async fn schedule_route(
             s.registry.known_alarms().note(at);
         }
         r
-    }
-    .await;
-    respond(&s.metrics, r)
+    })
+    .await
 }
 
 fn bad(m: &str) -> HostError {
@@ -243,18 +239,13 @@ async fn list_route(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let timeout = s.statement_timeout;
-        let work: Work = Box::new(move |actor: &Actor| {
+    admin_on_actor(&s, id, &headers, |timeout, _| {
+        Box::new(move |actor: &Actor| {
             let list = actor.alarms().map_err(|e| actor_error(e, timeout))?;
             Ok(json!({ "alarms": list.iter().map(alarm_json).collect::<Vec<_>>() }))
-        });
-        s.registry.run(&id, timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+        })
+    })
+    .await
 }
 
 /// `DELETE /actors/{id}/alarms/{alarm}` (admin token): `{"cancelled": true|false}`.
@@ -263,8 +254,7 @@ async fn cancel_route(
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
+    admin_json_async(&s, &headers, async {
         let Path((id, alarm)) =
             path.map_err(|e| HostError::BadRequest(format!("invalid path: {e}")))?;
         super::check_actor_id(&id)?;
@@ -277,9 +267,8 @@ async fn cancel_route(
             Ok(json!({ "cancelled": cancelled }))
         });
         s.registry.run(&id, timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+    })
+    .await
 }
 
 /// Runs a host alarm: its stored statement under the remote guard; an alarm of another name

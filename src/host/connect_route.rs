@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use super::auth::{bearer, Lookup};
 use super::registry::Work;
 use super::routes::{
-    actor_id, actor_token, read_json, require_admin, respond, statement_error, AppState,
+    actor_id, actor_token, admin_on_actor, admin_post_json, respond, statement_error, AppState,
 };
 use super::sockets::{Socket, DEAD_CLOSE_CODE};
 use super::sql::{self, StatementRequest};
@@ -492,10 +492,7 @@ async fn set_handler_route(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let body = read_json(&s, &headers, body).await?;
+    admin_post_json(s, id, headers, body, |s, id, body| async move {
         let statements = handler_statements(&body)?;
         let timeout = s.statement_timeout;
         let work: Work = Box::new(move |actor: &Actor| {
@@ -528,9 +525,8 @@ async fn set_handler_route(
             Ok(json!({ "sql": statements }))
         });
         s.registry.run(&id, timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+    })
+    .await
 }
 
 /// `GET /actors/{id}/connect/handler` (admin): `{"sql": [...]}`, or `{"sql": null}`.
@@ -539,18 +535,13 @@ async fn get_handler_route(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let timeout = s.statement_timeout;
-        let work: Work = Box::new(move |actor: &Actor| {
+    admin_on_actor(&s, id, &headers, |timeout, _| {
+        Box::new(move |actor: &Actor| {
             let h = load_handler(actor.db()).map_err(|e| statement_error(&e, timeout))?;
             Ok(json!({ "sql": h }))
-        });
-        s.registry.run(&id, timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+        })
+    })
+    .await
 }
 
 /// `DELETE /actors/{id}/connect/handler` (admin): `{"deleted": true|false}`.
@@ -559,11 +550,8 @@ async fn delete_handler_route(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let timeout = s.statement_timeout;
-        let work: Work = Box::new(move |actor: &Actor| {
+    admin_on_actor(&s, id, &headers, |timeout, _| {
+        Box::new(move |actor: &Actor| {
             let db = actor.db();
             if load_handler(db)
                 .map_err(|e| statement_error(&e, timeout))?
@@ -574,11 +562,9 @@ async fn delete_handler_route(
             db.execute("DELETE FROM _kvsqlite_handlers WHERE name = 'message'", [])
                 .map_err(|e| statement_error(&e, timeout))?;
             Ok(json!({ "deleted": true }))
-        });
-        s.registry.run(&id, timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+        })
+    })
+    .await
 }
 
 /// `GET /actors/{id}/connections` (admin): `{"connections": [{"id", "params", "topics",
@@ -589,13 +575,10 @@ async fn list_route(
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let timeout = s.statement_timeout;
-        let hub = s.registry.hub().clone();
-        let aid = id.clone();
-        let work: Work = Box::new(move |actor: &Actor| {
+    let hub = s.registry.hub().clone();
+    admin_on_actor(&s, id, &headers, |timeout, id| {
+        let aid = id.to_string();
+        Box::new(move |actor: &Actor| {
             let list = actor
                 .connections()
                 .map_err(|e| super::alarm_tick::actor_error(e, timeout))?;
@@ -609,11 +592,9 @@ async fn list_route(
                 "opened_ms": c.opened_ms,
                 "open": !stale.contains(&c.id),
             })).collect::<Vec<_>>() }))
-        });
-        s.registry.run(&id, timeout, work).await
-    }
-    .await;
-    respond(&s.metrics, r)
+        })
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::auth::Lookup;
 use super::inspector::escape::{field, parse_form};
 use super::registry::{kv_unavailable, store_unavailable, Work};
-use super::routes::{actor_token, admin_json_async, read_body, AppState};
+use super::routes::{actor_id, actor_token, admin_json_async, admin_post_json, AppState};
 use super::{check_actor_id, HostError};
 use crate::actor::{Actor, ActorError};
 use crate::vfs::history::{CommitInfo, Target};
@@ -114,13 +114,6 @@ fn target_from(body: &Value, key: &str, optional: bool) -> Result<Option<Target>
     Ok(Some(t))
 }
 
-/// The actor id of the path, checked.
-fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, HostError> {
-    let Path(id) = id.map_err(|e| HostError::BadRequest(format!("invalid actor id: {e}")))?;
-    check_actor_id(&id)?;
-    Ok(id)
-}
-
 /// 404 unless the store holds actor `id` (these routes never create an actor).
 async fn must_exist(s: &AppState, id: &str) -> Result<(), HostError> {
     match actor_token(s, id).await? {
@@ -151,7 +144,7 @@ pub async fn history(
     let s2 = s.clone();
     admin_json_async(&s, &headers, async move {
         let s = s2;
-        let id = path_id(id)?;
+        let id = actor_id(id)?;
         let pairs = parse_form(q.as_deref().unwrap_or(""));
         let limit = match field(&pairs, "limit") {
             None => DEFAULT_LIMIT,
@@ -269,36 +262,6 @@ pub async fn fork(
         Ok(v)
     })
     .await
-}
-
-/// An admin POST on actor `id` with a JSON body: the admin token is checked first, then the id,
-/// then the body is read and parsed; `work` gets the state, the id and the body.
-async fn admin_post_json<F, Fut>(
-    s: AppState,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Body,
-    work: F,
-) -> Response
-where
-    F: FnOnce(AppState, String, Value) -> Fut,
-    Fut: std::future::Future<Output = Result<Value, HostError>>,
-{
-    let s2 = s.clone();
-    let h2 = headers.clone();
-    admin_json_async(&s, &headers, async move {
-        let id = path_id(id)?;
-        let body = read_json(&s2, &h2, body).await?;
-        work(s2, id, body).await
-    })
-    .await
-}
-
-/// The body as JSON (after the token was checked).
-async fn read_json(s: &AppState, headers: &HeaderMap, body: Body) -> Result<Value, HostError> {
-    let bytes = read_body(s, headers, body).await?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| HostError::BadRequest(format!("the body is not valid JSON: {e}")))
 }
 
 /// Adds the history routes.

@@ -20,7 +20,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::registry::{store_unavailable, Work};
-use super::routes::{actor_id, read_json, require_admin, respond, AppState};
+use super::routes::{admin_post_json, AppState};
 use super::sql;
 use super::HostError;
 use crate::actor::guard::Mode;
@@ -41,10 +41,7 @@ async fn enqueue_route(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let r = async {
-        require_admin(&s, &headers)?;
-        let id = actor_id(id)?;
-        let body = read_json(&s, &headers, body).await?;
+    admin_post_json(s, id, headers, body, |s, id, body| async move {
         sql::statement_from_json(&body, "the body").map_err(HostError::BadRequest)?;
         let bytes = body.to_string().into_bytes();
         let store = s.registry.store().clone();
@@ -76,9 +73,8 @@ async fn enqueue_route(
             s.registry.run(&id, timeout, work).await?;
         }
         Ok(json!({ "queued": true }))
-    }
-    .await;
-    respond(&s.metrics, r)
+    })
+    .await
 }
 
 /// Runs an awake actor's queued statements (called by the registry after a wake and by the

@@ -176,6 +176,46 @@ pub(crate) async fn admin_json_async(
     respond(&s.metrics, r)
 }
 
+/// An admin POST on actor `id` with a JSON body: the admin token first (from the headers
+/// alone), then the id, then the body (413, 408, 400); `work` gets the state, the id and the
+/// body, and its result is the answer.
+pub(crate) async fn admin_post_json<F, Fut>(
+    s: AppState,
+    id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Body,
+    work: F,
+) -> Response
+where
+    F: FnOnce(AppState, String, Value) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, HostError>>,
+{
+    let s2 = s.clone();
+    let h2 = headers.clone();
+    admin_json_async(&s, &headers, async move {
+        let id = actor_id(id)?;
+        let body = read_json(&s2, &h2, body).await?;
+        work(s2, id, body).await
+    })
+    .await
+}
+
+/// An admin route without a body on actor `id`: the admin token, then the id, then `work`
+/// (given the statement timeout) run on the actor, woken if it sleeps.
+pub(crate) async fn admin_on_actor(
+    s: &AppState,
+    id: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    work: impl FnOnce(Duration, &str) -> Work,
+) -> Response {
+    admin_json_async(s, headers, async {
+        let id = actor_id(id)?;
+        let timeout = s.statement_timeout;
+        s.registry.run(&id, timeout, work(timeout, &id)).await
+    })
+    .await
+}
+
 pub(crate) fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), HostError> {
     match bearer(headers) {
         Some(t) if tokens_equal(t, &s.admin_token) => Ok(()),
