@@ -115,3 +115,56 @@ fn progress_is_drawn_on_a_terminal_and_silent_when_piped() {
         assert!(shown.contains(&format!("ok   {s}: ")), "{shown}");
     }
 }
+
+/// `export` (one copy of unknown length) shows a spinner naming its work on a terminal, erased
+/// when it ends, and nothing on a pipe; the report line is the same either way.
+#[test]
+fn export_shows_a_spinner_on_a_terminal_and_nothing_when_piped() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kv = format!("redb:{}", dir.path().join("kv.redb").display());
+    let sql = dir.path().join("make.sql");
+    std::fs::write(&sql, "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);").expect("write");
+    let made = kvsqlite(&["--kv", &kv, "run", "--actor", "a", &sql.to_string_lossy()]);
+    assert_eq!(made.status.code(), Some(0), "{made:?}");
+
+    let piped_file = dir.path().join("piped.db");
+    let piped = kvsqlite(&[
+        "--kv",
+        &kv,
+        "export",
+        "--actor",
+        "a",
+        &piped_file.to_string_lossy(),
+    ]);
+    assert_eq!(piped.status.code(), Some(0), "{piped:?}");
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(
+        !err.contains('\r') && !err.contains('\x1b') && !err.contains("exporting"),
+        "piped stderr holds a spinner: {err:?}"
+    );
+    assert!(String::from_utf8_lossy(&piped.stdout).starts_with("exported actor \"a\" to "));
+
+    let tty_file = dir.path().join("tty.db");
+    let line = format!(
+        "{} --kv {kv} export --actor a {}",
+        env!("CARGO_BIN_EXE_kvsqlite"),
+        tty_file.display()
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("KVSQLITE_KV")
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux's script runs");
+    assert_eq!(tty.status.code(), Some(0));
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        shown.contains("exporting actor \"a\" to "),
+        "no spinner: {shown:?}"
+    );
+    assert!(
+        shown.contains("\x1b[2K"),
+        "the spinner is erased: {shown:?}"
+    );
+    assert!(shown.contains("exported actor \"a\" to "), "{shown}");
+}

@@ -13,6 +13,7 @@ use kvsqlite::actor::{records, Actor, ActorConfig};
 use kvsqlite::kv::SharedStore;
 use kvsqlite::vfs::history::{HistoryOptions, Target, DEFAULT_MAX_BYTES};
 
+use super::progress::with_spinner;
 use super::{finish, output_error, GlobalArgs, Stop};
 
 /// How much history the actor keeps (for a compaction, and for commits made here).
@@ -192,7 +193,8 @@ fn history(global: &GlobalArgs, args: HistoryArgs) -> Result<i32, Stop> {
 fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<i32, Stop> {
     let store = global.open_store()?;
     let actor = wake(&store, &args.actor, &args.retention)?;
-    let out = actor.restore(&args.to).map_err(|e| e.to_string())?;
+    let what = format!("restoring actor {:?}", args.actor);
+    let out = with_spinner(&what, || actor.restore(&args.to)).map_err(|e| e.to_string())?;
     actor.sleep().map_err(|e| e.to_string())?;
     println!(
         "restored actor {:?} to seq {} ({} pages written); its new bookmark is {}; undo with --to {}",
@@ -204,9 +206,11 @@ fn restore(global: &GlobalArgs, args: RestoreArgs) -> Result<i32, Stop> {
 fn fork(global: &GlobalArgs, args: ForkArgs) -> Result<i32, Stop> {
     let store = global.open_store()?;
     let actor = wake(&store, &args.actor, &args.retention)?;
-    let r = actor
-        .fork(&args.at, &args.to, &args.retention.options())
-        .map_err(|e| e.to_string())?;
+    let what = format!("forking actor {:?} into {:?}", args.actor, args.to);
+    let r = with_spinner(&what, || {
+        actor.fork(&args.at, &args.to, &args.retention.options())
+    })
+    .map_err(|e| e.to_string())?;
     actor.sleep().map_err(|e| e.to_string())?;
     println!(
         "forked actor {:?} at seq {} into {:?}: {} pages, {} KV round trips; its bookmark is {}",

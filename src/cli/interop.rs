@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kvsqlite::interop::{export_file_at, import_file, ImportOptions};
 
+use super::progress::with_spinner;
 use super::{finish, GlobalArgs, Stop};
 
 /// Arguments of `kvsqlite import`.
@@ -58,7 +59,13 @@ fn import(global: &GlobalArgs, args: ImportArgs) -> Result<i32, Stop> {
     let opts = ImportOptions {
         replace: args.replace,
     };
-    let report = import_file(store, &args.actor, &args.file, &opts).map_err(|e| e.to_string())?;
+    let what = format!(
+        "importing {} into actor {:?}",
+        args.file.display(),
+        args.actor
+    );
+    let report = with_spinner(&what, || import_file(store, &args.actor, &args.file, &opts))
+        .map_err(|e| e.to_string())?;
     println!(
         "imported {} into actor {:?}: {} pages of {} bytes{}, integrity ok, {} KV round trips \
          ({} for the copy)",
@@ -79,8 +86,15 @@ fn import(global: &GlobalArgs, args: ImportArgs) -> Result<i32, Stop> {
 
 fn export(global: &GlobalArgs, args: ExportArgs) -> Result<i32, Stop> {
     let store = global.open_store()?;
-    let report = export_file_at(store, &args.actor, &args.file, args.force, args.at.as_ref())
-        .map_err(|e| e.to_string())?;
+    let what = format!(
+        "exporting actor {:?} to {}",
+        args.actor,
+        args.file.display()
+    );
+    let report = with_spinner(&what, || {
+        export_file_at(store, &args.actor, &args.file, args.force, args.at.as_ref())
+    })
+    .map_err(|e| e.to_string())?;
     println!(
         "exported actor {:?} to {}: {} pages of {} bytes, {} KV round trips",
         args.actor,

@@ -1,6 +1,8 @@
-//! Progress on long work (benches, SQL logic test runs, import, export, restore, fork): a bar
-//! on standard error when it is a terminal, nothing at all when it is piped or redirected, so
-//! that a script reading the output never sees a control sequence.
+//! Progress on long work: a bar for work counted in steps (benches, SQL logic test runs), a
+//! spinner with the elapsed time for work done in one step whose length is not known ahead
+//! (import, export, restore and fork each copy in one transaction); on standard error when it is
+//! a terminal, nothing at all when it is piped or redirected, so that a script reading the output
+//! never sees a control sequence.
 
 use std::io::IsTerminal;
 
@@ -50,6 +52,26 @@ impl Drop for Progress {
     fn drop(&mut self) {
         self.bar.finish_and_clear();
     }
+}
+
+/// Runs `f` under a spinner showing `what` and the elapsed time (on a terminal only), erased
+/// when `f` returns.
+pub(crate) fn with_spinner<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    // The template is a constant: it parses, and a failure would only lose the styling.
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar.tick();
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    let out = f();
+    bar.finish_and_clear();
+    out
 }
 
 /// Runs `f` with a drawer `draw(done, total, what)` on a [`Progress`] bar, then erases the bar.
