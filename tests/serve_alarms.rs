@@ -14,19 +14,14 @@ fn count(s: &Server, actor: &str, sql: &str) -> i64 {
 }
 
 fn schedule(s: &Server, actor: &str, body: Value) -> (u16, Value) {
-    let (st, text) = s.post(
-        &format!("/actors/{actor}/alarms"),
-        Some(&s.admin),
-        &body.to_string(),
-    );
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    s.admin_post(&format!("/actors/{actor}/alarms"), &body)
 }
 
 fn list(s: &Server, actor: &str) -> Vec<Value> {
-    let (st, text) = s.get(&format!("/actors/{actor}/alarms"), Some(&s.admin));
-    assert_eq!(st, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["alarms"].as_array().unwrap().clone()
+    s.admin_get(&format!("/actors/{actor}/alarms"))["alarms"]
+        .as_array()
+        .expect("a list of alarms")
+        .clone()
 }
 
 /// Polls (at most 30 s) until `sql` on `actor` answers `want`.

@@ -101,20 +101,13 @@ fn actor_token(s: &Server, actor: &str) -> String {
 }
 
 fn set_handler(s: &Server, actor: &str, body: Value) -> (u16, Value) {
-    let (st, text) = s.post(
-        &format!("/actors/{actor}/connect/handler"),
-        Some(&s.admin),
-        &body.to_string(),
-    );
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    s.admin_post(&format!("/actors/{actor}/connect/handler"), &body)
 }
 
 fn connections(s: &Server, actor: &str) -> Vec<Value> {
-    let (st, text) = s.get(&format!("/actors/{actor}/connections"), Some(&s.admin));
-    assert_eq!(st, 200, "{text}");
-    serde_json::from_str::<Value>(&text).unwrap()["connections"]
+    s.admin_get(&format!("/actors/{actor}/connections"))["connections"]
         .as_array()
-        .unwrap()
+        .expect("a list of connections")
         .clone()
 }
 

@@ -107,6 +107,20 @@ impl Server {
         get(&self.agent, &self.base, path, token)
     }
 
+    /// POSTs `body` as JSON with the admin token: (status, the answer as JSON, or `Null` when
+    /// it is not JSON).
+    pub fn admin_post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (st, text) = self.post(path, Some(&self.admin), &body.to_string());
+        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// GETs `path` with the admin token; it must answer 200 with JSON.
+    pub fn admin_get(&self, path: &str) -> Value {
+        let (st, text) = self.get(path, Some(&self.admin));
+        assert_eq!(st, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
+    }
+
     /// The inspector tests' actor `shop`: a table `items(n, label)` of 45 rows `item-00` …
     /// `item-44`, one more row `999` labelled `hostile` (markup the pages must escape), and a
     /// query whose column holds `hostile_query`.
