@@ -13,6 +13,7 @@ use kvsqlite::host::registry::Registry;
 use kvsqlite::kv::counting::CountingStore;
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{KvStore, ListRequest, SharedStore};
+use kvsqlite::vfs::history::watch::UNKNOWN_AFTER_COMMITS;
 use kvsqlite::vfs::history::{Clock, Header, HistoryOptions, TestClock};
 use kvsqlite::vfs::layout::{parse_key, ParsedKey};
 
@@ -133,11 +134,25 @@ fn compact_if_due_keeps_a_busy_actors_history_within_retention() {
     assert!(!a.compaction_due());
     a.sleep().unwrap();
 
-    // A wake: one round trip; the wake does not read the history, so the first check after it
-    // compacts (the summary is unknown), and from then on it is known again.
+    // A wake: one round trip; the wake does not read the history, so the summary is unknown,
+    // and compaction is due only once the actor has committed UNKNOWN_AFTER_COMMITS times
+    // (a short wake is compacted by its sleep; none costs a round trip after every wake).
     let a = Actor::start(store.clone(), "busy", &config(&clock)).unwrap();
     assert_eq!(a.startup().kv_round_trips, 1, "a wake is one round trip");
-    assert!(a.compaction_due(), "unknown after a wake");
+    assert!(!a.compaction_due(), "not at once after a wake");
+    let before = a.kv_round_trips();
+    assert_eq!(a.compact_if_due().unwrap(), None);
+    assert_eq!(a.kv_round_trips(), before, "nothing due, nothing read");
+    for i in 0..UNKNOWN_AFTER_COMMITS {
+        assert!(!a.compaction_due());
+        a.db()
+            .execute(
+                "INSERT INTO t VALUES (?1, randomblob(100))",
+                [400 + i as i64],
+            )
+            .unwrap();
+    }
+    assert!(a.compaction_due(), "unknown, after enough commits");
     clock.advance(WINDOW + Duration::from_millis(1));
     assert!(a.compact_if_due().unwrap().is_some());
     let h = headers(&*store, "busy");
@@ -154,7 +169,7 @@ fn compact_if_due_keeps_a_busy_actors_history_within_retention() {
         .db()
         .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(n, 400);
+    assert_eq!(n, 400 + UNKNOWN_AFTER_COMMITS as i64);
 }
 
 #[test]
@@ -189,7 +204,8 @@ fn a_stale_instances_compact_if_due_is_refused_and_writes_nothing() {
     let e = old.compact_if_due().unwrap_err();
     assert!(e.is_moved(), "{e}");
     assert_eq!(mem.dump(), before, "the stale instance wrote nothing");
-    assert!(new.compact_if_due().unwrap().is_some());
+    // The new instance's summary is unknown (it woke on a history): compacting explicitly.
+    new.compact_history().unwrap();
     assert!(headers(&*store, "a").is_empty());
 }
 

@@ -9,9 +9,12 @@
 //! # The rule
 //!
 //! Compaction is due when any of these holds:
-//! - the summary is **unknown**: the database was opened with history in the store (its
-//!   oldest record's time is not read by a wake) or a failed write left the store unsure;
-//!   the first compaction makes it known;
+//! - the summary is **unknown** and [`UNKNOWN_AFTER_COMMITS`] commits were made since: the
+//!   database was opened with history in the store (its oldest record's time is not read by a
+//!   wake) or a failed write left the store unsure; the first compaction makes it known. Not at
+//!   once: an actor that wakes, serves a few requests and sleeps is compacted by its sleep, and
+//!   a background compaction after every wake would add a round trip to every wake's cycle;
+//!   an actor busy long enough to commit that many times gets its first compaction then;
 //! - history is on and the **oldest kept record** is older than the retention window (it
 //!   would be deleted);
 //! - history is on and the **bytes of records kept** exceed the byte bound;
@@ -24,6 +27,10 @@ use super::HistoryOptions;
 
 /// Commits after which a compaction is due whatever the summary says.
 pub const FALLBACK_COMMITS: u64 = 10_000;
+
+/// Commits after which a compaction is due while the summary is unknown (after a wake of a
+/// database with history, or a failed write).
+pub const UNKNOWN_AFTER_COMMITS: u64 = 100;
 
 /// The history's summary (see the module comment).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,8 +84,11 @@ impl Watch {
     /// True when a compaction at `now_ms` would have work to do, by the rule of the module
     /// comment.
     pub fn due(&self, opts: &HistoryOptions, now_ms: u64) -> bool {
-        if !self.known || self.commits >= FALLBACK_COMMITS {
+        if self.commits >= FALLBACK_COMMITS {
             return true;
+        }
+        if !self.known {
+            return self.commits >= UNKNOWN_AFTER_COMMITS;
         }
         if !opts.enabled() {
             return false;
@@ -104,7 +114,14 @@ mod tests {
     #[test]
     fn due_by_age_bytes_unknown_and_fallback() {
         let o = opts();
-        assert!(Watch::at_open(5).due(&o, 0));
+        let mut unknown = Watch::at_open(5);
+        assert!(!unknown.due(&o, u64::MAX), "not at once after a wake");
+        for _ in 0..UNKNOWN_AFTER_COMMITS - 1 {
+            unknown.commit(1_000, 10, false);
+        }
+        assert!(!unknown.due(&o, 1_000));
+        unknown.commit(1_000, 10, false);
+        assert!(unknown.due(&o, 1_000), "unknown after enough commits");
         let mut w = Watch::at_open(0);
         assert!(!w.due(&o, 0));
         w.commit(1_000, 400, true);
@@ -115,7 +132,11 @@ mod tests {
         w.listed(Some(2_000), 601);
         assert!(!w.due(&o, 2_000));
         w.forget();
-        assert!(w.due(&o, 2_000));
+        assert!(!w.due(&o, 2_000));
+        for _ in 0..UNKNOWN_AFTER_COMMITS {
+            w.commit(2_000, 0, false);
+        }
+        assert!(w.due(&o, 2_000), "unknown, with enough commits since");
         w.listed(None, 0);
         for _ in 0..FALLBACK_COMMITS - 1 {
             w.commit(3_000, 0, false);
