@@ -73,7 +73,7 @@ fn alarms_are_checked_listed_cancelled_and_fired_once_by_the_tick() {
         "shop",
         json!({"after_ms": 0, "sql": "INSERT INTO digest VALUES (3)"}),
     );
-    let (st, text) = delete(&s, &format!("/actors/shop/alarms/{}", cancelled["id"]));
+    let (st, text) = s.admin_delete(&format!("/actors/shop/alarms/{}", cancelled["id"]));
     assert_eq!((st, text.as_str()), (200, r#"{"cancelled":true}"#));
     let (st, now) = schedule(
         &s,
@@ -91,21 +91,6 @@ fn alarms_are_checked_listed_cancelled_and_fired_once_by_the_tick() {
             "sql": "INSERT INTO digest VALUES (?)", "params": [2], "attempts": 0})]
     );
     let _ = s.terminate();
-}
-
-fn delete(s: &Server, path: &str) -> (u16, String) {
-    let agent = serve::agent();
-    match agent
-        .delete(format!("{}{path}", s.base))
-        .header("Authorization", format!("Bearer {}", s.admin))
-        .call()
-    {
-        Ok(r) => {
-            let st = r.status().as_u16();
-            (st, r.into_body().read_to_string().unwrap_or_default())
-        }
-        Err(e) => (0, e.to_string()),
-    }
 }
 
 #[test]

@@ -111,21 +111,6 @@ fn connections(s: &Server, actor: &str) -> Vec<Value> {
         .clone()
 }
 
-fn delete(s: &Server, path: &str) -> (u16, String) {
-    let agent = serve::agent();
-    match agent
-        .delete(format!("{}{path}", s.base))
-        .header("Authorization", format!("Bearer {}", s.admin))
-        .call()
-    {
-        Ok(r) => {
-            let st = r.status().as_u16();
-            (st, r.into_body().read_to_string().unwrap_or_default())
-        }
-        Err(e) => (0, e.to_string()),
-    }
-}
-
 fn kv() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let kv = format!("redb:{}", dir.path().join("kv.redb").display());
@@ -214,7 +199,7 @@ fn a_client_connected_to_a_sleeping_actor_gets_its_reply_and_the_actor_sleeps_ag
     // Without a handler: 404 on the socket.
     let (st, text) = s.get("/actors/room/connect/handler", Some(&s.admin));
     assert_eq!(st, 200, "{text}");
-    let (st, del) = delete(&s, "/actors/room/connect/handler");
+    let (st, del) = s.admin_delete("/actors/room/connect/handler");
     assert_eq!((st, del.as_str()), (200, r#"{"deleted":true}"#));
     send(&mut ws, "x");
     assert_eq!(recv(&mut ws)["status"], json!(404));

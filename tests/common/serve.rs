@@ -121,6 +121,23 @@ impl Server {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {path}: {e}: {text}"))
     }
 
+    /// DELETEs `path` with the admin token: (status, body); status 0 with the error's text when
+    /// there was no answer.
+    pub fn admin_delete(&self, path: &str) -> (u16, String) {
+        match self
+            .agent
+            .delete(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.admin))
+            .call()
+        {
+            Ok(r) => {
+                let st = r.status().as_u16();
+                (st, r.into_body().read_to_string().unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
     /// The inspector tests' actor `shop`: a table `items(n, label)` of 45 rows `item-00` …
     /// `item-44`, one more row `999` labelled `hostile` (markup the pages must escape), and a
     /// query whose column holds `hostile_query`.
