@@ -1,9 +1,10 @@
 //! A speedtest1 script replayed once on one target, for instruction counting: `kvsqlite` (an
-//! actor's database on the memory store, default options) or `mem` (stock SQLite in memory,
+//! actor's database on the memory store, default options), `pipelined` (the same with
+//! pipelined commits, one `wait_durable` at the end) or `mem` (stock SQLite in memory,
 //! the same pragmas as `bench speedtest`).
 //!
 //! `valgrind --tool=callgrind --toggle-collect='*speedtest_cost::replay*' \
-//!   target/release/examples/speedtest_cost {kvsqlite,mem} FILE.sql` counts only the replay (the
+//!   target/release/examples/speedtest_cost {kvsqlite,pipelined,mem} FILE.sql` counts only the replay (the
 //! preamble and the tests), so the two counts compare the VFS's cost with none, free of the
 //! machine's noise.
 
@@ -28,16 +29,18 @@ fn main() {
     let target = args.next().unwrap_or_else(|| "kvsqlite".into());
     let file = args
         .next()
-        .expect("usage: speedtest_cost kvsqlite|mem FILE.sql");
+        .expect("usage: speedtest_cost kvsqlite|pipelined|mem FILE.sql");
     let text = std::fs::read_to_string(&file).expect("read the script");
     let script = parse_script(&text).expect("parse the script");
-    let opts = OpenOptions::default();
+    let opts = OpenOptions {
+        pipelined: target == "pipelined",
+        ..OpenOptions::default()
+    };
     let store: SharedStore = Arc::new(MemoryStore::new());
-    let db;
+    let mut db = None;
     let mem;
-    let conn: &Connection = if target == "kvsqlite" {
-        db = open_database(store, "cost", &opts).expect("open");
-        &db
+    let conn: &Connection = if target == "kvsqlite" || target == "pipelined" {
+        &**db.insert(open_database(store, "cost", &opts).expect("open"))
     } else {
         mem = Connection::open_in_memory().expect("open");
         stock_pragmas(&mem, &opts, "memory").expect("pragmas");
@@ -45,5 +48,8 @@ fn main() {
     };
     let t = std::time::Instant::now();
     replay(conn, &script);
+    if let Some(db) = &db {
+        db.wait_durable().expect("durable");
+    }
     println!("{target}: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
 }

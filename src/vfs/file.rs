@@ -356,6 +356,9 @@ pub struct DbState {
     pipe: pipeline::Pipeline,
     /// What the history holds, known without a KV call (see [`super::history::watch`]).
     watch: Mutex<super::history::watch::Watch>,
+    /// Pages the last commits encoded for their history, taken back by their write (see
+    /// [`super::codec::EncodedPages`]).
+    encoded: Mutex<super::codec::EncodedPages>,
 }
 
 /// What the state tells its commit hook: a hash of the main file's stored metadata and page 1
@@ -601,6 +604,7 @@ impl DbState {
         let watch = Mutex::new(super::history::watch::Watch::at_open(main.meta.hist_start));
         Ok(DbState {
             watch,
+            encoded: Mutex::new(super::codec::EncodedPages::default()),
             kv,
             stats,
             fence: Mutex::new(Vec::new()),

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{kv_batch_read, DbState, Inner, Op, VfsError};
 use crate::kv::{Key, KeyRange, ListRequest, ReadOp, ReadResult, Value, WriteBatch};
-use crate::vfs::commit;
 use crate::vfs::history::record::{self, Header, Record};
 use crate::vfs::history::{self, CommitInfo, CompactReport, Image, RestoreOutcome, Target};
 use crate::vfs::layout::{self, FileKind, Meta};
+use crate::vfs::{codec, commit};
 
 /// Pages read and written per round trip while a history starts on an existing database.
 const BASE_BATCH_PAGES: u32 = 64;
@@ -66,8 +66,20 @@ impl DbState {
             size: meta.size,
             chunk_size: meta.chunk_size,
         };
-        let rec = record::build(&of, pages, self.kv.limits().max_value_bytes, &|img| {
-            let (enc, data) = record::encode_image(img);
+        if !self.pipelining() {
+            self.encoded.lock().clear();
+        }
+        // With page compression on, each page is compressed once: the history's image is the
+        // chunk value's block, which the write takes back (`codec::EncodedPages`).
+        let rec = record::build(&of, pages, self.kv.limits().max_value_bytes, &|p, img| {
+            let (enc, data) = if self.opts.compress {
+                let stored = codec::encode(img);
+                let image = record::image_from_block(img, stored.as_deref());
+                self.encoded.lock().remember(p, img, stored);
+                image
+            } else {
+                record::encode_image(img)
+            };
             raw.fetch_add(img.len() as u64, std::sync::atomic::Ordering::Relaxed);
             stored.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
             (enc, data)

@@ -12,7 +12,7 @@ use crate::kv::{
     ActorKv, Key, KvError, KvLimits, ListPage, ListRequest, ReadOp, ReadResult, WriteBatch,
 };
 use crate::vfs::codec;
-use crate::vfs::layout::{self};
+use crate::vfs::layout::{self, FileKind};
 use crate::vfs::stats::Stats;
 
 impl DbState {
@@ -198,19 +198,29 @@ impl DbState {
     fn compress_pages(&self, batch: &mut WriteBatch) -> Vec<(usize, Vec<u8>)> {
         let mut raw = Vec::new();
         let (mut before, mut after) = (0u64, 0u64);
+        let mut encoded = self.encoded.lock();
         for (i, (k, v)) in batch.puts.iter_mut().enumerate() {
-            if !matches!(
-                layout::parse_key(k),
-                Some(layout::ParsedKey::Chunk(..) | layout::ParsedKey::Stage(..))
-            ) {
-                continue;
-            }
+            let page = match layout::parse_key(k) {
+                Some(
+                    layout::ParsedKey::Chunk(FileKind::Main, p) | layout::ParsedKey::Stage(_, p),
+                ) => Some(p),
+                Some(layout::ParsedKey::Chunk(..)) => None,
+                _ => continue,
+            };
             before += v.len() as u64;
-            if let Some(c) = self.opts.compress.then(|| codec::encode(v)).flatten() {
-                raw.push((i, std::mem::replace(v, c)));
+            if self.opts.compress {
+                // The block the history's image was built from, when this is that page.
+                let stored = match page.and_then(|p| encoded.take(p, v)) {
+                    Some(stored) => stored,
+                    None => codec::encode(v),
+                };
+                if let Some(c) = stored {
+                    raw.push((i, std::mem::replace(v, c)));
+                }
             }
             after += v.len() as u64;
         }
+        drop(encoded);
         let s = &self.stats;
         s.add(&s.page_image_bytes, before);
         s.add(&s.page_stored_bytes, after);

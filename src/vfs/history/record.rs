@@ -54,6 +54,22 @@ pub fn encode_image(img: &[u8]) -> (u8, Vec<u8>) {
     }
 }
 
+/// The history's encoding of `img` from the page codec's answer for it (`stored`, see
+/// [`crate::vfs::codec::encode`]): the same LZ4 block with its length prepended when that is
+/// smaller than the image, else the image as it is — what [`encode_image`] gives, without
+/// compressing the page a second time.
+pub fn image_from_block(img: &[u8], stored: Option<&[u8]>) -> (u8, Vec<u8>) {
+    match stored {
+        Some([crate::vfs::codec::TAG_LZ4, block @ ..]) if 4 + block.len() < img.len() => {
+            let mut v = Vec::with_capacity(4 + block.len());
+            v.extend_from_slice(&(img.len() as u32).to_le_bytes());
+            v.extend_from_slice(block);
+            (ENC_LZ4, v)
+        }
+        _ => (ENC_RAW, img.to_vec()),
+    }
+}
+
 /// A stored page image back to its bytes, which must be exactly `len` long.
 pub fn decode_image(enc: u8, data: &[u8], len: usize) -> Result<Vec<u8>, LayoutError> {
     let out = match enc {
@@ -240,8 +256,8 @@ pub struct Of {
     pub chunk_size: u32,
 }
 
-/// Turns a page image into its encoding byte and stored bytes.
-pub type Encoder<'a> = &'a dyn Fn(&[u8]) -> (u8, Vec<u8>);
+/// Turns page `index`'s image into its encoding byte and stored bytes.
+pub type Encoder<'a> = &'a dyn Fn(u32, &[u8]) -> (u8, Vec<u8>);
 
 /// A part's page entry: chunk index, encoding, stored bytes.
 pub type Entry<'a> = (u32, u8, &'a [u8]);
@@ -267,7 +283,7 @@ pub fn build(
     let mut cur: Vec<u8> = vec![RECORD_VERSION];
     let mut n = 0u32;
     for (&p, img) in pages {
-        let (enc, data) = encode(img);
+        let (enc, data) = encode(p, img);
         let cost = ENTRY_OVERHEAD + data.len();
         if n > 0 && cur.len() + cost > max_value {
             parts.push(std::mem::replace(&mut cur, vec![RECORD_VERSION]));
@@ -365,7 +381,7 @@ mod tests {
         for p in [0u32, 3, 4, 9] {
             pages.insert(p, vec![p as u8; 512]);
         }
-        let raw = |b: &[u8]| (ENC_RAW, b.to_vec());
+        let raw = |_: u32, b: &[u8]| (ENC_RAW, b.to_vec());
         let of = Of {
             seq: 7,
             flags: FLAG_RESTORE,
@@ -416,5 +432,21 @@ mod tests {
             })
             .collect();
         assert_eq!(encode_image(&noise), (ENC_RAW, noise.clone()));
+        // The image built from the page codec's block decodes to the same page.
+        let mut page = vec![0u8; 4096];
+        page[..16].copy_from_slice(b"SQLite format 3\0");
+        page[4000..4010].copy_from_slice(&noise[..10]);
+        let stored = crate::vfs::codec::encode(&page);
+        let (enc, data) = image_from_block(&page, stored.as_deref());
+        assert_eq!(enc, ENC_LZ4);
+        assert_eq!(data.len(), stored.as_ref().map_or(0, |s| s.len() + 3));
+        assert_eq!(decode_image(enc, &data, 4096).unwrap(), page);
+        assert_eq!(image_from_block(&noise, None), (ENC_RAW, noise.clone()));
+        // A block that saves less than the length prefix costs is kept raw.
+        let tiny = vec![0u8; 8];
+        assert_eq!(
+            image_from_block(&tiny, Some(&[crate::vfs::codec::TAG_LZ4, 1, 2, 3, 4])),
+            (ENC_RAW, tiny.clone())
+        );
     }
 }
