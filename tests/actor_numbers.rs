@@ -1,14 +1,19 @@
 //! Every number the actor layer names, checked against what was measured around it:
 //!
-//! - the startup gauges: the book's table (docs/src/library/actors.md) is `actor::startup::STARTUP_GAUGES`, a new actor's
-//!   and a wake's documents hold exactly the names it gives them, and every count equals what a
-//!   `CountingStore` around the actor's store and `Database::snapshot()` measured over the start;
+//! - the startup gauges: the book's table (docs/src/library/actors.md) is
+//!   `actor::startup::STARTUP_GAUGES`, a new actor's and a wake's documents hold exactly the
+//!   names it gives them, and every count equals what a `CountingStore` around the actor's store
+//!   and `Database::snapshot()` measured over the start;
 //!   an over-budget wake is counted alone on the outer store (1 round trip) and its background
 //!   prefetch alone (1), the prefetch held back by a gate until the wake was counted;
-//! - the query log: each statement of a scripted session (a preloaded read in a hook, a
-//!   migration, a cold read, the same read cached, an autocommit write, an explicit
-//!   transaction) has a record and a `tracing` event whose every field equals the deltas measured
-//!   around it (`duration_us` bounded by the measured wall interval, never timed);
+//! - the query log: each statement of a scripted session (a preloaded read in a hook, the
+//!   start's migration and a migration the hook applies, a cold read, the same read cached, an
+//!   autocommit write, an explicit transaction) has a record and a `tracing` event whose every
+//!   field equals the deltas measured around it: around the call for the statements the test
+//!   runs, between one query event and the next for the migrations' statements (the event
+//!   collector reads the counting store, and the database's counters once a hook has them, as
+//!   each event is emitted); `duration_us` lies between the store's delay per round trip (every
+//!   store call made slow by a known delay) and the measured wall interval;
 //! - refused starts (edited, gapped, duplicate migrations): the whole store, fence included, is
 //!   byte-equal before and after, and the counting store saw no write.
 
@@ -365,11 +370,81 @@ impl Measured {
         );
         assert!(r.duration_us <= self.wall_us, "{r:?} measured {self:?}");
     }
+
+    /// [`Measured::check`], and `duration_us` at least `delay_us` per round trip: every call to
+    /// the store took at least that long, inside the statement.
+    fn check_slow(&self, r: &QueryRecord, delay_us: u64) {
+        self.check(r);
+        assert!(
+            r.duration_us >= delay_us * self.round_trips,
+            "duration_us below {delay_us} µs per round trip: {r:?} measured {self:?}"
+        );
+    }
 }
 
-/// Collects the fields of `kvsqlite::query` events of actor `q`.
+/// What the probe read when a query event of actor `q` was emitted: the counting store's
+/// counters and, once the test has the database, its counters.
+type Probed = (KvCounters, Option<Snapshot>);
+
+/// What the event collector reads at each event (set by the test that uses actor `q`).
+static PROBE: Mutex<Option<(Arc<CountingStore>, Option<Arc<kvsqlite::vfs::Stats>>)>> =
+    Mutex::new(None);
+
+fn probe_now() -> Option<Probed> {
+    PROBE
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|(c, s)| (c.snapshot(), s.as_ref().map(|s| s.snapshot())))
+}
+
+/// Checks record `r` against what the probe read at the previous event (`prev`) and at its own
+/// (`cur`): its statement ran between them, and nothing else did, so its KV fields (and, when the
+/// probe had the database, its page-read fields) equal the differences exactly.
+fn check_between(r: &QueryRecord, prev: &Probed, cur: &Probed) {
+    let c = cur.0.delta(&prev.0);
+    assert_eq!(
+        (r.kv_round_trips, r.kv_keys_read, r.kv_keys_written),
+        (c.round_trips(), c.total().keys_read, c.total().keys_written),
+        "{r:?} measured {c:?}"
+    );
+    if let (Some(p), Some(n)) = (prev.1, cur.1) {
+        let s = n - p;
+        assert_eq!(
+            (r.preload_hits, r.cache_hits),
+            (s.preload_hits, s.cache_hits),
+            "{r:?} measured {s:?}"
+        );
+        assert_eq!(
+            (s.kv_round_trips, s.keys_read, s.keys_written),
+            (c.round_trips(), c.total().keys_read, c.total().keys_written)
+        );
+    }
+}
+
+/// The positions of one migration's statements in `recs`: from the `BEGIN IMMEDIATE` before
+/// the first record whose SQL starts with `first` to the `COMMIT` after it.
+fn migration_span(recs: &[QueryRecord], first: &str) -> std::ops::RangeInclusive<usize> {
+    let at = recs
+        .iter()
+        .position(|r| r.sql.starts_with(first))
+        .unwrap_or_else(|| panic!("no {first:?} in {recs:?}"));
+    let begin = recs[..at]
+        .iter()
+        .rposition(|r| r.sql == "BEGIN IMMEDIATE")
+        .expect("the migration's BEGIN");
+    let commit = at
+        + recs[at..]
+            .iter()
+            .position(|r| r.sql == "COMMIT")
+            .expect("the migration's COMMIT");
+    begin..=commit
+}
+
+/// Collects the fields of `kvsqlite::query` events of actor `q`, each with what the probe read
+/// as it was emitted.
 #[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Fields>>>);
+struct Events(Arc<Mutex<Vec<(Fields, Option<Probed>)>>>);
 
 /// One event's fields as `(name, value)`.
 type Fields = Vec<(String, String)>;
@@ -408,7 +483,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Events {
         let mut v = V(Vec::new());
         e.record(&mut v);
         if v.0.iter().any(|(k, val)| k == "actor" && val == "q") {
-            self.0.lock().unwrap().push(v.0);
+            let probed = probe_now();
+            self.0.lock().unwrap().push((v.0, probed));
         }
     }
 }
@@ -434,9 +510,63 @@ fn as_event(r: &QueryRecord, actor: &str) -> Vec<(String, String)> {
 
 const PRELOADED: &str = "SELECT v AS preloaded FROM t WHERE id = 1";
 
+/// A store whose every call takes at least `delay_us` (0: none), so a statement that makes a
+/// round trip lasts at least that long.
+struct Slow {
+    inner: SharedStore,
+    delay_us: std::sync::atomic::AtomicU64,
+}
+
+impl Slow {
+    fn wait(&self) {
+        let us = self.delay_us.load(std::sync::atomic::Ordering::SeqCst);
+        if us > 0 {
+            std::thread::sleep(Duration::from_micros(us));
+        }
+    }
+}
+
+impl KvStore for Slow {
+    fn backend(&self) -> &'static str {
+        "slow"
+    }
+    fn limits(&self) -> &KvLimits {
+        self.inner.limits()
+    }
+    fn get(&self, actor: &str, keys: &[Key]) -> Result<Vec<Option<Value>>, KvError> {
+        self.wait();
+        self.inner.get(actor, keys)
+    }
+    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
+        self.wait();
+        self.inner.list(actor, req)
+    }
+    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
+        self.wait();
+        self.inner.write(actor, batch)
+    }
+    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
+        self.wait();
+        self.inner.delete_range(actor, start, end)
+    }
+    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
+        self.wait();
+        self.inner.batch_read(actor, ops)
+    }
+}
+
+/// The delay of every store call once the start is done.
+const DELAY_US: u64 = 5_000;
+
 #[test]
 fn every_field_of_every_query_record_equals_what_was_measured_around_its_statement() {
-    let (mem, counting, store) = counted();
+    let mem = Arc::new(MemoryStore::new());
+    let slow = Arc::new(Slow {
+        inner: mem.clone(),
+        delay_us: 0.into(),
+    });
+    let counting = CountingStore::wrap(slow.clone());
+    let store = counting.shared();
     let events = events();
 
     // Creation: the migrations' statements are held, so they cost nothing; the start's one
@@ -459,12 +589,18 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
         .unwrap();
     a.sleep().unwrap();
 
-    // A wake that applies a migration, with a hook that reads preloaded pages.
+    // A wake that applies a migration (0003), with a hook that reads preloaded pages and then
+    // applies one more migration (0004) through `migrations::apply`, the function the start
+    // applies its migrations with, while the probe reads the database's counters too.
     let mut list = base();
     list.push(m(
         "0003_more.sql",
         "CREATE TABLE u(x); INSERT INTO u VALUES (1), (2);",
     ));
+    let hooked_migration = m(
+        "0004_hooked.sql",
+        "CREATE TABLE w(x); INSERT INTO w SELECT id FROM t WHERE id BETWEEN 210 AND 220; SELECT count(*) FROM t WHERE id BETWEEN 380 AND 400;",
+    );
     let mut c = cfg(list);
     c.hints = false;
     c.preload_budget = 64 << 10;
@@ -473,34 +609,44 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
         let (counting, hook_measure) = (counting.clone(), hook_measure.clone());
         c.hooks.on_wake = Some(Box::new(move |ctx| {
             let db = ctx.db.expect("the database is open in on_wake");
+            PROBE.lock().unwrap().as_mut().expect("the probe").1 = Some(db.stats());
             let m = Measured::around(&counting, db, || {
                 let v: String = db.query_row(PRELOADED, [], |r| r.get(0)).unwrap();
                 assert_eq!(v, "v001");
                 1
             });
             *hook_measure.lock().unwrap() = Some(m);
+            kvsqlite::actor::migrations::apply(db, &hooked_migration).unwrap();
             Ok(())
         }));
     }
     events.0.lock().unwrap().clear();
+    *PROBE.lock().unwrap() = Some((counting.clone(), None));
     let before = counting.snapshot();
     let a = Actor::start(store.clone(), "q", &c).unwrap();
     let d = counting.snapshot().delta(&before);
+    *PROBE.lock().unwrap() = None;
     let start_recs = a.query_log().records();
-    // The migration's statements are logged, and the start's statements together cost exactly
-    // what the start cost past its wake batch.
-    assert!(
+    let start_ev = events.0.lock().unwrap().clone();
+    assert_eq!(
+        start_ev.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
         start_recs
             .iter()
-            .any(|r| r.sql.starts_with("CREATE TABLE u")),
-        "{start_recs:?}"
+            .map(|r| as_event(r, "q"))
+            .collect::<Vec<_>>(),
+        "one event per record, in order"
     );
+    let probed: Vec<Probed> = start_ev
+        .iter()
+        .map(|(_, p)| p.clone().expect("the probe was set"))
+        .collect();
+    // The start's statements together cost exactly what the start cost past its wake batch.
     let reads = d.op(OpKind::Get) + d.op(OpKind::List);
     assert_eq!(sum(&start_recs, |r| r.kv_round_trips), d.round_trips() - 1);
     assert_eq!(
         d.op(OpKind::Write).calls,
-        1,
-        "the migration's commit: {d:?}"
+        2,
+        "the two migrations' commits: {d:?}"
     );
     assert_eq!(sum(&start_recs, |r| r.kv_keys_read), reads.keys_read);
     assert_eq!(
@@ -511,16 +657,92 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
     // statement, so the statements' hits are at most the start's.
     assert!(sum(&start_recs, |r| r.preload_hits) <= a.startup().preload_hits);
     assert!(sum(&start_recs, |r| r.cache_hits) <= a.db().snapshot().cache_hits);
+
+    // The start's own migration, one statement at a time: each record's KV fields equal what
+    // the counting store counted between its event and the one before (no statement ran in
+    // between: they run one at a time on the start's thread). Every statement before COMMIT
+    // reads preloaded or cached pages and writes into the transaction (no round trip); COMMIT
+    // is the migration's one put.
+    let span = migration_span(&start_recs, "CREATE TABLE u");
+    let sqls: Vec<&str> = start_recs[span.clone()]
+        .iter()
+        .map(|r| r.sql.as_str())
+        .collect();
+    assert_eq!(
+        sqls,
+        [
+            "BEGIN IMMEDIATE",
+            "CREATE TABLE IF NOT EXISTS _kvsqlite_migrations(id INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL)",
+            "CREATE TABLE u(x);",
+            "INSERT INTO u VALUES (1), (2);",
+            "INSERT INTO _kvsqlite_migrations(id, name, checksum) VALUES (?1, ?2, ?3)",
+            "COMMIT",
+        ]
+    );
+    let commit_at = *span.end();
+    for i in span.clone() {
+        check_between(&start_recs[i], &probed[i - 1], &probed[i]);
+        let r = &start_recs[i];
+        assert_eq!(r.rows, 0, "{r:?}");
+        if i == commit_at {
+            assert_eq!((r.kv_round_trips, r.kv_keys_read), (1, 0), "{r:?}");
+        } else {
+            assert_eq!(
+                (r.kv_round_trips, r.kv_keys_read, r.kv_keys_written),
+                (0, 0, 0),
+                "{r:?}"
+            );
+        }
+    }
+    let first_commit = start_recs[commit_at].kv_keys_written;
+
     // The preloaded read in the hook.
     let hooked = start_recs
         .iter()
-        .find(|r| r.sql == PRELOADED)
+        .position(|r| r.sql == PRELOADED)
         .expect("the hook's statement is logged");
     let hm = hook_measure.lock().unwrap().take().expect("the hook ran");
-    hm.check(hooked);
+    hm.check(&start_recs[hooked]);
     assert!(hm.preload_hits > 0 && hm.round_trips == 0, "{hm:?}");
 
-    // After the start: one statement at a time.
+    // The hook's migration, one statement at a time, every field (the probe read the
+    // database's counters from the preloaded read on).
+    let span = migration_span(&start_recs, "CREATE TABLE w");
+    assert_eq!(*span.start(), hooked + 1, "the migration follows the read");
+    for i in span.clone() {
+        check_between(&start_recs[i], &probed[i - 1], &probed[i]);
+    }
+    let rec = |prefix: &str| {
+        start_recs[span.clone()]
+            .iter()
+            .find(|r| r.sql.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}"))
+            .clone()
+    };
+    let (copy, count, commit) = (
+        rec("INSERT INTO w"),
+        rec("SELECT count(*)"),
+        start_recs[*span.end()].clone(),
+    );
+    assert_eq!((copy.rows, count.rows), (0, 1));
+    assert!(
+        copy.preload_hits > 0 && copy.kv_round_trips == 0,
+        "{copy:?}"
+    );
+    assert!(
+        count.kv_round_trips >= 1,
+        "pages past the preload: {count:?}"
+    );
+    assert_eq!((commit.kv_round_trips, commit.kv_keys_read), (1, 0));
+    assert_eq!(
+        first_commit + commit.kv_keys_written,
+        d.op(OpKind::Write).keys_written,
+        "the two commits wrote every key the start wrote"
+    );
+
+    // After the start: one statement at a time, every store call taking DELAY_US.
+    slow.delay_us
+        .store(DELAY_US, std::sync::atomic::Ordering::SeqCst);
     let db = a.db();
     let one = |sql: &str, rows: bool| -> (QueryRecord, Measured) {
         let n = a.query_log().records().len();
@@ -542,7 +764,7 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
         assert_eq!(recs.len(), n + 1, "one record per statement: {sql}");
         let r = recs.last().unwrap().clone();
         assert_eq!(r.sql, sql);
-        m.check(&r);
+        m.check_slow(&r, DELAY_US);
         (r, m)
     };
     // Cold: rows past the 64 KiB preload (about 30 pages in all), never read by this instance.
@@ -552,6 +774,7 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
         r.kv_round_trips >= 1 && r.kv_keys_read >= 1 && r.rows == 50,
         "{r:?}"
     );
+    assert!(r.duration_us >= DELAY_US, "{r:?}");
     // The same read again: the VFS cache, no round trip.
     let (r, _) = one(cold, true);
     assert_eq!((r.kv_round_trips, r.kv_keys_read, r.rows), (0, 0, 50));
@@ -559,6 +782,7 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
     // Autocommit write: its commit's one put.
     let (r, _) = one("INSERT INTO t(v) VALUES ('auto')", false);
     assert!(r.kv_round_trips == 1 && r.kv_keys_written >= 2, "{r:?}");
+    assert!(r.duration_us >= DELAY_US, "{r:?}");
     // An explicit transaction: only COMMIT writes.
     let (r, _) = one("BEGIN", false);
     assert_eq!((r.kv_round_trips, r.kv_keys_written), (0, 0));
@@ -566,14 +790,21 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
     assert_eq!((r.kv_round_trips, r.kv_keys_written), (0, 0));
     let (r, _) = one("COMMIT", false);
     assert!(r.kv_round_trips == 1 && r.kv_keys_written >= 2, "{r:?}");
+    assert!(r.duration_us >= DELAY_US, "{r:?}");
+    slow.delay_us.store(0, std::sync::atomic::Ordering::SeqCst);
 
     // Every event equals its record, in order.
     let recs = a.query_log().records();
-    let ev = events.0.lock().unwrap().clone();
+    let ev: Vec<Fields> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(f, _)| f.clone())
+        .collect();
     let want: Vec<_> = recs.iter().map(|r| as_event(r, "q")).collect();
     assert_eq!(ev, want);
     a.sleep().unwrap();
-    let _ = mem;
 }
 
 #[test]
