@@ -2,8 +2,9 @@
 //!
 //! - the startup gauges: the book's table (docs/src/library/actors.md) is
 //!   `actor::startup::STARTUP_GAUGES`, a new actor's and a wake's documents hold exactly the
-//!   names it gives them, and every count equals what a `CountingStore` around the actor's store
-//!   and `Database::snapshot()` measured over the start;
+//!   names it gives them (with no hook and with every hook and feature), and every count equals
+//!   what a `CountingStore` around the actor's store and `Database::snapshot()` measured over the
+//!   start, misses included (a wake whose hook reads past the preload: each miss is one `get`);
 //!   an over-budget wake is counted alone on the outer store (1 round trip) and its background
 //!   prefetch alone (1), the prefetch held back by a gate until the wake was counted;
 //! - the query log: each statement of a scripted session (a preloaded read in a hook, the
@@ -206,6 +207,134 @@ fn a_new_actor_and_a_wake_have_exactly_the_listed_gauges_and_counts_equal_to_the
         after.round_trips(),
         1 + int(&a.metrics().to_json(), "startup_prefetch_round_trips")
     );
+    a.sleep().unwrap();
+}
+
+/// Every hook and every feature: `(hook and feature names, config)`. `on_wake` reads `cold`
+/// (a statement whose pages may lie past the preload) when it is not empty.
+fn everything(
+    list: Vec<kvsqlite::actor::Migration>,
+    cold: &'static str,
+) -> (Vec<&'static str>, kvsqlite::actor::ActorConfig) {
+    let mut c = cfg(list);
+    c.hints = false;
+    c.alarms = true;
+    c.queue = true;
+    c.connections = true;
+    c.hooks.create_state = Some(Box::new(|_| Ok(b"state".to_vec())));
+    c.hooks.on_create = Some(Box::new(|_| Ok(())));
+    c.hooks.create_vars = Some(Box::new(|_| Ok(Box::new(7u32))));
+    c.hooks.on_wake = Some(Box::new(move |ctx| {
+        if !cold.is_empty() {
+            let db = ctx.db.expect("the database is open in on_wake");
+            let n: i64 = db.query_row(cold, [], |r| r.get(0)).unwrap();
+            assert!(n > 0, "{cold}");
+        }
+        Ok(())
+    }));
+    c.hooks.on_before_actor_start = Some(Box::new(|_| Ok(())));
+    let names = vec![
+        "create_state",
+        "on_create",
+        "create_vars",
+        "on_wake",
+        "on_before_actor_start",
+        "alarms",
+        "queue",
+        "connections",
+    ];
+    (names, c)
+}
+
+#[test]
+fn with_every_hook_and_feature_the_gauges_are_exactly_the_listed_ones_and_misses_are_the_store_reads(
+) {
+    let (mem, counting, store) = counted();
+    let (hooks, c) = everything(base(), "");
+
+    // A new actor.
+    let before = counting.snapshot();
+    let a = Actor::start(store.clone(), "every", &c).unwrap();
+    let d = counting.snapshot().delta(&before);
+    let doc = a.metrics().to_json();
+    assert!(a.startup().is_new);
+    let want = set(startup_gauge_names(true, true, &hooks));
+    // The document's gauges: the startup ones, and the queue's two (the queue's own, not the
+    // start's: docs/src/library/actors.md lists them with the queue).
+    let queue_gauges = set(vec!["queue_depth", "queue_oldest_age_ms"]);
+    assert_eq!(
+        gauges(&doc),
+        want.union(&queue_gauges).cloned().collect::<BTreeSet<_>>()
+    );
+    // A new actor with every hook and feature has every name of the list.
+    assert_eq!(
+        want,
+        STARTUP_GAUGES.iter().map(|(n, _)| n.to_string()).collect()
+    );
+    assert_eq!(int(&doc, "startup_kv_round_trips"), d.round_trips());
+    assert_eq!(int(&doc, "startup_kv_round_trips"), 2);
+    assert_eq!(
+        int(&doc, "flush_writes_entries"),
+        d.op(OpKind::Write).keys_written
+    );
+    assert_eq!(int(&doc, "flush_writes_entries"), mem.dump().len() as u64);
+    let db: Snapshot = a.db().snapshot();
+    assert_eq!(int(&doc, "startup_preload_misses"), db.cache_misses);
+    assert_eq!(int(&doc, "startup_preload_misses"), 0);
+    assert_eq!(int(&doc, "startup_preload_hits"), db.preload_hits);
+    a.db()
+        .execute(
+            "INSERT INTO t(v) WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 300) SELECT hex(randomblob(200)) FROM s",
+            [],
+        )
+        .unwrap();
+    a.sleep().unwrap();
+
+    // A wake with the same hooks and features: the hook reads rows past a small preload, so
+    // the start has misses, each one `get` of the counting store.
+    let (_, mut c) = everything(base(), "SELECT count(*) FROM t WHERE id > 400");
+    c.preload_budget = 16 << 10;
+    let before = counting.snapshot();
+    let a = Actor::start(store.clone(), "every", &c).unwrap();
+    let d = counting.snapshot().delta(&before);
+    let doc = a.metrics().to_json();
+    assert!(!a.startup().is_new);
+    assert_eq!(
+        gauges(&doc),
+        set(startup_gauge_names(false, true, &hooks))
+            .union(&queue_gauges)
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    );
+    let missing: BTreeSet<String> = STARTUP_GAUGES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| !gauges(&doc).contains(n))
+        .collect();
+    assert_eq!(
+        missing,
+        set(vec![
+            "startup_user_create_state_ms",
+            "startup_user_on_create_ms",
+            "startup_internal_init_new_actor_ms",
+        ]),
+        "a wake lacks only the creation's gauges"
+    );
+    let db: Snapshot = a.db().snapshot();
+    let misses = int(&doc, "startup_preload_misses");
+    assert!(misses > 0, "{doc}");
+    assert_eq!(misses, db.cache_misses);
+    // Each miss is one `get` (with its read-ahead), and nothing else of the start gets.
+    assert_eq!(misses, d.op(OpKind::Get).calls, "{d:?}");
+    assert_eq!(d.op(OpKind::List).calls, 0, "{d:?}");
+    assert_eq!(
+        int(&doc, "startup_kv_round_trips"),
+        d.round_trips(),
+        "{d:?}"
+    );
+    assert_eq!(d.round_trips(), 1 + misses, "the wake batch and the misses");
+    assert_eq!(int(&doc, "startup_preload_hits"), db.preload_hits);
+    assert_eq!(int(&doc, "flush_writes_entries"), 0);
     a.sleep().unwrap();
 }
 
