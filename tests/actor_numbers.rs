@@ -15,8 +15,9 @@
 //!   collector reads the counting store, and the database's counters once a hook has them, as
 //!   each event is emitted); `duration_us` lies between the store's delay per round trip (every
 //!   store call made slow by a known delay) and the measured wall interval;
-//! - refused starts (edited, gapped, duplicate migrations): the whole store, fence included, is
-//!   byte-equal before and after, and the counting store saw no write.
+//! - refused starts (edited, gapped, duplicate, missing migrations, a failing statement): the
+//!   whole store, fence included, is byte-equal before and after, and the counting store saw no
+//!   write.
 
 #[path = "common/actors.rs"]
 mod actors;
@@ -943,8 +944,19 @@ fn refused_starts_leave_every_byte_of_the_store_and_write_nothing() {
         .unwrap()
         .sleep()
         .unwrap();
+    // Actor `b` has a third migration applied that a later list lacks.
+    let mut three = base();
+    three.push(m("0003_u.sql", "CREATE TABLE u(x);"));
+    Actor::start(store.clone(), "b", &cfg(three))
+        .unwrap()
+        .sleep()
+        .unwrap();
     let before = mem.dump();
-    assert!(before.iter().any(|(_, k, _)| k.as_slice() == b"\x01fence"));
+    for actor in ["a", "b"] {
+        assert!(before
+            .iter()
+            .any(|(a, k, _)| a == actor && k.as_slice() == b"\x01fence"));
+    }
     let mut edited = base();
     edited[0] = m(
         "0001_t.sql",
@@ -954,9 +966,20 @@ fn refused_starts_leave_every_byte_of_the_store_and_write_nothing() {
     gap.push(m("0004_x.sql", "SELECT 1;"));
     let mut dup = base();
     dup.push(m("0002_again.sql", "SELECT 1;"));
-    for (what, list) in [("edited", edited), ("gap", gap), ("duplicate", dup)] {
+    let mut failing = base();
+    failing.push(m(
+        "0003_bad.sql",
+        "CREATE TABLE z(x);\nINSERT INTO nowhere VALUES (1);",
+    ));
+    for (what, actor, list) in [
+        ("edited", "a", edited),
+        ("gap", "a", gap),
+        ("duplicate", "a", dup),
+        ("missing", "b", base()),
+        ("failing", "a", failing),
+    ] {
         let c0 = counting.snapshot();
-        let e = match Actor::start(store.clone(), "a", &cfg(list)) {
+        let e = match Actor::start(store.clone(), actor, &cfg(list)) {
             Ok(_) => panic!("{what}: the start must fail"),
             Err(e) => e,
         };
@@ -966,6 +989,21 @@ fn refused_starts_leave_every_byte_of_the_store_and_write_nothing() {
             }
             ("gap", ActorError::Migration(MigrationError::Gap { missing: 3, .. })) => {}
             ("duplicate", ActorError::Migration(MigrationError::Duplicate { number: 2, .. })) => {}
+            ("missing", ActorError::Migration(MigrationError::Missing { id: 3, name })) => {
+                assert_eq!(name, "0003_u.sql")
+            }
+            (
+                "failing",
+                ActorError::Migration(MigrationError::Failed {
+                    file,
+                    line,
+                    statement,
+                    ..
+                }),
+            ) => assert_eq!(
+                (file.as_str(), *line, statement.as_str()),
+                ("0003_bad.sql", 2, "INSERT INTO nowhere VALUES (1);")
+            ),
             _ => panic!("{what}: unexpected {e:?}"),
         }
         let d = counting.snapshot().delta(&c0);
