@@ -516,9 +516,11 @@ impl Measured {
 /// counters and, once the test has the database, its counters.
 type Probed = (KvCounters, Option<Snapshot>);
 
+/// What the probe reads: the counting store and, once a hook has the database, its counters.
+type Probe = (Arc<CountingStore>, Option<Arc<kvsqlite::vfs::Stats>>);
+
 /// What the event collector reads at each event (set by the test that uses actor `q`).
-static PROBE: Mutex<Option<(Arc<CountingStore>, Option<Arc<kvsqlite::vfs::Stats>>)>> =
-    Mutex::new(None);
+static PROBE: Mutex<Option<Probe>> = Mutex::new(None);
 
 fn probe_now() -> Option<Probed> {
     PROBE
@@ -574,7 +576,10 @@ fn migration_span(recs: &[QueryRecord], first: &str) -> std::ops::RangeInclusive
 /// Collects the fields of `kvsqlite::query` events of actor `q`, each with what the probe read
 /// as it was emitted.
 #[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<(Fields, Option<Probed>)>>>);
+struct Events(Arc<Mutex<Vec<Collected>>>);
+
+/// One collected event: its fields and what the probe read as it was emitted.
+type Collected = (Fields, Option<Probed>);
 
 /// One event's fields as `(name, value)`.
 type Fields = Vec<(String, String)>;
@@ -768,7 +773,7 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
     );
     let probed: Vec<Probed> = start_ev
         .iter()
-        .map(|(_, p)| p.clone().expect("the probe was set"))
+        .map(|(_, p)| p.expect("the probe was set"))
         .collect();
     // The start's statements together cost exactly what the start cost past its wake batch.
     let reads = d.op(OpKind::Get) + d.op(OpKind::List);
