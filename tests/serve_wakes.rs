@@ -2,17 +2,20 @@
 //!
 //! - an actor put to sleep, then 8 requests released at once by a barrier (each client's
 //!   connection already open) at `--rtt 50`, so all of them arrive while the first one's wake
-//!   is still waiting on the store: exactly one wake, of exactly one round trip, and every
-//!   request answered right;
+//!   is still waiting on the store: every request was sent before the first answer came (they
+//!   overlapped), exactly one wake, of exactly one round trip, and every request answered right;
 //! - `--max-awake 3`: the least recently used idle actor is the one put to sleep, and under 12
 //!   concurrent clients on 12 actors the peak gauge `kvsqlite_actors_awake_peak` (taken where a
 //!   wake reserves its place, so no overshoot slips between samples) reaches 3 and never more.
 
+#[path = "common/raw_http.rs"]
+mod raw_http;
 #[path = "common/serve.rs"]
 mod serve;
 
+use std::io::Write;
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use serve::{Server, ADMIN};
@@ -47,27 +50,61 @@ fn eight_requests_released_together_on_a_sleeping_actor_cause_one_wake_of_one_ro
     assert_eq!(m0["kvsqlite_wakes_total"], 1.0, "the creation only");
 
     let barrier = Arc::new(Barrier::new(8));
+    let addr = raw_http::addr_of(&s.base);
     let threads: Vec<_> = (0..8)
         .map(|i| {
-            let (base, barrier) = (s.base.clone(), barrier.clone());
+            let (addr, barrier) = (addr.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let agent = serve::agent();
-                // Open the connection first, so the barrier releases requests, not handshakes.
-                let (st, _) = serve::get(&agent, &base, "/healthz", None);
-                assert_eq!(st, 200);
-                barrier.wait();
+                let mut c = raw_http::connect(&addr, Duration::from_secs(60));
+                // Open the connection first (one answered request), so the barrier releases
+                // requests, not handshakes.
+                c.write_all(&raw_http::request("GET", "/healthz", &[], None))
+                    .expect("send");
+                let a = raw_http::read_answer(&mut c).expect("an answer");
+                assert_eq!(a.status, 200);
                 let body = json!({"sql": "SELECT sum(x), ? FROM t", "params": [i]}).to_string();
-                let (st, text) = serve::post(&agent, &base, "/actors/b/query", Some(ADMIN), &body);
-                (i, st, text)
+                let auth = format!("Bearer {ADMIN}");
+                let req = raw_http::request(
+                    "POST",
+                    "/actors/b/query",
+                    &[
+                        ("Authorization", auth.as_str()),
+                        ("Content-Type", "application/json"),
+                    ],
+                    Some(body.as_bytes()),
+                );
+                barrier.wait();
+                c.write_all(&req).expect("send");
+                // The whole request is in the kernel's hands: sent.
+                let sent = Instant::now();
+                // The first byte of the answer is here: answered.
+                c.peek(&mut [0u8; 1]).expect("the answer's first byte");
+                let answered = Instant::now();
+                let a = raw_http::read_answer(&mut c).expect("an answer");
+                (i, a.status, a.body, sent, answered)
             })
         })
         .collect();
+    let mut sent = Vec::new();
+    let mut answered = Vec::new();
     for t in threads {
-        let (i, st, text) = t.join().expect("client thread");
+        let (i, st, text, s_at, a_at) = t.join().expect("client thread");
         assert_eq!(st, 200, "{text}");
         let v: Value = serde_json::from_str(&text).expect("JSON answer");
         assert_eq!(v["rows"], json!([[6, i]]), "request {i}");
+        sent.push(s_at);
+        answered.push(a_at);
     }
+    // The 8 requests overlapped: every one was sent before the first answer came (the wake
+    // they all wait on costs a 50 ms round trip), so a host that served them one after the
+    // other, or woke the actor per request, could not have had them all in flight at once.
+    let last_sent = *sent.iter().max().expect("8 requests");
+    let first_answer = *answered.iter().min().expect("8 answers");
+    assert!(
+        last_sent < first_answer,
+        "a request was sent {:?} after the first answer",
+        last_sent.duration_since(first_answer)
+    );
     let m = s.metrics();
     let d = |k: &str| m[k] - m0[k];
     assert_eq!(
