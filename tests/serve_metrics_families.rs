@@ -617,6 +617,10 @@ fn exprs(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Where the book keeps the dashboard and the scrape example (published with it).
+const DASHBOARD: &str = "docs/src/operations/grafana/kvsqlite.json";
+const SCRAPE: &str = "docs/src/operations/prometheus.yml";
+
 #[test]
 fn the_dashboard_names_exactly_the_families_the_host_exports() {
     let mem: SharedStore = Arc::new(MemoryStore::new());
@@ -627,8 +631,7 @@ fn the_dashboard_names_exactly_the_families_the_host_exports() {
     lint(&text).unwrap_or_else(|e| panic!("lint: {e}"));
     let exported = families(&text);
     let dir = env!("CARGO_MANIFEST_DIR");
-    let raw = std::fs::read_to_string(format!("{dir}/docs/grafana/kvsqlite.json"))
-        .expect("docs/grafana/kvsqlite.json");
+    let raw = std::fs::read_to_string(format!("{dir}/{DASHBOARD}")).expect(DASHBOARD);
     let dash: Value = serde_json::from_str(&raw).expect("the dashboard is JSON");
     assert_eq!(dash["uid"], json!("kvsqlite"));
     let panels = dash["panels"].as_array().expect("panels");
@@ -662,8 +665,7 @@ fn the_dashboard_names_exactly_the_families_the_host_exports() {
     }
     let exported: BTreeSet<String> = exported.into_keys().collect();
     assert_eq!(named, exported, "dashboard families vs exported families");
-    let scrape =
-        std::fs::read_to_string(format!("{dir}/docs/prometheus.yml")).expect("docs/prometheus.yml");
+    let scrape = std::fs::read_to_string(format!("{dir}/{SCRAPE}")).expect(SCRAPE);
     assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("job_name: kvsqlite"));
 }
 
