@@ -1,14 +1,17 @@
 //! The host's Prometheus families under a scripted workload: small, staged and journalled
-//! commits, cached and cold reads, a wake after a sleep, and a moved conflict. Each step's
+//! commits, cached and cold reads, a wake after a sleep, a moved conflict, and pages read ahead
+//! then dropped unread by a restore (read-ahead waste). Each step's
 //! effect on every family is asserted exactly (counters by their deltas, histograms by count
 //! and sum; the KV families against a counting store under the host, which sees exactly what
 //! the host sends). Every scrape is checked with the text format's rules
 //! (`common/serve.rs::parse_prometheus`) and with `promtool check metrics`-style lint rules
 //! (names, types, units, help, no duplicate series). The Grafana dashboard names exactly the
-//! families the host exports. `GET /inspector/top` and the inspector's poll are checked too.
+//! families a cluster member exports (a single host's and the cluster's four), and the book's
+//! family lists (`serving/http.md`, `serving/cluster.md`) name exactly the exported ones.
+//! `GET /inspector/top` and the inspector's poll are checked too.
 //!
-//! The host runs in this process (`kvsqlite::host::serve`) on a memory store, so that a second
-//! instance of an actor can be started on the same store to make the moved conflict.
+//! The host runs in this process (`kvsqlite::host::serve_with`) on a memory store, so that a
+//! second instance of an actor can be started on the same store to make the moved conflict.
 
 #[path = "common/serve.rs"]
 mod serve;
@@ -18,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvsqlite::actor::{Actor, ActorConfig};
-use kvsqlite::host::{serve as host_serve, HostConfig};
+use kvsqlite::host::cluster::ClusterConfig;
+use kvsqlite::host::{serve_with, HostConfig};
 use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
@@ -75,6 +79,16 @@ fn actor_config() -> ActorConfig {
 
 impl Host {
     fn start(store: SharedStore, max_awake: usize, idle_sleep: Duration) -> Host {
+        Host::start_with(store, max_awake, idle_sleep, None)
+    }
+
+    /// A host; a one-member cluster named `cluster` when given (the store is this process's).
+    fn start_with(
+        store: SharedStore,
+        max_awake: usize,
+        idle_sleep: Duration,
+        cluster: Option<&str>,
+    ) -> Host {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -103,11 +117,19 @@ impl Host {
             sockets: Default::default(),
             alarm_tick: kvsqlite::host::alarm_tick::TICK,
         };
+        let cluster = cluster.map(|name| ClusterConfig {
+            name: name.into(),
+            advertise: base.trim_start_matches("http://").to_string(),
+            ttl: Duration::from_secs(30),
+        });
         let done = rt.spawn(async move {
-            let _ = host_serve(listener, config, async move {
+            let r = serve_with(listener, config, cluster, async move {
                 let _ = rx.await;
             })
             .await;
+            if let Err(e) = r {
+                panic!("the host failed: {e}");
+            }
         });
         Host {
             rt,
@@ -337,12 +359,32 @@ fn check_kv(d: &BTreeMap<String, f64>, kv: &KvCounters, step: &str) -> BTreeMap<
     rest
 }
 
+/// 3000 seeded random bytes in hex: incompressible, and the same every run.
+fn noise(seed: u64) -> String {
+    kvsqlite::rng::Rng::new(seed)
+        .bytes(3000)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn m(pairs: &[(&str, f64)]) -> BTreeMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
 #[test]
 fn every_family_moves_exactly_as_the_workload_says() {
+    // SQLite's own randomness from a fixed seed: the journalled commit writes a rollback
+    // journal whose header carries a random nonce, and its LZ4 size (so the commit's bytes)
+    // moved by a byte now and then with it.
+    // SAFETY: SQLITE_TESTCTRL_PRNG_SEED takes an int and a database handle (null: none).
+    unsafe {
+        rusqlite::ffi::sqlite3_test_control(
+            rusqlite::ffi::SQLITE_TESTCTRL_PRNG_SEED,
+            0x5eed as std::ffi::c_int,
+            std::ptr::null_mut::<rusqlite::ffi::sqlite3>(),
+        );
+    }
     let mem = Arc::new(MemoryStore::with_limits(limits()));
     let under = CountingStore::wrap(mem.clone());
     let host = Host::start(under.shared(), 1, Duration::from_secs(3600));
@@ -475,10 +517,10 @@ fn every_family_moves_exactly_as_the_workload_says() {
     // Ten 3000-byte rows in one batch: 12 dirty pages, more than one put of 8 entries holds,
     // so staged. The actor's log counts 12 statements: the 10 inserts, BEGIN and COMMIT (the
     // host's transaction-control probe is not logged); 10 are client statements. Commit bytes
-    // include the commit's redo record (history is on; random rows do not compress).
+    // include the commit's redo record (history is on; the rows, [`noise`], do not compress).
     let rows = |from: i64, to: i64| {
         (from..to)
-            .map(|i| format!("INSERT INTO t VALUES ({i}, randomblob(3000))"))
+            .map(|i| format!("INSERT INTO t VALUES ({i}, x'{}')", noise(i as u64)))
             .collect::<Vec<_>>()
     };
     let d = step("staged commit", &|| host.batch("a", &rows(2, 12)));
@@ -588,8 +630,76 @@ fn every_family_moves_exactly_as_the_workload_says() {
         ],
     );
     // The next request wakes `a` afresh and sees the other instance's row.
-    let v = host.ok("a", "SELECT count(*) FROM t");
-    assert_eq!(v["rows"], json!([[52]]));
+    let d = step("a wakes afresh", &|| {
+        let v = host.ok("a", "SELECT count(*) FROM t");
+        assert_eq!(v["rows"], json!([[52]]));
+    });
+    assert_eq!(d["kvsqlite_wakes_total"], 1.0);
+
+    // Read-ahead waste. Actor `c` (its wake hook reads nothing: it has no table `t`) holds 30
+    // rows of 3000 bytes ([`noise`]), one leaf page each, written by one commit and rewritten by the next.
+    let fill = |seed: u64| {
+        (0..30)
+            .map(|i| {
+                format!(
+                    "INSERT OR REPLACE INTO u VALUES ({i}, x'{}')",
+                    noise(seed * 1000 + i)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let first_fill = std::cell::RefCell::new(Value::Null);
+    let d = step("c's rows (a sleeps, then c)", &|| {
+        host.ok("c", "CREATE TABLE u(id INTEGER PRIMARY KEY, v BLOB)");
+        host.batch("c", &fill(1));
+        host.batch("c", &fill(2));
+        let (st, text) = host.get("/actors/c/history", Some(ADMIN));
+        assert_eq!(st, 200, "{text}");
+        let h: Value = serde_json::from_str(&text).expect("JSON");
+        *first_fill.borrow_mut() = h["commits"][1]["bookmark"].clone();
+        host.ok("a", "SELECT 1");
+    });
+    // Every page read ahead so far was read.
+    assert_eq!(d.get("kvsqlite_readahead_wasted_pages_total"), None);
+    // `c` wakes (`a` sleeps) in one round trip; the preload serves 4 page reads; the client's
+    // read of rows 0 to 2 misses twice: a lone chunk, then the chunk after it, which starts a
+    // sequential run of 8 chunks (7 read ahead). The read stops there: the 7 are never read.
+    // Then a restore to the first fill writes the 31 pages changed since (the 30 leaves and
+    // page 1, staged: more than one put holds) over the cache: the 7 are dropped unread.
+    let d = step("read ahead, then dropped unread", &|| {
+        let v = host.ok("c", "SELECT length(v) FROM u WHERE id < 3");
+        assert_eq!(v["rows"], json!([[3000], [3000], [3000]]));
+        let body = json!({ "to": first_fill.borrow().clone() }).to_string();
+        let (st, text) = serve::post(
+            &host.agent,
+            &host.base,
+            "/actors/c/restore",
+            Some(ADMIN),
+            &body,
+        );
+        assert_eq!(st, 200, "{text}");
+        let v: Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!((&v["pages"], &v["restored_to"]), (&json!(31), &json!(2)));
+    });
+    expect(
+        d,
+        vec![
+            wake(false, 1.0),
+            vec![
+                ("kvsqlite_query_duration_seconds_count", 1.0),
+                // The wake hook's statement and the client's.
+                ("kvsqlite_statements_total", 2.0),
+                ("kvsqlite_sleeps_total", 1.0),
+                ("kvsqlite_preload_hits_total", 4.0),
+                // Reads of pages the wake left in the cache, and the restore's of page 1.
+                ("kvsqlite_page_cache_hits_total", 5.0),
+                ("kvsqlite_page_cache_misses_total", 2.0),
+                ("kvsqlite_readahead_prefetched_pages_total", 7.0),
+                ("kvsqlite_readahead_wasted_pages_total", 7.0),
+            ],
+            commit("staged", 31.0, 183992.0),
+        ],
+    );
 }
 
 /// The family names of one scrape (its `# TYPE` lines), with their types.
@@ -617,18 +727,47 @@ fn exprs(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Where the book keeps the dashboard and the scrape example (published with it).
+const DASHBOARD: &str = "docs/src/operations/grafana/kvsqlite.json";
+const SCRAPE: &str = "docs/src/operations/prometheus.yml";
+
+/// The families only a cluster member exports (the book's cluster page lists them).
+const CLUSTER_FAMILIES: [&str; 4] = [
+    "kvsqlite_actor_moves_total",
+    "kvsqlite_cluster_expulsions_total",
+    "kvsqlite_cluster_members",
+    "kvsqlite_requests_forwarded_total",
+];
+
+/// The families (with their types) of a host after one statement: outside a cluster, and as
+/// the one member of a cluster. Each scrape passes the lint.
+fn exported_families() -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let scrape = |cluster: Option<&str>| {
+        let mem: SharedStore = Arc::new(MemoryStore::new());
+        let host = Host::start_with(mem, 4, Duration::from_secs(3600), cluster);
+        host.ok("d", "CREATE TABLE t(x)");
+        let (st, text) = host.get("/metrics", None);
+        assert_eq!(st, 200);
+        lint(&text).unwrap_or_else(|e| panic!("lint: {e}"));
+        families(&text)
+    };
+    let (single, member) = (scrape(None), scrape(Some("families")));
+    // A member exports every family of a single host, and the cluster's four.
+    let mut extra = member.clone();
+    for (name, ty) in &single {
+        assert_eq!(extra.remove(name).as_ref(), Some(ty), "{name} in a cluster");
+    }
+    let extra: Vec<&str> = extra.keys().map(String::as_str).collect();
+    assert_eq!(extra, CLUSTER_FAMILIES);
+    (single, member)
+}
+
 #[test]
 fn the_dashboard_names_exactly_the_families_the_host_exports() {
-    let mem: SharedStore = Arc::new(MemoryStore::new());
-    let host = Host::start(mem, 4, Duration::from_secs(3600));
-    host.ok("d", "CREATE TABLE t(x)");
-    let (st, text) = host.get("/metrics", None);
-    assert_eq!(st, 200);
-    lint(&text).unwrap_or_else(|e| panic!("lint: {e}"));
-    let exported = families(&text);
+    // The dashboard covers a cluster member's families: a single host's and the cluster's.
+    let (_, exported) = exported_families();
     let dir = env!("CARGO_MANIFEST_DIR");
-    let raw = std::fs::read_to_string(format!("{dir}/docs/grafana/kvsqlite.json"))
-        .expect("docs/grafana/kvsqlite.json");
+    let raw = std::fs::read_to_string(format!("{dir}/{DASHBOARD}")).expect(DASHBOARD);
     let dash: Value = serde_json::from_str(&raw).expect("the dashboard is JSON");
     assert_eq!(dash["uid"], json!("kvsqlite"));
     let panels = dash["panels"].as_array().expect("panels");
@@ -662,8 +801,7 @@ fn the_dashboard_names_exactly_the_families_the_host_exports() {
     }
     let exported: BTreeSet<String> = exported.into_keys().collect();
     assert_eq!(named, exported, "dashboard families vs exported families");
-    let scrape =
-        std::fs::read_to_string(format!("{dir}/docs/prometheus.yml")).expect("docs/prometheus.yml");
+    let scrape = std::fs::read_to_string(format!("{dir}/{SCRAPE}")).expect(SCRAPE);
     assert!(scrape.contains("metrics_path: /metrics") && scrape.contains("job_name: kvsqlite"));
 }
 
@@ -782,4 +920,73 @@ fn top_actors_and_an_inspector_poll_that_costs_nothing() {
     assert_eq!(st, 200);
     let h: Value = serde_json::from_str(&text).expect("JSON");
     assert!(h["actors_awake"].as_u64().is_some_and(|n| n <= 1), "{h}");
+}
+
+/// The family names a passage of the book lists: every code span naming a `kvsqlite_` family
+/// (labels in braces dropped), and the table's short forms `…_suffix`, which replace as many
+/// trailing words of the last full name on their line as they have (`kvsqlite_ws_pushes_
+/// delivered_total`, `…_dropped_total` → `kvsqlite_ws_pushes_dropped_total`).
+fn book_families(passage: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in passage.lines() {
+        let mut last: Option<String> = None;
+        for (i, span) in line.split('`').enumerate() {
+            if i % 2 == 0 {
+                continue;
+            }
+            let name = span.split('{').next().unwrap_or(span);
+            if name.starts_with("kvsqlite_") {
+                out.insert(name.to_string());
+                last = Some(name.to_string());
+            } else if let Some(short) = name.strip_prefix('…') {
+                let full = last
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{span}: no full name before it: {line}"));
+                let words: Vec<&str> = full.split('_').collect();
+                let keep = words.len() - (short.split('_').count() - 1);
+                out.insert(format!("{}{short}", words[..keep].join("_")));
+            }
+        }
+    }
+    out
+}
+
+/// The text of `path` (under the crate) between `from` and `to`, both required.
+fn passage(path: &str, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let start = text
+        .find(from)
+        .unwrap_or_else(|| panic!("{path}: no {from:?}"));
+    let len = text[start..]
+        .find(to)
+        .unwrap_or_else(|| panic!("{path}: no {to:?} after {from:?}"));
+    text[start..start + len].to_string()
+}
+
+#[test]
+fn the_books_family_lists_are_the_families_metrics_exports() {
+    let (single, member) = exported_families();
+    // The HTTP page's `/metrics` paragraph and table: every family of a host outside a cluster.
+    let http = book_families(&passage(
+        "docs/src/serving/http.md",
+        "**`/metrics`**",
+        "**Top actors.**",
+    ));
+    let single: BTreeSet<String> = single.into_keys().collect();
+    assert_eq!(http, single, "serving/http.md vs /metrics");
+    // The cluster page: what a member adds.
+    let cluster = book_families(&passage(
+        "docs/src/serving/cluster.md",
+        "`/metrics` adds",
+        "(with",
+    ));
+    let want: BTreeSet<String> = CLUSTER_FAMILIES.iter().map(|s| s.to_string()).collect();
+    assert_eq!(cluster, want, "serving/cluster.md vs a member's /metrics");
+    let both: BTreeSet<String> = http.union(&cluster).cloned().collect();
+    let member: BTreeSet<String> = member.into_keys().collect();
+    assert_eq!(both, member);
+    // The short forms expand as the table means them.
+    assert!(http.contains("kvsqlite_readahead_wasted_pages_total"));
+    assert!(http.contains("kvsqlite_ws_pushes_unrouted_total"));
 }

@@ -148,7 +148,17 @@ fn a_wrong_token_never_waits_on_the_actor() {
             None,
         ),
     );
-    assert_eq!(page.status, 401);
+    assert_eq!(page.status, 401, "{page:?}");
+    assert_eq!(page.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(
+        page.body,
+        signin_html(
+            "/actors/a/inspector",
+            "a",
+            "Sign in with the admin token or this actor&#39;s inspector token.",
+            &csrf_of(&page.body)
+        )
+    );
     // Every 401 came while the statement still held the actor.
     assert!(!long.is_finished(), "the long statement ended first");
     let a = long.join().expect("thread").expect("an answer");
@@ -296,6 +306,37 @@ fn csrf_of(html: &str) -> String {
     html[at..at + html[at..].find('"').expect("end")].to_string()
 }
 
+/// An HTML page of the inspector (its frame, around `body`).
+fn html_page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title><link rel=\"stylesheet\" href=\"/assets/inspector.css\"><script src=\"/assets/inspector.js\" defer></script></head><body>{body}</body></html>"
+    )
+}
+
+/// The sign-in page, exactly: its message (HTML-escaped), the actor and the page it comes back
+/// to, and its sign-in CSRF token.
+fn signin_html(next: &str, actor: &str, message: &str, csrf: &str) -> String {
+    html_page(
+        "Sign in",
+        &format!(
+            "<h1>kvsqlite inspector: sign in</h1><p class=\"err\" id=\"signin-message\">{message}</p>\
+<form method=\"post\" action=\"/signin\"><p><label>Token (admin, or the actor's inspector token) <input type=\"password\" name=\"token\" id=\"token\" autocomplete=\"off\" size=\"40\"></label></p>\
+<p><label>Actor (for an actor token) <input type=\"text\" name=\"actor\" id=\"actor\" value=\"{actor}\"></label></p>\
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\" id=\"signin\">Sign in</button></form>"
+        ),
+    )
+}
+
+/// The HTML error page of `status` with `message` (HTML-escaped), exactly.
+fn error_html(status: u16, message: &str) -> String {
+    html_page(
+        "error",
+        &format!(
+            "<nav><a href=\"/\">host</a></nav><h1>Error {status}</h1><p class=\"err\">{message}</p>"
+        ),
+    )
+}
+
 /// The message of an HTML error page (`<p class="err">…</p>`).
 fn page_error(html: &str) -> &str {
     let at = html.find("class=\"err\"").expect("an error paragraph");
@@ -380,29 +421,44 @@ fn cookie_posts_need_this_origin_and_the_csrf_token() {
     // Sign-in: another origin, or no sign-in cookie, or a token that is not the cookie's: 403
     // (and no session).
     let (cookie, token) = b.signin_form();
-    for (headers, form) in [
+    let wrong_csrf =
+        "the form&#39;s CSRF token is missing or wrong: reload the page and post it again";
+    for (headers, form, message) in [
         (
             vec![
                 ("Origin", "http://localhost:8080"),
                 ("Cookie", cookie.as_str()),
             ],
             format!("token={ADMIN}&csrf={token}"),
+            "a form post from another origin is refused (Origin: http://localhost:8080)",
         ),
         (
             vec![("Origin", origin_ok.as_str())],
             format!("token={ADMIN}&csrf={token}"),
+            wrong_csrf,
         ),
         (
             vec![("Origin", origin_ok.as_str()), ("Cookie", cookie.as_str())],
             format!("token={ADMIN}&csrf={}", "f".repeat(64)),
+            wrong_csrf,
         ),
     ] {
         let a = b.post("/signin", &headers, &form);
         assert_eq!(a.status, 403, "{headers:?}: {a:?}");
-        assert!(a
-            .header("set-cookie")
-            .is_some_and(|c| c.starts_with("kvsqlite_signin=")));
-        assert!(a.body.contains("action=\"/signin\""), "the form again");
+        // The form again, with a fresh sign-in token (in the form and its cookie) and why.
+        let fresh = csrf_of(&a.body);
+        assert_eq!(fresh.len(), 64, "{fresh}");
+        assert_ne!(fresh, token);
+        assert_eq!(
+            a.header("set-cookie"),
+            Some(
+                format!(
+                    "kvsqlite_signin={fresh}; Path=/signin; HttpOnly; SameSite=Strict; Max-Age=3600"
+                )
+                .as_str()
+            )
+        );
+        assert_eq!(a.body, signin_html("/", "", message, &fresh), "{headers:?}");
     }
 
     // Sign-out: without the token 403 (the session lives on), with it the session ends.
@@ -412,6 +468,8 @@ fn cookie_posts_need_this_origin_and_the_csrf_token() {
         "",
     );
     assert_eq!(a.status, 403, "{a:?}");
+    assert_eq!(a.body, error_html(403, wrong_csrf));
+    assert_eq!(a.header("set-cookie"), None);
     assert_eq!(b.get("/", &session).status, 200);
     let a = b.post(
         "/signout",
@@ -507,4 +565,224 @@ fn every_answer_carries_the_security_headers() {
         assert_eq!(a.header("content-type"), Some(ct));
         assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
     }
+}
+
+/// What a broken store says of itself: its file and its own diagnosis (a corrupt redb file).
+const STORE_TEXT: &str = "/srv/kvsqlite-secret/actors.redb: page checksum mismatch at 4096";
+
+/// The memory store, failing every call with [`KvError::Backend`] (the store's answer made no
+/// sense) carrying [`STORE_TEXT`] while `broken` is set.
+struct BrokenStore {
+    inner: kvsqlite::kv::memory::MemoryStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl BrokenStore {
+    fn check(&self) -> Result<(), kvsqlite::kv::KvError> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(kvsqlite::kv::KvError::Backend {
+                backend: "redb",
+                message: STORE_TEXT.into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl kvsqlite::kv::KvStore for BrokenStore {
+    fn backend(&self) -> &'static str {
+        "redb"
+    }
+    fn limits(&self) -> &kvsqlite::kv::KvLimits {
+        self.inner.limits()
+    }
+    fn get(
+        &self,
+        actor: &str,
+        keys: &[kvsqlite::kv::Key],
+    ) -> Result<Vec<Option<kvsqlite::kv::Value>>, kvsqlite::kv::KvError> {
+        self.check()?;
+        self.inner.get(actor, keys)
+    }
+    fn list(
+        &self,
+        actor: &str,
+        req: &kvsqlite::kv::ListRequest,
+    ) -> Result<kvsqlite::kv::ListPage, kvsqlite::kv::KvError> {
+        self.check()?;
+        self.inner.list(actor, req)
+    }
+    fn write(
+        &self,
+        actor: &str,
+        batch: &kvsqlite::kv::WriteBatch,
+    ) -> Result<(), kvsqlite::kv::KvError> {
+        self.check()?;
+        self.inner.write(actor, batch)
+    }
+    fn delete_range(
+        &self,
+        actor: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<(), kvsqlite::kv::KvError> {
+        self.check()?;
+        self.inner.delete_range(actor, start, end)
+    }
+    fn batch_read(
+        &self,
+        actor: &str,
+        ops: &[kvsqlite::kv::ReadOp],
+    ) -> Result<Vec<kvsqlite::kv::ReadResult>, kvsqlite::kv::KvError> {
+        self.check()?;
+        self.inner.batch_read(actor, ops)
+    }
+}
+
+/// A host in this process over `store` (the CLI's defaults where it matters: pipelined
+/// commits); shut down when dropped.
+struct InProcess {
+    rt: tokio::runtime::Runtime,
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    agent: ureq::Agent,
+}
+
+fn host_config(store: kvsqlite::kv::SharedStore, admin: &str) -> kvsqlite::host::HostConfig {
+    kvsqlite::host::HostConfig {
+        store,
+        actor: kvsqlite::actor::ActorConfig::default(),
+        admin_token: admin.into(),
+        idle_sleep: Duration::from_secs(600),
+        max_awake: 100,
+        max_body: 1 << 20,
+        statement_timeout: Duration::from_secs(30),
+        body_timeout: Duration::from_secs(30),
+        limits: Default::default(),
+        max_result_bytes: kvsqlite::host::DEFAULT_MAX_RESULT_BYTES,
+        sqlite_heap_limit: kvsqlite::host::DEFAULT_SQLITE_HEAP_LIMIT,
+        pipelined: true,
+        sockets: Default::default(),
+        alarm_tick: kvsqlite::host::alarm_tick::TICK,
+    }
+}
+
+impl InProcess {
+    fn start(store: kvsqlite::kv::SharedStore) -> InProcess {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = host_config(store, ADMIN);
+        let done = rt.spawn(kvsqlite::host::serve(listener, config, async move {
+            let _ = rx.await;
+        }));
+        InProcess {
+            rt,
+            base,
+            stop: Some(tx),
+            done: Some(done),
+            agent: serve::agent(),
+        }
+    }
+
+    fn get(&self, path: &str, token: &str) -> (u16, String) {
+        serve::get(&self.agent, &self.base, path, Some(token))
+    }
+
+    fn post(&self, path: &str, token: &str, body: &Value) -> (u16, String) {
+        serve::post(
+            &self.agent,
+            &self.base,
+            path,
+            Some(token),
+            &body.to_string(),
+        )
+    }
+
+    fn query(&self, actor: &str, sql: &str) -> (u16, String) {
+        self.post(
+            &format!("/actors/{actor}/query"),
+            ADMIN,
+            &json!({ "sql": sql, "params": [] }),
+        )
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(60), done).await });
+        }
+    }
+}
+
+#[test]
+fn a_store_error_answers_503_store_unavailable_and_nothing_of_the_store() {
+    let store = std::sync::Arc::new(BrokenStore {
+        inner: kvsqlite::kv::memory::MemoryStore::new(),
+        broken: Default::default(),
+    });
+    let shared: kvsqlite::kv::SharedStore = store.clone();
+    let h = InProcess::start(shared);
+    assert_eq!(
+        h.query("a", "CREATE TABLE t(x)"),
+        (200, r#"{"changes":0,"columns":[],"rows":[]}"#.to_string())
+    );
+    store
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let unavailable = (503, r#"{"error":"store unavailable"}"#.to_string());
+    // A commit of an awake actor: its put fails.
+    assert_eq!(h.query("a", "INSERT INTO t VALUES (1)"), unavailable);
+    // The actor was put to sleep: its wake fails (reading its records).
+    assert_eq!(h.query("a", "SELECT count(*) FROM t"), unavailable);
+    // A token that is not the admin's, for an actor the host never saw: the store is read for
+    // the actor's own token, and fails.
+    assert_eq!(
+        h.get("/actors/fresh/inspector/metrics", "not-the-token-of-fresh"),
+        unavailable
+    );
+    // History, the queue, alarms: each reaches the store one way or another.
+    assert_eq!(h.get("/actors/a/history", ADMIN), unavailable);
+    assert_eq!(
+        h.post(
+            "/actors/a/queue",
+            ADMIN,
+            &json!({ "sql": "INSERT INTO t VALUES (2)", "params": [] })
+        ),
+        unavailable
+    );
+    assert_eq!(
+        h.post("/actors/a/fork", ADMIN, &json!({ "to": "b" })),
+        unavailable
+    );
+    // The inspector's page: an HTML error page saying the same, nothing more.
+    assert_eq!(
+        h.get("/actors/a/inspector", ADMIN),
+        (503, error_html(503, "store unavailable"))
+    );
+    // The store back, the actor wakes afresh: the failed INSERT was not written.
+    store
+        .broken
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        h.query("a", "SELECT count(*) FROM t"),
+        (
+            200,
+            r#"{"changes":0,"columns":["count(*)"],"rows":[[0]]}"#.to_string()
+        )
+    );
 }

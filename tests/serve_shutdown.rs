@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use raw_http::{addr_of, connect, read_answer, request};
 use serde_json::json;
@@ -42,6 +42,12 @@ fn kv_get(kv: &str, actor: &str, keys: &[&str]) -> Vec<Option<Vec<u8>>> {
         .collect()
 }
 
+/// `--shutdown-deadline-ms`.
+const DEADLINE: Duration = Duration::from_secs(3);
+/// After the deadline: putting three actors to sleep over a 200 ms store (a few round trips
+/// each) and exiting. A correctness bound, far below the body timeout (120 s).
+const SLEEP_MARGIN: Duration = Duration::from_secs(7);
+
 /// The fence record a hints record names (`version u8 ‖ fence len u16 ‖ fence ‖ …`).
 fn hints_fence(hints: &[u8]) -> Vec<u8> {
     assert_eq!(hints[0], 1, "hints format version");
@@ -59,7 +65,11 @@ fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_puts_every_actor_
             "--rtt",
             "200",
             "--shutdown-deadline-ms",
-            "3000",
+            &DEADLINE.as_millis().to_string(),
+            // A body timeout longer than the whole wait for the exit (60 s): only the shutdown
+            // deadline can end the trickling request in time.
+            "--body-timeout-ms",
+            "120000",
             "--idle-sleep-ms",
             "600000",
         ],
@@ -111,6 +121,7 @@ fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_puts_every_actor_
         .expect("send the request in flight");
     std::thread::sleep(Duration::from_millis(50));
     s.send_term();
+    let signalled = Instant::now();
 
     // A connection opened after the signal is refused while the host is still shutting down
     // (the trickling client keeps it alive until the deadline).
@@ -135,9 +146,15 @@ fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_puts_every_actor_
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body, r#"{"changes":1,"columns":[],"rows":[]}"#);
 
-    // Exit 0 within the deadline: the trickling client had not sent its body.
+    // Exit 0 within the deadline: the trickling client had not sent its body (it would take
+    // 100 s, and the body timeout is 120 s).
     let (status, stderr) = s.wait_exit();
+    let took = signalled.elapsed();
     assert!(status.success(), "exit {status:?}: {stderr}");
+    assert!(
+        took < DEADLINE + SLEEP_MARGIN,
+        "the host exited {took:?} after SIGTERM: past the deadline {DEADLINE:?} + {SLEEP_MARGIN:?}"
+    );
     assert!(
         !sent_all.load(Ordering::SeqCst),
         "the host waited for the trickled body"

@@ -162,10 +162,40 @@ fn attach_is_refused_by_sqlite_however_it_is_sent_and_no_file_appears() {
     assert_writable(&s, 1);
 }
 
+/// After a PRAGMA attempt over HTTP: a write to `a1`'s table `p` answers 200 exactly, and the
+/// settings a PRAGMA could leave behind read back at their defaults (foreign keys enforced,
+/// the schema not writable, writes allowed).
+#[track_caller]
+fn assert_untouched(s: &Server, after: &str) {
+    let body = json!({ "sql": "INSERT INTO p VALUES (1)" }).to_string();
+    assert_eq!(
+        s.post("/actors/a1/query", Some(ADMIN), &body),
+        (200, r#"{"changes":1,"columns":[],"rows":[]}"#.to_string()),
+        "a write after {after}"
+    );
+    for (pragma, default) in [
+        ("foreign_keys", 1),
+        ("writable_schema", 0),
+        ("query_only", 0),
+    ] {
+        let body = json!({ "sql": format!("PRAGMA {pragma}") }).to_string();
+        assert_eq!(
+            s.post("/actors/a1/query", Some(ADMIN), &body),
+            (
+                200,
+                format!(r#"{{"changes":0,"columns":["{pragma}"],"rows":[[{default}]]}}"#)
+            ),
+            "PRAGMA {pragma} after {after}"
+        );
+    }
+}
+
 #[test]
 fn pragmas_over_http_come_from_the_allow_list_and_leave_the_actor_writable() {
     let s = Server::start("memory:", &[]);
     s.sql("a1", "CREATE TABLE w(n INTEGER)", json!([]));
+    s.sql("a1", "CREATE TABLE p(n INTEGER)", json!([]));
+    assert_untouched(&s, "nothing");
     let process = "is refused: it would change the whole process";
     for (sql, msg) in [
         (
@@ -210,6 +240,7 @@ fn pragmas_over_http_come_from_the_allow_list_and_leave_the_actor_writable() {
         ),
     ] {
         assert_eq!(query(&s, &sql), (400, error(&msg)), "{sql}");
+        assert_untouched(&s, &sql);
     }
     // Inside a batch too: the batch's check for transaction control compiles nothing else (a
     // PRAGMA takes effect when it is compiled), so the refused setting never applies.
@@ -229,11 +260,13 @@ fn pragmas_over_http_come_from_the_allow_list_and_leave_the_actor_writable() {
         s.sql("a1", "SELECT count(*) FROM w", json!([]))["rows"],
         json!([[0]])
     );
+    assert_untouched(&s, "the batch");
     // What the allow-list lets through.
     assert_eq!(
         s.sql("a1", "PRAGMA user_version = 5", json!([]))["changes"],
         0
     );
+    assert_untouched(&s, "PRAGMA user_version = 5");
     assert_eq!(
         s.sql("a1", "PRAGMA user_version", json!([]))["rows"],
         json!([[5]])

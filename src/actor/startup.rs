@@ -447,8 +447,16 @@ fn check_config(config: &ActorConfig) -> Result<(), ActorError> {
 /// 16 bytes from the OS's random source (the `getrandom` crate). Fails closed: when the
 /// source cannot be read the caller gets the error, never a weaker substitute.
 pub fn random_bytes() -> Result<[u8; 16], RandomError> {
+    random_bytes_from(getrandom::fill)
+}
+
+/// [`random_bytes`] from the source `fill` (the seam its fail-closed test uses): the source's
+/// error is the caller's error; nothing else fills the bytes in its place.
+fn random_bytes_from<E: std::fmt::Display>(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<[u8; 16], RandomError> {
     let mut b = [0u8; 16];
-    getrandom::fill(&mut b).map_err(|e| RandomError(e.to_string()))?;
+    fill(&mut b).map_err(|e| RandomError(e.to_string()))?;
     Ok(b)
 }
 
@@ -467,7 +475,17 @@ impl std::error::Error for RandomError {}
 /// A fresh token: 32 lowercase hex digits of [`random_bytes`] (actor tokens, the host's admin
 /// token; two of them make an inspector session id). Fails when the random source does.
 pub fn random_token() -> Result<String, RandomError> {
-    Ok(random_bytes()?.iter().map(|x| format!("{x:02x}")).collect())
+    random_token_from(getrandom::fill)
+}
+
+/// [`random_token`] from the source `fill` (see [`random_bytes_from`]).
+fn random_token_from<E: std::fmt::Display>(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+) -> Result<String, RandomError> {
+    Ok(random_bytes_from(fill)?
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect())
 }
 
 /// What the wake batch answered, beyond the preload.
@@ -967,4 +985,48 @@ fn probe_startup_pages(db: &Database) -> Result<Vec<u32>, rusqlite::Error> {
     let pages = db.recent_reads();
     db.track_reads(true);
     Ok(pages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn randomness_fails_closed_when_the_source_fails() {
+        // A source that cannot be opened: the error, not hash-derived or zero bytes.
+        let fail = |_: &mut [u8]| Err("cannot open /dev/urandom");
+        assert_eq!(
+            random_bytes_from(fail),
+            Err(RandomError("cannot open /dev/urandom".into()))
+        );
+        // One that wrote part of the buffer before failing: still the error.
+        let partial = |b: &mut [u8]| {
+            b[..8].fill(0xab);
+            Err("interrupted after 8 bytes")
+        };
+        assert_eq!(
+            random_bytes_from(partial),
+            Err(RandomError("interrupted after 8 bytes".into()))
+        );
+        let e = random_token_from(fail).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the OS's random source failed: cannot open /dev/urandom"
+        );
+        // A working source: exactly its bytes.
+        let ok = |b: &mut [u8]| -> Result<(), &str> {
+            for (i, x) in b.iter_mut().enumerate() {
+                *x = i as u8;
+            }
+            Ok(())
+        };
+        assert_eq!(
+            random_token_from(ok),
+            Ok("000102030405060708090a0b0c0d0e0f".to_string())
+        );
+        // And the real one gives 32 hex digits, differing between calls.
+        let (a, b) = (random_token().unwrap(), random_token().unwrap());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
 }

@@ -205,7 +205,9 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
     let (admin_token, generated) = match std::env::var(ADMIN_TOKEN_ENV) {
         Ok(t) if !t.trim().is_empty() => {
             let t = t.trim().to_string();
-            host::check_admin_token(&t).map_err(|e| format!("{ADMIN_TOKEN_ENV}: {e}"))?;
+            host::check_admin_token(&t).map_err(|e| {
+                format!("{ADMIN_TOKEN_ENV}: {e} (unset {ADMIN_TOKEN_ENV} to get a random one)")
+            })?;
             (t, false)
         }
         _ => (

@@ -29,7 +29,7 @@ use axum::routing::{delete, get};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::registry::{store_unavailable, Registry, Work};
+use super::registry::{is_store_failure, store_unavailable, Registry, Work};
 use super::routes::{admin_json_async, admin_on_actor, admin_post_json, statement_error, AppState};
 use super::sql::{self, StatementRequest};
 use super::HostError;
@@ -150,7 +150,7 @@ pub(crate) fn actor_error(e: ActorError, timeout: Duration) -> HostError {
         ActorError::Moved => HostError::Unavailable(
             "actor moved: another instance wrote since this one woke; retry".into(),
         ),
-        ActorError::Kv(e) => store_unavailable(format!("the store failed: {e}")),
+        e if is_store_failure(&e) => store_unavailable(format!("the store failed: {e}")),
         e => HostError::Internal(e.to_string()),
     }
 }

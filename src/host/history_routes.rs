@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::auth::Lookup;
 use super::inspector::escape::{field, parse_form};
-use super::registry::{kv_unavailable, store_unavailable, Work};
+use super::registry::{is_store_failure, store_unavailable, Work};
 use super::routes::{actor_id, actor_token, admin_json_async, admin_post_json, AppState};
 use super::{check_actor_id, HostError};
 use crate::actor::{Actor, ActorError};
@@ -56,9 +56,7 @@ pub fn history_error(e: ActorError) -> HostError {
         ActorError::InvalidActor(e) => HostError::BadRequest(e.to_string()),
         ActorError::InvalidConfig(m) => HostError::BadRequest(m),
         ActorError::Vfs(VfsError::Misuse(m)) => HostError::Conflict(m),
-        ActorError::Kv(k) | ActorError::Vfs(VfsError::Kv(_, k)) if kv_unavailable(&k) => {
-            store_unavailable(k)
-        }
+        e if is_store_failure(&e) => store_unavailable(e),
         e => HostError::Internal(e.to_string()),
     }
 }

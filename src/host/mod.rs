@@ -161,8 +161,7 @@ pub const MIN_ADMIN_TOKEN: usize = 16;
 pub fn check_admin_token(token: &str) -> Result<(), String> {
     if token.len() < MIN_ADMIN_TOKEN {
         return Err(format!(
-            "the admin token is {} bytes; it must be at least {MIN_ADMIN_TOKEN} (unset \
-             KVSQLITE_ADMIN_TOKEN to get a random one)",
+            "the admin token is {} bytes; it must be at least {MIN_ADMIN_TOKEN}",
             token.len()
         ));
     }
@@ -237,7 +236,9 @@ pub async fn serve(
     serve_with(listener, config, None, shutdown).await
 }
 
-/// [`serve`], as a member of a cluster when `cluster` is given (see [`cluster`]): the host
+/// [`serve`], as a member of a cluster when `cluster` is given (see [`cluster`]): an admin
+/// token under [`MIN_ADMIN_TOKEN`] bytes is refused first (`InvalidInput`, the message of
+/// [`check_admin_token`]), before anything listens or joins; the host
 /// joins before it serves (an error when it cannot), forwards requests for actors other
 /// members own, writes only while it holds its lease, and at `shutdown` leaves cleanly before
 /// it stops accepting connections. The store must be one every member shares.
@@ -247,6 +248,12 @@ pub async fn serve_with(
     cluster: Option<cluster::ClusterConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    check_admin_token(&config.admin_token).map_err(|m| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{m} (kvsqlite::host::generate_token makes one)"),
+        )
+    })?;
     let metrics = Arc::new(prom::HostMetrics::default());
     let cluster = match cluster {
         Some(cc) => Some(
@@ -417,5 +424,59 @@ mod tests {
         assert!(tokens_equal("abc", "abc"));
         assert!(!tokens_equal("abc", "abd"));
         assert!(!tokens_equal("abc", "abcd"));
+    }
+
+    fn config(admin_token: &str) -> HostConfig {
+        HostConfig {
+            store: Arc::new(crate::kv::memory::MemoryStore::new()),
+            actor: ActorConfig::default(),
+            admin_token: admin_token.into(),
+            idle_sleep: Duration::from_secs(60),
+            max_awake: 10,
+            max_body: 1 << 20,
+            statement_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            limits: Default::default(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            sqlite_heap_limit: 0,
+            pipelined: false,
+            sockets: Default::default(),
+            alarm_tick: alarm_tick::TICK,
+        }
+    }
+
+    #[test]
+    fn the_library_refuses_a_short_admin_token_as_the_cli_does() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            // Never shuts down by itself: only the refusal returns.
+            let e = serve(listener, config("0123456789abcde"), std::future::pending())
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+            assert_eq!(
+                e.to_string(),
+                "the admin token is 15 bytes; it must be at least 16 \
+                 (kvsqlite::host::generate_token makes one)"
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let e = serve(listener, config(""), std::future::pending())
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "the admin token is 0 bytes; it must be at least 16 \
+                 (kvsqlite::host::generate_token makes one)"
+            );
+            // Sixteen bytes serve (until told to stop).
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            serve(listener, config("0123456789abcdef"), async {})
+                .await
+                .unwrap();
+        });
     }
 }

@@ -37,7 +37,7 @@ use super::prom::HostMetrics;
 use super::HostError;
 use crate::actor::connections::Push;
 use crate::actor::{Actor, ActorConfig, ActorError};
-use crate::kv::{KvError, SharedStore};
+use crate::kv::SharedStore;
 use crate::metrics::MetricsDoc;
 use crate::vfs::{CompactionWatch, VfsError};
 
@@ -802,27 +802,34 @@ fn gate_error(e: VfsError) -> HostError {
 /// The body message of every store failure (503).
 pub const STORE_UNAVAILABLE: &str = "store unavailable";
 
-/// True for store errors that mean "the store is not answering" (503).
-pub fn kv_unavailable(e: &KvError) -> bool {
-    matches!(
-        e,
-        KvError::Unavailable { .. }
-            | KvError::Locked { .. }
-            | KvError::Crashed
-            | KvError::InjectedFault { .. }
-    )
+/// True when an actor operation failed because of its store: a KV call that failed (whatever
+/// the backend said), a VFS read or write whose KV call failed or whose pipelined put did, or
+/// SQLite's I/O error over them. Such an error's text may carry the store's URL, file path or
+/// own message: the host answers it only with [`store_unavailable`].
+pub fn is_store_failure(e: &ActorError) -> bool {
+    fn vfs(v: &VfsError) -> bool {
+        matches!(v, VfsError::Kv(..) | VfsError::Poisoned(_))
+    }
+    match e {
+        ActorError::Kv(_) => true,
+        ActorError::Vfs(v) | ActorError::Open(crate::vfs::OpenError::Vfs(v)) => vfs(v),
+        ActorError::Sqlite(s) | ActorError::Open(crate::vfs::OpenError::Sqlite(s)) => {
+            super::sql::is_io_error(s)
+        }
+        _ => false,
+    }
 }
 
 fn wake_error(e: ActorError) -> HostError {
     match e {
         ActorError::InvalidActor(e) => HostError::BadRequest(e.to_string()),
-        ActorError::Kv(k) if kv_unavailable(&k) => store_unavailable(k),
         e @ (ActorError::Moved | ActorError::AlreadyRunning { .. }) => {
             HostError::Unavailable(format!("{e}; retry"))
         }
-        e @ (ActorError::Open(_) | ActorError::Vfs(_) | ActorError::Sqlite(_)) => {
-            store_unavailable(format!("cannot wake the actor: {e}"))
-        }
+        e @ (ActorError::Kv(_)
+        | ActorError::Open(_)
+        | ActorError::Vfs(_)
+        | ActorError::Sqlite(_)) => store_unavailable(format!("cannot wake the actor: {e}")),
         e => HostError::Internal(format!("cannot wake the actor: {e}")),
     }
 }

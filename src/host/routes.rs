@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::auth::{bearer, Lookup, TokenMemory};
 use super::prom::HostMetrics;
-use super::registry::{kv_unavailable, store_unavailable, Registry, Work};
+use super::registry::{store_unavailable, Registry, Work};
 use super::sql::{self, StatementRequest};
 use super::{check_actor_id, tokens_equal, HostError};
 use crate::actor::guard::Mode;
@@ -474,8 +474,9 @@ async fn stored_token(s: &AppState, id: &str) -> Result<Option<String>, HostErro
             .next()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())),
-        Err(e) if kv_unavailable(&e) => Err(store_unavailable(e)),
-        Err(e) => Err(HostError::Internal(format!(
+        // Whatever the store said (unreachable, or an answer that made no sense), the client
+        // learns only that it is unavailable.
+        Err(e) => Err(store_unavailable(format!(
             "cannot read the actor's token: {e}"
         ))),
     }
