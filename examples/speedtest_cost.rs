@@ -40,7 +40,7 @@ fn main() {
     let mut db = None;
     let mem;
     let conn: &Connection = if target == "kvsqlite" || target == "pipelined" {
-        &**db.insert(open_database(store, "cost", &opts).expect("open"))
+        db.insert(open_database(store, "cost", &opts).expect("open"))
     } else {
         mem = Connection::open_in_memory().expect("open");
         stock_pragmas(&mem, &opts, "memory").expect("pragmas");
