@@ -31,6 +31,7 @@ use kvsqlite::actor::startup::{startup_gauge_names, STARTUP_GAUGES};
 use kvsqlite::actor::{records, Actor, ActorError, MigrationError};
 use kvsqlite::actor::{QueryRecord, StartupReport};
 use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
+use kvsqlite::kv::latency::LatencyStore;
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{
     Key, KvError, KvLimits, KvStore, ListPage, ListRequest, ReadOp, ReadResult, SharedStore, Value,
@@ -645,61 +646,16 @@ fn as_event(r: &QueryRecord, actor: &str) -> Vec<(String, String)> {
 
 const PRELOADED: &str = "SELECT v AS preloaded FROM t WHERE id = 1";
 
-/// A store whose every call takes at least `delay_us` (0: none), so a statement that makes a
-/// round trip lasts at least that long.
-struct Slow {
-    inner: SharedStore,
-    delay_us: std::sync::atomic::AtomicU64,
-}
-
-impl Slow {
-    fn wait(&self) {
-        let us = self.delay_us.load(std::sync::atomic::Ordering::SeqCst);
-        if us > 0 {
-            std::thread::sleep(Duration::from_micros(us));
-        }
-    }
-}
-
-impl KvStore for Slow {
-    fn backend(&self) -> &'static str {
-        "slow"
-    }
-    fn limits(&self) -> &KvLimits {
-        self.inner.limits()
-    }
-    fn get(&self, actor: &str, keys: &[Key]) -> Result<Vec<Option<Value>>, KvError> {
-        self.wait();
-        self.inner.get(actor, keys)
-    }
-    fn list(&self, actor: &str, req: &ListRequest) -> Result<ListPage, KvError> {
-        self.wait();
-        self.inner.list(actor, req)
-    }
-    fn write(&self, actor: &str, batch: &WriteBatch) -> Result<(), KvError> {
-        self.wait();
-        self.inner.write(actor, batch)
-    }
-    fn delete_range(&self, actor: &str, start: &[u8], end: Option<&[u8]>) -> Result<(), KvError> {
-        self.wait();
-        self.inner.delete_range(actor, start, end)
-    }
-    fn batch_read(&self, actor: &str, ops: &[ReadOp]) -> Result<Vec<ReadResult>, KvError> {
-        self.wait();
-        self.inner.batch_read(actor, ops)
-    }
-}
-
 /// The delay of every store call once the start is done.
 const DELAY_US: u64 = 5_000;
+const DELAY: Duration = Duration::from_micros(DELAY_US);
 
 #[test]
 fn every_field_of_every_query_record_equals_what_was_measured_around_its_statement() {
     let mem = Arc::new(MemoryStore::new());
-    let slow = Arc::new(Slow {
-        inner: mem.clone(),
-        delay_us: 0.into(),
-    });
+    // Every store call takes DELAY once the start is done, so a statement that makes a round
+    // trip lasts at least that long.
+    let slow = Arc::new(LatencyStore::new(mem.clone(), Duration::ZERO));
     let counting = CountingStore::wrap(slow.clone());
     let store = counting.shared();
     let events = events();
@@ -876,8 +832,7 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
     );
 
     // After the start: one statement at a time, every store call taking DELAY_US.
-    slow.delay_us
-        .store(DELAY_US, std::sync::atomic::Ordering::SeqCst);
+    slow.set_rtt(DELAY);
     let db = a.db();
     let one = |sql: &str, rows: bool| -> (QueryRecord, Measured) {
         let n = a.query_log().records().len();
@@ -926,7 +881,7 @@ fn every_field_of_every_query_record_equals_what_was_measured_around_its_stateme
     let (r, _) = one("COMMIT", false);
     assert!(r.kv_round_trips == 1 && r.kv_keys_written >= 2, "{r:?}");
     assert!(r.duration_us >= DELAY_US, "{r:?}");
-    slow.delay_us.store(0, std::sync::atomic::Ordering::SeqCst);
+    slow.set_rtt(Duration::ZERO);
 
     // Every event equals its record, in order.
     let recs = a.query_log().records();

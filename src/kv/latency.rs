@@ -4,6 +4,7 @@
 //! extra round trip. Wrapping them in a fixed RTT (the `--rtt MS` option) makes a remote KV's cost
 //! visible end to end, faithfully: one sleep per trait call, because each call is one round trip.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{
@@ -17,18 +18,31 @@ use super::{
 /// would validate before sending, but the difference only matters for invalid calls.
 pub struct LatencyStore {
     inner: SharedStore,
-    rtt: Duration,
+    /// The round-trip time in microseconds (changed by [`LatencyStore::set_rtt`]).
+    rtt_us: AtomicU64,
 }
 
 impl LatencyStore {
     /// Wraps `inner` with a round-trip time of `rtt`.
     pub fn new(inner: SharedStore, rtt: Duration) -> Self {
-        LatencyStore { inner, rtt }
+        let store = LatencyStore {
+            inner,
+            rtt_us: AtomicU64::new(0),
+        };
+        store.set_rtt(rtt);
+        store
     }
 
     /// The simulated round-trip time.
     pub fn rtt(&self) -> Duration {
-        self.rtt
+        Duration::from_micros(self.rtt_us.load(Ordering::Relaxed))
+    }
+
+    /// Changes the round-trip time of every later call (microsecond precision; a call already
+    /// sleeping keeps its time). Lets a test make a phase slow, e.g. only what follows a start.
+    pub fn set_rtt(&self, rtt: Duration) {
+        let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        self.rtt_us.store(us, Ordering::Relaxed);
     }
 
     /// The wrapped store.
@@ -37,8 +51,9 @@ impl LatencyStore {
     }
 
     fn wait(&self) {
-        if !self.rtt.is_zero() {
-            std::thread::sleep(self.rtt);
+        let rtt = self.rtt();
+        if !rtt.is_zero() {
+            std::thread::sleep(rtt);
         }
     }
 }
