@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use kvsqlite::actor::{Actor, ActorConfig};
 use kvsqlite::host::cluster::ClusterConfig;
-use kvsqlite::host::{serve_with, HostConfig};
+use kvsqlite::host::HostConfig;
 use kvsqlite::kv::counting::{CountingStore, KvCounters, OpKind};
 use kvsqlite::kv::memory::MemoryStore;
 use kvsqlite::kv::{KvLimits, SharedStore};
@@ -30,13 +30,14 @@ use serde_json::{json, Value};
 
 const ADMIN: &str = "families-admin-token-0123456789";
 
-/// A host on `under` in this process; dropped, it shuts down.
-struct Host {
-    rt: tokio::runtime::Runtime,
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<()>>,
-    agent: ureq::Agent,
+/// A host on `under` in this process ([`serve::InProcessHost`]); dropped, it shuts down.
+struct Host(serve::InProcessHost);
+
+impl std::ops::Deref for Host {
+    type Target = serve::InProcessHost;
+    fn deref(&self) -> &serve::InProcessHost {
+        &self.0
+    }
 }
 
 /// Writes of at most 8 entries: a transaction of more than 7 pages is staged.
@@ -89,16 +90,6 @@ impl Host {
         idle_sleep: Duration,
         cluster: Option<&str>,
     ) -> Host {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = HostConfig {
             store,
             actor: actor_config(),
@@ -117,27 +108,13 @@ impl Host {
             sockets: Default::default(),
             alarm_tick: kvsqlite::host::alarm_tick::TICK,
         };
-        let cluster = cluster.map(|name| ClusterConfig {
-            name: name.into(),
-            advertise: base.trim_start_matches("http://").to_string(),
-            ttl: Duration::from_secs(30),
-        });
-        let done = rt.spawn(async move {
-            let r = serve_with(listener, config, cluster, async move {
-                let _ = rx.await;
+        Host(serve::InProcessHost::start(config, |base| {
+            cluster.map(|name| ClusterConfig {
+                name: name.into(),
+                advertise: base.trim_start_matches("http://").to_string(),
+                ttl: Duration::from_secs(30),
             })
-            .await;
-            if let Err(e) = r {
-                panic!("the host failed: {e}");
-            }
-        });
-        Host {
-            rt,
-            base,
-            stop: Some(tx),
-            done: Some(done),
-            agent: serve::agent(),
-        }
+        }))
     }
 
     fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
@@ -183,19 +160,6 @@ impl Host {
         assert_eq!(st, 200);
         lint(&text).unwrap_or_else(|e| panic!("lint: {e}\n{text}"));
         serve::parse_prometheus(&text).unwrap_or_else(|e| panic!("format: {e}\n{text}"))
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self
-                .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(60), done).await });
-        }
     }
 }
 

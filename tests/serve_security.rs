@@ -641,13 +641,8 @@ impl kvsqlite::kv::KvStore for BrokenStore {
 
 /// A host in this process over `store` (the CLI's defaults where it matters: pipelined
 /// commits); shut down when dropped.
-struct InProcess {
-    rt: tokio::runtime::Runtime,
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    agent: ureq::Agent,
-}
+/// A host in this process over the given store ([`serve::InProcessHost`]).
+struct InProcess(serve::InProcessHost);
 
 fn host_config(store: kvsqlite::kv::SharedStore, admin: &str) -> kvsqlite::host::HostConfig {
     kvsqlite::host::HostConfig {
@@ -670,37 +665,20 @@ fn host_config(store: kvsqlite::kv::SharedStore, admin: &str) -> kvsqlite::host:
 
 impl InProcess {
     fn start(store: kvsqlite::kv::SharedStore) -> InProcess {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let config = host_config(store, ADMIN);
-        let done = rt.spawn(kvsqlite::host::serve(listener, config, async move {
-            let _ = rx.await;
-        }));
-        InProcess {
-            rt,
-            base,
-            stop: Some(tx),
-            done: Some(done),
-            agent: serve::agent(),
-        }
+        InProcess(serve::InProcessHost::start(
+            host_config(store, ADMIN),
+            |_| None,
+        ))
     }
 
     fn get(&self, path: &str, token: &str) -> (u16, String) {
-        serve::get(&self.agent, &self.base, path, Some(token))
+        serve::get(&self.0.agent, &self.0.base, path, Some(token))
     }
 
     fn post(&self, path: &str, token: &str, body: &Value) -> (u16, String) {
         serve::post(
-            &self.agent,
-            &self.base,
+            &self.0.agent,
+            &self.0.base,
             path,
             Some(token),
             &body.to_string(),
@@ -713,19 +691,6 @@ impl InProcess {
             ADMIN,
             &json!({ "sql": sql, "params": [] }),
         )
-    }
-}
-
-impl Drop for InProcess {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let _ = self
-                .rt
-                .block_on(async { tokio::time::timeout(Duration::from_secs(60), done).await });
-        }
     }
 }
 

@@ -26,6 +26,68 @@ pub struct Server {
     stderr: Option<std::thread::JoinHandle<String>>,
 }
 
+/// A host served in this process (`kvsqlite::host::serve_with`, any store and configuration)
+/// on an ephemeral port of 127.0.0.1, on a runtime of its own; shut down gracefully (waiting
+/// at most 60 s) when dropped.
+pub struct InProcessHost {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// An HTTP client ([`agent`]).
+    pub agent: ureq::Agent,
+    rt: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessHost {
+    /// Serves `config`, as a member of the cluster `cluster` makes of the host's base URL when
+    /// it makes one. A host that fails panics its task (the test sees its requests fail).
+    pub fn start(
+        config: kvsqlite::host::HostConfig,
+        cluster: impl FnOnce(&str) -> Option<kvsqlite::host::cluster::ClusterConfig>,
+    ) -> InProcessHost {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let cluster = cluster(&base);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = rt.spawn(async move {
+            let stopped = async move {
+                let _ = rx.await;
+            };
+            if let Err(e) = kvsqlite::host::serve_with(listener, config, cluster, stopped).await {
+                panic!("the host failed: {e}");
+            }
+        });
+        InProcessHost {
+            base,
+            agent: agent(),
+            rt,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+}
+
+impl Drop for InProcessHost {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let _ = self
+                .rt
+                .block_on(async { tokio::time::timeout(Duration::from_secs(60), done).await });
+        }
+    }
+}
+
 /// An HTTP client that returns every status as a response and gives up after 60 s.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
