@@ -278,27 +278,43 @@ pub fn build(
         size,
         chunk_size,
     } = *of;
-    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let images: Vec<(u32, u8, Vec<u8>)> = pages
+        .iter()
+        .map(|(&p, img)| {
+            let (enc, data) = encode(p, img);
+            (p, enc, data)
+        })
+        .collect();
+    // The parts' bounds first, so that each part is allocated once at its final size.
     let mut counts: Vec<u32> = Vec::new();
-    let mut cur: Vec<u8> = vec![RECORD_VERSION];
-    let mut n = 0u32;
-    for (&p, img) in pages {
-        let (enc, data) = encode(p, img);
+    let mut sizes: Vec<usize> = Vec::new();
+    let (mut len, mut n) = (1usize, 0u32);
+    for (_, _, data) in &images {
         let cost = ENTRY_OVERHEAD + data.len();
-        if n > 0 && cur.len() + cost > max_value {
-            parts.push(std::mem::replace(&mut cur, vec![RECORD_VERSION]));
+        if n > 0 && len + cost > max_value {
             counts.push(n);
-            n = 0;
+            sizes.push(len);
+            (len, n) = (1, 0);
         }
-        cur.extend_from_slice(&p.to_be_bytes());
-        cur.push(enc);
-        cur.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        cur.extend_from_slice(&data);
+        len += cost;
         n += 1;
     }
     if n > 0 {
-        parts.push(cur);
         counts.push(n);
+        sizes.push(len);
+    }
+    let mut parts: Vec<Vec<u8>> = Vec::with_capacity(counts.len());
+    let mut images = images.into_iter();
+    for (&count, &size) in counts.iter().zip(&sizes) {
+        let mut cur = Vec::with_capacity(size);
+        cur.push(RECORD_VERSION);
+        for (p, enc, data) in images.by_ref().take(count as usize) {
+            cur.extend_from_slice(&p.to_be_bytes());
+            cur.push(enc);
+            cur.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            cur.extend_from_slice(&data);
+        }
+        parts.push(cur);
     }
     let parts: Vec<(Key, Value)> = parts
         .into_iter()
