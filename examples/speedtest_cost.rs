@@ -1,18 +1,24 @@
 //! A speedtest1 script replayed once on one target, for instruction counting: `kvsqlite` (an
 //! actor's database on the memory store, default options), `pipelined` (the same with
-//! pipelined commits, one `wait_durable` at the end) or `mem` (stock SQLite in memory,
-//! the same pragmas as `bench speedtest`).
+//! pipelined commits, one `wait_durable` at the end), `mem` (stock SQLite in memory, the same
+//! pragmas as `bench speedtest`), `redb` and `redb_pipelined` (kvsqlite on a redb file in a
+//! fresh directory) or `wal` and `wal_full` (stock SQLite on a file in WAL mode, `synchronous`
+//! `NORMAL` and `FULL`). The file targets use `$TMPDIR` (a tmpfs there takes the disk's
+//! fsync out of the wall time; the instruction counts do not include the kernel's work).
 //!
 //! `valgrind --tool=callgrind --toggle-collect='*speedtest_cost::replay*' \
-//!   target/release/examples/speedtest_cost {kvsqlite,pipelined,mem} FILE.sql` counts only the replay (the
-//! preamble and the tests), so the two counts compare the VFS's cost with none, free of the
-//! machine's noise.
+//!   target/release/examples/speedtest_cost TARGET FILE.sql [--no-compress]` counts only the
+//! replay on the thread that runs SQLite (the
+//! preamble and the tests), so two counts compare the VFS's cost with none, free of the
+//! machine's noise. `--no-compress` stores kvsqlite's page values uncompressed
+//! (`OpenOptions::compress_pages = false`; the history's images are compressed either way).
 
 use std::sync::Arc;
 
 use kvsqlite::bench::speedtest::{parse_script, run_sql, stock_pragmas};
 use kvsqlite::kv::memory::MemoryStore;
-use kvsqlite::kv::SharedStore;
+use kvsqlite::kv::redb_store::RedbStore;
+use kvsqlite::kv::{KvLimits, SharedStore};
 use kvsqlite::vfs::{open_database, OpenOptions};
 use rusqlite::Connection;
 
@@ -29,22 +35,43 @@ fn main() {
     let target = args.next().unwrap_or_else(|| "kvsqlite".into());
     let file = args
         .next()
-        .expect("usage: speedtest_cost kvsqlite|pipelined|mem FILE.sql");
+        .expect("usage: speedtest_cost TARGET FILE.sql (TARGET: kvsqlite, pipelined, mem, redb, redb_pipelined, wal, wal_full)");
     let text = std::fs::read_to_string(&file).expect("read the script");
     let script = parse_script(&text).expect("parse the script");
     let opts = OpenOptions {
-        pipelined: target == "pipelined",
+        pipelined: target.ends_with("pipelined"),
+        compress_pages: args.next().as_deref() != Some("--no-compress"),
         ..OpenOptions::default()
     };
-    let store: SharedStore = Arc::new(MemoryStore::new());
+    let dir = std::env::temp_dir().join(format!("speedtest-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the temporary directory");
     let mut db = None;
     let mem;
-    let conn: &Connection = if target == "kvsqlite" || target == "pipelined" {
-        db.insert(open_database(store, "cost", &opts).expect("open"))
-    } else {
-        mem = Connection::open_in_memory().expect("open");
-        stock_pragmas(&mem, &opts, "memory").expect("pragmas");
-        &mem
+    let conn: &Connection = match target.as_str() {
+        "kvsqlite" | "pipelined" => {
+            let store: SharedStore = Arc::new(MemoryStore::new());
+            db.insert(open_database(store, "cost", &opts).expect("open"))
+        }
+        "redb" | "redb_pipelined" => {
+            let store: SharedStore = Arc::new(
+                RedbStore::open(dir.join("store.redb"), KvLimits::default()).expect("open redb"),
+            );
+            db.insert(open_database(store, "cost", &opts).expect("open"))
+        }
+        "mem" => {
+            mem = Connection::open_in_memory().expect("open");
+            stock_pragmas(&mem, &opts, "memory").expect("pragmas");
+            &mem
+        }
+        "wal" | "wal_full" => {
+            mem = Connection::open(dir.join("stock.db")).expect("open");
+            stock_pragmas(&mem, &opts, "wal").expect("pragmas");
+            if target == "wal_full" {
+                mem.execute_batch("PRAGMA synchronous=FULL").expect("pragma");
+            }
+            &mem
+        }
+        other => panic!("unknown target {other:?}: kvsqlite, pipelined, mem, redb, redb_pipelined, wal, wal_full"),
     };
     let t = std::time::Instant::now();
     replay(conn, &script);
@@ -52,4 +79,6 @@ fn main() {
         db.wait_durable().expect("durable");
     }
     println!("{target}: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    drop(db);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -37,7 +37,7 @@ fn tiny_script() -> String {
     s
 }
 
-const TEST_FIELDS: [&str; 14] = [
+const TEST_FIELDS: [&str; 15] = [
     "id",
     "name",
     "kvsqlite_ms",
@@ -52,10 +52,15 @@ const TEST_FIELDS: [&str; 14] = [
     "speed_ratio_wal_full",
     "speed_ratio_pipelined_wal",
     "kv_round_trips",
+    "kv_bytes_written",
 ];
 
 fn run_json(url: &str, script: &Path, runs: &str) -> Value {
-    json_of(&[
+    run_json_with(url, script, runs, &[])
+}
+
+fn run_json_with(url: &str, script: &Path, runs: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
         "--kv",
         url,
         "bench",
@@ -64,7 +69,9 @@ fn run_json(url: &str, script: &Path, runs: &str) -> Value {
         "--runs",
         runs,
         "--json",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    json_of(&args)
 }
 
 /// Checks the document's shape; returns the total round trips.
@@ -92,6 +99,11 @@ fn check(v: &Value, tests: &[&str]) -> u64 {
         .sum();
     let total_rt = total["kv_round_trips"].as_u64().unwrap();
     assert_eq!(per_test, total_rt, "with one run, the total is the sum");
+    let per_test: u64 = list
+        .iter()
+        .map(|t| t["kv_bytes_written"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_test, total["kv_bytes_written"].as_u64().unwrap(), "{v}");
     total_rt
 }
 
@@ -108,6 +120,33 @@ fn tiny_script_on_memory_and_redb() {
     assert_eq!(v["tests"][2]["kv_round_trips"], 0, "{v}");
     assert!(rt >= 5, "{v}");
     assert_eq!(v["runs"], 1);
+    assert_eq!(v["page_compression"], true, "{v}");
+    // The same replays with page values stored as they are: the same round trips, more bytes
+    // (the tiny script's rows repeat, so its pages compress).
+    let raw = run_json_with("memory:", &script, "1", &["--no-compress"]);
+    check(&raw, &ids);
+    assert_eq!(raw["page_compression"], false, "{raw}");
+    for (a, b) in v["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(raw["tests"].as_array().unwrap())
+    {
+        assert_eq!(a["kv_round_trips"], b["kv_round_trips"], "{a} {b}");
+        let (c, r) = (
+            a["kv_bytes_written"].as_u64().unwrap(),
+            b["kv_bytes_written"].as_u64().unwrap(),
+        );
+        assert!(c <= r, "compressed {c} > raw {r}: {a} {b}");
+    }
+    let (c, r) = (
+        v["total"]["kv_bytes_written"].as_u64().unwrap(),
+        raw["total"]["kv_bytes_written"].as_u64().unwrap(),
+    );
+    assert!(
+        c < r,
+        "compressed pages should write fewer bytes: {c} against {r}"
+    );
     let url = format!("redb:{}", dir.path().join("kv.redb").display());
     let v = run_json(&url, &script, "2");
     assert_eq!(v["runs"], 2);
@@ -126,6 +165,13 @@ fn tiny_script_on_memory_and_redb() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), ids.len() + 3, "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap()
+            .contains("; page compression on; kvsqlite wrote "),
+        "{text}"
+    );
     assert!(
         text.lines()
             .nth(ids.len() + 1)

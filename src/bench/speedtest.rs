@@ -169,6 +169,9 @@ pub struct TestResult {
     pub ms: [f64; 6],
     /// Median KV round trips of the kvsqlite replay.
     pub kv_round_trips: u64,
+    /// Median bytes the kvsqlite replay wrote to the store (keys and values, as sent: page
+    /// values compressed unless [`SpeedtestConfig::open`] turned compression off).
+    pub kv_bytes_written: u64,
 }
 
 impl TestResult {
@@ -212,6 +215,7 @@ impl TestResult {
             "speed_ratio_wal": round3(self.speed_ratio_wal()),
             "speed_ratio_mem": round3(self.speed_ratio_mem()),
             "kv_round_trips": self.kv_round_trips,
+            "kv_bytes_written": self.kv_bytes_written,
         });
         if with_id {
             v["id"] = json!(self.id);
@@ -244,6 +248,8 @@ pub struct SpeedtestReport {
     pub runs: usize,
     /// Tables compared at the end of every run (all equal, or the run failed).
     pub tables_compared: usize,
+    /// Whether kvsqlite's replays compressed page values ([`OpenOptions::compress_pages`]).
+    pub page_compression: bool,
 }
 
 impl SpeedtestReport {
@@ -255,6 +261,7 @@ impl SpeedtestReport {
             "runs": self.runs,
             "tables_compared": self.tables_compared,
             "same_final_database": true,
+            "page_compression": self.page_compression,
         })
     }
 
@@ -300,8 +307,11 @@ impl SpeedtestReport {
         }
         s.push_str(&line(&self.total));
         s.push_str(&format!(
-            "{} runs each (medians); final databases identical ({} tables compared)\n",
-            self.runs, self.tables_compared
+            "{} runs each (medians); final databases identical ({} tables compared); page compression {}; kvsqlite wrote {} bytes to the store\n",
+            self.runs,
+            self.tables_compared,
+            if self.page_compression { "on" } else { "off" },
+            self.total.kv_bytes_written
         ));
         s
     }
@@ -330,10 +340,12 @@ impl Drop for TempDir {
     }
 }
 
-/// One replay's outcome: milliseconds and round trips per test, and the final database's digest.
+/// One replay's outcome: milliseconds, round trips and bytes written per test, and the final
+/// database's digest.
 struct Replay {
     ms: Vec<f64>,
     round_trips: Vec<u64>,
+    bytes_written: Vec<u64>,
     digest: BTreeMap<String, String>,
 }
 
@@ -389,6 +401,7 @@ fn replay(
     };
     let mut ms = Vec::with_capacity(script.tests.len());
     let mut round_trips = Vec::with_capacity(script.tests.len());
+    let mut bytes_written = Vec::with_capacity(script.tests.len());
     match target {
         Target::Kvsqlite | Target::KvsqlitePipelined => {
             let pipelined = target == Target::KvsqlitePipelined;
@@ -414,7 +427,9 @@ fn replay(
                             .map_err(|e| format!("{} test {}: {e}", target.name(), t.id))?;
                     }
                     ms.push(start.elapsed().as_secs_f64() * 1000.0);
-                    round_trips.push((db.snapshot() - before).kv_round_trips);
+                    let cost = db.snapshot() - before;
+                    round_trips.push(cost.kv_round_trips);
+                    bytes_written.push(cost.bytes_written);
                 }
                 digest(&db)
             })();
@@ -424,6 +439,7 @@ fn replay(
             Ok(Replay {
                 ms,
                 round_trips,
+                bytes_written,
                 digest,
             })
         }
@@ -451,6 +467,7 @@ fn replay(
                 run_sql(&conn, &t.sql).map_err(sql_err(&t.id))?;
                 ms.push(start.elapsed().as_secs_f64() * 1000.0);
                 round_trips.push(0);
+                bytes_written.push(0);
             }
             let digest = digest(&conn)?;
             drop(conn);
@@ -462,6 +479,7 @@ fn replay(
             Ok(Replay {
                 ms,
                 round_trips,
+                bytes_written,
                 digest,
             })
         }
@@ -594,6 +612,8 @@ pub fn run(
     let mut totals = vec![Vec::new(); nt];
     let mut rts = vec![Vec::new(); n];
     let mut total_rts = Vec::new();
+    let mut bytes = vec![Vec::new(); n];
+    let mut total_bytes = Vec::new();
     let mut tables_compared = 0;
     let all = config.runs * nt;
     for run_no in 0..config.runs {
@@ -612,6 +632,10 @@ pub fn run(
                     rts[i].push(*rt);
                 }
                 total_rts.push(r.round_trips.iter().sum::<u64>());
+                for (i, b) in r.bytes_written.iter().enumerate() {
+                    bytes[i].push(*b);
+                }
+                total_bytes.push(r.bytes_written.iter().sum::<u64>());
             }
             digests.push((target, r.digest));
         }
@@ -641,6 +665,7 @@ pub fn run(
             name: t.name.clone(),
             ms: std::array::from_fn(|ti| median_f64(samples[ti][i].clone())),
             kv_round_trips: median_u64(rts[i].clone()),
+            kv_bytes_written: median_u64(bytes[i].clone()),
         })
         .collect();
     let total = TestResult {
@@ -648,12 +673,14 @@ pub fn run(
         name: String::new(),
         ms: std::array::from_fn(|ti| median_f64(totals[ti].clone())),
         kv_round_trips: median_u64(total_rts),
+        kv_bytes_written: median_u64(total_bytes),
     };
     Ok(SpeedtestReport {
         tests,
         total,
         runs: config.runs,
         tables_compared,
+        page_compression: config.open.compress_pages,
     })
 }
 

@@ -135,9 +135,13 @@ enum BenchCommand {
     Speedtest {
         /// The script (`speedtest1 --script` output, `-- begin test N` markers).
         file: std::path::PathBuf,
-        /// Runs of each of the four replays; medians are reported.
+        /// Runs of each of the six replays; medians are reported.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=1000))]
         runs: u64,
+        /// kvsqlite's replays store page values as they are, uncompressed
+        /// (`OpenOptions::compress_pages = false`): what page compression costs and saves.
+        #[arg(long = "no-compress")]
+        no_compress: bool,
         /// Print `{"tests": [...], "total": {...}}` (fields in docs/src/benchmarks/commands.md) instead of a table.
         #[arg(long)]
         json: bool,
@@ -274,9 +278,14 @@ pub fn run(global: &GlobalArgs, args: BenchArgs) -> i32 {
             "bench history",
             bench_history(global, back, fork_rows, &speedtest, json),
         ),
-        BenchCommand::Speedtest { file, runs, json } => super::finish(
+        BenchCommand::Speedtest {
+            file,
+            runs,
+            no_compress,
+            json,
+        } => super::finish(
             "bench speedtest",
-            bench_speedtest(global, &file, runs as usize, json),
+            bench_speedtest(global, &file, runs as usize, !no_compress, json),
         ),
     }
 }
@@ -471,6 +480,7 @@ fn bench_speedtest(
     global: &GlobalArgs,
     file: &std::path::Path,
     runs: usize,
+    compress: bool,
     json: bool,
 ) -> Result<i32, Stop> {
     let text = std::fs::read_to_string(file)
@@ -479,7 +489,10 @@ fn bench_speedtest(
     let store = global.open_store()?;
     let config = speedtest::SpeedtestConfig {
         runs,
-        ..Default::default()
+        open: kvsqlite::vfs::OpenOptions {
+            compress_pages: compress,
+            ..Default::default()
+        },
     };
     let report = with_progress(|draw| speedtest::run(&store, &script, &config, draw))?;
     print_report(json, report.to_json(), || report.to_table())
