@@ -21,6 +21,8 @@ pub const TAG_LZ4: u8 = 1;
 /// The stored form of `page` when it is shorter than the page: [`TAG_LZ4`] ‖ LZ4 block.
 /// `None` when compression would not save a byte (the page is then stored as it is).
 pub fn encode(page: &[u8]) -> Option<Vec<u8>> {
+    #[cfg(test)]
+    ENCODED.with(|n| n.set(n.get() + 1));
     if page.len() < 2 {
         return None;
     }
@@ -45,6 +47,19 @@ pub fn encode(page: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(&buf[..n]);
         Some(out)
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// [`encode`] calls made on this thread (unit tests only: they pin how often a commit
+    /// compresses, which no counter of the product shows).
+    static ENCODED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// [`encode`] calls made on this thread so far (unit tests only).
+#[cfg(test)]
+pub(crate) fn encoded_on_this_thread() -> u64 {
+    ENCODED.with(|n| n.get())
 }
 
 /// The page a stored value holds, `chunk_size` bytes: the value itself when it is exactly that

@@ -803,6 +803,40 @@ mod tests {
         assert_eq!(s.read(FileKind::Journal, 1000, &mut buf).unwrap(), 0);
     }
 
+    /// With history and page compression on (the defaults) a commit sends each page twice, as
+    /// its page value and as the history's image, and LZ4 runs once per page: the image is
+    /// the value's block. Held for a one-row commit, a commit of a few dozen pages and one
+    /// too big for one put (staged).
+    #[test]
+    fn each_page_a_commit_writes_is_compressed_once() {
+        let store: crate::kv::SharedStore = Arc::new(MemoryStore::new());
+        let db =
+            crate::vfs::open_database(store, "once", &crate::vfs::OpenOptions::default()).unwrap();
+        db.execute_batch("CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT)")
+            .unwrap();
+        let mut staged = 0;
+        for rows in [1, 2_000, 20_000] {
+            let (before, encoded) = (db.snapshot(), codec::encoded_on_this_thread());
+            db.execute_batch(&format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) \
+                 INSERT INTO t(b) SELECT printf('row %d of a commit of {rows}', i) FROM n"
+            ))
+            .unwrap();
+            let cost = db.snapshot() - before;
+            let encoded = codec::encoded_on_this_thread() - encoded;
+            assert!(cost.pages_written >= 1, "{rows} rows: {cost:?}");
+            assert_eq!(encoded, cost.pages_written, "{rows} rows: {cost:?}");
+            // Every page written has its image in the history.
+            assert_eq!(
+                cost.history_image_bytes,
+                cost.pages_written * 4096,
+                "{rows} rows: {cost:?}"
+            );
+            staged += cost.staged_commits;
+        }
+        assert_eq!(staged, 1, "the 20,000-row commit is staged");
+    }
+
     #[test]
     fn writes_spanning_chunks_and_truncation() {
         let s = state();
