@@ -8,9 +8,8 @@
 //!
 //! `valgrind --tool=callgrind --toggle-collect='*speedtest_cost::replay*' \
 //!   target/release/examples/speedtest_cost TARGET FILE.sql [--no-compress]` counts only the
-//! replay on the thread that runs SQLite (the
-//! preamble and the tests), so two counts compare the VFS's cost with none, free of the
-//! machine's noise. `--no-compress` stores kvsqlite's page values uncompressed
+//! replay (the preamble and the tests) on the thread that runs SQLite, so two counts compare
+//! the VFS's cost with none, free of the machine's noise. `--no-compress` stores kvsqlite's page values uncompressed
 //! (`OpenOptions::compress_pages = false`; the history's images are compressed either way).
 
 use std::sync::Arc;
