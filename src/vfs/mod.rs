@@ -367,8 +367,10 @@ pub struct OpenOptions {
     pub pipelined: bool,
     /// Compress each page value sent to the store with LZ4 when that makes it shorter
     /// (default `true`; see [`codec`]): on the wire and at rest. `false` sends pages as they
-    /// are (a baseline for benchmarks). Either way every page value read is decoded, so a
-    /// database holds raw and compressed pages side by side. Taken from the open that creates
+    /// are (a baseline for benchmarks). It does not govern the history: its page images are
+    /// LZ4-compressed either way (with this on, each page is compressed once and the image
+    /// shares the block), so commits compress pages as long as history is on. Either way every
+    /// page value read is decoded, so a database holds raw and compressed pages side by side. Taken from the open that creates
     /// the database's shared state.
     pub compress_pages: bool,
 }
