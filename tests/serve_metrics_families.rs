@@ -91,22 +91,13 @@ impl Host {
         cluster: Option<&str>,
     ) -> Host {
         let config = HostConfig {
-            store,
             actor: actor_config(),
-            admin_token: ADMIN.into(),
             idle_sleep,
             max_awake,
-            max_body: 1 << 20,
-            statement_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
-            limits: Default::default(),
-            max_result_bytes: kvsqlite::host::DEFAULT_MAX_RESULT_BYTES,
-            sqlite_heap_limit: kvsqlite::host::DEFAULT_SQLITE_HEAP_LIMIT,
             // Each step's deltas are exact only when a request's put is done at its answer's
             // accounting: with pipelining it is counted at the actor's next request.
             pipelined: false,
-            sockets: Default::default(),
-            alarm_tick: kvsqlite::host::alarm_tick::TICK,
+            ..HostConfig::new(store, ADMIN)
         };
         Host(serve::InProcessHost::start(config, |base| {
             cluster.map(|name| ClusterConfig {

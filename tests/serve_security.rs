@@ -639,27 +639,15 @@ impl kvsqlite::kv::KvStore for BrokenStore {
     }
 }
 
-/// A host in this process over `store` (the CLI's defaults where it matters: pipelined
-/// commits); shut down when dropped.
 /// A host in this process over the given store ([`serve::InProcessHost`]).
 struct InProcess(serve::InProcessHost);
 
+/// The CLI's defaults (pipelined commits), with room for the tests' actors.
 fn host_config(store: kvsqlite::kv::SharedStore, admin: &str) -> kvsqlite::host::HostConfig {
     kvsqlite::host::HostConfig {
-        store,
-        actor: kvsqlite::actor::ActorConfig::default(),
-        admin_token: admin.into(),
         idle_sleep: Duration::from_secs(600),
         max_awake: 100,
-        max_body: 1 << 20,
-        statement_timeout: Duration::from_secs(30),
-        body_timeout: Duration::from_secs(30),
-        limits: Default::default(),
-        max_result_bytes: kvsqlite::host::DEFAULT_MAX_RESULT_BYTES,
-        sqlite_heap_limit: kvsqlite::host::DEFAULT_SQLITE_HEAP_LIMIT,
-        pipelined: true,
-        sockets: Default::default(),
-        alarm_tick: kvsqlite::host::alarm_tick::TICK,
+        ..kvsqlite::host::HostConfig::new(store, admin)
     }
 }
 

@@ -183,6 +183,41 @@ pub fn run(global: &GlobalArgs, args: ServeArgs) -> i32 {
     super::finish("serve", serve(global, args))
 }
 
+/// The host `args` describe, over `store`, with `actor` and `admin_token`.
+fn host_config(
+    args: &ServeArgs,
+    store: kvsqlite::kv::SharedStore,
+    actor: ActorConfig,
+    admin_token: String,
+) -> HostConfig {
+    HostConfig {
+        store,
+        actor,
+        admin_token,
+        idle_sleep: Duration::from_millis(args.idle_sleep_ms),
+        max_awake: usize::try_from(args.max_awake).unwrap_or(usize::MAX),
+        max_body: args.max_body,
+        statement_timeout: Duration::from_millis(args.statement_timeout_ms),
+        body_timeout: Duration::from_millis(args.conn.body_timeout_ms),
+        limits: host::conn::ConnLimits {
+            header_timeout: Duration::from_millis(args.conn.header_timeout_ms),
+            idle_timeout: Duration::from_millis(args.conn.idle_timeout_ms),
+            max_connections: usize::try_from(args.conn.max_connections).unwrap_or(usize::MAX),
+            shutdown_deadline: Duration::from_millis(args.conn.shutdown_deadline_ms),
+        },
+        max_result_bytes: args.max_result_bytes,
+        sqlite_heap_limit: args.sqlite_heap_limit,
+        pipelined: true,
+        sockets: host::sockets::SocketLimits {
+            max_sockets: usize::try_from(args.realtime.max_sockets).unwrap_or(usize::MAX),
+            buffer_bytes: usize::try_from(args.realtime.socket_buffer_bytes).unwrap_or(usize::MAX),
+            max_message_bytes: args.max_body,
+            ..Default::default()
+        },
+        alarm_tick: Duration::from_millis(args.realtime.alarm_tick_ms),
+    }
+}
+
 fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
     let mut actor = match &args.migrations {
         Some(dir) => ActorConfig::default().with_migrations(
@@ -234,33 +269,7 @@ fn serve(global: &GlobalArgs, args: ServeArgs) -> Result<i32, Stop> {
             }
             let _ = out.flush();
         }
-        let config = HostConfig {
-            store,
-            actor,
-            admin_token,
-            idle_sleep: Duration::from_millis(args.idle_sleep_ms),
-            max_awake: usize::try_from(args.max_awake).unwrap_or(usize::MAX),
-            max_body: args.max_body,
-            statement_timeout: Duration::from_millis(args.statement_timeout_ms),
-            body_timeout: Duration::from_millis(args.conn.body_timeout_ms),
-            limits: host::conn::ConnLimits {
-                header_timeout: Duration::from_millis(args.conn.header_timeout_ms),
-                idle_timeout: Duration::from_millis(args.conn.idle_timeout_ms),
-                max_connections: usize::try_from(args.conn.max_connections).unwrap_or(usize::MAX),
-                shutdown_deadline: Duration::from_millis(args.conn.shutdown_deadline_ms),
-            },
-            max_result_bytes: args.max_result_bytes,
-            sqlite_heap_limit: args.sqlite_heap_limit,
-            pipelined: true,
-            sockets: host::sockets::SocketLimits {
-                max_sockets: usize::try_from(args.realtime.max_sockets).unwrap_or(usize::MAX),
-                buffer_bytes: usize::try_from(args.realtime.socket_buffer_bytes)
-                    .unwrap_or(usize::MAX),
-                max_message_bytes: args.max_body,
-                ..Default::default()
-            },
-            alarm_tick: Duration::from_millis(args.realtime.alarm_tick_ms),
-        };
+        let config = host_config(&args, store, actor, admin_token);
         let cluster = match args.cluster.cluster {
             Some(name) => {
                 let advertise = match args.cluster.advertise {
@@ -313,4 +322,39 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight, then every actor sleeps");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    /// `HostConfig::new` promises the defaults of `kvsqlite serve`: the two are compared field
+    /// by field, so that a changed default shows here.
+    #[test]
+    fn host_config_new_is_what_serve_runs_without_options() {
+        let store: kvsqlite::kv::SharedStore =
+            std::sync::Arc::new(kvsqlite::kv::memory::MemoryStore::new());
+        let args = Cli::try_parse_from(["serve"]).unwrap().serve;
+        let cli = host_config(&args, store.clone(), ActorConfig::default(), "t".repeat(16));
+        let lib = HostConfig::new(store, "t".repeat(16));
+        assert_eq!(cli.admin_token, lib.admin_token);
+        assert_eq!(cli.idle_sleep, lib.idle_sleep);
+        assert_eq!(cli.max_awake, lib.max_awake);
+        assert_eq!(cli.max_body, lib.max_body);
+        assert_eq!(cli.statement_timeout, lib.statement_timeout);
+        assert_eq!(cli.body_timeout, lib.body_timeout);
+        assert_eq!(format!("{:?}", cli.limits), format!("{:?}", lib.limits));
+        assert_eq!(cli.max_result_bytes, lib.max_result_bytes);
+        assert_eq!(cli.sqlite_heap_limit, lib.sqlite_heap_limit);
+        assert_eq!(cli.pipelined, lib.pipelined);
+        assert_eq!(format!("{:?}", cli.sockets), format!("{:?}", lib.sockets));
+        assert_eq!(cli.alarm_tick, lib.alarm_tick);
+    }
 }

@@ -154,6 +154,38 @@ pub struct HostConfig {
     pub alarm_tick: Duration,
 }
 
+impl HostConfig {
+    /// A host of `store` with `admin_token` and the defaults of `kvsqlite serve`: default
+    /// actors (no migrations), 30 s idle before sleep, 1,024 actors awake, 1 MiB bodies,
+    /// 30 s statement and body timeouts, [`conn::ConnLimits::default`],
+    /// [`DEFAULT_MAX_RESULT_BYTES`], [`DEFAULT_SQLITE_HEAP_LIMIT`], pipelined commits,
+    /// [`sockets::SocketLimits::default`] but for messages up to the body limit (1 MiB), and the
+    /// alarm loop's [`alarm_tick::TICK`]. Change
+    /// fields with struct update syntax: `HostConfig { max_awake: 10, ..HostConfig::new(store,
+    /// token) }`. The token is checked when the host is served ([`MIN_ADMIN_TOKEN`]).
+    pub fn new(store: SharedStore, admin_token: impl Into<String>) -> HostConfig {
+        HostConfig {
+            store,
+            actor: ActorConfig::default(),
+            admin_token: admin_token.into(),
+            idle_sleep: Duration::from_secs(30),
+            max_awake: 1024,
+            max_body: 1 << 20,
+            statement_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            limits: conn::ConnLimits::default(),
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            sqlite_heap_limit: DEFAULT_SQLITE_HEAP_LIMIT,
+            pipelined: true,
+            sockets: sockets::SocketLimits {
+                max_message_bytes: 1 << 20,
+                ..sockets::SocketLimits::default()
+            },
+            alarm_tick: alarm_tick::TICK,
+        }
+    }
+}
+
 /// Shortest admin token accepted, in bytes.
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
@@ -428,20 +460,11 @@ mod tests {
 
     fn config(admin_token: &str) -> HostConfig {
         HostConfig {
-            store: Arc::new(crate::kv::memory::MemoryStore::new()),
-            actor: ActorConfig::default(),
-            admin_token: admin_token.into(),
             idle_sleep: Duration::from_secs(60),
             max_awake: 10,
-            max_body: 1 << 20,
-            statement_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
-            limits: Default::default(),
-            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             sqlite_heap_limit: 0,
             pipelined: false,
-            sockets: Default::default(),
-            alarm_tick: alarm_tick::TICK,
+            ..HostConfig::new(Arc::new(crate::kv::memory::MemoryStore::new()), admin_token)
         }
     }
 

@@ -5,10 +5,7 @@
 //! Why it exists apart: the workload (`super`) only decides what to send and when; how a
 //! request travels and how the host's Prometheus text is read are kept here.
 
-use std::time::Duration;
-
 use super::{HttpConfig, REQUEST_TIMEOUT};
-use crate::actor::ActorConfig;
 use crate::host::{self, HostConfig};
 use crate::kv::SharedStore;
 
@@ -39,23 +36,13 @@ impl InProcessHost {
         let token =
             host::generate_token().map_err(|e| format!("cannot make an admin token: {e}"))?;
         let host_config = HostConfig {
-            store,
-            actor: ActorConfig::default(),
-            admin_token: token.clone(),
             idle_sleep: config.idle_sleep,
             max_awake: config.actors.max(1024),
-            max_body: 1 << 20,
-            statement_timeout: Duration::from_secs(30),
-            body_timeout: Duration::from_secs(30),
             limits: host::conn::ConnLimits {
                 max_connections: 4096,
                 ..Default::default()
             },
-            max_result_bytes: host::DEFAULT_MAX_RESULT_BYTES,
-            sqlite_heap_limit: host::DEFAULT_SQLITE_HEAP_LIMIT,
-            pipelined: true,
-            sockets: Default::default(),
-            alarm_tick: host::alarm_tick::TICK,
+            ..HostConfig::new(store, token.clone())
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = runtime.spawn(host::serve(listener, host_config, async move {
