@@ -306,7 +306,11 @@ fn a_crash_at_every_kv_call_leaves_a_prefix_holding_every_durable_commit() {
     );
     assert_eq!(run_workload(probe.shared()), (TXNS, TXNS));
     let total = probe.calls();
-    assert!(total > 20, "{total} calls");
+    // How many puts the writer makes depends on how many commits queue while one flies (it
+    // merges them), so the count varies from run to run (20 to 30 seen). Its floor does not:
+    // the open reads once, and each of the six `wait_durable`s (one per four transactions)
+    // waits for a put of its own.
+    assert!(total > (TXNS / 4) as u64, "{total} calls");
     let prefix = |j: i64| -> Vec<i64> {
         let mut v: Vec<i64> = (1..=j).flat_map(|i| txn(i).0).collect();
         v.sort_unstable();
